@@ -1,0 +1,42 @@
+# Set up a virtual environment and run the demo or the tests. Works on a fresh Debian/Ubuntu
+# machine with Python 3.11 (system packages: see .ci/run, or `make system-deps` as root).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck check system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	@# nudenet/rapidocr (later issues) may pull opencv-python; keep exactly one working cv2.
+	$(BIN)/python -c "import cv2, av; print('cv2', cv2.__version__, '| av', av.__version__)"
+	touch $(STAMP)
+
+system-deps:
+	@command -v ffmpeg >/dev/null && command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_rtmp_module.so \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg nginx libnginx-mod-rtmp)
+
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamwatch tests tools
+	$(BIN)/ruff format --check streamwatch
+
+typecheck: $(STAMP)
+	$(BIN)/mypy streamwatch
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench/phash.py
+	$(BIN)/python tools/bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts

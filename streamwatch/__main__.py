@@ -1,0 +1,5 @@
+"""``python -m streamwatch`` runs the command-line interface."""
+
+from streamwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Command-line interface: ``streamwatch <command>`` (also ``python -m streamwatch``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from streamwatch import __version__
+from streamwatch.errors import StreamwatchError
+
+logger = logging.getLogger("streamwatch")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _ingest_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    ingest: dict[str, Any] = {}
+    for key in ("open_timeout_s", "read_timeout_s", "max_retries", "decode", "hwaccel"):
+        value = getattr(a, key, None)
+        if value is not None:
+            ingest[key] = value
+    if getattr(a, "realtime", False):
+        ingest["realtime"] = True
+    return {"ingest": ingest} if ingest else {}
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="rtmp://…, rtsp://…, http(s)://….m3u8, or a video file; with --listen an rtmp:// address")
+    p.add_argument("-c", "--config", type=Path, help="TOML config file (defaults < file < STREAMWATCH_* env < options)")
+    p.add_argument("--listen", action="store_true", help="be the RTMP endpoint a publisher pushes to (e.g. rtmp://0.0.0.0:1935/live/KEY)")
+    p.add_argument("--id", default="default", help="stream id (default: default)")
+    p.add_argument("--open-timeout", dest="open_timeout_s", type=float, help="seconds to open a live source")
+    p.add_argument("--read-timeout", dest="read_timeout_s", type=float, help="seconds without data before a live source is stalled")
+    p.add_argument("--max-retries", type=int, help="reconnect attempts before giving up (0: fail at once; default: forever)")
+    p.add_argument("--decode", choices=["auto", "full", "reference", "keyframes"], help="decoding mode (default auto)")
+    p.add_argument("--hwaccel", choices=["none", "auto", "cuda"], help="hardware decoding (never required)")
+    p.add_argument("--realtime", action="store_true", help="pace a file in real time instead of as fast as possible")
+
+
+def _cmd_sample(a: argparse.Namespace) -> int:
+    from streamwatch.app import build_pipeline
+    from streamwatch.config import StreamConfig, load_settings
+    from streamwatch.events.model import HealthEvent
+    from streamwatch.sampling.export import SampleWriter
+
+    overrides = _ingest_overrides(a)
+    sampling: dict[str, Any] = {"every_s": a.every} if a.every is not None else {}
+    if a.max_side is not None:
+        sampling["max_side"] = a.max_side
+    if sampling:
+        overrides["sampling"] = sampling
+    settings = load_settings(a.config, overrides)
+    _setup_logging(settings.log_level)
+    stream = StreamConfig(id=a.id, source=a.source, listen=a.listen)
+    pipeline = build_pipeline(stream, settings)
+    writer = SampleWriter(a.out, settings.sampling.max_side)
+    counts: Counter[str] = Counter()
+    signal.signal(signal.SIGTERM, lambda *_: pipeline.reader.stop())
+    t0 = time.perf_counter()
+    try:
+        for item in pipeline.run():
+            writer.write(item)
+            if isinstance(item, HealthEvent):
+                if not a.quiet:
+                    print(f"[{item.offset:8.2f}s] health: {item.describe()}", file=sys.stderr)
+            else:
+                counts[item.decision.value] += 1
+    except KeyboardInterrupt:
+        pipeline.reader.stop()
+    finally:
+        writer.close()
+    dt = time.perf_counter() - t0
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"{sum(counts.values())} samples in {dt:.1f}s ({summary}); wrote {a.out / 'samples.jsonl'}")
+    return 0
+
+
+def _cmd_probe(a: argparse.Namespace) -> int:
+    from streamwatch.config import load_settings
+    from streamwatch.ingest.probe import probe
+    from streamwatch.ingest.url import parse_source
+
+    settings = load_settings(a.config, _ingest_overrides(a))
+    _setup_logging(settings.log_level)
+    result = probe(parse_source(a.source, listen=a.listen), settings.ingest)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def _cmd_check_config(a: argparse.Namespace) -> int:
+    from streamwatch.config import load_settings
+    from streamwatch.ingest.url import parse_source
+
+    settings = load_settings(a.config)
+    for s in settings.streams:
+        parse_source(s.source, listen=s.listen)
+    print(f"{a.config or 'defaults'}: OK ({len(settings.streams)} stream{'s' if len(settings.streams) != 1 else ''})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamwatch", description="Watch live streams and react in real time.")
+    p.add_argument("--version", action="version", version=f"streamwatch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("sample", help="sample a source: kept frames as JPEG + a JSONL log of every sampled frame")
+    _add_source_options(s)
+    s.add_argument("--every", type=float, help="seconds between samples (default 1)")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--max-side", type=int, help="long side of written frames (default 512)")
+    s.add_argument("-q", "--quiet", action="store_true", help="do not print health events")
+    s.set_defaults(func=_cmd_sample)
+
+    pr = sub.add_parser("probe", help="print codec, resolution, fps and keyframe interval of a source")
+    _add_source_options(pr)
+    pr.set_defaults(func=_cmd_probe)
+
+    c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and exit")
+    c.add_argument("config", type=Path, nargs="?", help="TOML config file")
+    c.set_defaults(func=_cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(a.func(a))
+    except StreamwatchError as e:
+        print(f"streamwatch: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,181 @@
+"""Configuration: one validated tree from a TOML file, ``STREAMWATCH_*`` environment variables and
+command-line overrides (in rising priority).
+
+Nothing is read at import time: call :func:`load_settings` once at start-up and pass the result
+down. Unknown keys are errors (``extra="forbid"``), and :class:`~streamwatch.errors.ConfigError`
+messages name the file and the offending key (and line, for TOML syntax errors).
+
+Nested env vars use ``__``: ``STREAMWATCH_INGEST__READ_TIMEOUT_S=5``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streamwatch.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DecodeMode(enum.Enum):
+    """Which frames the decoder produces."""
+
+    AUTO = "auto"  # keyframes when the sampling interval covers a GOP, else reference frames, else all
+    FULL = "full"  # decode every frame
+    REFERENCE = "reference"  # skip non-reference frames (B-frames): ~35% less work, ≤ a few frames' gap
+    KEYFRAMES = "keyframes"  # keyframes only (falls back to full decoding when keyframes are too sparse)
+
+
+class HwAccel(enum.Enum):
+    NONE = "none"
+    AUTO = "auto"  # use CUDA/NVDEC when FFmpeg and the machine have it, else software
+    CUDA = "cuda"
+
+
+class IngestConfig(_Section):
+    open_timeout_s: Annotated[float, Field(gt=0, description="Seconds to wait for a live source to open (connect + probe).")] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0, description="Seconds without data before a live source counts as stalled.")] = 5.0
+    backoff_initial_s: Annotated[float, Field(gt=0, description="First reconnect delay.")] = 0.5
+    backoff_max_s: Annotated[float, Field(gt=0, description="Reconnect delay cap.")] = 10.0
+    backoff_multiplier: Annotated[float, Field(ge=1, description="Delay growth per failed attempt.")] = 2.0
+    backoff_jitter: Annotated[float, Field(ge=0, le=1, description="Random spread of each delay, as a fraction (0.2 = ±20%).")] = 0.2
+    max_retries: Annotated[int | None, Field(ge=0, description="Reconnect attempts before giving up; unset = forever, 0 = fail at once.")] = None
+    decode: Annotated[DecodeMode, Field(description="Decoding mode: auto, full, reference or keyframes.")] = DecodeMode.AUTO
+    hwaccel: Annotated[HwAccel, Field(description="Hardware decoding: none, auto or cuda (never required).")] = HwAccel.NONE
+    realtime: Annotated[bool, Field(description="Pace file sources in real time instead of as fast as possible.")] = False
+    queue_size: Annotated[int, Field(ge=1, description="Frames buffered between decoder and sampler; live sources drop the oldest when full.")] = 8
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> IngestConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+class SamplingConfig(_Section):
+    every_s: Annotated[float, Field(gt=0, description="Sample one frame every N seconds of stream time.")] = 1.0
+    black_luma: Annotated[float, Field(ge=0, le=255, description="Mean luma (0-255) under which a low-contrast frame is black.")] = 32.0
+    uniform_std: Annotated[float, Field(ge=0, description="Luma standard deviation under which a frame is black/uniform.")] = 6.0
+    blur_threshold: Annotated[float, Field(ge=0, description="Sharpness (variance of Laplacian, best tile) under which a frame is blurred.")] = 60.0
+    frozen_after_s: Annotated[float, Field(gt=0, description="Seconds without visible change before video counts as frozen.")] = 2.0
+    frozen_changed: Annotated[float, Field(ge=0, le=1, description="Fraction of changed pixels under which two samples are 'unchanged'.")] = 0.002
+    black_after_s: Annotated[float, Field(ge=0, description="Seconds of black before a 'black' health event is raised.")] = 2.0
+    dedupe_radius: Annotated[int, Field(ge=0, le=64, description="pHash Hamming radius within which a frame duplicates the last kept one.")] = 6
+    heartbeat_s: Annotated[float, Field(gt=0, description="Keep at least one frame per this many seconds even if unchanged.")] = 30.0
+    max_side: Annotated[int, Field(ge=32, le=4096, description="Long side of frames handed to analysis (aspect kept).")] = 512
+
+
+class StreamConfig(_Section):
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Stream id used in events and URLs.")]
+    source: Annotated[str, Field(min_length=1, description="rtmp://, rtsp://, http(s)://….m3u8 or a file path; with listen=true an rtmp:// address to listen on.")]
+    listen: Annotated[bool, Field(description="Be the RTMP endpoint a publisher pushes to.")] = False
+    every_s: Annotated[float | None, Field(gt=0, description="Override sampling.every_s for this stream.")] = None
+
+
+class Settings(BaseSettings):
+    """The whole streamwatch configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True, validate_default=True
+    )
+
+    data_dir: Annotated[Path, Field(description="Where events, evidence images and reports are stored.")] = Path("./streamwatch-data")
+    log_level: Annotated[str, Field(pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Logging level.")] = "INFO"
+    ingest: Annotated[IngestConfig, Field(description="How sources are opened, decoded and reconnected.")] = IngestConfig()
+    sampling: Annotated[SamplingConfig, Field(description="Frame sampling, quality gate and dedupe.")] = SamplingConfig()
+    streams: Annotated[list[StreamConfig], Field(description="Streams to watch.")] = []
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Settings:
+        ids = [s.id for s in self.streams]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate stream ids: {sorted(dup)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges file < env < overrides itself; direct construction sees init + env.
+        return (init_settings, env_settings)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _locate(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line number of the key at ``loc`` in a TOML text (tables and arrays of tables)."""
+    keys = [str(p) for p in loc if not isinstance(p, int)]
+    if not keys:
+        return None
+    lines = text.splitlines()
+    table_re = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    key_re = re.compile(r"^\s*(\"?)" + re.escape(keys[-1]) + r"\1\s*=")
+    table = ".".join(keys[:-1])
+    current = ""
+    for n, line in enumerate(lines, 1):
+        m = table_re.match(line)
+        if m:
+            current = m.group(1)
+            if current == ".".join(keys):
+                return n
+            continue
+        if key_re.match(line) and (current == table or (not table and current == "")):
+            return n
+    # a dotted key at top level: ingest.read_timeout_s = ...
+    dotted = re.compile(r"^\s*" + re.escape(".".join(keys)) + r"\s*=")
+    return next((n for n, line in enumerate(lines, 1) if dotted.match(line)), None)
+
+
+def _format_validation(e: ValidationError, where: str, text: str = "") -> str:
+    lines = [f"invalid configuration in {where}:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        line = _locate(text, tuple(err["loc"])) if text else None
+        at = f" (line {line})" if line else ""
+        lines.append(f"  {loc}{at}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Validate the configuration once. Priority: TOML file < ``STREAMWATCH_*`` env < ``overrides``."""
+    file_values, text = read_toml(Path(path)) if path else ({}, "")
+    where = str(path) if path else "environment/options"
+    try:
+        env_values = EnvSettingsSource(Settings)()
+        values = _deep_merge(_deep_merge(file_values, env_values), overrides or {})
+        return Settings.model_validate(values)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, where, text)) from e
+    except ValueError as e:  # malformed JSON in a complex env var
+        raise ConfigError(f"invalid configuration in environment: {e}") from e

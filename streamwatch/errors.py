@@ -1,0 +1,79 @@
+"""Exceptions raised by streamwatch.
+
+Every error streamwatch raises derives from :class:`StreamwatchError`, with one subclass per
+pipeline stage. Where a matching builtin exists the error inherits it too (as PyAV does), so callers
+can catch either way: ``except SourceTimeout`` or ``except TimeoutError``.
+
+Library errors (PyAV, OpenCV, pydantic, …) are wrapped at the stage boundary with ``raise … from e``
+and never carry credentials: URLs in messages are always redacted.
+
+Tree::
+
+    StreamwatchError
+    ├── ConfigError (ValueError)              bad config file, env var or CLI option
+    ├── IngestError                           anything about getting frames out of a source
+    │   ├── SourceOpenError (ConnectionError) could not open / connect (after retries, if any)
+    │   ├── SourceTimeout (TimeoutError)      no data within the read timeout
+    │   ├── SourceEnded                       a live source ended cleanly (treated as a disconnect)
+    │   ├── SourceCorrupt (ValueError)        undecodable data in a file (frames before it were delivered)
+    │   └── NoVideoStream (ValueError)        the source has no video stream
+    ├── SamplingError                         bad sampling input (e.g. an empty image)
+    ├── AnalysisError                         detectors / encoder / policy (later stages)
+    ├── VLMError                              vision-language backends (later stages)
+    ├── EventsError                           event store and bus (later stages)
+    └── ServerError                           WebSocket / HTTP server (later stages)
+"""
+
+from __future__ import annotations
+
+
+class StreamwatchError(Exception):
+    """Root of every error streamwatch raises."""
+
+
+class ConfigError(StreamwatchError, ValueError):
+    """A config file, environment variable or command-line option is invalid."""
+
+
+class IngestError(StreamwatchError):
+    """Getting frames out of a source failed."""
+
+
+class SourceOpenError(IngestError, ConnectionError):
+    """The source could not be opened or connected to."""
+
+
+class SourceTimeout(IngestError, TimeoutError):
+    """The source sent no data within the read timeout."""
+
+
+class SourceEnded(IngestError):
+    """A live source ended cleanly (for live sources this counts as a disconnect)."""
+
+
+class SourceCorrupt(IngestError, ValueError):
+    """The source holds undecodable data; frames before the damage were delivered."""
+
+
+class NoVideoStream(IngestError, ValueError):
+    """The source has no video stream."""
+
+
+class SamplingError(StreamwatchError):
+    """A sampling stage got input it cannot use."""
+
+
+class AnalysisError(StreamwatchError):
+    """An analyzer, encoder or policy failed."""
+
+
+class VLMError(StreamwatchError):
+    """A vision-language backend failed."""
+
+
+class EventsError(StreamwatchError):
+    """The event store or bus failed."""
+
+
+class ServerError(StreamwatchError):
+    """The WebSocket/HTTP server failed."""

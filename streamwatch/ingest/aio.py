@@ -1,0 +1,121 @@
+"""asyncio adapter: runs a blocking :class:`FrameReader` in its own thread behind a bounded queue.
+
+Drop policy (explicit, counted): live sources drop the **oldest** queued frame when the consumer
+falls behind (:attr:`DropPolicy.DROP_OLDEST`); files make the reader wait (:attr:`DropPolicy.WAIT`).
+Health events are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from streamwatch.ingest.frame import Frame
+from streamwatch.ingest.reader import FrameReader, Item, ReaderStats
+
+logger = logging.getLogger(__name__)
+
+
+class DropPolicy(enum.Enum):
+    DROP_OLDEST = "drop_oldest"
+    WAIT = "wait"
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    error: BaseException | None
+
+
+class FrameQueue:
+    """A bounded frame queue fed from a thread; ``dropped`` counts frames thrown away."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int, policy: DropPolicy, stats: ReaderStats | None = None) -> None:
+        self._loop, self.maxsize, self.policy = loop, maxsize, policy
+        self._stats = stats
+        self._items: deque[Item | _End] = deque()
+        self._frames = 0
+        self._ready = asyncio.Event()
+        self._slots = threading.Semaphore(maxsize)
+        self.dropped = 0
+
+    # producer side (reader thread)
+    def put_threadsafe(self, item: Item | _End, stop: threading.Event) -> None:
+        if self.policy is DropPolicy.WAIT and isinstance(item, Frame):
+            while not self._slots.acquire(timeout=0.2):
+                if stop.is_set():
+                    return
+        self._loop.call_soon_threadsafe(self._push, item)
+
+    def _push(self, item: Item | _End) -> None:
+        if isinstance(item, Frame):
+            if self.policy is DropPolicy.DROP_OLDEST and self._frames >= self.maxsize:
+                for i, old in enumerate(self._items):
+                    if isinstance(old, Frame):
+                        del self._items[i]
+                        self._frames -= 1
+                        self.dropped += 1
+                        if self._stats is not None:
+                            self._stats.dropped += 1
+                        break
+            self._frames += 1
+        self._items.append(item)
+        self._ready.set()
+
+    # consumer side (event loop)
+    async def get(self) -> Item | _End:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if isinstance(item, Frame):
+            self._frames -= 1
+            if self.policy is DropPolicy.WAIT:
+                self._slots.release()
+        return item
+
+
+async def aiter_reader(reader: FrameReader, *, maxsize: int = 8, policy: DropPolicy | None = None) -> AsyncIterator[Item]:
+    """Yield the reader's items on the event loop; stop the reader when the consumer leaves.
+
+    Errors raised by the reader (e.g. :class:`~streamwatch.errors.SourceOpenError` after the last
+    retry) are re-raised here. Cancellation stops the reader thread (it exits after the packet or
+    timeout in progress) and propagates.
+    """
+    if policy is None:
+        policy = DropPolicy.DROP_OLDEST if reader.spec.live else DropPolicy.WAIT
+    loop = asyncio.get_running_loop()
+    queue = FrameQueue(loop, maxsize, policy, reader.stats)
+    stop = threading.Event()
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            for item in reader:
+                if stop.is_set():
+                    break
+                queue.put_threadsafe(item, stop)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            error = e
+        if not stop.is_set():
+            loop.call_soon_threadsafe(queue._push, _End(error))
+
+    thread = threading.Thread(target=run, name=f"ingest-{reader.stream_id}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.stop()
+        if queue.dropped:
+            logger.info("[%s] %d frames dropped (consumer behind)", reader.stream_id, queue.dropped)

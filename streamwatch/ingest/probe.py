@@ -1,0 +1,83 @@
+"""``streamwatch probe``: codec, resolution, frame rate and measured keyframe interval of a source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import av.error
+
+from streamwatch.config import IngestConfig
+from streamwatch.errors import NoVideoStream, SourceCorrupt
+from streamwatch.ingest.reader import open_container
+from streamwatch.ingest.url import SourceSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    source: str  # redacted
+    format: str
+    codec: str
+    profile: str | None
+    width: int
+    height: int
+    pix_fmt: str | None
+    fps: float | None
+    keyframe_interval_s: float | None
+    duration_s: float | None
+    bitrate: int | None
+
+    def lines(self) -> list[str]:
+        kf = f"{self.keyframe_interval_s:.2f}s" if self.keyframe_interval_s is not None else "unknown"
+        return [
+            f"source:    {self.source}",
+            f"format:    {self.format}",
+            f"codec:     {self.codec}" + (f" ({self.profile})" if self.profile else ""),
+            f"size:      {self.width}x{self.height}" + (f" {self.pix_fmt}" if self.pix_fmt else ""),
+            f"fps:       {self.fps:.3f}" if self.fps else "fps:       unknown",
+            f"keyframes: every {kf}",
+            f"duration:  {self.duration_s:.2f}s" if self.duration_s else "duration:  live/unknown",
+            f"bitrate:   {self.bitrate // 1000} kb/s" if self.bitrate else "bitrate:   unknown",
+        ]
+
+
+def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> ProbeResult:
+    """Open once and read packets (no decoding) for up to ``max_seconds`` of stream time."""
+    container = open_container(spec, cfg)
+    try:
+        if not container.streams.video:
+            raise NoVideoStream(f"{spec.redacted} has no video stream")
+        vs = container.streams.video[0]
+        ctx = vs.codec_context
+        keys: list[float] = []
+        first: float | None = None
+        try:
+            for packet in container.demux(vs):
+                if packet.pts is None or vs.time_base is None:
+                    continue
+                t = float(packet.pts * vs.time_base)
+                first = t if first is None else first
+                if packet.is_keyframe:
+                    keys.append(t)
+                if t - first >= max_seconds and len(keys) >= 3:
+                    break
+        except av.error.FFmpegError as e:
+            if not keys:
+                raise SourceCorrupt(f"{spec.redacted}: no readable packets ({e.strerror})") from None
+        gaps = [b - a for a, b in zip(keys, keys[1:], strict=False) if b > a]
+        rate = vs.average_rate or vs.guessed_rate
+        duration = float(container.duration / 1_000_000) if container.duration else None
+        return ProbeResult(
+            source=spec.redacted,
+            format=str(container.format.name),
+            codec=str(ctx.name),
+            profile=getattr(ctx, "profile", None),
+            width=int(ctx.width),
+            height=int(ctx.height),
+            pix_fmt=getattr(ctx, "pix_fmt", None),
+            fps=float(rate) if rate else None,
+            keyframe_interval_s=max(gaps) if gaps else None,
+            duration_s=duration if spec.kind.value == "file" else None,
+            bitrate=int(container.bit_rate) if container.bit_rate else None,
+        )
+    finally:
+        container.close()

@@ -1,0 +1,136 @@
+"""The sampling stage: quality gate + pHash + dedupe over interval-sampled frames (pure).
+
+``Sampler.feed(frame)`` returns the :class:`Sample` decision for that frame, preceded by any
+health events it closes or opens (a sustained black or frozen picture is itself an incident).
+Decision precedence: black > uniform > frozen > blurred > duplicate > kept.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from streamwatch.config import SamplingConfig
+from streamwatch.events.model import HealthEvent, HealthKind
+from streamwatch.ingest.frame import Frame
+from streamwatch.sampling.dedupe import Deduper
+from streamwatch.sampling.phash import PHash, phash_luma
+from streamwatch.sampling.quality import QualityGate, QualityReport
+
+
+class Decision(enum.Enum):
+    KEPT = "kept"
+    DUPLICATE = "duplicate"
+    BLACK = "black"
+    UNIFORM = "uniform"
+    BLURRED = "blurred"
+    FROZEN = "frozen"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A sampled frame and what the gate decided about it. Only KEPT samples go to analysis."""
+
+    frame: Frame
+    decision: Decision
+    phash: PHash
+    distance: int | None  # Hamming distance to the last kept frame
+    quality: QualityReport
+
+    @property
+    def kept(self) -> bool:
+        return self.decision is Decision.KEPT
+
+    @property
+    def offset(self) -> float:
+        return self.frame.offset
+
+
+@dataclass(slots=True)
+class _Period:
+    """Tracks one sustained condition (black, frozen) and when it was announced."""
+
+    kind: HealthKind
+    threshold_s: float
+    since: float | None = None
+    announced: bool = False
+
+    def update(self, active: bool, since: float, now: float, stream: str, wall: float) -> HealthEvent | None:
+        if active:
+            if self.since is None:
+                self.since = since
+            if not self.announced and now - self.since >= self.threshold_s:
+                self.announced = True
+                return HealthEvent(stream, self.kind, wall, self.since, active=True)
+            return None
+        event = None
+        if self.announced and self.since is not None:
+            event = HealthEvent(stream, self.kind, wall, now, active=False, duration_s=round(now - self.since, 3))
+        self.since, self.announced = None, False
+        return event
+
+
+class Sampler:
+    """Decide, for each interval-sampled frame of one stream, whether it is worth analysing."""
+
+    def __init__(self, cfg: SamplingConfig) -> None:
+        self.cfg = cfg
+        self.gate = QualityGate(cfg)
+        self.dedupe = Deduper(cfg.dedupe_radius, cfg.heartbeat_s)
+        self._unchanged_since: float | None = None
+        self._prev_offset: float | None = None
+        self._black = _Period(HealthKind.BLACK, cfg.black_after_s)
+        self._frozen = _Period(HealthKind.FROZEN, 0.0)
+        self.counts: dict[Decision, int] = dict.fromkeys(Decision, 0)
+
+    def feed(self, frame: Frame) -> list[Sample | HealthEvent]:
+        gray = frame.gray()
+        q = self.gate.measure(gray)
+        h = phash_luma(gray)
+        out: list[Sample | HealthEvent] = []
+
+        if q.unchanged:
+            if self._unchanged_since is None:
+                self._unchanged_since = self._prev_offset if self._prev_offset is not None else frame.offset
+        else:
+            self._unchanged_since = None
+        self._prev_offset = frame.offset
+        frozen = (
+            self._unchanged_since is not None
+            and not q.uniform
+            and frame.offset - self._unchanged_since >= self.cfg.frozen_after_s - 1e-6
+        )
+
+        for period, active, since in (
+            (self._black, q.black, frame.offset),
+            (self._frozen, frozen, self._unchanged_since if self._unchanged_since is not None else frame.offset),
+        ):
+            ev = period.update(active, since, frame.offset, frame.stream, frame.wall)
+            if ev is not None:
+                out.append(ev)
+
+        distance = self.dedupe.distance(h)
+        if q.black:
+            decision = Decision.BLACK
+        elif q.uniform:
+            decision = Decision.UNIFORM
+        elif frozen:
+            decision = Decision.FROZEN
+        elif q.blurred:
+            decision = Decision.BLURRED
+        elif self.dedupe.is_duplicate(h, frame.offset):
+            decision = Decision.DUPLICATE
+        else:
+            decision = Decision.KEPT
+        self.counts[decision] += 1
+        out.append(Sample(frame, decision, h, distance, q))
+        return out
+
+    def finish(self, offset: float, wall: float, stream: str) -> list[HealthEvent]:
+        """Close open black/frozen periods at the end of a stream."""
+        out = []
+        for period in (self._black, self._frozen):
+            ev = period.update(False, offset, offset, stream, wall)
+            if ev is not None:
+                out.append(ev)
+        return out
