@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -78,7 +79,7 @@ def require_media_tools() -> None:
         )
 
 
-NGINX_CONF = """
+NGINX_CONF = """{user}
 load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
 daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log info;
 events {{ worker_connections 256; }}
@@ -112,7 +113,9 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     (d / "tmp").mkdir()
     (d / "hls").mkdir()
     rtmp, http = free_port(), free_port()
-    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, rtmp=rtmp, http=http))
+    # As root, nginx's workers would run as `nobody` and could not read pytest's 0700 temp dirs.
+    user = "user root root;" if os.geteuid() == 0 else ""
+    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, rtmp=rtmp, http=http, user=user))
     proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")], stderr=subprocess.PIPE)
     try:
         wait_port(rtmp)

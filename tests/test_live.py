@@ -1,0 +1,225 @@
+"""Live sources against real local servers: nginx-rtmp (RTMP + HLS), http.server HLS, PyAV listener."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Clip, Nginx, free_port, publish, require_media_tools, stop
+from streamwatch.config import IngestConfig
+from streamwatch.errors import SourceOpenError
+from streamwatch.events.model import HealthEvent, StreamState
+from streamwatch.ingest import Frame, FrameReader, parse_source
+from streamwatch.ingest.aio import aiter_reader
+
+pytestmark = pytest.mark.media_server
+
+FAST = IngestConfig(open_timeout_s=3, read_timeout_s=2, backoff_initial_s=0.2, backoff_max_s=1.0)
+
+
+class Collector:
+    """Runs a FrameReader in a thread and records what it yields, with arrival times."""
+
+    def __init__(self, reader: FrameReader) -> None:
+        self.reader = reader
+        self.items: list[tuple[float, Frame | HealthEvent]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.reader:
+                self.items.append((time.monotonic(), item))
+        except BaseException as e:
+            self.error = e
+
+    @property
+    def frames(self) -> list[Frame]:
+        return [i for _, i in self.items if isinstance(i, Frame)]
+
+    @property
+    def states(self) -> list[HealthEvent]:
+        return [i for _, i in self.items if isinstance(i, HealthEvent) and i.state is not None]
+
+    def wait_for(self, pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            if self.error is not None:
+                raise AssertionError(f"reader failed while waiting for {what}: {self.error!r}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; states: {[s.describe() for s in self.states]}")
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def collect() -> Iterator:  # type: ignore[type-arg]
+    made: list[Collector] = []
+
+    def make(url: str, cfg: IngestConfig = FAST, listen: bool = False, every_s: float | None = None) -> Collector:
+        c = Collector(FrameReader(parse_source(url, listen=listen), "live", cfg, every_s=every_s))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def assert_continuous(frames: list[Frame]) -> None:
+    offs = [f.offset for f in frames]
+    assert all(b > a for a, b in zip(offs, offs[1:], strict=False)), "offsets must increase"
+    seqs = [f.seq for f in frames]
+    assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+def test_rtmp_pull_reconnects_after_publisher_stop_and_restart(nginx: Nginx, short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
+    url = nginx.rtmp("reconnect")
+    pub = publish(short_clip.path, url, loop=True)
+    try:
+        c = collect(url)
+        c.wait_for(lambda: len(c.frames) >= 50, 20, "frames from the first publisher")
+        stop(pub)
+        stopped_at = time.monotonic()
+        n_before = len(c.frames)
+        c.wait_for(lambda: any(s.state is StreamState.RECONNECTING for s in c.states), 15, "reconnecting")
+        time.sleep(1.0)
+        pub = publish(short_clip.path, url, loop=True)
+        c.wait_for(lambda: len(c.frames) >= n_before + 50, 30, "frames after the restart")
+    finally:
+        stop(pub)
+    states = [s.state for s in c.states]
+    assert states[0] is StreamState.LIVE
+    assert StreamState.STALLED in states and StreamState.RECONNECTING in states
+    back = [s for s in c.states[1:] if s.state is StreamState.LIVE]
+    assert back and back[0].gap_s is not None and back[0].gap_s >= 1.0
+    frames = c.frames
+    assert_continuous(frames)
+    before, after = frames[n_before - 1], frames[n_before]
+    # the gap in offsets matches the outage (wall clock), not the publisher's PTS (which restarted at 0)
+    assert after.offset - before.offset >= 1.5
+    assert after.offset - before.offset <= time.monotonic() - stopped_at + 1.0
+    assert c.reader.stats.reconnects >= 1
+
+
+def test_hls_from_nginx(nginx: Nginx, short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
+    pub = publish(short_clip.path, nginx.rtmp("hlsnginx"), loop=True)
+    try:
+        c = collect(nginx.hls("hlsnginx"), IngestConfig(open_timeout_s=3, read_timeout_s=3, backoff_initial_s=0.3, backoff_max_s=1.0), every_s=0.5)
+        c.wait_for(lambda: len(c.frames) >= 6, 40, "HLS frames")
+    finally:
+        stop(pub)
+    assert_continuous(c.frames)
+    assert c.frames[0].width == 320
+
+
+@pytest.fixture
+def hls_dir_server(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.RequestHandlerClass.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield tmp_path, int(httpd.server_address[1])
+    httpd.shutdown()
+
+
+def test_hls_from_a_plain_http_server_treats_end_as_disconnect(hls_dir_server: tuple[Path, int], short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
+    require_media_tools()
+    d, port = hls_dir_server
+    seg = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(short_clip.path), "-c", "copy", "-f", "hls",
+         "-hls_time", "1", "-hls_list_size", "5", "-hls_flags", "delete_segments", str(d / "live.m3u8")]
+    )
+    try:
+        c = collect(f"http://127.0.0.1:{port}/live.m3u8", IngestConfig(open_timeout_s=3, read_timeout_s=3, backoff_initial_s=0.3, backoff_max_s=1.0), every_s=0.5)
+        c.wait_for(lambda: len(c.frames) >= 6, 30, "HLS frames")
+        seg.wait(30)  # the publisher finishes its 12 s clip
+        c.wait_for(lambda: any(s.state is StreamState.STALLED for s in c.states), 30, "a stall after the playlist ends")
+    finally:
+        stop(seg)
+    assert_continuous(c.frames)
+    assert c.frames[-1].offset >= 6
+
+
+def test_listen_mode_accepts_publishers_one_after_another(short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/secretkey"
+    c = collect(url, IngestConfig(open_timeout_s=2, read_timeout_s=3), listen=True)
+    time.sleep(0.5)
+    pub = publish(short_clip.path, url)
+    try:
+        c.wait_for(lambda: len(c.frames) >= 40, 20, "frames from publisher 1")
+        stop(pub)
+        n = len(c.frames)
+        c.wait_for(lambda: c.states[-1].state is StreamState.RECONNECTING, 10, "re-armed listener")
+        pub = publish(short_clip.path, url)
+        c.wait_for(lambda: len(c.frames) >= n + 40, 20, "frames from publisher 2")
+    finally:
+        stop(pub)
+    lives = [s for s in c.states if s.state is StreamState.LIVE]
+    assert len(lives) == 2 and lives[1].gap_s is not None
+    assert_continuous(c.frames)
+
+
+def test_unreachable_source_retries_with_backoff_then_clear_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"rtmp://admin:hunter2@127.0.0.1:{free_port()}/live/streamkey123?key=s3cret"
+    cfg = IngestConfig(open_timeout_s=1, read_timeout_s=1, backoff_initial_s=0.05, backoff_max_s=0.2, max_retries=3)
+    reader = FrameReader(parse_source(url), "x", cfg)
+    seen: list[HealthEvent] = []
+    t0 = time.monotonic()
+    with pytest.raises(SourceOpenError) as e:
+        for item in reader:
+            assert isinstance(item, HealthEvent)
+            seen.append(item)
+    assert [s.state for s in seen] == [StreamState.RECONNECTING] * 3 + [StreamState.STOPPED]
+    assert [s.attempt for s in seen[:3]] == [1, 2, 3]
+    assert time.monotonic() - t0 < 10
+    assert "gave up after 4 attempts" in str(e.value)
+    no_retry = FrameReader(parse_source(url), "x", cfg.model_copy(update={"max_retries": 0}))
+    with pytest.raises(SourceOpenError) as e0:
+        list(no_retry)
+    text = str(e.value) + str(e0.value) + caplog.text + "".join(s.reason for s in seen)
+    for secret in ("hunter2", "s3cret", "streamkey123", "admin"):
+        assert secret not in text
+    assert "127.0.0.1" in str(e0.value)
+
+
+def test_async_adapter_drops_oldest_frames_for_a_slow_consumer(nginx: Nginx, short_clip: Clip) -> None:
+    url = nginx.rtmp("slow")
+    pub = publish(short_clip.path, url, loop=True)
+
+    async def consume() -> tuple[int, FrameReader]:
+        reader = FrameReader(parse_source(url), "slow", FAST)  # every frame (25 fps)
+        got = 0
+        async with asyncio.timeout(30):
+            async for item in aiter_reader(reader, maxsize=4):
+                if isinstance(item, Frame):
+                    got += 1
+                    await asyncio.sleep(0.2)  # 5 frames/s: far behind 25 fps
+                    if got >= 15:
+                        break
+        return got, reader
+
+    try:
+        got, reader = asyncio.run(consume())
+    finally:
+        stop(pub)
+    assert got == 15
+    assert reader.stats.dropped > 20  # counted, oldest first
+    assert reader.stopped
