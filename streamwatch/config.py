@@ -48,11 +48,15 @@ class IngestConfig(_Section):
     backoff_max_s: Annotated[float, Field(gt=0, description="Reconnect delay cap.")] = 10.0
     backoff_multiplier: Annotated[float, Field(ge=1, description="Delay growth per failed attempt.")] = 2.0
     backoff_jitter: Annotated[float, Field(ge=0, le=1, description="Random spread of each delay, as a fraction (0.2 = ±20%).")] = 0.2
-    max_retries: Annotated[int | None, Field(ge=0, description="Reconnect attempts before giving up; unset = forever, 0 = fail at once.")] = None
+    max_retries: Annotated[
+        int | None, Field(ge=0, description="Reconnect attempts before giving up; unset = forever, 0 = fail at once.")
+    ] = None
     decode: Annotated[DecodeMode, Field(description="Decoding mode: auto, full, reference or keyframes.")] = DecodeMode.AUTO
     hwaccel: Annotated[HwAccel, Field(description="Hardware decoding: none, auto or cuda (never required).")] = HwAccel.NONE
     realtime: Annotated[bool, Field(description="Pace file sources in real time instead of as fast as possible.")] = False
-    queue_size: Annotated[int, Field(ge=1, description="Frames buffered between decoder and sampler; live sources drop the oldest when full.")] = 8
+    queue_size: Annotated[
+        int, Field(ge=1, description="Frames buffered between decoder and sampler; live sources drop the oldest when full.")
+    ] = 8
 
     @model_validator(mode="after")
     def _backoff_order(self) -> IngestConfig:
@@ -65,18 +69,29 @@ class SamplingConfig(_Section):
     every_s: Annotated[float, Field(gt=0, description="Sample one frame every N seconds of stream time.")] = 1.0
     black_luma: Annotated[float, Field(ge=0, le=255, description="Mean luma (0-255) under which a low-contrast frame is black.")] = 32.0
     uniform_std: Annotated[float, Field(ge=0, description="Luma standard deviation under which a frame is black/uniform.")] = 6.0
-    blur_threshold: Annotated[float, Field(ge=0, description="Sharpness (variance of Laplacian, best tile) under which a frame is blurred.")] = 60.0
+    blur_threshold: Annotated[
+        float, Field(ge=0, description="Sharpness (variance of Laplacian, best tile) under which a frame is blurred.")
+    ] = 60.0
     frozen_after_s: Annotated[float, Field(gt=0, description="Seconds without visible change before video counts as frozen.")] = 2.0
-    frozen_changed: Annotated[float, Field(ge=0, le=1, description="Fraction of changed pixels under which two samples are 'unchanged'.")] = 0.002
+    frozen_changed: Annotated[
+        float, Field(ge=0, le=1, description="Fraction of changed pixels under which two samples are 'unchanged'.")
+    ] = 0.002
     black_after_s: Annotated[float, Field(ge=0, description="Seconds of black before a 'black' health event is raised.")] = 2.0
-    dedupe_radius: Annotated[int, Field(ge=0, le=64, description="pHash Hamming radius within which a frame duplicates the last kept one.")] = 6
+    dedupe_radius: Annotated[
+        int, Field(ge=0, le=64, description="pHash Hamming radius within which a frame duplicates the last kept one.")
+    ] = 6
     heartbeat_s: Annotated[float, Field(gt=0, description="Keep at least one frame per this many seconds even if unchanged.")] = 30.0
     max_side: Annotated[int, Field(ge=32, le=4096, description="Long side of frames handed to analysis (aspect kept).")] = 512
 
 
 class StreamConfig(_Section):
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Stream id used in events and URLs.")]
-    source: Annotated[str, Field(min_length=1, description="rtmp://, rtsp://, http(s)://….m3u8 or a file path; with listen=true an rtmp:// address to listen on.")]
+    source: Annotated[
+        str,
+        Field(
+            min_length=1, description="rtmp://, rtsp://, http(s)://….m3u8 or a file path; with listen=true an rtmp:// address to listen on."
+        ),
+    ]
     listen: Annotated[bool, Field(description="Be the RTMP endpoint a publisher pushes to.")] = False
     every_s: Annotated[float | None, Field(gt=0, description="Override sampling.every_s for this stream.")] = None
 

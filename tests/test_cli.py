@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from conftest import Clip, load_jsonl
+
 from streamwatch import __version__
 
 
@@ -65,7 +66,7 @@ def test_check_config_points_at_the_bad_key(tmp_path: Path) -> None:
     r = sw("check-config", str(good))
     assert r.returncode == 0 and "OK (1 stream)" in r.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text('[sampling]\nevery_s = 2\ndedupe_radius = 99\n[ingest]\nread_timout_s = 3\n')
+    bad.write_text("[sampling]\nevery_s = 2\ndedupe_radius = 99\n[ingest]\nread_timout_s = 3\n")
     r = sw("check-config", str(bad))
     assert r.returncode == 1
     assert "sampling.dedupe_radius (line 3)" in r.stderr

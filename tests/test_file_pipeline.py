@@ -7,8 +7,8 @@ from pathlib import Path
 
 import av
 import pytest
-
 from conftest import Clip
+
 from streamwatch.app import build_pipeline
 from streamwatch.config import DecodeMode, IngestConfig, Settings, StreamConfig, load_settings
 from streamwatch.errors import NoVideoStream, SourceCorrupt, SourceOpenError
@@ -146,7 +146,7 @@ def test_truncated_file_delivers_frames_before_the_damage(clip: Clip, tmp_path: 
 
 
 def test_missing_and_non_video_files(tmp_path: Path) -> None:
-    with pytest.raises(SourceOpenError, match="nope.mp4"):
+    with pytest.raises(SourceOpenError, match=r"nope\.mp4"):
         run(tmp_path / "nope.mp4")
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 100)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import itertools
 import logging
 import subprocess
 import threading
@@ -13,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import Clip, Nginx, free_port, publish, require_media_tools, stop
+
 from streamwatch.config import IngestConfig
 from streamwatch.errors import SourceOpenError
 from streamwatch.events.model import HealthEvent, StreamState
@@ -24,6 +25,7 @@ from streamwatch.ingest.aio import aiter_reader
 pytestmark = pytest.mark.media_server
 
 FAST = IngestConfig(open_timeout_s=3, read_timeout_s=2, backoff_initial_s=0.2, backoff_max_s=1.0)
+HLS_CFG = IngestConfig(open_timeout_s=3, read_timeout_s=3, backoff_initial_s=0.3, backoff_max_s=1.0)
 
 
 class Collector:
@@ -82,9 +84,9 @@ def collect() -> Iterator:  # type: ignore[type-arg]
 
 def assert_continuous(frames: list[Frame]) -> None:
     offs = [f.offset for f in frames]
-    assert all(b > a for a, b in zip(offs, offs[1:], strict=False)), "offsets must increase"
+    assert all(b > a for a, b in itertools.pairwise(offs)), "offsets must increase"
     seqs = [f.seq for f in frames]
-    assert all(b > a for a, b in zip(seqs, seqs[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(seqs))
 
 
 def test_rtmp_pull_reconnects_after_publisher_stop_and_restart(nginx: Nginx, short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
@@ -119,7 +121,7 @@ def test_rtmp_pull_reconnects_after_publisher_stop_and_restart(nginx: Nginx, sho
 def test_hls_from_nginx(nginx: Nginx, short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
     pub = publish(short_clip.path, nginx.rtmp("hlsnginx"), loop=True)
     try:
-        c = collect(nginx.hls("hlsnginx"), IngestConfig(open_timeout_s=3, read_timeout_s=3, backoff_initial_s=0.3, backoff_max_s=1.0), every_s=0.5)
+        c = collect(nginx.hls("hlsnginx"), HLS_CFG, every_s=0.5)
         c.wait_for(lambda: len(c.frames) >= 6, 40, "HLS frames")
     finally:
         stop(pub)
@@ -142,11 +144,33 @@ def test_hls_from_a_plain_http_server_treats_end_as_disconnect(hls_dir_server: t
     require_media_tools()
     d, port = hls_dir_server
     seg = subprocess.Popen(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(short_clip.path), "-c", "copy", "-f", "hls",
-         "-hls_time", "1", "-hls_list_size", "5", "-hls_flags", "delete_segments", str(d / "live.m3u8")]
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            str(short_clip.path),
+            "-c",
+            "copy",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_list_size",
+            "5",
+            "-hls_flags",
+            "delete_segments",
+            str(d / "live.m3u8"),
+        ]
     )
     try:
-        c = collect(f"http://127.0.0.1:{port}/live.m3u8", IngestConfig(open_timeout_s=3, read_timeout_s=3, backoff_initial_s=0.3, backoff_max_s=1.0), every_s=0.5)
+        c = collect(
+            f"http://127.0.0.1:{port}/live.m3u8",
+            HLS_CFG,
+            every_s=0.5,
+        )
         c.wait_for(lambda: len(c.frames) >= 6, 30, "HLS frames")
         seg.wait(30)  # the publisher finishes its 12 s clip
         c.wait_for(lambda: any(s.state is StreamState.STALLED for s in c.states), 30, "a stall after the playlist ends")

@@ -148,7 +148,7 @@ class Renderer:
 
 def iter_frames(segments: list[Segment], width: int, height: int, fps: int) -> Iterator[np.ndarray]:
     r = Renderer(width, height)
-    n = int(round(segments[-1].end * fps))
+    n = round(segments[-1].end * fps)
     si = 0
     for i in range(n):
         t = i / fps
@@ -170,7 +170,7 @@ def write_clip(
     """Encode the clip to ``path`` (container from the suffix) and write ``<path>.labels.json``."""
     path = Path(path)
     segments = build_segments(seconds)
-    gop = max(int(round(gop_s * fps)), 1)
+    gop = max(round(gop_s * fps), 1)
     fmt = {".flv": "flv", ".ts": "mpegts", ".mkv": "matroska"}.get(path.suffix.lower())
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(

@@ -16,6 +16,7 @@ they are regular again.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -47,7 +48,7 @@ class DecodePlan:
         k = list(self._key_times)
         if len(k) < 2:
             return None
-        return max(b - a for a, b in zip(k, k[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(k))
 
     def _keyframes_fit(self) -> bool:
         if self.every_s is None:

@@ -42,7 +42,7 @@ class Frame:
         pic = self.picture
         if pic.format.name in _LUMA_FIRST:
             plane = pic.planes[0]
-            buf = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+            buf = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
             return buf[: pic.height, : pic.width]
         return pic.reformat(format="gray").to_ndarray()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import av.error
@@ -63,7 +64,7 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> 
         except av.error.FFmpegError as e:
             if not keys:
                 raise SourceCorrupt(f"{spec.redacted}: no readable packets ({e.strerror})") from None
-        gaps = [b - a for a, b in zip(keys, keys[1:], strict=False) if b > a]
+        gaps = [b - a for a, b in itertools.pairwise(keys) if b > a]
         rate = vs.average_rate or vs.guessed_rate
         duration = float(container.duration / 1_000_000) if container.duration else None
         return ProbeResult(

@@ -109,7 +109,9 @@ class FrameReader:
         self.state = StreamState.CONNECTING
         self._stop = threading.Event()
         self._clock = OffsetClock(live=spec.live)
-        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_multiplier, cfg.backoff_jitter, rng or random.Random())
+        self._backoff = Backoff(
+            cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_multiplier, cfg.backoff_jitter, rng or random.Random()
+        )
         self._t0 = time.monotonic()
         self._last_offset = 0.0
         self._seq = 0

@@ -11,7 +11,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from streamwatch.errors import ConfigError
 
 # Query parameters that carry secrets (stream keys, tokens, signatures).
-_SECRET_PARAMS = re.compile(r"^(key|token|secret|sig|signature|auth|password|pass|pwd|passwd|streamkey|stream_key|access_token|api_key|apikey)$", re.I)
+_SECRET_PARAMS = re.compile(
+    r"^(key|token|secret|sig|signature|auth|password|pass|pwd|passwd|streamkey|stream_key|access_token|api_key|apikey)$", re.I
+)
 _FILE_SUFFIXES = {".mp4", ".flv", ".ts", ".mkv", ".mov", ".m4v", ".webm", ".m3u8"}
 
 

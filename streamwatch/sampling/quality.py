@@ -48,9 +48,7 @@ def sharpness(small: np.ndarray) -> float:
     lap = cv2.Laplacian(small, cv2.CV_32F)
     h, w = lap.shape
     th, tw = max(h // _TILES, 1), max(w // _TILES, 1)
-    tiles = sorted(
-        float(lap[y : y + th, x : x + tw].var()) for y in range(0, h - th + 1, th) for x in range(0, w - tw + 1, tw)
-    )
+    tiles = sorted(float(lap[y : y + th, x : x + tw].var()) for y in range(0, h - th + 1, th) for x in range(0, w - tw + 1, tw))
     return tiles[-2] if len(tiles) > 1 else tiles[-1]
 
 

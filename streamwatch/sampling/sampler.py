@@ -96,9 +96,7 @@ class Sampler:
             self._unchanged_since = None
         self._prev_offset = frame.offset
         frozen = (
-            self._unchanged_since is not None
-            and not q.uniform
-            and frame.offset - self._unchanged_since >= self.cfg.frozen_after_s - 1e-6
+            self._unchanged_since is not None and not q.uniform and frame.offset - self._unchanged_since >= self.cfg.frozen_after_s - 1e-6
         )
 
         for period, active, since in (
