@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -104,7 +105,8 @@ def phash_luma(luma: np.ndarray) -> PHash:
     # (measured: +40% decode time in the ingest benchmark).
     # Rows first (Wy @ image, then @ Wx^T). The other order is 6x faster in isolation but, like
     # numpy's BLAS matmul, leaves threads spinning that cost the decoder ~40% (ingest benchmark).
-    rows = cv2.gemm(_resample_matrix(reduced.shape[0], 32), reduced, 1.0, None, 0.0)
-    small = cv2.gemm(rows, _resample_matrix(reduced.shape[1], 32), 1.0, None, 0.0, flags=cv2.GEMM_2_T)
+    gemm: Any = cv2.gemm  # the stubs do not allow src3=None, which OpenCV accepts with beta=0
+    rows = gemm(_resample_matrix(reduced.shape[0], 32), reduced, 1.0, None, 0.0)
+    small = gemm(rows, _resample_matrix(reduced.shape[1], 32), 1.0, None, 0.0, flags=cv2.GEMM_2_T)
     coeffs = cv2.dct(small)[:8, :8] * _SCALE
     return PHash.from_bits(coeffs > np.median(coeffs))
