@@ -1,7 +1,7 @@
 """Ingest: open RTMP / HLS / RTSP / file sources (or listen for an RTMP publisher) and decode frames."""
 
 from streamwatch.ingest.frame import Frame
-from streamwatch.ingest.reader import FrameReader, ReaderStats, open_container, read_frames
+from streamwatch.ingest.reader import FrameReader, ReaderStats, open_container
 from streamwatch.ingest.url import SourceKind, SourceSpec, parse_source, redact_url
 
 __all__ = [
@@ -12,6 +12,5 @@ __all__ = [
     "SourceSpec",
     "open_container",
     "parse_source",
-    "read_frames",
     "redact_url",
 ]

@@ -20,7 +20,7 @@ import av
 import av.error
 
 from streamwatch.config import HwAccel, IngestConfig
-from streamwatch.errors import IngestError, NoVideoStream, SourceCorrupt, SourceEnded, SourceOpenError, SourceTimeout
+from streamwatch.errors import NoVideoStream, SourceCorrupt, SourceEnded, SourceOpenError, SourceTimeout
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState, can_transition
 from streamwatch.ingest.backoff import Backoff
 from streamwatch.ingest.clock import OffsetClock
@@ -270,14 +270,4 @@ class FrameReader:
                 yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), f)
 
 
-def read_frames(
-    url: str, cfg: IngestConfig | None = None, *, stream_id: str = "default", listen: bool = False, every_s: float | None = None
-) -> Iterator[Item]:
-    """Convenience: parse ``url`` and iterate a :class:`FrameReader` over it."""
-    from streamwatch.ingest.url import parse_source
-
-    spec = parse_source(url, listen=listen)
-    return iter(FrameReader(spec, stream_id, cfg or IngestConfig(), every_s=every_s))
-
-
-__all__ = ["FrameReader", "IngestError", "Item", "ReaderStats", "open_container", "read_frames"]
+__all__ = ["FrameReader", "Item", "ReaderStats", "open_container"]

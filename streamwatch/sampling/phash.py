@@ -21,7 +21,7 @@ import numpy as np
 
 from streamwatch.errors import SamplingError
 
-HASH_INPUT = 256  # side of the area-reduced square the Lanczos step starts from
+HASH_INPUT = 256  # short side the integer-factor box filter keeps before the Lanczos step
 
 _SCALE = np.ones((8, 8), np.float32)
 _SCALE[0, :] *= np.float32(np.sqrt(2.0))
