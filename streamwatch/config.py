@@ -96,6 +96,47 @@ class StreamConfig(_Section):
     every_s: Annotated[float | None, Field(gt=0, description="Override sampling.every_s for this stream.")] = None
 
 
+class Role(enum.Enum):
+    """What a WebSocket client may see and do (see server/PROTOCOL.md)."""
+
+    OVERLAY = "overlay"  # replies to audience images (the live overlay)
+    MODERATOR = "moderator"  # alerts, health, replies, answers, reviews; can ack and ask
+    SUBMITTER = "submitter"  # sends audience images, gets its own replies and rejections
+    ADMIN = "admin"  # everything
+
+
+class TokenConfig(_Section):
+    name: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Client name (logs, events, metrics).")
+    ]
+    role: Annotated[Role, Field(description="overlay, moderator, submitter or admin.")]
+    secret: Annotated[str, Field(min_length=8, description="The bearer token (Authorization: Bearer … or ?token=…).")]
+
+
+class ServerConfig(_Section):
+    host: Annotated[str, Field(description="Address the WebSocket/HTTP server binds.")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535, description="Port for /ws and the HTTP pages (0 = any free port).")] = 8765
+    tokens: Annotated[list[TokenConfig], Field(description="Accepted tokens; with none, every connection is refused.")] = []
+    allowed_origins: Annotated[
+        list[str] | None, Field(description="Allowed browser Origin values for /ws; unset = any (tokens still required).")
+    ] = None
+    max_message_kb: Annotated[int, Field(ge=1, description="Largest client message except submissions, KiB.")] = 64
+    max_submission_mb: Annotated[float, Field(gt=0, description="Largest submission message (base64 image included), MiB.")] = 8.0
+    max_image_pixels: Annotated[int, Field(ge=1, description="Largest submitted image, in pixels (width × height).")] = 40_000_000
+    rate_per_s: Annotated[float, Field(gt=0, description="Client messages per second allowed per token (sustained).")] = 5.0
+    rate_burst: Annotated[int, Field(ge=1, description="Client messages a token may send in a burst.")] = 20
+    abuse_limit: Annotated[int, Field(ge=1, description="Bad messages in a minute after which a connection is closed.")] = 20
+    client_queue: Annotated[int, Field(ge=10, description="Events waiting for one client before it counts as lagging.")] = 10_000
+    replay_page: Annotated[int, Field(ge=10, description="Events per frame when replaying history.")] = 500
+
+
+class StoreConfig(_Section):
+    retention_days: Annotated[float | None, Field(gt=0, description="Delete events older than this many days; unset = keep.")] = 30.0
+    retention_mb: Annotated[
+        float | None, Field(gt=0, description="Keep the database plus evidence images under this size (MiB), oldest first.")
+    ] = 2048.0
+
+
 class Settings(BaseSettings):
     """The whole streamwatch configuration."""
 
@@ -108,6 +149,8 @@ class Settings(BaseSettings):
     ingest: Annotated[IngestConfig, Field(description="How sources are opened, decoded and reconnected.")] = IngestConfig()
     sampling: Annotated[SamplingConfig, Field(description="Frame sampling, quality gate and dedupe.")] = SamplingConfig()
     streams: Annotated[list[StreamConfig], Field(description="Streams to watch.")] = []
+    server: Annotated[ServerConfig, Field(description="WebSocket/HTTP server, tokens and client limits.")] = ServerConfig()
+    store: Annotated[StoreConfig, Field(description="Event store retention.")] = StoreConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:

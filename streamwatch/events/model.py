@@ -1,12 +1,15 @@
 """Typed event records.
 
-Pure values: frozen dataclasses with slots, no I/O. Stages produce them; the store assigns ids later.
+Pure values: frozen dataclasses with slots, no I/O. Stages produce them with ``id == 0``; the store
+assigns the strictly increasing id (:func:`dataclasses.replace`). ``at`` is UTC wall time in epoch
+seconds (ISO 8601 on the wire), ``offset`` seconds since the stream session began.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 class StreamState(enum.Enum):
@@ -38,22 +41,92 @@ class HealthKind(enum.Enum):
     STATE = "state"  # a stream state change (connecting, live, stalled, reconnecting, stopped)
     BLACK = "black"  # a sustained black / near-uniform picture
     FROZEN = "frozen"  # a sustained frozen picture
+    CONFIG = "config"  # a configuration problem noticed while running (e.g. a broken policy reload)
+
+
+class Severity(enum.Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.LOW: 0, Severity.MEDIUM: 1, Severity.HIGH: 2, Severity.CRITICAL: 3}
+
+
+class ReviewAction(enum.Enum):
+    CONFIRM = "confirm"
+    DISMISS = "dismiss"
 
 
 @dataclass(frozen=True, slots=True)
-class HealthEvent:
+class Evidence:
+    """What an alert is based on. ``frame`` is a path relative to the evidence folder (a URL on the wire)."""
+
+    kind: str
+    text: str | None = None
+    bbox: tuple[int, int, int, int] | None = None  # x1, y1, x2, y2 in the evidence frame's pixels
+    labels: tuple[str, ...] = ()
+    frame: str | None = None
+    crop: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Fields every event has. Subclasses set ``TYPE`` (the wire ``type``)."""
+
+    TYPE: ClassVar[str] = ""
+
+    stream: str
+    at: float
+    offset: float
+    id: int = field(default=0, kw_only=True)
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    @property
+    def owner(self) -> str | None:
+        """Token name that privately owns the event (submitters see only their own), or None."""
+        return None
+
+    def files(self) -> tuple[str, ...]:
+        """Evidence files the event references (relative paths)."""
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent(Event):
+    TYPE: ClassVar[str] = "alert"
+
+    rule: str
+    severity: Severity
+    message: str
+    confidence: float
+    evidence: Evidence
+    received_at: float | None = None  # wall time the analysed frame arrived (glass-to-alert latency)
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(p for p in (self.evidence.frame, self.evidence.crop) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthEvent(Event):
     """A change in a stream's health.
 
     ``state`` is set for ``kind == STATE``. For BLACK/FROZEN periods ``active`` tells whether the
     period starts (True) or ends (False). ``gap_s`` is the outage length when a stream comes back
     LIVE after an outage, and ``duration_s`` the period length when a black/frozen period ends.
-    ``offset`` is seconds since the stream session started; ``at`` the UTC wall time (epoch seconds).
     """
 
-    stream: str
+    TYPE: ClassVar[str] = "health"
+
     kind: HealthKind
-    at: float
-    offset: float
     state: StreamState | None = None
     active: bool | None = None
     gap_s: float | None = None
@@ -66,6 +139,8 @@ class HealthEvent:
             text = self.state.value
             if self.gap_s is not None:
                 text += f" again after {self.gap_s:.1f}s"
+        elif self.kind is HealthKind.CONFIG:
+            text = "configuration"
         else:
             text = f"{self.kind.value} {'started' if self.active else 'ended'}"
             if self.duration_s is not None:
@@ -75,3 +150,76 @@ class HealthEvent:
         if self.reason:
             text += f": {self.reason}"
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEvent(Event):
+    """The persona's answer to an audience image."""
+
+    TYPE: ClassVar[str] = "reply"
+
+    submission: str
+    submitter: str  # token name of the submitting client
+    text: str
+    user: str = ""  # the fan's display name
+    image: str | None = None  # thumbnail of the fan's image (evidence path)
+    persona: str = ""
+    model: str = ""
+
+    @property
+    def owner(self) -> str | None:
+        return self.submitter
+
+    def files(self) -> tuple[str, ...]:
+        return (self.image,) if self.image else ()
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent(Event):
+    """An audience image that was refused, with a machine-readable reason."""
+
+    TYPE: ClassVar[str] = "rejected"
+
+    submission: str
+    submitter: str
+    reason: str
+    message: str = ""
+    user: str = ""
+
+    @property
+    def owner(self) -> str | None:
+        return self.submitter
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerEvent(Event):
+    """An answer to a question about the live frame."""
+
+    TYPE: ClassVar[str] = "answer"
+
+    question: str
+    text: str
+    asker: str
+    ref: str = ""
+    frame: str | None = None
+    model: str = ""
+
+    def files(self) -> tuple[str, ...]:
+        return (self.frame,) if self.frame else ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewEvent(Event):
+    """A moderator's confirm or dismiss of an alert."""
+
+    TYPE: ClassVar[str] = "review"
+
+    alert_id: int
+    action: ReviewAction
+    by: str
+    note: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls for cls in (AlertEvent, HealthEvent, ReplyEvent, RejectedEvent, AnswerEvent, ReviewEvent)
+}

@@ -134,7 +134,7 @@ class FrameReader:
             logger.debug("[%s] unusual transition %s -> %s", self.stream_id, self.state.value, state.value)
         self.state = state
         offset = max(self._last_offset, self._elapsed()) if self.spec.live else self._last_offset
-        ev = HealthEvent(self.stream_id, HealthKind.STATE, time.time(), offset, state=state, **kw)
+        ev = HealthEvent(stream=self.stream_id, kind=HealthKind.STATE, at=time.time(), offset=offset, state=state, **kw)
         log = logger.info if state in (StreamState.LIVE, StreamState.STOPPED, StreamState.CONNECTING) else logger.warning
         log("[%s] %s %s", self.stream_id, self.spec.redacted, ev.describe())
         return ev

@@ -61,11 +61,11 @@ class _Period:
                 self.since = since
             if not self.announced and now - self.since >= self.threshold_s:
                 self.announced = True
-                return HealthEvent(stream, self.kind, wall, self.since, active=True)
+                return HealthEvent(stream=stream, kind=self.kind, at=wall, offset=self.since, active=True)
             return None
         event = None
         if self.announced and self.since is not None:
-            event = HealthEvent(stream, self.kind, wall, now, active=False, duration_s=round(now - self.since, 3))
+            event = HealthEvent(stream=stream, kind=self.kind, at=wall, offset=now, active=False, duration_s=round(now - self.since, 3))
         self.since, self.announced = None, False
         return event
 

@@ -1,0 +1,170 @@
+"""Event bus: store first, then fan out to subscribers, in id order, without ever blocking on a client.
+
+One writer task takes whatever was published since its last round (group commit: one SQLite
+transaction per round, so throughput grows with load while an idle bus commits each event at once),
+commits it in a single-thread executor, then hands the stored events to every subscription. A
+subscription is a bounded list of pending wire texts; when a client falls that far behind it is marked
+lagging and its connection closes (the client resumes with ``since``). Publishers wait when the
+publish queue is full: events are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from streamwatch.errors import EventsError
+from streamwatch.events.model import Event
+from streamwatch.events.store import EventStore, StoredEvent
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[[Sequence[StoredEvent]], None]
+
+
+class Subscription:
+    """What one client wants (types, streams, owner) and the texts waiting to be sent to it."""
+
+    __slots__ = ("lagging", "limit", "owner", "pending", "streams", "types", "wake")
+
+    def __init__(self, types: Iterable[str], streams: Iterable[str] | None, owner: str | None, limit: int) -> None:
+        self.types = frozenset(types)
+        self.streams = frozenset(streams) if streams is not None else None
+        self.owner = owner
+        self.limit = limit
+        self.pending: deque[str] = deque()
+        self.wake = asyncio.Event()
+        self.lagging = False
+
+    def matches(self, ev: StoredEvent) -> bool:
+        return (
+            ev.type in self.types and (self.streams is None or ev.stream in self.streams) and (self.owner is None or ev.owner == self.owner)
+        )
+
+    def offer(self, batch: Sequence[StoredEvent]) -> None:
+        if self.lagging:
+            return
+        types, streams, owner = self.types, self.streams, self.owner
+        texts = [
+            e.text for e in batch if e.type in types and (streams is None or e.stream in streams) and (owner is None or e.owner == owner)
+        ]
+        if not texts:
+            return
+        if len(self.pending) + len(texts) > self.limit:
+            self.lagging = True
+            self.pending.clear()
+        else:
+            self.pending.extend(texts)
+        self.wake.set()
+
+    def take(self, max_items: int) -> list[str]:
+        """Up to ``max_items`` pending texts, oldest first."""
+        n = min(max_items, len(self.pending))
+        out = [self.pending.popleft() for _ in range(n)]
+        if not self.pending:
+            self.wake.clear()
+        return out
+
+
+class EventBus:
+    """Publish events (stored, then broadcast). Start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(self, store: EventStore, *, max_batch: int = 2000, queue_size: int = 20000) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[Event, asyncio.Future[StoredEvent]] | None] = asyncio.Queue(queue_size)
+        self._subs: set[Subscription] = set()
+        self._listeners: list[Listener] = []
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="event-store")
+        self._task: asyncio.Task[None] | None = None
+        self.last_id = store.last_id()  # last id handed to subscribers
+        self.lagged = 0  # subscriptions dropped for lagging
+
+    def add_listener(self, fn: Listener) -> None:
+        """Call ``fn`` with each committed batch (metrics, stream status). Must not block."""
+        self._listeners.append(fn)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="event-bus")
+
+    async def stop(self) -> None:
+        """Commit and broadcast everything already published, then stop."""
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    async def publish(self, event: Event) -> StoredEvent:
+        """Store ``event`` and broadcast it; returns once it is committed (with its id)."""
+        if self._task is None:
+            raise EventsError("event bus is not running")
+        fut: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
+        await self._queue.put((event, fut))
+        return await asyncio.shield(fut)
+
+    def subscribe(self, types: Iterable[str], streams: Iterable[str] | None, owner: str | None, limit: int) -> Subscription:
+        """Register a subscription that gets every event committed after :attr:`last_id`."""
+        sub = Subscription(types, streams, owner, limit)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._subs)
+
+    async def read(self, after: int, upto: int, sub: Subscription, limit: int) -> list[StoredEvent]:
+        """Stored events for a replay, read off the event loop."""
+        types, streams, owner = sub.types, sub.streams, sub.owner
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, lambda: self.store.read(after, upto=upto, limit=limit, types=types, streams=streams, owner=owner)
+        )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            items = []
+            while item is not None:
+                items.append(item)
+                if len(items) >= self.max_batch or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            stopping = item is None
+            if not items:
+                continue
+            events = [ev for ev, _ in items]
+            try:
+                stored = await loop.run_in_executor(self._executor, self.store.append, events)
+            except EventsError as e:
+                logger.exception("event store write failed; %d events not broadcast", len(events))
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), st in zip(items, stored, strict=True):
+                if not fut.done():
+                    fut.set_result(st)
+            self._fan_out(stored)
+
+    def _fan_out(self, stored: Sequence[StoredEvent]) -> None:
+        self.last_id = stored[-1].id
+        for sub in self._subs:
+            was = sub.lagging
+            sub.offer(stored)
+            if sub.lagging and not was:
+                self.lagged += 1
+        for fn in self._listeners:
+            try:
+                fn(stored)
+            except Exception:
+                logger.exception("event listener failed")

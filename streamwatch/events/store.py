@@ -1,0 +1,237 @@
+"""Durable event store: one SQLite database (WAL) per daemon plus evidence image files beside it.
+
+Events are committed before anyone broadcasts them (:class:`~streamwatch.events.bus.EventBus` calls
+:meth:`EventStore.append` first). WAL with ``synchronous=NORMAL`` survives a killed process (kill -9):
+a committed transaction is in the WAL file, which the next open replays. Ids come from an
+AUTOINCREMENT key, so they are strictly increasing and never reused, even after retention deletes the
+newest rows' predecessors. Blocking calls: run them in an executor from async code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from streamwatch.errors import EventsError
+from streamwatch.events.codec import decode, encode_body, with_id
+from streamwatch.events.model import Event
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    owner TEXT,
+    at REAL NOT NULL,
+    files TEXT NOT NULL DEFAULT '',
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_stream ON events(stream, id);
+CREATE INDEX IF NOT EXISTS events_at ON events(at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored and sent: its id, the fields clients filter on, and its wire JSON text."""
+
+    id: int
+    type: str
+    stream: str
+    owner: str | None
+    text: str
+
+    def event(self) -> Event:
+        return decode(self.text)
+
+
+class EventStore:
+    """SQLite event log + evidence folder under ``data_dir``. Thread-safe."""
+
+    def __init__(self, data_dir: Path, *, retention_days: float | None = 30.0, retention_mb: float | None = 2048.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.frames_dir = self.data_dir / "frames"
+        self.retention_days = retention_days
+        self.retention_mb = retention_mb
+        try:
+            self.frames_dir.mkdir(parents=True, exist_ok=True)
+            self.path = self.data_dir / "events.sqlite3"
+            self._db = self._connect()
+            self._db.executescript(_SCHEMA)
+            self._reader = self._connect()
+        except (OSError, sqlite3.Error) as e:
+            raise EventsError(f"cannot open the event store in {self.data_dir}: {e}") from e
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def append(self, events: Sequence[Event]) -> list[StoredEvent]:
+        """Commit events in one transaction; return them with their new ids, in order."""
+        rows = [(e.TYPE, e.stream, e.owner, e.at, " ".join(e.files()), encode_body(e)) for e in events]
+        out: list[StoredEvent] = []
+        with self._wlock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for ev, row in zip(events, rows, strict=True):
+                    cur = self._db.execute("INSERT INTO events(type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?)", row)
+                    eid = int(cur.lastrowid or 0)
+                    out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, row[5])))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise EventsError(f"cannot store events: {e}") from e
+        return out
+
+    def add(self, event: Event) -> Event:
+        """Store one event and return it with its id (convenience for tools and tests)."""
+        stored = self.append([event])[0]
+        return replace(event, id=stored.id)
+
+    def save_image(self, stream: str, data: bytes, suffix: str = ".jpg") -> str:
+        """Write an evidence image; return its path relative to the frames folder."""
+        day = time.strftime("%Y%m%d", time.gmtime())
+        rel = f"{stream}/{day}/{uuid.uuid4().hex}{suffix}"
+        path = self.frames_dir / rel
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise EventsError(f"cannot write evidence image: {e}") from e
+        return rel
+
+    def frame_path(self, rel: str) -> Path | None:
+        """Absolute path of an evidence file, or None when ``rel`` escapes the folder or is missing."""
+        if not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
+            return None
+        root = self.frames_dir.resolve()
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+        return path
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def last_id(self) -> int:
+        with self._rlock:
+            row = self._reader.execute("SELECT max(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def read(
+        self,
+        after: int,
+        *,
+        upto: int | None = None,
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+        streams: Iterable[str] | None = None,
+        owner: str | None = None,
+    ) -> list[StoredEvent]:
+        """Events with ``after < id <= upto`` matching the filters, in id order."""
+        sql = "SELECT id, type, stream, owner, body FROM events WHERE id > ?"
+        args: list[object] = [after]
+        if upto is not None:
+            sql += " AND id <= ?"
+            args.append(upto)
+        for column, values in (("type", types), ("stream", streams)):
+            if values is not None:
+                vals = list(values)
+                sql += f" AND {column} IN ({','.join('?' * len(vals))})"
+                args.extend(vals)
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        with self._rlock:
+            rows = self._reader.execute(sql, args).fetchall()
+        return [StoredEvent(r[0], r[1], r[2], r[3], with_id(r[0], r[4])) for r in rows]
+
+    def get(self, event_id: int) -> Event | None:
+        with self._rlock:
+            row = self._reader.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
+        return decode(with_id(event_id, row[0])) if row else None
+
+    def events(self, stream: str | None = None, *, start: float | None = None, end: float | None = None) -> list[Event]:
+        """All events (optionally of one stream, within wall times) decoded, in id order."""
+        sql = "SELECT id, body FROM events WHERE 1=1"
+        args: list[object] = []
+        if stream is not None:
+            sql += " AND stream = ?"
+            args.append(stream)
+        if start is not None:
+            sql += " AND at >= ?"
+            args.append(start)
+        if end is not None:
+            sql += " AND at <= ?"
+            args.append(end)
+        with self._rlock:
+            rows = self._reader.execute(sql + " ORDER BY id", args).fetchall()
+        return [decode(with_id(r[0], r[1])) for r in rows]
+
+    def streams(self) -> list[str]:
+        with self._rlock:
+            return [r[0] for r in self._reader.execute("SELECT DISTINCT stream FROM events ORDER BY stream")]
+
+    # --- retention -----------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        total = sum(p.stat().st_size for p in self.data_dir.glob("events.sqlite3*") if p.is_file())
+        return total + sum(p.stat().st_size for p in self.frames_dir.rglob("*") if p.is_file())
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete events older than the retention age, then oldest ones while over the size cap."""
+        removed = 0
+        if self.retention_days is not None:
+            cutoff = (now if now is not None else time.time()) - self.retention_days * 86400
+            removed += self._delete("SELECT id, files FROM events WHERE at < ? ORDER BY id", (cutoff,))
+        if self.retention_mb is not None:
+            cap = int(self.retention_mb * 1024 * 1024)
+            while self.size_bytes() > cap:
+                n = self._delete("SELECT id, files FROM events ORDER BY id LIMIT 500", ())
+                if not n:
+                    break
+                removed += n
+                with self._wlock:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if removed:
+            logger.info("retention removed %d events", removed)
+        return removed
+
+    def _delete(self, select: str, args: tuple[object, ...]) -> int:
+        with self._wlock:
+            rows = self._db.execute(select, args).fetchall()
+            if not rows:
+                return 0
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM events WHERE id = ?", [(r[0],) for r in rows])
+            self._db.execute("COMMIT")
+        for _, files in rows:
+            for rel in files.split():
+                path = self.frame_path(rel)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+        return len(rows)
+
+    def close(self) -> None:
+        with self._wlock, self._rlock:
+            self._db.close()
+            self._reader.close()

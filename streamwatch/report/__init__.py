@@ -1,0 +1,51 @@
+"""Post-stream report from the event store alone (works after a crash).
+
+:func:`collect` reads (I/O); :func:`render` is pure rendering to html, json or csv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from streamwatch.errors import EventsError
+from streamwatch.events.model import AlertEvent, Event
+from streamwatch.events.store import EventStore
+from streamwatch.report.build import Report, build_report, hms
+from streamwatch.report.html import render_html
+from streamwatch.report.tabular import render_csv, render_json
+
+FORMATS = ("html", "json", "csv")
+
+__all__ = ["FORMATS", "Report", "ReportInputs", "build_report", "collect", "hms", "render"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportInputs:
+    stream: str
+    events: list[Event]
+    images: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def collect(
+    store: EventStore, stream: str, start: float | None = None, end: float | None = None, *, embed_images: bool = True
+) -> ReportInputs:
+    """Read one stream's events (and their evidence images, for HTML) from the store."""
+    events = store.events(stream, start=start, end=end)
+    images: dict[str, bytes] = {}
+    if embed_images:
+        for e in events:
+            if isinstance(e, AlertEvent) and e.evidence.frame:
+                path = store.frame_path(e.evidence.frame)
+                if path is not None:
+                    images[e.evidence.frame] = path.read_bytes()
+    return ReportInputs(stream, events, images)
+
+
+def render(inputs: ReportInputs, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise EventsError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+    report = build_report(inputs.stream, inputs.events)
+    if fmt == "html":
+        return render_html(report, inputs.images)
+    return render_json(report) if fmt == "json" else render_csv(report)

@@ -1,0 +1,110 @@
+"""The small HTTP surface on the WebSocket port: /healthz, /metrics, /frames/…, /overlay, /report/….
+
+Handlers take the parsed request and return a websockets ``Response``; blocking work (files, SQLite,
+report rendering) runs in an executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from streamwatch.config import Role
+from streamwatch.errors import StreamwatchError
+from streamwatch.events.codec import parse_iso
+from streamwatch.events.store import EventStore
+from streamwatch.report import collect, render
+from streamwatch.server.auth import Principal, TokenTable, token_from_request
+from streamwatch.server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+REPORT_FORMATS = {"html": "text/html; charset=utf-8", "json": "application/json", "csv": "text/csv; charset=utf-8"}
+
+
+def response(status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8", **headers: str) -> Response:
+    data = body.encode() if isinstance(body, str) else body
+    h = Headers()
+    h["Content-Type"] = content_type
+    h["Content-Length"] = str(len(data))
+    h["Cache-Control"] = "no-store"
+    h["X-Content-Type-Options"] = "nosniff"
+    for k, v in headers.items():
+        h[k.replace("_", "-")] = v
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error"}
+    return Response(status, reason.get(status, "Error"), h, data)
+
+
+def json_response(status: int, payload: Any) -> Response:
+    return response(status, json.dumps(payload, ensure_ascii=False, indent=1), "application/json")
+
+
+@dataclass
+class HttpContext:
+    store: EventStore
+    tokens: TokenTable
+    metrics: Metrics
+    health: Callable[[], dict[str, Any]]
+
+
+def _principal(ctx: HttpContext, request: Request) -> Principal | None:
+    return ctx.tokens.lookup(token_from_request(request.path, request.headers.get("Authorization")))
+
+
+async def handle(ctx: HttpContext, request: Request) -> Response:
+    url = urlsplit(request.path)
+    path = unquote(url.path)
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    loop = asyncio.get_running_loop()
+    if path == "/healthz":
+        return json_response(200, ctx.health())
+    if path == "/metrics":
+        return response(200, ctx.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+    if path == "/overlay":
+        page = resources.files("streamwatch.server").joinpath("static/overlay.html").read_bytes()
+        return response(200, page, "text/html; charset=utf-8")
+    if path.startswith("/frames/"):
+        if _principal(ctx, request) is None:
+            return response(401, "token required")
+        file = ctx.store.frame_path(path[len("/frames/") :])
+        if file is None:
+            return response(404, "no such evidence file")
+        data = await loop.run_in_executor(None, file.read_bytes)
+        return response(200, data, mimetypes.guess_type(file.name)[0] or "application/octet-stream", Cache_Control_Private="1")
+    if path.startswith("/report/"):
+        who = _principal(ctx, request)
+        if who is None:
+            return response(401, "token required")
+        if who.role not in (Role.MODERATOR, Role.ADMIN):
+            return response(403, "reports are for moderators and admins")
+        return await _report(ctx, path[len("/report/") :], query)
+    if path == "/":
+        return response(200, "streamwatch: /ws (WebSocket), /overlay, /healthz, /metrics, /report/{stream}\n")
+    return response(404, "not found")
+
+
+async def _report(ctx: HttpContext, stream: str, query: dict[str, str]) -> Response:
+    fmt = query.get("format", "html")
+    if fmt not in REPORT_FORMATS or not stream or "/" in stream:
+        return response(400, "use /report/{stream}?format=html|json|csv[&from=ISO&to=ISO]")
+    try:
+        start = parse_iso(query["from"]) if "from" in query else None
+        end = parse_iso(query["to"]) if "to" in query else None
+        loop = asyncio.get_running_loop()
+        inputs = await loop.run_in_executor(None, lambda: collect(ctx.store, stream, start, end, embed_images=fmt == "html"))
+        if not inputs.events:
+            return response(404, f"no events for stream {stream!r}")
+        body = await loop.run_in_executor(None, render, inputs, fmt)
+    except StreamwatchError as e:
+        return response(400, str(e))
+    return response(200, body, REPORT_FORMATS[fmt])

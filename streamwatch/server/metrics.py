@@ -1,0 +1,35 @@
+"""Prometheus metrics (one registry per daemon, so tests can run several side by side)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from streamwatch.events.store import StoredEvent
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("streamwatch_events", "Events stored, by type.", ["type"], registry=r)
+        self.clients = Gauge("streamwatch_clients_connected", "WebSocket clients connected, by role.", ["role"], registry=r)
+        self.client_messages = Counter("streamwatch_client_messages", "Client messages received, by type.", ["type"], registry=r)
+        self.client_errors = Counter("streamwatch_client_errors", "Error frames sent to clients, by code.", ["code"], registry=r)
+        self.lagging = Counter("streamwatch_clients_lagging", "Clients disconnected for falling behind.", registry=r)
+        self.refused = Counter("streamwatch_handshakes_refused", "WebSocket handshakes refused, by HTTP status.", ["status"], registry=r)
+        self.queue_drops = Counter("streamwatch_queue_drops", "Items dropped from bounded queues, by queue.", ["queue"], registry=r)
+        self.stage_latency = Histogram(
+            "streamwatch_stage_latency_seconds", "Per-stage latency, by stage.", ["stage"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.cache = Counter("streamwatch_cache_lookups", "Analysis cache lookups, by result (hit|miss).", ["result"], registry=r)
+
+    def on_stored(self, batch: Sequence[StoredEvent]) -> None:
+        for ev in batch:
+            self.events.labels(ev.type).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,174 @@
+"""WebSocket + HTTP server: one port, ``/ws`` for protocol v1, the HTTP pages beside it.
+
+Built on the ``websockets`` asyncio server: ``process_request`` authenticates the handshake (401 with
+no token, 403 with a wrong one or a refused Origin, before anything is sent) and answers the plain HTTP
+routes; each accepted connection runs a :class:`~streamwatch.server.session.ClientSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from streamwatch import __version__
+from streamwatch.config import ServerConfig
+from streamwatch.errors import ServerError
+from streamwatch.events.bus import EventBus
+from streamwatch.events.store import StoredEvent
+from streamwatch.server import http
+from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
+from streamwatch.server.metrics import Metrics
+from streamwatch.server.submit import Responder
+
+logger = logging.getLogger(__name__)
+
+
+class EventServer:
+    """Serves events from ``bus`` to WebSocket clients and the HTTP routes. ``start``/``stop``."""
+
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        bus: EventBus,
+        *,
+        metrics: Metrics | None = None,
+        streams: Iterable[str] = (),
+        responder: Responder | None = None,
+        offsets: Callable[[str], float] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.store = bus.store
+        self.metrics = metrics or Metrics()
+        self.tokens = TokenTable(cfg.tokens)
+        self.streams = set(streams)
+        self.responder = responder
+        self.offsets = offsets or (lambda _stream: 0.0)
+        self.status: dict[str, dict[str, Any]] = {s: {"state": "unknown"} for s in self.streams}
+        self.started = time.time()
+        self._limits: dict[str, RateLimiter] = {}
+        self._pending: dict[ServerConnection, Principal] = {}
+        self._server: Server | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()  # submission/answer work in flight
+        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health)
+        bus.add_listener(self._on_stored)
+        bus.add_listener(self.metrics.on_stored)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        hard_cap = int(self.cfg.max_submission_mb * 2 * 1024 * 1024)
+        try:
+            self._server = await serve(
+                self._session,
+                self.cfg.host,
+                self.cfg.port,
+                process_request=self._process_request,
+                compression=None,  # per-message deflate costs more CPU than the bandwidth it saves here
+                max_size=hard_cap,
+                max_queue=64,
+                write_limit=1 << 20,
+                ping_interval=20,
+                ping_timeout=20,
+                server_header=f"streamwatch/{__version__}",
+            )
+        except OSError as e:
+            raise ServerError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e.strerror or e}") from e
+        logger.info("serving /ws and HTTP on http://%s:%d", self.cfg.host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise ServerError("server is not started")
+        sock = next(iter(self._server.sockets))
+        return int(sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}"
+
+    async def stop(self, reason: str = "server shutting down") -> None:
+        """Finish answers in flight, then close every client with 1001 (going away)."""
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=10)
+        for task in list(self.tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close(close_connections=True, reason=reason)
+            await self._server.wait_closed()
+            self._server = None
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _on_stored(self, batch: Sequence[StoredEvent]) -> None:
+        for ev in batch:
+            if ev.type != "health":
+                continue
+            d = json.loads(ev.text)
+            entry = self.status.setdefault(ev.stream, {"state": "unknown"})
+            if d.get("kind") == "state":
+                entry.update(state=d.get("state"), since=d.get("at"), reason=d.get("reason", ""))
+            elif d.get("kind") in ("black", "frozen"):
+                entry[d["kind"]] = bool(d.get("active"))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 1),
+            "last_id": self.bus.last_id,
+            "clients": self.bus.subscriptions,
+            "streams": self.status,
+        }
+
+    def limiter(self, name: str) -> RateLimiter:
+        lim = self._limits.get(name)
+        if lim is None:
+            lim = self._limits[name] = RateLimiter(self.cfg.rate_per_s, self.cfg.rate_burst)
+        return lim
+
+    # --- handshake -----------------------------------------------------------------------------
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path != "/ws":
+            try:
+                return await http.handle(self._http, request)
+            except Exception:
+                logger.exception("HTTP %s failed", path)
+                return http.response(500, "internal error")
+        origin = request.headers.get("Origin")
+        if self.cfg.allowed_origins is not None and origin is not None and origin not in self.cfg.allowed_origins:
+            self.metrics.refused.labels("403").inc()
+            return http.response(403, "origin not allowed")
+        secret = token_from_request(request.path, request.headers.get("Authorization"))
+        if not secret:
+            self.metrics.refused.labels("401").inc()
+            return http.response(401, "token required (Authorization: Bearer … or ?token=…)", WWW_Authenticate="Bearer")
+        principal = self.tokens.lookup(secret)
+        if principal is None:
+            self.metrics.refused.labels("403").inc()
+            return http.response(403, "unknown token")
+        self._pending[connection] = principal
+        return None
+
+    async def _session(self, ws: ServerConnection) -> None:
+        from streamwatch.server.session import ClientSession
+
+        principal = self._pending.pop(ws, None)
+        if principal is None:  # cannot happen: the handshake stores it
+            await ws.close(1008, "not authenticated")
+            return
+        gauge = self.metrics.clients.labels(principal.role.value)
+        gauge.inc()
+        try:
+            await ClientSession(self, ws, principal).run()
+        finally:
+            gauge.dec()

@@ -1,0 +1,281 @@
+"""One WebSocket client: hello, subscriptions with replay, live delivery, and its requests.
+
+Delivery runs in its own task: replay stored events after ``since`` page by page, then register with
+the bus at the exact id reached (no await between the check and the registration, so there is no gap
+and no duplicate at the seam), then send live events as they arrive — one frame per event, or one
+``batch`` frame when several are waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from streamwatch.errors import StreamwatchError
+from streamwatch.events.bus import Subscription
+from streamwatch.events.model import AlertEvent, RejectedEvent, ReviewEvent
+from streamwatch.server import protocol
+from streamwatch.server.auth import ACTIONS, Principal, resolve_channels
+from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe
+from streamwatch.server.submit import Question, Submission, check_image, decode_base64, thumbnail_jpeg
+
+if TYPE_CHECKING:
+    from streamwatch.server.server import EventServer
+
+logger = logging.getLogger(__name__)
+
+CLOSE_LAGGING = 4001  # fell too far behind; resume with since
+CLOSE_ABUSE = 1008  # policy violation: too many bad messages
+ANSWER_TIMEOUT_S = 120.0
+
+
+class ClientSession:
+    def __init__(self, server: EventServer, ws: ServerConnection, principal: Principal) -> None:
+        self.server = server
+        self.ws = ws
+        self.who = principal
+        self.cfg = server.cfg
+        self.sub: Subscription | None = None
+        self.delivery: asyncio.Task[None] | None = None
+        self.bad: deque[float] = deque()
+
+    async def run(self) -> None:
+        bus = self.server.bus
+        try:
+            await self.ws.send(
+                protocol.frame(
+                    "hello",
+                    role=self.who.role.value,
+                    name=self.who.name,
+                    last_id=bus.last_id,
+                    limits={
+                        "message_bytes": self.cfg.max_message_kb * 1024,
+                        "submission_bytes": int(self.cfg.max_submission_mb * 1024 * 1024),
+                        "rate_per_s": self.cfg.rate_per_s,
+                    },
+                )
+            )
+            async for message in self.ws:
+                if not await self._on_message(message):
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self._drop_subscription()
+
+    # --- inbound -------------------------------------------------------------------------------
+
+    async def _on_message(self, message: str | bytes) -> bool:
+        """Handle one client message; False when the connection should close."""
+        sub_limit = int(self.cfg.max_submission_mb * 1024 * 1024)
+        ref = None
+        try:
+            if len(message) > sub_limit:
+                raise ProtocolError("too_large", f"message is {len(message)} bytes; the limit is {sub_limit}")
+            msg = protocol.parse(message)
+            ref = msg.ref
+            kind = type(msg).__name__
+            self.server.metrics.client_messages.labels(kind.lower()).inc()
+            if not isinstance(msg, SubmitMsg) and len(message) > self.cfg.max_message_kb * 1024:
+                raise ProtocolError("too_large", f"message is {len(message)} bytes; the limit is {self.cfg.max_message_kb} KiB", ref)
+            if not self.server.limiter(self.who.name).allow(time.monotonic()):
+                await self._error("rate_limited", f"more than {self.cfg.rate_per_s}/s; slow down", ref)
+                return True
+            await self._dispatch(msg)
+        except ProtocolError as e:
+            await self._error(e.code, e.message, e.ref or ref)
+            return await self._count_bad()
+        return True
+
+    async def _count_bad(self) -> bool:
+        now = time.monotonic()
+        self.bad.append(now)
+        while self.bad and now - self.bad[0] > 60:
+            self.bad.popleft()
+        if len(self.bad) >= self.cfg.abuse_limit:
+            logger.warning("closing %s (%s): %d bad messages in a minute", self.who.name, self.who.role.value, len(self.bad))
+            await self.ws.close(CLOSE_ABUSE, "too many bad messages")
+            return False
+        return True
+
+    async def _error(self, code: str, message: str, ref: str | None) -> None:
+        self.server.metrics.client_errors.labels(code).inc()
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(protocol.error_frame(code, message, ref))
+
+    async def _dispatch(self, msg: Subscribe | Ack | SubmitMsg | AskMsg | Ping) -> None:
+        if isinstance(msg, Ping):
+            await self.ws.send(protocol.frame("pong", ref=msg.ref, last_id=self.server.bus.last_id))
+            return
+        if isinstance(msg, Subscribe):
+            await self._subscribe(msg)
+            return
+        action = {Ack: "ack", SubmitMsg: "submit", AskMsg: "ask"}[type(msg)]
+        if action not in ACTIONS[self.who.role]:
+            raise ProtocolError("forbidden", f"role {self.who.role.value!r} may not {action}", msg.ref)
+        if isinstance(msg, Ack):
+            await self._ack(msg)
+        elif isinstance(msg, SubmitMsg):
+            await self._submit(msg)
+        else:
+            await self._ask(msg)
+
+    def _check_stream(self, stream: str, ref: str | None) -> None:
+        if self.server.streams and stream not in self.server.streams:
+            raise ProtocolError("unknown_stream", f"no stream {stream!r}; known: {sorted(self.server.streams)}", ref)
+
+    # --- subscribe + delivery ------------------------------------------------------------------
+
+    async def _subscribe(self, msg: Subscribe) -> None:
+        types, refused = resolve_channels(self.who, list(msg.channels))
+        if refused:
+            await self._error("forbidden", f"role {self.who.role.value!r} cannot see channels {refused}", msg.ref)
+        if not types:
+            return
+        self._drop_subscription()
+        owner = self.who.name if self.who.private else None
+        bus = self.server.bus
+        since = bus.last_id if msg.since is None else min(msg.since, bus.last_id)
+        await self.ws.send(
+            protocol.frame(
+                "subscribed", ref=msg.ref, channels=[c for c in msg.channels if c not in refused], streams=msg.streams, since=since
+            )
+        )
+        self.delivery = asyncio.create_task(self._deliver(types, msg.streams, owner, since), name=f"deliver-{self.who.name}")
+
+    def _drop_subscription(self) -> None:
+        if self.delivery is not None:
+            self.delivery.cancel()
+            self.delivery = None
+        if self.sub is not None:
+            self.server.bus.unsubscribe(self.sub)
+            self.sub = None
+
+    async def _deliver(self, types: frozenset[str], streams: tuple[str, ...] | None, owner: str | None, since: int) -> None:
+        bus = self.server.bus
+        page = self.cfg.replay_page
+        probe = Subscription(types, streams, owner, 0)
+        cursor = since
+        try:
+            while True:  # replay until caught up with what the bus has broadcast
+                upto = bus.last_id
+                if cursor >= upto:
+                    self.sub = bus.subscribe(types, streams, owner, self.cfg.client_queue)  # no await since the check
+                    break
+                rows = await bus.read(cursor, upto, probe, page)
+                cursor = rows[-1].id if len(rows) == page else upto
+                if rows:
+                    await self._send([r.text for r in rows])
+            sub = self.sub
+            while True:
+                await sub.wake.wait()
+                if sub.lagging:
+                    self.server.metrics.lagging.inc()
+                    logger.warning("client %s fell behind by %d events; disconnecting", self.who.name, self.cfg.client_queue)
+                    with contextlib.suppress(ConnectionClosed):
+                        async with asyncio.timeout(1):
+                            await self.ws.send(protocol.error_frame("lagging", "too far behind; reconnect with since=<last id seen>"))
+                    await self.ws.close(CLOSE_LAGGING, "lagging")
+                    return
+                await self._send(sub.take(page))
+        except ConnectionClosed:
+            return
+
+    async def _send(self, texts: list[str]) -> None:
+        await self.ws.send(texts[0] if len(texts) == 1 else protocol.batch_frame(texts))
+
+    # --- requests ------------------------------------------------------------------------------
+
+    async def _ack(self, msg: Ack) -> None:
+        store = self.server.store
+        loop = asyncio.get_running_loop()
+        target = await loop.run_in_executor(None, store.get, msg.id)
+        if not isinstance(target, AlertEvent):
+            raise ProtocolError("unknown_alert", f"no alert with id {msg.id}", msg.ref)
+        review = ReviewEvent(
+            stream=target.stream, at=time.time(), offset=target.offset, alert_id=msg.id, action=msg.action, by=self.who.name, note=msg.note
+        )
+        stored = await self.server.bus.publish(review)
+        await self.ws.send(protocol.frame("acked", ref=msg.ref, id=stored.id, alert_id=msg.id, action=msg.action.value))
+
+    async def _submit(self, msg: SubmitMsg) -> None:
+        self._check_stream(msg.stream, msg.ref)
+        received = time.time()
+        data = decode_base64(msg.image, msg.ref)
+        loop = asyncio.get_running_loop()
+        store = self.server.store
+
+        def validate_and_thumb() -> tuple[str, int, int, str]:
+            mime, w, h, pixels = check_image(data, self.cfg.max_image_pixels, msg.ref)
+            return mime, w, h, store.save_image(msg.stream, thumbnail_jpeg(pixels))
+
+        try:
+            mime, w, h, thumb = await loop.run_in_executor(None, validate_and_thumb)
+        except StreamwatchError as e:
+            raise ProtocolError("server_error", f"could not store the image: {e}", msg.ref) from e
+        sub = Submission(uuid.uuid4().hex[:16], msg.stream, self.who.name, msg.user, msg.text, data, mime, w, h, thumb, received)
+        await self.ws.send(protocol.frame("accepted", ref=msg.ref, submission=sub.id, width=w, height=h))
+        self._spawn(self._answer_submission(sub))
+
+    async def _answer_submission(self, sub: Submission) -> None:
+        server = self.server
+        offset = server.offsets(sub.stream)
+        if server.responder is None:
+            result: Any = RejectedEvent(
+                stream=sub.stream,
+                at=time.time(),
+                offset=offset,
+                submission=sub.id,
+                submitter=sub.submitter,
+                user=sub.user,
+                reason="no_responder",
+                message="no responder is configured for audience images",
+            )
+        else:
+            try:
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    result = await server.responder.reply(sub)
+            except Exception as e:
+                logger.exception("responder failed on submission %s", sub.id)
+                result = RejectedEvent(
+                    stream=sub.stream,
+                    at=time.time(),
+                    offset=offset,
+                    submission=sub.id,
+                    submitter=sub.submitter,
+                    user=sub.user,
+                    reason="responder_failed",
+                    message=type(e).__name__,
+                )
+        await server.bus.publish(result)
+
+    async def _ask(self, msg: AskMsg) -> None:
+        self._check_stream(msg.stream, msg.ref)
+        responder = self.server.responder
+        if responder is None:
+            raise ProtocolError("no_responder", "no responder is configured for questions", msg.ref)
+        q = Question(uuid.uuid4().hex[:16], msg.stream, self.who.name, msg.question, msg.ref, time.time())
+        await self.ws.send(protocol.frame("accepted", ref=msg.ref, question=q.id))
+
+        async def answer() -> None:
+            try:
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    await self.server.bus.publish(await responder.answer(q))
+            except Exception:
+                logger.exception("responder failed on question %s", q.id)
+                await self._error("responder_failed", "the question could not be answered", msg.ref)
+
+        self._spawn(answer())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
