@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streamwatch import __version__
-from streamwatch.errors import StreamwatchError
+from streamwatch.errors import EventsError, StreamwatchError
 
 logger = logging.getLogger("streamwatch")
 
@@ -106,6 +106,36 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(a: argparse.Namespace) -> int:
+    from streamwatch.config import load_settings
+    from streamwatch.events.codec import parse_iso
+    from streamwatch.events.store import EventStore
+    from streamwatch.report import collect, render
+
+    data_dir = a.data or load_settings(a.config).data_dir
+    if not (data_dir / "events.sqlite3").is_file():
+        raise EventsError(f"no event store in {data_dir} (events.sqlite3 not found)")
+    store = EventStore(data_dir, retention_days=None, retention_mb=None)
+    try:
+        start = parse_iso(a.start) if a.start else None
+        end = parse_iso(a.end) if a.end else None
+        inputs = collect(store, a.stream, start, end, embed_images=a.format == "html")
+    finally:
+        store.close()
+    if not inputs.events:
+        known = ", ".join(EventStore(data_dir).streams()) or "none"
+        raise EventsError(f"no events for stream {a.stream!r} in {data_dir} (streams: {known})")
+    text = render(inputs, a.format)
+    out: Path = a.output or Path(f"{a.stream}-report.{a.format}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise EventsError(f"cannot write {out}: {e.strerror or e}") from e
+    print(f"{a.format} report of {len(inputs.events)} events for {a.stream}: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamwatch", description="Watch live streams and react in real time.")
     p.add_argument("--version", action="version", version=f"streamwatch {__version__}")
@@ -126,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and exit")
     c.add_argument("config", type=Path, nargs="?", help="TOML config file")
     c.set_defaults(func=_cmd_check_config)
+
+    r = sub.add_parser("report", help="write a post-stream report (html, json or csv) from the event store")
+    r.add_argument("stream", help="stream id")
+    r.add_argument("--data", type=Path, help="data directory (default: data_dir from the config, ./streamwatch-data)")
+    r.add_argument("-c", "--config", type=Path, help="TOML config file (for data_dir)")
+    r.add_argument("--from", dest="start", help="only events at or after this UTC time (ISO 8601)")
+    r.add_argument("--to", dest="end", help="only events at or before this UTC time (ISO 8601)")
+    r.add_argument("--format", choices=["html", "json", "csv"], default="html", help="report format (default html)")
+    r.add_argument("-o", "--output", type=Path, help="output file (default STREAM-report.FORMAT)")
+    r.set_defaults(func=_cmd_report)
     return p
 
 

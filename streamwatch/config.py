@@ -123,7 +123,9 @@ class ServerConfig(_Section):
     max_message_kb: Annotated[int, Field(ge=1, description="Largest client message except submissions, KiB.")] = 64
     max_submission_mb: Annotated[float, Field(gt=0, description="Largest submission message (base64 image included), MiB.")] = 8.0
     max_image_pixels: Annotated[int, Field(ge=1, description="Largest submitted image, in pixels (width × height).")] = 40_000_000
-    rate_per_s: Annotated[float, Field(gt=0, description="Client messages per second allowed per token (sustained).")] = 5.0
+    rate_per_s: Annotated[
+        float, Field(gt=0, description="Client messages per second per connection, and submit/ask/ack per token (sustained).")
+    ] = 5.0
     rate_burst: Annotated[int, Field(ge=1, description="Client messages a token may send in a burst.")] = 20
     abuse_limit: Annotated[int, Field(ge=1, description="Bad messages in a minute after which a connection is closed.")] = 20
     client_queue: Annotated[int, Field(ge=10, description="Events waiting for one client before it counts as lagging.")] = 10_000

@@ -204,17 +204,33 @@ class EventStore:
             cutoff = (now if now is not None else time.time()) - self.retention_days * 86400
             removed += self._delete("SELECT id, files FROM events WHERE at < ? ORDER BY id", (cutoff,))
         if self.retention_mb is not None:
-            cap = int(self.retention_mb * 1024 * 1024)
-            while self.size_bytes() > cap:
-                n = self._delete("SELECT id, files FROM events ORDER BY id LIMIT 500", ())
-                if not n:
-                    break
-                removed += n
-                with self._wlock:
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            excess = self.size_bytes() - int(self.retention_mb * 1024 * 1024)
+            if excess > 0:
+                removed += self._delete_oldest(excess)
         if removed:
             logger.info("retention removed %d events", removed)
         return removed
+
+    def _delete_oldest(self, excess: int) -> int:
+        """Delete the oldest events until their rows and files add up to ``excess`` bytes."""
+        freed, upto, after = 0, 0, 0
+        while freed < excess:
+            with self._rlock:
+                rows = self._reader.execute(
+                    "SELECT id, files, length(body) FROM events WHERE id > ? ORDER BY id LIMIT 200", (after,)
+                ).fetchall()
+            if not rows:
+                break
+            for eid, files, size in rows:
+                freed += size + 100 + sum(self._file_size(rel) for rel in files.split())
+                upto = after = eid
+                if freed >= excess:
+                    break
+        return self._delete("SELECT id, files FROM events WHERE id <= ? ORDER BY id", (upto,)) if upto else 0
+
+    def _file_size(self, rel: str) -> int:
+        path = self.frame_path(rel)
+        return path.stat().st_size if path is not None else 0
 
     def _delete(self, select: str, args: tuple[object, ...]) -> int:
         with self._wlock:

@@ -85,7 +85,8 @@ def _ref(d: dict[str, Any]) -> str | None:
     raise ProtocolError("bad_field", "'ref' must be a string or integer (≤100 chars)")
 
 
-def parse(text: str | bytes) -> ClientMessage:
+def loads(text: str | bytes) -> dict[str, Any]:
+    """The JSON object of a text frame (``bad_frame``/``bad_json`` otherwise)."""
     if isinstance(text, bytes):
         raise ProtocolError("bad_frame", "send JSON text frames, not binary")
     try:
@@ -94,6 +95,12 @@ def parse(text: str | bytes) -> ClientMessage:
         raise ProtocolError("bad_json", f"not valid JSON: {e}") from e
     if not isinstance(d, dict):
         raise ProtocolError("bad_json", "a message must be a JSON object")
+    return d
+
+
+def parse(text: str | bytes | dict[str, Any]) -> ClientMessage:
+    """A typed client message from a frame's text (or its already-decoded object)."""
+    d = text if isinstance(text, dict) else loads(text)
     ref = _ref(d)
     kind = d.get("type")
     if kind == "subscribe":

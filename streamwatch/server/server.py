@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from streamwatch.server.metrics import Metrics
 from streamwatch.server.submit import Responder
 
 logger = logging.getLogger(__name__)
+
+SEND_BUFFER = 256 * 1024  # kernel send buffer per client
 
 
 class EventServer:
@@ -74,9 +77,10 @@ class EventServer:
                 compression=None,  # per-message deflate costs more CPU than the bandwidth it saves here
                 max_size=hard_cap,
                 max_queue=64,
-                write_limit=1 << 20,
+                write_limit=1 << 16,
                 ping_interval=20,
                 ping_timeout=20,
+                close_timeout=2,
                 server_header=f"streamwatch/{__version__}",
             )
         except OSError as e:
@@ -166,6 +170,9 @@ class EventServer:
         if principal is None:  # cannot happen: the handshake stores it
             await ws.close(1008, "not authenticated")
             return
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:  # bound what the kernel buffers per client, so a stalled one is noticed early
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         gauge = self.metrics.clients.labels(principal.role.value)
         gauge.inc()
         try:

@@ -23,7 +23,7 @@ from streamwatch.errors import StreamwatchError
 from streamwatch.events.bus import Subscription
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReviewEvent
 from streamwatch.server import protocol
-from streamwatch.server.auth import ACTIONS, Principal, resolve_channels
+from streamwatch.server.auth import ACTIONS, Principal, RateLimiter, resolve_channels
 from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe
 from streamwatch.server.submit import Question, Submission, check_image, decode_base64, thumbnail_jpeg
 
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 CLOSE_LAGGING = 4001  # fell too far behind; resume with since
 CLOSE_ABUSE = 1008  # policy violation: too many bad messages
 ANSWER_TIMEOUT_S = 120.0
+BATCH_BYTES = 256 * 1024
 
 
 class ClientSession:
@@ -46,6 +47,7 @@ class ClientSession:
         self.sub: Subscription | None = None
         self.delivery: asyncio.Task[None] | None = None
         self.bad: deque[float] = deque()
+        self.limit = RateLimiter(self.cfg.rate_per_s, self.cfg.rate_burst)
 
     async def run(self) -> None:
         bus = self.server.bus
@@ -80,13 +82,19 @@ class ClientSession:
         try:
             if len(message) > sub_limit:
                 raise ProtocolError("too_large", f"message is {len(message)} bytes; the limit is {sub_limit}")
-            msg = protocol.parse(message)
+            obj = protocol.loads(message)
+            if obj.get("type") != "submit" and len(message) > self.cfg.max_message_kb * 1024:
+                raise ProtocolError(
+                    "too_large", f"message is {len(message)} bytes; the limit is {self.cfg.max_message_kb} KiB", obj.get("ref")
+                )
+            msg = protocol.parse(obj)
             ref = msg.ref
-            kind = type(msg).__name__
-            self.server.metrics.client_messages.labels(kind.lower()).inc()
-            if not isinstance(msg, SubmitMsg) and len(message) > self.cfg.max_message_kb * 1024:
-                raise ProtocolError("too_large", f"message is {len(message)} bytes; the limit is {self.cfg.max_message_kb} KiB", ref)
-            if not self.server.limiter(self.who.name).allow(time.monotonic()):
+            self.server.metrics.client_messages.labels(type(msg).__name__.lower()).inc()
+            now = time.monotonic()
+            # every message counts against this connection; requests that cost work (submit, ask, ack)
+            # also against the token, shared by all its connections
+            shared = isinstance(msg, Ack | SubmitMsg | AskMsg)
+            if not self.limit.allow(now) or (shared and not self.server.limiter(self.who.name).allow(now)):
                 await self._error("rate_limited", f"more than {self.cfg.rate_per_s}/s; slow down", ref)
                 return True
             await self._dispatch(msg)
@@ -150,6 +158,13 @@ class ClientSession:
             )
         )
         self.delivery = asyncio.create_task(self._deliver(types, msg.streams, owner, since), name=f"deliver-{self.who.name}")
+        self.delivery.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("delivery to %s failed; closing", self.who.name, exc_info=task.exception())
+        asyncio.get_running_loop().create_task(self.ws.close(1011, "internal error"))
 
     def _drop_subscription(self) -> None:
         if self.delivery is not None:
@@ -190,7 +205,17 @@ class ClientSession:
             return
 
     async def _send(self, texts: list[str]) -> None:
-        await self.ws.send(texts[0] if len(texts) == 1 else protocol.batch_frame(texts))
+        """Send events as single frames or batches of at most ``BATCH_BYTES`` (clients' default 1 MiB cap)."""
+        chunk: list[str] = []
+        size = 0
+        for text in texts:
+            if chunk and size + len(text) > BATCH_BYTES:
+                await self.ws.send(chunk[0] if len(chunk) == 1 else protocol.batch_frame(chunk))
+                chunk, size = [], 0
+            chunk.append(text)
+            size += len(text) + 1
+        if chunk:
+            await self.ws.send(chunk[0] if len(chunk) == 1 else protocol.batch_frame(chunk))
 
     # --- requests ------------------------------------------------------------------------------
 
