@@ -23,7 +23,7 @@ async def main(data_dir: Path, port_file: Path) -> None:
     await bus.start()
     server = EventServer(server_config(), bus, streams=["s1"])
     await server.start()
-    port_file.write_text(str(server.port))
+    await asyncio.to_thread(port_file.write_text, str(server.port))
     t0 = time.time()
     while True:
         await bus.publish(alert(offset=time.time() - t0, message="planted"))

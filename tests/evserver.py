@@ -11,10 +11,10 @@ from typing import Any
 
 from streamwatch.config import ServerConfig, TokenConfig
 from streamwatch.events.bus import EventBus
-from streamwatch.events.model import AlertEvent, Event, Evidence, HealthEvent, HealthKind, Severity, StreamState
+from streamwatch.events.model import AlertEvent, AnswerEvent, Event, Evidence, HealthEvent, HealthKind, RejectedEvent, ReplyEvent, Severity, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
 from streamwatch.server import EventServer
-from streamwatch.server.submit import Responder
+from streamwatch.server.submit import Question, Responder, Submission
 
 TOKENS = {
     "overlay": "overlay-secret-1",
@@ -108,3 +108,23 @@ def alert(stream: str = "s1", offset: float = 1.0, rule: str = "contact_spam", s
 
 def health(stream: str = "s1", offset: float = 0.0, state: StreamState = StreamState.LIVE, **kw: Any) -> HealthEvent:
     return HealthEvent(stream=stream, at=time.time(), offset=offset, kind=kw.pop("kind", HealthKind.STATE), state=state, **kw)
+
+
+class EchoResponder:
+    """A real Responder implementation for tests: replies with the image size (no model)."""
+
+    async def reply(self, submission: Submission) -> ReplyEvent | RejectedEvent:
+        await asyncio.sleep(0.01)
+        return ReplyEvent(
+            stream=submission.stream,
+            at=time.time(),
+            offset=0.0,
+            submission=submission.id,
+            submitter=submission.submitter,
+            user=submission.user,
+            text=f"{submission.user} sent a {submission.width}×{submission.height} picture",
+            image=submission.thumb,
+        )
+
+    async def answer(self, question: Question) -> AnswerEvent:
+        return AnswerEvent(stream=question.stream, at=time.time(), offset=0.0, question=question.question, text="42", asker=question.asker)

@@ -76,7 +76,7 @@ def test_ids_strictly_increase_and_are_never_reused(tmp_path: Path) -> None:
 
 def test_read_filters_for_replay(tmp_path: Path) -> None:
     store = EventStore(tmp_path)
-    store.append(sample_events() + [alert(stream="s2")])
+    store.append([*sample_events(), alert(stream="s2")])
     assert [e.type for e in store.read(0, types={"alert"})] == ["alert", "alert"]
     assert [e.stream for e in store.read(0, types={"alert"}, streams={"s2"})] == ["s2"]
     assert [e.type for e in store.read(0, owner="fan-app")] == ["reply", "rejected"]

@@ -13,13 +13,12 @@ from typing import Any
 
 import cv2
 import pytest
-from evserver import TOKENS, ServerThread, alert, health
+from evserver import TOKENS, EchoResponder, ServerThread, alert, health
 from skimage import data as skdata
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from streamwatch.events.model import AnswerEvent, RejectedEvent, ReplyEvent, StreamState
-from streamwatch.server.submit import Question, Submission
+from streamwatch.events.model import StreamState
 
 
 def jpeg_b64(max_side: int = 256) -> str:
@@ -37,15 +36,15 @@ async def send(ws: ClientConnection, **msg: Any) -> None:
     await ws.send(json.dumps(msg))
 
 
-async def recv(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+async def recv(ws: ClientConnection, wait: float = 10) -> dict[str, Any]:
+    async with asyncio.timeout(wait):
         return json.loads(await ws.recv())  # type: ignore[no-any-return]
 
 
-async def events_until(ws: ClientConnection, last_id: int, timeout: float = 30) -> list[dict[str, Any]]:
+async def events_until(ws: ClientConnection, last_id: int, wait: float = 30) -> list[dict[str, Any]]:
     """Events received (batches unpacked) until one with id >= last_id."""
     out: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(wait):
         while not out or out[-1]["id"] < last_id:
             msg = json.loads(await ws.recv())
             if msg["type"] == "batch":
@@ -89,7 +88,7 @@ def test_handshake_refused_without_or_with_a_wrong_token(tmp_path: Path) -> None
             await ws.close()
 
         asyncio.run(go())
-        status, body, _ = http_get(s.port, "/metrics")
+        body = http_get(s.port, "/metrics")[1]
         assert 'streamwatch_handshakes_refused_total{status="401"} 1.0' in body.decode()
         assert 'streamwatch_handshakes_refused_total{status="403"} 3.0' in body.decode()
 
@@ -144,26 +143,6 @@ def test_resume_after_server_restart(tmp_path: Path) -> None:
         rest = asyncio.run(second())
     ids = [e["id"] for e in got + rest]
     assert ids == list(range(1, 36))
-
-
-class EchoResponder:
-    """A real Responder implementation for tests: replies with the image size (no model)."""
-
-    async def reply(self, submission: Submission) -> ReplyEvent | RejectedEvent:
-        await asyncio.sleep(0.01)
-        return ReplyEvent(
-            stream=submission.stream,
-            at=time.time(),
-            offset=0.0,
-            submission=submission.id,
-            submitter=submission.submitter,
-            user=submission.user,
-            text=f"{submission.user} sent a {submission.width}×{submission.height} picture",
-            image=submission.thumb,
-        )
-
-    async def answer(self, question: Question) -> AnswerEvent:
-        return AnswerEvent(stream=question.stream, at=time.time(), offset=0.0, question=question.question, text="42", asker=question.asker)
 
 
 def test_roles_see_only_their_events_and_submitters_only_their_own(tmp_path: Path) -> None:
@@ -340,7 +319,7 @@ def test_a_stalled_client_is_cut_off_without_delaying_fifty_live_ones(tmp_path: 
             pub = loop.run_in_executor(
                 None, lambda: [s.publish_many([alert(offset=i, message=pad) for i in range(j, j + 50)]) for j in range(0, n, 50)]
             )
-            results = await asyncio.gather(*(events_until(ws, n, timeout=60) for ws in live))
+            results = await asyncio.gather(*(events_until(ws, n, wait=60) for ws in live))
             await pub
             for got in results:
                 assert [e["id"] for e in got] == list(range(1, n + 1))
@@ -361,7 +340,7 @@ def test_a_stalled_client_is_cut_off_without_delaying_fifty_live_ones(tmp_path: 
             assert [ev["id"] for ev in rest] == list(range(last + 1, n + 1))
 
         asyncio.run(go())
-        status, body, _ = http_get(s.port, "/metrics")
+        body = http_get(s.port, "/metrics")[1]
         assert "streamwatch_clients_lagging_total 1.0" in body.decode()
 
 

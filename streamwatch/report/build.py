@@ -91,7 +91,9 @@ def build_report(stream: str, events: list[Event]) -> Report:
     rows = tuple(AlertRow(a, reviews.get(a.id)) for a in alerts)
     first = min((e.at for e in mine), default=0.0)
     last = max((e.at for e in mine), default=0.0)
-    duration = max([e.offset for e in mine] + [last - first, 0.0])
+    # stream time covered: reviews happen later (often after the show) and do not extend it
+    live = [e for e in mine if not isinstance(e, ReviewEvent)]
+    duration = max([e.offset for e in live] + [0.0])
     sev = Counter(a.severity.value for a in alerts)
     return Report(
         stream=stream,
