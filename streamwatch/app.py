@@ -5,6 +5,7 @@ Thin on purpose: each stage gets its own config section; nothing here decides an
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -53,3 +54,14 @@ def build_pipeline(stream: StreamConfig, settings: Settings) -> StreamPipeline:
     spec = parse_source(stream.source, listen=stream.listen)
     reader = FrameReader(spec, stream.id, settings.ingest, every_s=every, keep=interval.due)
     return StreamPipeline(stream, reader, Sampler(settings.sampling))
+
+
+def freeze_startup_heap() -> None:
+    """Move everything allocated during start-up out of the cyclic GC's reach.
+
+    Full (generation 2) collections otherwise walk every module, model and config object again and
+    again: 25-80 ms pauses on this 2-core machine that showed up as event-delivery p99 latency.
+    Call once after the stages are wired, before streams start.
+    """
+    gc.collect()
+    gc.freeze()

@@ -11,7 +11,18 @@ from typing import Any
 
 from streamwatch.config import ServerConfig, TokenConfig
 from streamwatch.events.bus import EventBus
-from streamwatch.events.model import AlertEvent, AnswerEvent, Event, Evidence, HealthEvent, HealthKind, RejectedEvent, ReplyEvent, Severity, StreamState
+from streamwatch.events.model import (
+    AlertEvent,
+    AnswerEvent,
+    Event,
+    Evidence,
+    HealthEvent,
+    HealthKind,
+    RejectedEvent,
+    ReplyEvent,
+    Severity,
+    StreamState,
+)
 from streamwatch.events.store import EventStore, StoredEvent
 from streamwatch.server import EventServer
 from streamwatch.server.submit import Question, Responder, Submission

@@ -67,7 +67,7 @@ def test_overlay_shows_replies_as_cards(browser, tmp_path: Path) -> None:  # typ
         page.wait_for_function(f"document.querySelector(\".card[data-id='{reply['id']}'] img\").naturalWidth > 0", timeout=10_000)
         assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"  # transparent for OBS
         sel = f".card[data-id='{reply['id']}']"
-        page.wait_for_function(f"document.querySelector(\"{sel}\").getBoundingClientRect().right < 1800", timeout=10_000)
+        page.wait_for_function(f'document.querySelector("{sel}").getBoundingClientRect().right < 1800', timeout=10_000)
         page.screenshot(path=str(ARTIFACTS / "overlay.png"), omit_background=True)
         page.close()
 

@@ -41,7 +41,11 @@ def seed(data: Path) -> EventStore:
     ]
     evs = [dataclasses.replace(e, at=T0 + e.offset) for e in evs]
     stored = [store.add(e) for e in evs]
-    store.add(ReviewEvent(stream="show", at=T0 + 4000, offset=61.0, alert_id=stored[2].id, action=ReviewAction.CONFIRM, by="mod-a", note="real spam"))
+    store.add(
+        ReviewEvent(
+            stream="show", at=T0 + 4000, offset=61.0, alert_id=stored[2].id, action=ReviewAction.CONFIRM, by="mod-a", note="real spam"
+        )
+    )
     store.add(ReviewEvent(stream="show", at=T0 + 4001, offset=3725.0, alert_id=stored[7].id, action=ReviewAction.DISMISS, by="mod-b"))
     return store
 

@@ -295,6 +295,8 @@ def test_ack_stores_a_review_event(srv: ServerThread) -> None:
         over, _ = await hello(srv.ws_url("overlay"))
         await send(over, type="ack", id=a.id, action="confirm")
         assert (await recv(over))["code"] == "forbidden"
+        await over.close()
+        await ws.close()
 
     asyncio.run(go())
 

@@ -3,7 +3,7 @@
 One writer task takes whatever was published since its last round (group commit: one SQLite
 transaction per round, so throughput grows with load while an idle bus commits each event at once),
 commits it in a single-thread executor, then hands the stored events to every subscription. A
-subscription is a bounded list of pending wire texts; when a client falls that far behind it is marked
+subscription is a bounded queue of pending chunks of wire texts; when a client falls that far behind it is marked
 lagging and its connection closes (the client resumes with ``since``). Publishers wait when the
 publish queue is full: events are never dropped.
 """
@@ -11,6 +11,7 @@ publish queue is full: events are never dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -25,45 +26,61 @@ logger = logging.getLogger(__name__)
 Listener = Callable[[Sequence[StoredEvent]], None]
 
 
-class Subscription:
-    """What one client wants (types, streams, owner) and the texts waiting to be sent to it."""
+class Chunk:
+    """Wire texts of one commit round for one filter, shared by every subscription with that filter,
+    so the frame is built and encoded once however many clients get it (``frame`` is the cache)."""
 
-    __slots__ = ("lagging", "limit", "owner", "pending", "streams", "types", "wake")
+    __slots__ = ("frame", "texts")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.frame: bytes | None = None
+
+
+class Subscription:
+    """What one client wants (types, streams, owner) and the chunks waiting to be sent to it."""
+
+    __slots__ = ("count", "key", "lagging", "limit", "owner", "pending", "streams", "types", "wake")
 
     def __init__(self, types: Iterable[str], streams: Iterable[str] | None, owner: str | None, limit: int) -> None:
         self.types = frozenset(types)
         self.streams = frozenset(streams) if streams is not None else None
         self.owner = owner
+        self.key = (self.types, self.streams, owner)
         self.limit = limit
-        self.pending: deque[str] = deque()
+        self.pending: deque[Chunk] = deque()
+        self.count = 0  # events pending
         self.wake = asyncio.Event()
         self.lagging = False
 
-    def matches(self, ev: StoredEvent) -> bool:
-        return (
-            ev.type in self.types and (self.streams is None or ev.stream in self.streams) and (self.owner is None or ev.owner == self.owner)
-        )
-
-    def offer(self, batch: Sequence[StoredEvent]) -> None:
-        if self.lagging:
-            return
+    def select(self, batch: Sequence[StoredEvent]) -> list[str]:
         types, streams, owner = self.types, self.streams, self.owner
-        texts = [
+        return [
             e.text for e in batch if e.type in types and (streams is None or e.stream in streams) and (owner is None or e.owner == owner)
         ]
-        if not texts:
+
+    def offer(self, chunk: Chunk) -> None:
+        if self.lagging:
             return
-        if len(self.pending) + len(texts) > self.limit:
+        n = len(chunk.texts)
+        if self.count + n > self.limit:
             self.lagging = True
             self.pending.clear()
+            self.count = 0
         else:
-            self.pending.extend(texts)
+            self.pending.append(chunk)
+            self.count += n
         self.wake.set()
 
-    def take(self, max_items: int) -> list[str]:
-        """Up to ``max_items`` pending texts, oldest first."""
-        n = min(max_items, len(self.pending))
-        out = [self.pending.popleft() for _ in range(n)]
+    def take(self, max_events: int) -> list[Chunk]:
+        """Pending chunks, oldest first, up to about ``max_events`` events (at least one chunk)."""
+        out: list[Chunk] = []
+        n = 0
+        while self.pending and (not out or n + len(self.pending[0].texts) <= max_events):
+            chunk = self.pending.popleft()
+            out.append(chunk)
+            n += len(chunk.texts)
+        self.count -= n
         if not self.pending:
             self.wake.clear()
         return out
@@ -72,7 +89,9 @@ class Subscription:
 class EventBus:
     """Publish events (stored, then broadcast). Start with :meth:`start`, stop with :meth:`stop`."""
 
-    def __init__(self, store: EventStore, *, max_batch: int = 2000, queue_size: int = 20000) -> None:
+    def __init__(
+        self, store: EventStore, *, max_batch: int = 2000, queue_size: int = 20000, checkpoint_s: float = 1.0, retention_s: float = 3600.0
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[Event, asyncio.Future[StoredEvent]] | None] = asyncio.Queue(queue_size)
@@ -80,6 +99,9 @@ class EventBus:
         self._listeners: list[Listener] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="event-store")
         self._task: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.checkpoint_s = checkpoint_s
+        self.retention_s = retention_s
         self.last_id = store.last_id()  # last id handed to subscribers
         self.lagged = 0  # subscriptions dropped for lagging
 
@@ -90,9 +112,15 @@ class EventBus:
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="event-bus")
+            self._housekeeping = asyncio.create_task(self._housekeep(), name="event-store-housekeeping")
 
     async def stop(self) -> None:
         """Commit and broadcast everything already published, then stop."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
         if self._task is not None:
             await self._queue.put(None)
             await self._task
@@ -156,13 +184,36 @@ class EventBus:
                     fut.set_result(st)
             self._fan_out(stored)
 
+    async def _housekeep(self) -> None:
+        """WAL checkpoints every ``checkpoint_s`` and retention every ``retention_s``, off the loop."""
+        loop = asyncio.get_running_loop()
+        last_prune = float("-inf")
+        while True:
+            await asyncio.sleep(self.checkpoint_s)
+            try:
+                await loop.run_in_executor(None, self.store.checkpoint)
+                if loop.time() - last_prune >= self.retention_s:
+                    last_prune = loop.time()
+                    await loop.run_in_executor(None, self.store.prune)
+            except EventsError:
+                logger.exception("event store housekeeping failed")
+            except Exception:
+                logger.exception("event store housekeeping failed unexpectedly")
+
     def _fan_out(self, stored: Sequence[StoredEvent]) -> None:
         self.last_id = stored[-1].id
+        chunks: dict[object, Chunk | None] = {}
         for sub in self._subs:
-            was = sub.lagging
-            sub.offer(stored)
-            if sub.lagging and not was:
-                self.lagged += 1
+            if sub.key in chunks:
+                chunk = chunks[sub.key]
+            else:
+                texts = sub.select(stored)
+                chunk = chunks[sub.key] = Chunk(texts) if texts else None
+            if chunk is not None:
+                was = sub.lagging
+                sub.offer(chunk)
+                if sub.lagging and not was:
+                    self.lagged += 1
         for fn in self._listeners:
             try:
                 fn(stored)

@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from streamwatch.errors import StreamwatchError
-from streamwatch.events.bus import Subscription
+from streamwatch.events.bus import Chunk, Subscription
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReviewEvent
 from streamwatch.server import protocol
 from streamwatch.server.auth import ACTIONS, Principal, RateLimiter, resolve_channels
@@ -200,12 +200,15 @@ class ClientSession:
                             await self.ws.send(protocol.error_frame("lagging", "too far behind; reconnect with since=<last id seen>"))
                     await self.ws.close(CLOSE_LAGGING, "lagging")
                     return
-                await self._send(sub.take(page))
+                await self._send_chunks(sub.take(page))
         except ConnectionClosed:
             return
 
     async def _send(self, texts: list[str]) -> None:
         """Send events as single frames or batches of at most ``BATCH_BYTES`` (clients' default 1 MiB cap)."""
+        if sum(map(len, texts)) <= BATCH_BYTES:
+            await self.ws.send(texts[0] if len(texts) == 1 else protocol.batch_frame(texts))
+            return
         chunk: list[str] = []
         size = 0
         for text in texts:
@@ -216,6 +219,19 @@ class ClientSession:
             size += len(text) + 1
         if chunk:
             await self.ws.send(chunk[0] if len(chunk) == 1 else protocol.batch_frame(chunk))
+
+    async def _send_chunks(self, chunks: list[Chunk]) -> None:
+        """Live delivery: one chunk (the usual case) goes out as its shared, already encoded frame."""
+        if len(chunks) == 1:
+            chunk = chunks[0]
+            if chunk.frame is None:
+                texts = chunk.texts
+                text = texts[0] if len(texts) == 1 else protocol.batch_frame(texts)
+                chunk.frame = text.encode() if len(text) <= BATCH_BYTES else b""
+            if chunk.frame:
+                await self.ws.send(chunk.frame, text=True)
+                return
+        await self._send([t for c in chunks for t in c.texts])
 
     # --- requests ------------------------------------------------------------------------------
 
