@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@command -v ffmpeg >/dev/null && command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_rtmp_module.so \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg nginx libnginx-mod-rtmp)
+	  && command -v chromium >/dev/null && test -d /usr/share/fonts/opentype/noto \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg nginx libnginx-mod-rtmp chromium fonts-noto-cjk)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py
@@ -37,6 +38,7 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(BIN)/python tools/bench/phash.py
 	$(BIN)/python tools/bench/ingest.py
+	$(BIN)/python tools/bench/events.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts
