@@ -182,35 +182,48 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _locate(text: str, loc: tuple[int | str, ...]) -> int | None:
-    """Best-effort line number of the key at ``loc`` in a TOML text (tables and arrays of tables)."""
+def locate_key(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line number of the key at ``loc`` in a TOML text (tables and arrays of tables).
+
+    ``("rule", 2, "when", "qr")`` finds ``qr =`` under the ``[rule.when]`` that follows the third
+    ``[[rule]]``.
+    """
     keys = [str(p) for p in loc if not isinstance(p, int)]
     if not keys:
         return None
+    index = next((p for p in loc if isinstance(p, int)), None)
+    array = str(loc[0]) if index is not None and len(loc) > 1 and loc[1] == index else None
     lines = text.splitlines()
     table_re = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
     key_re = re.compile(r"^\s*(\"?)" + re.escape(keys[-1]) + r"\1\s*=")
     table = ".".join(keys[:-1])
     current = ""
+    seen: dict[str, int] = {}
+
+    def in_item() -> bool:
+        return array is None or seen.get(array, 0) - 1 == index
+
     for n, line in enumerate(lines, 1):
         m = table_re.match(line)
         if m:
             current = m.group(1)
-            if current == ".".join(keys):
+            if line.lstrip().startswith("[["):
+                seen[current] = seen.get(current, 0) + 1
+            if current == ".".join(keys) and in_item():
                 return n
             continue
-        if key_re.match(line) and (current == table or (not table and current == "")):
+        if key_re.match(line) and (current == table or (not table and current == "")) and in_item():
             return n
     # a dotted key at top level: ingest.read_timeout_s = ...
     dotted = re.compile(r"^\s*" + re.escape(".".join(keys)) + r"\s*=")
     return next((n for n, line in enumerate(lines, 1) if dotted.match(line)), None)
 
 
-def _format_validation(e: ValidationError, where: str, text: str = "") -> str:
+def format_validation_error(e: ValidationError, where: str, text: str = "") -> str:
     lines = [f"invalid configuration in {where}:"]
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        line = _locate(text, tuple(err["loc"])) if text else None
+        line = locate_key(text, tuple(err["loc"])) if text else None
         at = f" (line {line})" if line else ""
         lines.append(f"  {loc}{at}: {err['msg']}")
     return "\n".join(lines)
@@ -236,6 +249,6 @@ def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | No
         values = _deep_merge(_deep_merge(file_values, env_values), overrides or {})
         return Settings.model_validate(values)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, where, text)) from e
+        raise ConfigError(format_validation_error(e, where, text)) from e
     except ValueError as e:  # malformed JSON in a complex env var
         raise ConfigError(f"invalid configuration in environment: {e}") from e

@@ -11,6 +11,7 @@ Tree::
 
     StreamwatchError
     ├── ConfigError (ValueError)              bad config file, env var or CLI option
+    │   └── PolicyError                       bad policy file or word list (file + line)
     ├── IngestError                           anything about getting frames out of a source
     │   ├── SourceOpenError (ConnectionError) could not open / connect (after retries, if any)
     │   ├── SourceTimeout (TimeoutError)      no data within the read timeout
@@ -18,10 +19,11 @@ Tree::
     │   ├── SourceCorrupt (ValueError)        undecodable data in a file (frames before it were delivered)
     │   └── NoVideoStream (ValueError)        the source has no video stream
     ├── SamplingError                         bad sampling input (e.g. an empty image)
-    ├── AnalysisError                         detectors / encoder / policy (later stages)
+    ├── AnalysisError                         detectors / encoder / policy
+    │   └── ModelLoadError                    a model file missing, unreadable or unexpected
     ├── VLMError                              vision-language backends (later stages)
-    ├── EventsError                           event store and bus (later stages)
-    └── ServerError                           WebSocket / HTTP server (later stages)
+    ├── EventsError                           event store and bus
+    └── ServerError                           WebSocket / HTTP server
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ class SamplingError(StreamwatchError):
 
 class AnalysisError(StreamwatchError):
     """An analyzer, encoder or policy failed."""
+
+
+class PolicyError(ConfigError):
+    """A policy file or word list is invalid (names the file and line)."""
+
+
+class ModelLoadError(AnalysisError):
+    """A model file is missing, unreadable or not what the analyzer expects."""
 
 
 class VLMError(StreamwatchError):

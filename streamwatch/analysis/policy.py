@@ -1,0 +1,126 @@
+"""Policy file (``models/policy.toml``) and its word lists: loading and validation (I/O at the edge).
+
+Errors name the file and line (:class:`~streamwatch.errors.PolicyError`), for ``check-config`` and
+for a hot reload that must keep the previous policy. Evaluation is in :mod:`streamwatch.analysis.rules`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streamwatch.analysis.text import WordList, WordListError, parse_t2s
+from streamwatch.config import format_validation_error, locate_key
+from streamwatch.errors import PolicyError
+from streamwatch.events.model import Severity
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class When(_Strict):
+    """Exactly one trigger: ``detector``, ``ocr``, ``qr`` or ``health``."""
+
+    detector: Annotated[str | None, Field(description="Analyzer whose labels trigger the rule (e.g. nudity).")] = None
+    labels: Annotated[list[str], Field(description="Detector labels that count (empty = any).")] = []
+    min_confidence: Annotated[float, Field(ge=0, le=1, description="Lowest detector/OCR confidence that counts.")] = 0.5
+    ocr: Annotated[str | None, Field(description="Word list that on-screen text is matched against.")] = None
+    allow: Annotated[str | None, Field(description="Word list of exceptions (e.g. the show's sponsors).")] = None
+    qr: Annotated[Literal["any", "offsite"] | None, Field(description="any QR code, or one whose URL is off the allowlist.")] = None
+    allow_domains: Annotated[list[str], Field(description="Domains (and their subdomains) a QR code may point to.")] = []
+    health: Annotated[Literal["black", "frozen", "outage"] | None, Field(description="A stream health condition.")] = None
+    min_s: Annotated[float, Field(ge=0, description="How long the health condition must last.")] = 0.0
+
+    @model_validator(mode="after")
+    def _one(self) -> When:
+        given = [k for k in ("detector", "ocr", "qr", "health") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"'when' needs exactly one of detector, ocr, qr, health (got {given or 'none'})")
+        return self
+
+
+class RuleSpec(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", description="Rule id (in alerts and reports).")]
+    when: When
+    severity: Severity
+    message: Annotated[str, Field(min_length=1, description="Alert text; {text} {label} {payload} {confidence} {duration} {rule}.")]
+    cooldown_s: Annotated[float, Field(ge=0, description="No repeat for the same evidence while it persists or within this time.")] = 60.0
+    escalate: Annotated[bool, Field(description="Send to the VLM tier for a second opinion when one is configured.")] = False
+
+
+class PolicySpec(_Strict):
+    version: Literal[1] = 1
+    lists: Annotated[dict[str, str], Field(description="Word list name → file (relative to the policy file).")] = {}
+    t2s: Annotated[str | None, Field(description="Traditional → simplified table file.")] = None
+    rule: Annotated[list[RuleSpec], Field(min_length=1, description="The rules.")]
+
+
+TEMPLATE_FIELDS = {"text": "t", "label": "l", "payload": "p", "confidence": 0.5, "duration": 1.0, "rule": "r"}
+
+
+class Policy:
+    """A validated policy: its rules and loaded word lists."""
+
+    def __init__(self, spec: PolicySpec, lists: dict[str, WordList], path: Path | None = None) -> None:
+        self.spec = spec
+        self.rules = spec.rule
+        self.lists = lists
+        self.path = path
+
+
+def _check_templates(spec: PolicySpec, text: str, where: str) -> None:
+    ids = [r.id for r in spec.rule]
+    for i, r in enumerate(spec.rule):
+        if ids.count(r.id) > 1:
+            raise PolicyError(f"{where}: rule id {r.id!r} is used twice")
+        try:
+            r.message.format(**TEMPLATE_FIELDS)
+        except (KeyError, IndexError, ValueError) as e:
+            line = locate_key(text, ("rule", i, "message"))
+            at = f" (line {line})" if line else ""
+            raise PolicyError(f"{where}: rule {r.id!r} message{at}: unknown or bad placeholder {e}") from e
+        for name in (r.when.ocr, r.when.allow):
+            if name is not None and name not in spec.lists:
+                raise PolicyError(f"{where}: rule {r.id!r} uses word list {name!r}, which [lists] does not define")
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate a policy file and every word list it names."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PolicyError(f"cannot read policy file {path}: {e.strerror or e}") from e
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{path}: {e}") from e
+    try:
+        spec = PolicySpec.model_validate(raw)
+    except ValidationError as e:
+        raise PolicyError(format_validation_error(e, str(path), text).replace("invalid configuration", "invalid policy")) from e
+    _check_templates(spec, text, str(path))
+    t2s: dict[str, str] = {}
+    if spec.t2s:
+        t2s = parse_t2s(_read_list(path.parent / spec.t2s, "t2s"))
+    lists = {}
+    for name, rel in spec.lists.items():
+        file = path.parent / rel
+        try:
+            lists[name] = WordList.parse(name, _read_list(file, name), t2s)
+        except WordListError as e:
+            raise PolicyError(f"{file}: {e}") from e
+    return Policy(spec, lists, path)
+
+
+def _read_list(file: Path, name: str) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PolicyError(f"word list {name!r}: cannot read {file}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"word list {name!r}: {file} is not UTF-8 text") from e

@@ -1,0 +1,214 @@
+"""Policy evaluation: detections and health → alert drafts, with cooldowns. Pure (time passed in).
+
+Cooldown: an alert is keyed by (stream, rule, evidence key). While the same evidence keeps being
+seen with gaps shorter than ``cooldown_s`` it is one alert; if it disappears for longer than the
+cooldown and comes back, that is a new alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from streamwatch.analysis.model import AlertDraft, Detection, FrameAnalysis
+from streamwatch.analysis.policy import Policy, RuleSpec
+from streamwatch.analysis.text import normalize
+from streamwatch.events.model import HealthEvent, HealthKind, StreamState
+
+_DEFAULTS: dict[str, object] = {"text": "", "label": "", "payload": "", "confidence": 1.0, "duration": 0.0}
+
+
+class _Fields(dict[str, object]):
+    """Template values; placeholders a trigger does not fill get a neutral value of the right type."""
+
+    def __missing__(self, key: str) -> object:
+        return _DEFAULTS.get(key, "")
+
+
+def _message(rule: RuleSpec, **values: object) -> str:
+    return rule.message.format_map(_Fields(rule=rule.id, **values))
+
+
+def qr_domain(payload: str) -> str | None:
+    """Host of a URL-like QR payload (``http(s)://`` or a bare ``domain/path``), else None."""
+    text = payload.strip()
+    if "://" not in text:
+        if " " in text or "." not in text.split("/", 1)[0]:
+            return None
+        text = "http://" + text
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        return None
+    return host.lower().rstrip(".") if host else None
+
+
+def domain_allowed(host: str, allowed: list[str]) -> bool:
+    return any(host == d or host.endswith("." + d) for d in (a.lower().lstrip(".") for a in allowed))
+
+
+@dataclass
+class _Period:
+    since: float  # wall time
+    alerted: bool = False
+
+
+@dataclass
+class RuleEngine:
+    """Evaluates a policy on frame analyses and health; keeps cooldown and health state per stream."""
+
+    policy: Policy
+    _last_seen: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    _periods: dict[tuple[str, str], _Period] = field(default_factory=dict)
+
+    def replace_policy(self, policy: Policy) -> None:
+        """Hot reload: new rules, cooldown state kept for rules that still exist."""
+        ids = {r.id for r in policy.rules}
+        self._last_seen = {k: v for k, v in self._last_seen.items() if k[1] in ids}
+        self.policy = policy
+
+    def _fresh(self, stream: str, rule: RuleSpec, key: str, now: float) -> bool:
+        k = (stream, rule.id, key)
+        last = self._last_seen.get(k)
+        self._last_seen[k] = now
+        return last is None or now - last > rule.cooldown_s
+
+    # --- frames --------------------------------------------------------------------------------
+
+    def evaluate(self, fa: FrameAnalysis) -> list[AlertDraft]:
+        out: list[AlertDraft] = []
+        for rule in self.policy.rules:
+            w = rule.when
+            if w.detector is not None:
+                drafts = self._detector(rule, fa.by(w.detector))
+            elif w.ocr is not None:
+                drafts = self._ocr(rule, fa.by("ocr"))
+            elif w.qr is not None:
+                drafts = self._qr(rule, fa.by("qr"))
+            else:
+                continue
+            out.extend(d for d in drafts if self._fresh(fa.stream, rule, d.key, fa.offset))
+        return out
+
+    def _detector(self, rule: RuleSpec, dets: tuple[Detection, ...]) -> list[AlertDraft]:
+        w = rule.when
+        best: dict[str, Detection] = {}
+        for d in dets:
+            wanted = d.confidence >= w.min_confidence and (not w.labels or d.label in w.labels)
+            if wanted and (d.label not in best or d.confidence > best[d.label].confidence):
+                best[d.label] = d
+        return [
+            AlertDraft(
+                rule.id,
+                rule.severity,
+                _message(rule, label=d.label, confidence=d.confidence),
+                d.confidence,
+                "detection",
+                d.label,
+                bbox=d.bbox,
+                labels=(d.label,),
+                escalate=rule.escalate,
+            )
+            for d in best.values()
+        ]
+
+    def _ocr(self, rule: RuleSpec, lines: tuple[Detection, ...]) -> list[AlertDraft]:
+        w = rule.when
+        words = self.policy.lists[w.ocr or ""]
+        allow = self.policy.lists.get(w.allow) if w.allow else None
+        usable = [d for d in lines if d.text and d.confidence >= w.min_confidence]
+        if not usable:
+            return []
+        found: dict[str, AlertDraft] = {}
+        # each line alone (for its box), then all lines joined (text split across lines)
+        candidates = [(d.text or "", d) for d in usable] + [(" ".join(d.text or "" for d in usable), None)]
+        for text, det in candidates:
+            norm = normalize(text, words.t2s)
+            hits = [m for m in words.find(norm) if allow is None or not (allow.matches(m.found) or allow.matches(m.entry))]
+            if not hits or hits[0].entry in found:  # one alert per line, keyed on its first matching entry
+                continue
+            key = hits[0].entry
+            conf = det.confidence if det else min(d.confidence for d in usable)
+            labels = tuple(dict.fromkeys(m.entry for m in hits))
+            found[key] = AlertDraft(
+                rule.id,
+                rule.severity,
+                _message(rule, text=text, label=key, confidence=conf),
+                conf,
+                "ocr",
+                key,
+                text=text,
+                bbox=det.bbox if det else None,
+                labels=labels,
+                escalate=rule.escalate,
+            )
+        return list(found.values())
+
+    def _qr(self, rule: RuleSpec, codes: tuple[Detection, ...]) -> list[AlertDraft]:
+        w = rule.when
+        out = []
+        for d in codes:
+            payload = d.text or ""
+            if w.qr == "offsite":
+                host = qr_domain(payload)
+                if host is not None and domain_allowed(host, w.allow_domains):
+                    continue
+            out.append(
+                AlertDraft(
+                    rule.id,
+                    rule.severity,
+                    _message(rule, payload=payload, text=payload, confidence=d.confidence),
+                    d.confidence,
+                    "qr",
+                    payload,
+                    text=payload,
+                    bbox=d.bbox,
+                    labels=("qr",),
+                    escalate=rule.escalate,
+                )
+            )
+        return out
+
+    # --- health --------------------------------------------------------------------------------
+
+    def on_health(self, ev: HealthEvent) -> None:
+        """Track open black / frozen / outage periods from health events."""
+        if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN):
+            key = (ev.stream, ev.kind.value)
+            if ev.active:
+                self._periods.setdefault(key, _Period(ev.at))
+            else:
+                self._periods.pop(key, None)
+        elif ev.kind is HealthKind.STATE and ev.state is not None:
+            key = (ev.stream, "outage")
+            if ev.state in (StreamState.STALLED, StreamState.RECONNECTING):
+                self._periods.setdefault(key, _Period(ev.at))
+            elif ev.state in (StreamState.LIVE, StreamState.STOPPED):
+                self._periods.pop(key, None)
+
+    def tick(self, stream: str, now: float) -> list[AlertDraft]:
+        """Alerts for health conditions of ``stream`` that have now lasted their rule's ``min_s``."""
+        out = []
+        for rule in self.policy.rules:
+            cond = rule.when.health
+            if cond is None:
+                continue
+            period = self._periods.get((stream, cond))
+            if period is None or period.alerted:
+                continue
+            lasted = now - period.since
+            if lasted >= rule.when.min_s:
+                period.alerted = True
+                out.append(
+                    AlertDraft(
+                        rule.id,
+                        rule.severity,
+                        _message(rule, duration=round(lasted, 1), label=cond),
+                        1.0,
+                        "health",
+                        cond,
+                        labels=(cond,),
+                        escalate=rule.escalate,
+                    )
+                )
+        return out
