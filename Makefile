@@ -11,7 +11,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
-	@# nudenet/rapidocr (later issues) may pull opencv-python; keep exactly one working cv2.
+	@# rapidocr-onnxruntime pulls opencv-python (GUI build, needs libGL) over the headless one: put the
+	@# headless build back so exactly one working cv2 is left.
+	$(BIN)/pip uninstall -q -y opencv-python || true
+	$(BIN)/pip install -q --force-reinstall --no-deps "opencv-python-headless==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))')"
 	$(BIN)/python -c "import cv2, av; print('cv2', cv2.__version__, '| av', av.__version__)"
 	touch $(STAMP)
 

@@ -40,7 +40,20 @@ def normalize(text: str, t2s: Mapping[str, str] | None = None) -> Normalized:
     if t2s:
         t = "".join(t2s.get(ch, ch) for ch in t)
     compact = "".join(ch for ch in t if ch.isalnum())
-    spaced = "".join(ch if ch.isalnum() else " " for ch in t)
+    # words form: separators become spaces, and so does every switch between CJK and Latin/digits
+    parts: list[str] = []
+    prev_cjk: bool | None = None
+    for ch in t:
+        if not ch.isalnum():
+            parts.append(" ")
+            prev_cjk = None
+            continue
+        cjk = _is_cjk(ch)
+        if prev_cjk is not None and cjk != prev_cjk:
+            parts.append(" ")
+        parts.append(ch)
+        prev_cjk = cjk
+    spaced = "".join(parts)
     tokens: list[str] = []
     run: list[str] = []
     for tok in spaced.split():

@@ -1,0 +1,190 @@
+"""Built-in local analyzers: nudity (NudeNet's YOLOv8 ONNX), on-screen text (RapidOCR PP-OCRv4), QR codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from streamwatch.analysis.base import Analyzer, onnx_session, register
+from streamwatch.analysis.model import BBox, Detection
+from streamwatch.errors import AnalysisError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+NUDENET_LABELS = (
+    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED", "FEET_COVERED", "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzerSettings:
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # ONNX Runtime intra-op threads (0 = its default)
+    nudity_model: Path | None = None  # default: nudenet/320n.onnx from the installed package
+    nudity_min_score: float = 0.25
+    ocr_max_side: int = 960
+    ocr_min_score: float = 0.5
+
+
+def nudenet_model_path() -> Path:
+    try:
+        path = Path(str(resources.files("nudenet").joinpath("320n.onnx")))
+    except ModuleNotFoundError as e:
+        raise ModelLoadError("the nudity analyzer needs the nudenet package (pip install nudenet)") from e
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing from the nudenet package")
+    return path
+
+
+class NudityDetector:
+    """YOLOv8n (320 px) from NudeNet in our own session: letterbox, one batched run, decode, NMS."""
+
+    name = "nudity"
+    size = 320
+
+    def __init__(self, s: AnalyzerSettings) -> None:
+        self.session = onnx_session(s.nudity_model or nudenet_model_path(), s.device, s.threads)
+        self.providers = tuple(self.session.get_providers())
+        self.input = self.session.get_inputs()[0].name
+        self.min_score = s.nudity_min_score
+        logger.info("nudity detector on %s", ", ".join(self.providers))
+
+    def _prepare(self, img: np.ndarray) -> tuple[np.ndarray, float]:
+        h, w = img.shape[:2]
+        side = max(h, w)
+        square = np.zeros((side, side, 3), np.uint8)  # pad right/bottom, as NudeNet was trained
+        square[:h, :w] = img
+        small = cv2.resize(square, (self.size, self.size), interpolation=cv2.INTER_LINEAR)  # as in training
+        return small, side / self.size
+
+    def analyze(self, images: Sequence[np.ndarray]) -> list[tuple[Detection, ...]]:
+        if not images:
+            return []
+        prepared = [self._prepare(img) for img in images]
+        # NudeNet's own pipeline (imread BGR → cvtColor(RGBA2BGR), which swaps a 3-channel image →
+        # blobFromImage(swapRB=True)) hands the model BGR; match it so scores agree with NudeNet's.
+        batch = np.stack([p[0] for p in prepared])[..., ::-1].astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        try:
+            out = self.session.run(None, {self.input: batch})[0]  # (N, 4 + classes, anchors)
+        except Exception as e:
+            raise AnalysisError(f"nudity model failed: {e}") from e
+        return [self._decode(o.T, scale, img.shape) for o, (_, scale), img in zip(out, prepared, images, strict=True)]
+
+    def _decode(self, rows: np.ndarray, scale: float, shape: tuple[int, ...]) -> tuple[Detection, ...]:
+        scores = rows[:, 4:]
+        cls = scores.argmax(1)
+        best = scores[np.arange(len(rows)), cls]
+        keep = best >= self.min_score
+        if not keep.any():
+            return ()
+        rows, cls, best = rows[keep], cls[keep], best[keep]
+        cx, cy, bw, bh = (rows[:, i] * scale for i in range(4))
+        boxes = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], 1)
+        idx = cv2.dnn.NMSBoxes(boxes.tolist(), best.tolist(), self.min_score, 0.45)
+        h, w = shape[:2]
+        out = []
+        for i in np.array(idx).reshape(-1):
+            x, y, bw_, bh_ = boxes[i]
+            bbox: BBox = (max(0, int(x)), max(0, int(y)), min(w, int(x + bw_)), min(h, int(y + bh_)))
+            out.append(Detection("nudity", NUDENET_LABELS[int(cls[i])], round(float(best[i]), 4), bbox))
+        return tuple(sorted(out, key=lambda d: -d.confidence))
+
+
+class TextReader:
+    """PP-OCRv4 (Chinese + English) through rapidocr-onnxruntime, with limits tuned for speed."""
+
+    name = "ocr"
+
+    def __init__(self, s: AnalyzerSettings) -> None:
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as e:
+            raise ModelLoadError("the OCR analyzer needs rapidocr-onnxruntime (pip install rapidocr-onnxruntime)") from e
+        cuda = s.device == "cuda"
+        kw: dict[str, object] = {
+            "det_limit_type": "max",  # the default "min" upscales every frame
+            "det_limit_side_len": s.ocr_max_side,
+            "use_cls": False,  # on-screen captions are upright
+            "text_score": s.ocr_min_score,
+            "det_use_cuda": cuda,
+            "rec_use_cuda": cuda,
+        }
+        if s.threads:
+            kw["intra_op_num_threads"] = s.threads
+        try:
+            self.engine = RapidOCR(**kw)
+        except Exception as e:
+            raise ModelLoadError(f"cannot start RapidOCR: {e}") from e
+        self.providers: tuple[str, ...] = ("CUDAExecutionProvider",) if cuda else ("CPUExecutionProvider",)
+
+    def analyze(self, images: Sequence[np.ndarray]) -> list[tuple[Detection, ...]]:
+        return [self._one(img) for img in images]
+
+    def _one(self, img: np.ndarray) -> tuple[Detection, ...]:
+        try:
+            result, _ = self.engine(np.ascontiguousarray(img[:, :, ::-1]))  # RapidOCR takes BGR
+        except Exception as e:
+            raise AnalysisError(f"OCR failed: {e}") from e
+        out = []
+        for box, text, score in result or ():
+            pts = np.asarray(box, np.float32)
+            x1, y1 = pts.min(0)
+            x2, y2 = pts.max(0)
+            out.append(Detection("ocr", "text", round(float(score), 4), (int(x1), int(y1), int(x2), int(y2)), str(text)))
+        return tuple(out)
+
+
+class QRReader:
+    """OpenCV's QR detector (several codes per frame), decoded payloads with boxes."""
+
+    name = "qr"
+    providers: tuple[str, ...] = ("opencv",)
+
+    def __init__(self, s: AnalyzerSettings) -> None:
+        self.detector = cv2.QRCodeDetector()
+
+    def analyze(self, images: Sequence[np.ndarray]) -> list[tuple[Detection, ...]]:
+        return [self._one(img) for img in images]
+
+    def _one(self, img: np.ndarray) -> tuple[Detection, ...]:
+        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        try:
+            ok, texts, points, _ = self.detector.detectAndDecodeMulti(gray)
+        except cv2.error as e:
+            raise AnalysisError(f"QR detection failed: {e}") from e
+        if not ok or points is None:
+            return ()
+        out = []
+        for text, pts in zip(texts, points, strict=False):
+            x1, y1 = pts.min(0)
+            x2, y2 = pts.max(0)
+            bbox: BBox = (int(x1), int(y1), int(x2), int(y2))
+            if text:
+                out.append(Detection("qr", "qr", 1.0, bbox, str(text)))
+            else:  # found but unreadable: still worth a look
+                out.append(Detection("qr", "qr_undecoded", 0.5, bbox, None))
+        return tuple(out)
+
+
+@register("nudity")
+def _nudity(s: AnalyzerSettings) -> Analyzer:
+    return NudityDetector(s)
+
+
+@register("ocr")
+def _ocr(s: AnalyzerSettings) -> Analyzer:
+    return TextReader(s)
+
+
+@register("qr")
+def _qr(s: AnalyzerSettings) -> Analyzer:
+    return QRReader(s)
