@@ -1,22 +1,48 @@
-"""Wiring of the stages, in pipeline order: ingest → sampling (→ analysis → events → server later).
+"""Wiring of the stages, in pipeline order: ingest → sampling → analysis → events → server.
 
-Thin on purpose: each stage gets its own config section; nothing here decides anything.
+Thin on purpose: each stage gets its own config section; nothing here decides anything. The
+daemon (:class:`Daemon`) runs one TaskGroup per stream: a producer (decoder thread → sampler, health
+events straight to the bus), a bounded queue of kept frames (live: drop the oldest, counted; files:
+wait), a consumer (cascade → policy → alerts) and a one-second ticker for health rules.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
-from collections.abc import AsyncIterator, Iterator
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+
+from streamwatch.analysis.base import create
+from streamwatch.analysis.cascade import Cascade
+from streamwatch.analysis.detectors import AnalyzerSettings
+from streamwatch.analysis.model import AlertDraft, FrameAnalysis
+from streamwatch.analysis.policy import load_policy
+from streamwatch.analysis.rules import RuleEngine
 from streamwatch.config import Settings, StreamConfig
-from streamwatch.events.model import HealthEvent
+from streamwatch.errors import PolicyError, StreamwatchError
+from streamwatch.events.alerts import build_alerts
+from streamwatch.events.bus import EventBus
+from streamwatch.events.model import HealthEvent, HealthKind, StreamState
+from streamwatch.events.store import EventStore
 from streamwatch.ingest.aio import aiter_reader
 from streamwatch.ingest.frame import Frame
 from streamwatch.ingest.reader import FrameReader
 from streamwatch.ingest.url import parse_source
 from streamwatch.sampling.interval import IntervalSampler
 from streamwatch.sampling.sampler import Sample, Sampler
+from streamwatch.server.metrics import Metrics
+from streamwatch.server.server import EventServer
+
+logger = logging.getLogger(__name__)
 
 Output = Sample | HealthEvent
 
@@ -65,3 +91,209 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+# --- the daemon ------------------------------------------------------------------------------------
+
+
+class Daemon:
+    """``streamwatch run``: every configured stream, the analysis cascade, the store, bus and server."""
+
+    def __init__(self, settings: Settings, *, serve: bool = True, on_sample: Callable[[str, float], None] | None = None) -> None:
+        self.settings = settings
+        self.serve = serve
+        self.on_sample = on_sample or (lambda _s, _o: None)
+        self.metrics = Metrics()
+        self.offsets: dict[str, float] = {}
+        self.stopping = asyncio.Event()
+        self.server: EventServer | None = None
+        self.ready = asyncio.Event()
+        self._producers: list[asyncio.Task[None]] = []
+
+    def stop(self) -> None:
+        """Stop ingest; queued frames are still analysed, then the store is flushed and clients closed."""
+        self.stopping.set()
+        for task in self._producers:
+            task.cancel()
+
+    async def run(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        threads = s.analysis.threads or os.cpu_count() or 2
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="analysis")
+        self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
+        self.bus = EventBus(self.store)
+        self.policy_files = policy_files(s.analysis.policy)
+        self.engine = RuleEngine(await loop.run_in_executor(None, load_policy, s.analysis.policy))
+        a_settings = AnalyzerSettings(device=s.analysis.device)
+        analyzers = [await loop.run_in_executor(None, create, name, a_settings) for name in s.analysis.analyzers]
+        for a in analyzers:
+            logger.info("analyzer %s on %s", a.name, ", ".join(a.providers))
+        self.cascade = Cascade(
+            analyzers,
+            self.pool,
+            cache_radius=s.analysis.cache_radius,
+            cache_ttl_s=s.analysis.cache_ttl_s,
+            cache_size=s.analysis.cache_size,
+            max_batch=s.analysis.max_batch,
+            observe=lambda name, sec: self.metrics.stage_latency.labels(f"analyzer_{name}").observe(sec),
+        )
+        await self.bus.start()
+        try:
+            if self.serve:
+                ids = [c.id for c in s.streams]
+                self.server = EventServer(s.server, self.bus, metrics=self.metrics, streams=ids, offsets=lambda x: self.offsets.get(x, 0.0))
+                await self.server.start()
+            freeze_startup_heap()
+            self.ready.set()
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(self._watch_policy())
+                streams = [tg.create_task(self._stream(c), name=f"stream-{c.id}") for c in s.streams]
+                for c, result in zip(s.streams, await asyncio.gather(*streams, return_exceptions=True), strict=True):
+                    if isinstance(result, Exception):
+                        logger.error("stream %s failed", c.id, exc_info=result)
+                watcher.cancel()
+        finally:
+            await self.cascade.close()
+            if self.server is not None:
+                await self.server.stop()
+            await self.bus.stop()
+            self.store.close()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- one stream ------------------------------------------------------------------------------
+
+    async def _stream(self, cfg: StreamConfig) -> None:
+        pipeline = build_pipeline(cfg, self.settings)
+        live = pipeline.reader.spec.live
+        queue: asyncio.Queue[Sample | None] = asyncio.Queue(self.settings.analysis.queue_size)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                producer = tg.create_task(self._produce(pipeline, queue, live))
+                self._producers.append(producer)
+                consumer = tg.create_task(self._consume(cfg.id, queue))
+                ticker = tg.create_task(self._tick(cfg.id))
+                consumer.add_done_callback(lambda _t: ticker.cancel())
+        except* StreamwatchError as eg:
+            for e in eg.exceptions:
+                logger.error("stream %s stopped: %s", cfg.id, e)
+            await self.bus.publish(
+                HealthEvent(
+                    stream=cfg.id,
+                    at=time.time(),
+                    offset=self.offsets.get(cfg.id, 0.0),
+                    kind=HealthKind.STATE,
+                    state=StreamState.STOPPED,
+                    reason=str(eg.exceptions[0]),
+                )
+            )
+
+    async def _produce(self, pipeline: StreamPipeline, queue: asyncio.Queue[Sample | None], live: bool) -> None:
+        sid = pipeline.stream.id
+        try:
+            async for out in pipeline.arun(self.settings.ingest.queue_size):
+                if isinstance(out, HealthEvent):
+                    self.engine.on_health(out)
+                    await self.bus.publish(out)
+                    continue
+                self.offsets[sid] = out.offset
+                self.on_sample(sid, out.offset)
+                if not out.kept:
+                    continue
+                if live and queue.full():  # analysis is behind: drop the oldest kept frame
+                    queue.get_nowait()
+                    self.metrics.queue_drops.labels("analysis").inc()
+                await queue.put(out)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+            if queue.full():  # make room for the end marker without waiting
+                queue.get_nowait()
+                self.metrics.queue_drops.labels("analysis").inc()
+                queue.put_nowait(None)
+
+    async def _consume(self, sid: str, queue: asyncio.Queue[Sample | None]) -> None:
+        loop = asyncio.get_running_loop()
+        lat = self.metrics.stage_latency
+        while (sample := await queue.get()) is not None:
+            frame = sample.frame
+            lat.labels("queued").observe(max(0.0, time.time() - frame.wall))
+            t0 = time.perf_counter()
+            image = await loop.run_in_executor(self.pool, frame.rgb, self.settings.analysis.max_side)
+            fa = await self.cascade.analyze(sid, image, sample.phash, offset=frame.offset, at=frame.wall, received_at=frame.wall)
+            lat.labels("analyze").observe(time.perf_counter() - t0)
+            self.metrics.cache.labels("hit" if fa.cached else "miss").inc()
+            t1 = time.perf_counter()
+            drafts = self.engine.evaluate(fa)
+            lat.labels("policy").observe(time.perf_counter() - t1)
+            if drafts:
+                await self._publish_alerts(drafts, fa, image)
+
+    async def _tick(self, sid: str) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for offset, draft in self.engine.tick(sid, time.time()):
+                now = time.time()
+                await self._publish_alerts([draft], FrameAnalysis(sid, offset, now, now, (), 0, 0), None)
+
+    async def _publish_alerts(self, drafts: list[AlertDraft], fa: FrameAnalysis, image: np.ndarray | None) -> None:
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(None, build_alerts, drafts, fa, image, self.store)
+        for ev in events:
+            await self.bus.publish(ev)
+            self.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
+
+    # --- policy hot reload -----------------------------------------------------------------------
+
+    async def _watch_policy(self) -> None:
+        loop = asyncio.get_running_loop()
+        path = self.settings.analysis.policy
+        seen = file_stamps(self.policy_files)
+        while True:
+            await asyncio.sleep(self.settings.analysis.reload_s)
+            stamps = await loop.run_in_executor(None, file_stamps, self.policy_files)
+            if stamps == seen:
+                continue
+            seen = stamps
+            try:
+                policy = await loop.run_in_executor(None, load_policy, path)
+            except PolicyError as e:
+                logger.error("policy reload failed, keeping the previous policy: %s", e)
+                for c in self.settings.streams:
+                    await self.bus.publish(
+                        HealthEvent(
+                            stream=c.id,
+                            at=time.time(),
+                            offset=self.offsets.get(c.id, 0.0),
+                            kind=HealthKind.CONFIG,
+                            reason=f"policy reload failed, previous policy kept: {e}",
+                        )
+                    )
+                continue
+            self.engine.replace_policy(policy)
+            self.policy_files = policy_files(path)
+            seen = file_stamps(self.policy_files)
+            logger.info("policy reloaded from %s (%d rules)", path, len(policy.rules))
+
+
+def policy_files(path: Path) -> list[Path]:
+    """The policy file and the word lists it names (best effort: a broken file is reported on load)."""
+    try:
+        import tomllib
+
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        names = list((raw.get("lists") or {}).values()) + ([raw["t2s"]] if raw.get("t2s") else [])
+        return [path, *(path.parent / str(n) for n in names)]
+    except (OSError, ValueError):
+        return [path]
+
+
+def file_stamps(paths: list[Path]) -> list[tuple[int, int] | None]:
+    out: list[tuple[int, int] | None] = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return out

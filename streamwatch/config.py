@@ -96,6 +96,27 @@ class StreamConfig(_Section):
     every_s: Annotated[float | None, Field(gt=0, description="Override sampling.every_s for this stream.")] = None
 
 
+def default_policy() -> Path:
+    """``models/policy.toml`` of this checkout (the embedded default)."""
+    return Path(__file__).resolve().parent.parent / "models" / "policy.toml"
+
+
+class AnalysisConfig(_Section):
+    policy: Annotated[Path, Field(description="Policy file (rules + word lists); hot-reloaded on change.")] = default_policy()
+    analyzers: Annotated[list[str], Field(description="Local analyzers to run: nudity, ocr, qr.")] = ["nudity", "ocr", "qr"]
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda)$", description="Where models run: auto (CUDA when present), cpu, cuda.")] = (
+        "auto"
+    )
+    threads: Annotated[int, Field(ge=0, description="Analysis worker threads (0 = CPU cores).")] = 0
+    max_side: Annotated[int, Field(ge=160, le=4096, description="Long side of the image the analyzers see.")] = 960
+    max_batch: Annotated[int, Field(ge=1, description="Frames per analyzer batch (across streams).")] = 8
+    queue_size: Annotated[int, Field(ge=1, description="Kept frames waiting for analysis per stream; live sources drop the oldest.")] = 4
+    cache_radius: Annotated[int, Field(ge=0, le=32, description="pHash Hamming radius for reusing a result.")] = 4
+    cache_ttl_s: Annotated[float, Field(gt=0, description="How long an analysis result may be reused.")] = 600.0
+    cache_size: Annotated[int, Field(ge=1, description="Results kept per stream (LRU).")] = 512
+    reload_s: Annotated[float, Field(gt=0, description="How often the policy files are checked for changes.")] = 1.0
+
+
 class Role(enum.Enum):
     """What a WebSocket client may see and do (see server/PROTOCOL.md)."""
 
@@ -153,6 +174,7 @@ class Settings(BaseSettings):
     streams: Annotated[list[StreamConfig], Field(description="Streams to watch.")] = []
     server: Annotated[ServerConfig, Field(description="WebSocket/HTTP server, tokens and client limits.")] = ServerConfig()
     store: Annotated[StoreConfig, Field(description="Event store retention.")] = StoreConfig()
+    analysis: Annotated[AnalysisConfig, Field(description="Local analyzers, policy and result cache.")] = AnalysisConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:

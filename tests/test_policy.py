@@ -167,12 +167,12 @@ def test_health_rules_fire_once_when_the_condition_has_lasted() -> None:
     eng.on_health(HealthEvent(stream="s1", at=t0, offset=10, kind=HealthKind.BLACK, active=True))
     assert eng.tick("s1", t0 + 2) == []
     hit = eng.tick("s1", t0 + 3.5)
-    assert [(a.rule, a.message) for a in hit] == [("stream_black", "Picture black for 3.5s")]
+    assert [(off, a.rule, a.message) for off, a in hit] == [(10, "stream_black", "Picture black for 3.5s")]
     assert eng.tick("s1", t0 + 10) == []  # once per period
     eng.on_health(HealthEvent(stream="s1", at=t0 + 12, offset=22, kind=HealthKind.BLACK, active=False, duration_s=12))
     eng.on_health(HealthEvent(stream="s1", at=t0 + 20, offset=30, kind=HealthKind.STATE, state=StreamState.STALLED))
     eng.on_health(HealthEvent(stream="s1", at=t0 + 21, offset=30, kind=HealthKind.STATE, state=StreamState.RECONNECTING))
-    assert [a.rule for a in eng.tick("s1", t0 + 24)] == ["stream_outage"]
+    assert [(off, a.rule) for off, a in eng.tick("s1", t0 + 24)] == [(30, "stream_outage")]
     assert eng.tick("s2", t0 + 24) == []
 
 

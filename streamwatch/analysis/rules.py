@@ -49,7 +49,8 @@ def domain_allowed(host: str, allowed: list[str]) -> bool:
 
 @dataclass
 class _Period:
-    since: float  # wall time
+    since: float  # wall time the condition began
+    offset: float  # stream offset it began at (the alert's offset)
     alerted: bool = False
 
 
@@ -176,18 +177,18 @@ class RuleEngine:
         if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN):
             key = (ev.stream, ev.kind.value)
             if ev.active:
-                self._periods.setdefault(key, _Period(ev.at))
+                self._periods.setdefault(key, _Period(ev.at, ev.offset))
             else:
                 self._periods.pop(key, None)
         elif ev.kind is HealthKind.STATE and ev.state is not None:
             key = (ev.stream, "outage")
             if ev.state in (StreamState.STALLED, StreamState.RECONNECTING):
-                self._periods.setdefault(key, _Period(ev.at))
+                self._periods.setdefault(key, _Period(ev.at, ev.offset))
             elif ev.state in (StreamState.LIVE, StreamState.STOPPED):
                 self._periods.pop(key, None)
 
-    def tick(self, stream: str, now: float) -> list[AlertDraft]:
-        """Alerts for health conditions of ``stream`` that have now lasted their rule's ``min_s``."""
+    def tick(self, stream: str, now: float) -> list[tuple[float, AlertDraft]]:
+        """(offset where it began, alert) for health conditions of ``stream`` that have now lasted ``min_s``."""
         out = []
         for rule in self.policy.rules:
             cond = rule.when.health
@@ -199,16 +200,15 @@ class RuleEngine:
             lasted = now - period.since
             if lasted >= rule.when.min_s:
                 period.alerted = True
-                out.append(
-                    AlertDraft(
-                        rule.id,
-                        rule.severity,
-                        _message(rule, duration=round(lasted, 1), label=cond),
-                        1.0,
-                        "health",
-                        cond,
-                        labels=(cond,),
-                        escalate=rule.escalate,
-                    )
+                draft = AlertDraft(
+                    rule.id,
+                    rule.severity,
+                    _message(rule, duration=round(lasted, 1), label=cond),
+                    1.0,
+                    "health",
+                    cond,
+                    labels=(cond,),
+                    escalate=rule.escalate,
                 )
+                out.append((period.offset, draft))
         return out

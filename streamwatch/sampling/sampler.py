@@ -61,7 +61,8 @@ class _Period:
                 self.since = since
             if not self.announced and now - self.since >= self.threshold_s:
                 self.announced = True
-                return HealthEvent(stream=stream, kind=self.kind, at=wall, offset=self.since, active=True)
+                # offset and at both mark when the condition began (announced threshold_s later)
+                return HealthEvent(stream=stream, kind=self.kind, at=wall - (now - self.since), offset=self.since, active=True)
             return None
         event = None
         if self.announced and self.since is not None:
