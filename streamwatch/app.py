@@ -198,6 +198,7 @@ class Daemon:
                     continue
                 self.offsets[sid] = out.offset
                 self.on_sample(sid, out.offset)
+                await self._health_alerts(sid, out.offset)
                 if not out.kept:
                     continue
                 if live and queue.full():  # analysis is behind: drop the oldest kept frame
@@ -230,11 +231,14 @@ class Daemon:
                 await self._publish_alerts(drafts, fa, image)
 
     async def _tick(self, sid: str) -> None:
-        while True:
+        while True:  # outages produce no samples: health rules are also checked once a second
             await asyncio.sleep(1.0)
-            for offset, draft in self.engine.tick(sid, time.time()):
-                now = time.time()
-                await self._publish_alerts([draft], FrameAnalysis(sid, offset, now, now, (), 0, 0), None)
+            await self._health_alerts(sid, None)
+
+    async def _health_alerts(self, sid: str, offset: float | None) -> None:
+        for began, draft in self.engine.tick(sid, time.time(), offset):
+            now = time.time()
+            await self._publish_alerts([draft], FrameAnalysis(sid, began, now, now, (), 0, 0), None)
 
     async def _publish_alerts(self, drafts: list[AlertDraft], fa: FrameAnalysis, image: np.ndarray | None) -> None:
         loop = asyncio.get_running_loop()

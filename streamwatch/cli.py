@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streamwatch import __version__
-from streamwatch.errors import EventsError, StreamwatchError
+from streamwatch.errors import ConfigError, EventsError, StreamwatchError
 
 logger = logging.getLogger("streamwatch")
 
@@ -136,6 +136,101 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = _ingest_overrides(a)
+    if getattr(a, "source", None):
+        over["streams"] = [{"id": a.id, "source": a.source, "listen": a.listen}]
+    server: dict[str, Any] = {}
+    if getattr(a, "host", None):
+        server["host"] = a.host
+    if getattr(a, "port", None) is not None:
+        server["port"] = a.port
+    if getattr(a, "token", None):
+        tokens = []
+        for item in a.token:
+            role, sep, secret = item.partition(":")
+            if not sep:
+                raise ConfigError(f"--token {item!r}: use ROLE:SECRET (roles: overlay, moderator, submitter, admin)")
+            tokens.append({"name": role, "role": role, "secret": secret})
+        server["tokens"] = tokens
+    if server:
+        over["server"] = server
+    if getattr(a, "data", None):
+        over["data_dir"] = a.data
+    if getattr(a, "policy", None):
+        over.setdefault("analysis", {})["policy"] = a.policy
+    return over
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+
+    settings = load_settings(a.config, _run_overrides(a))
+    _setup_logging(settings.log_level)
+    if not settings.streams:
+        raise ConfigError("no streams: give --source URL or a config file with [[streams]]")
+    if not settings.server.tokens:
+        logger.warning("no tokens configured: every WebSocket client will be refused (use --token ROLE:SECRET)")
+
+    async def main() -> None:
+        daemon = Daemon(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, daemon.stop)
+        runner = asyncio.create_task(daemon.run())
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if daemon.server is not None and daemon.ready.is_set():
+            print(f"streamwatch: serving {daemon.server.url} (/ws, /overlay, /healthz, /metrics)", file=sys.stderr, flush=True)
+        await runner
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_analyze(a: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+
+    from tqdm import tqdm
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+    from streamwatch.events.store import EventStore
+    from streamwatch.ingest.probe import probe
+    from streamwatch.ingest.url import parse_source
+    from streamwatch.report import collect, render
+
+    data = a.data or Path(tempfile.mkdtemp(prefix="streamwatch-analyze-"))
+    over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
+    if a.policy:
+        over["analysis"] = {"policy": a.policy}
+    settings = load_settings(a.config, over)
+    _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    duration = probe(parse_source(str(a.file)), settings.ingest).duration_s or 0.0
+    bar = tqdm(total=round(duration, 1) or None, unit="s", desc=a.file.name, disable=a.quiet)
+
+    def progress(_stream: str, offset: float) -> None:
+        bar.update(round(offset, 1) - bar.n)
+
+    asyncio.run(Daemon(settings, serve=False, on_sample=progress).run())
+    bar.close()
+    store = EventStore(data, retention_days=None, retention_mb=None)
+    try:
+        inputs = collect(store, a.id)
+    finally:
+        store.close()
+    alerts = [e for e in inputs.events if e.TYPE == "alert"]
+    out: Path = a.output or Path(f"{a.file.stem}-report.html")
+    fmt = out.suffix.lstrip(".") if out.suffix.lstrip(".") in ("html", "json", "csv") else "html"
+    out.write_text(render(inputs, fmt), encoding="utf-8")
+    print(f"{len(alerts)} alerts in {a.file}; report: {out} (events kept in {data})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamwatch", description="Watch live streams and react in real time.")
     p.add_argument("--version", action="version", version=f"streamwatch {__version__}")
@@ -156,6 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and exit")
     c.add_argument("config", type=Path, nargs="?", help="TOML config file")
     c.set_defaults(func=_cmd_check_config)
+
+    ru = sub.add_parser("run", help="run the daemon: watch streams, raise alerts, serve /ws and the overlay")
+    ru.add_argument("-c", "--config", type=Path, help="TOML config file with [[streams]], [server], [analysis]")
+    ru.add_argument("--source", help="one stream: rtmp://…, rtsp://…, http(s)://….m3u8 or a file (with --listen: an rtmp:// address)")
+    ru.add_argument("--id", default="main", help="stream id for --source (default: main)")
+    ru.add_argument("--listen", action="store_true", help="be the RTMP endpoint OBS pushes to")
+    ru.add_argument("--host", help="server address (default 127.0.0.1)")
+    ru.add_argument("--port", type=int, help="server port (default 8765)")
+    ru.add_argument("--token", action="append", metavar="ROLE:SECRET", help="accept this token for ROLE (repeatable)")
+    ru.add_argument("--data", type=Path, help="data directory (events, evidence)")
+    ru.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
+    ru.set_defaults(func=_cmd_run, open_timeout_s=None, read_timeout_s=None, max_retries=None, decode=None, hwaccel=None)
+
+    an = sub.add_parser("analyze", help="run the analysis cascade on a recording as fast as possible, then write a report")
+    an.add_argument("file", type=Path, help="video file")
+    an.add_argument("-o", "--output", type=Path, help="report file (.html, .json or .csv; default FILE-report.html)")
+    an.add_argument("-c", "--config", type=Path, help="TOML config file ([analysis], [sampling])")
+    an.add_argument("--id", default="recording", help="stream id in the report (default: recording)")
+    an.add_argument("--data", type=Path, help="keep the events here (default: a temporary folder)")
+    an.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
+    an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    an.set_defaults(func=_cmd_analyze)
 
     r = sub.add_parser("report", help="write a post-stream report (html, json or csv) from the event store")
     r.add_argument("stream", help="stream id")

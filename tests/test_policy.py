@@ -166,7 +166,8 @@ def test_health_rules_fire_once_when_the_condition_has_lasted() -> None:
     t0 = time.time()
     eng.on_health(HealthEvent(stream="s1", at=t0, offset=10, kind=HealthKind.BLACK, active=True))
     assert eng.tick("s1", t0 + 2) == []
-    hit = eng.tick("s1", t0 + 3.5)
+    assert eng.tick("s1", t0 + 0.1, offset=12) == []  # stream time when given (a file analysed fast)
+    hit = eng.tick("s1", t0 + 0.2, offset=13.5)
     assert [(off, a.rule, a.message) for off, a in hit] == [(10, "stream_black", "Picture black for 3.5s")]
     assert eng.tick("s1", t0 + 10) == []  # once per period
     eng.on_health(HealthEvent(stream="s1", at=t0 + 12, offset=22, kind=HealthKind.BLACK, active=False, duration_s=12))

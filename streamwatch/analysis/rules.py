@@ -187,8 +187,13 @@ class RuleEngine:
             elif ev.state in (StreamState.LIVE, StreamState.STOPPED):
                 self._periods.pop(key, None)
 
-    def tick(self, stream: str, now: float) -> list[tuple[float, AlertDraft]]:
-        """(offset where it began, alert) for health conditions of ``stream`` that have now lasted ``min_s``."""
+    def tick(self, stream: str, now: float, offset: float | None = None) -> list[tuple[float, AlertDraft]]:
+        """(offset where it began, alert) for health conditions of ``stream`` that have now lasted ``min_s``.
+
+        Black and frozen pictures are measured in stream time (``offset``, the latest sample), so a
+        recording analysed faster than real time is judged like the live show; outages, when no
+        samples arrive, in wall time (``now``).
+        """
         out = []
         for rule in self.policy.rules:
             cond = rule.when.health
@@ -197,7 +202,7 @@ class RuleEngine:
             period = self._periods.get((stream, cond))
             if period is None or period.alerted:
                 continue
-            lasted = now - period.since
+            lasted = now - period.since if cond == "outage" or offset is None else offset - period.offset
             if lasted >= rule.when.min_s:
                 period.alerted = True
                 draft = AlertDraft(

@@ -1,0 +1,149 @@
+"""The daemon end to end on the labelled concert clip: `analyze` on the file, and `run` over RTMP
+with a real publisher (ffmpeg -re), a reconnect, and a WebSocket client reading the alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port, require_media_tools, stop
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from streamwatch.cli import main
+from streamwatch.events.model import AlertEvent
+from streamwatch.events.store import EventStore
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+sys.path.insert(0, str(TOOLS))
+from make_concert_clip import write_concert_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def concert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    path = tmp_path_factory.mktemp("concert") / "concert.mp4"
+    return path, write_concert_clip(path)
+
+
+def check_alerts(alerts: list[tuple[str, float]], labels: dict[str, Any], shift: float = 0.0, tolerance: float = 1.01) -> None:
+    """Every planted event: exactly one alert of its rule within ± one sampling interval; nothing else."""
+    planted = [(p["rule"], p["offset"]) for p in labels["planted"]]
+    for rule, offset in planted:
+        hits = [o for r, o in alerts if r == rule]
+        assert len(hits) == 1, f"{rule}: expected one alert, got {hits}"
+        assert abs(hits[0] - offset - shift) <= tolerance, f"{rule}: alert at {hits[0]}, planted at {offset}"
+    extra = [(r, o) for r, o in alerts if r not in {p[0] for p in planted} and r != "stream_outage"]
+    assert not extra, f"unexpected alerts (sponsor or clean scenes): {extra}"
+
+
+def test_analyze_a_recording_catches_every_planted_event(concert: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    clip, labels = concert
+    out = tmp_path / "report.html"
+    assert main(["analyze", str(clip), "-o", str(out), "--data", str(tmp_path / "data"), "-q"]) == 0
+    store = EventStore(tmp_path / "data")
+    alerts = [e for e in store.events("recording") if isinstance(e, AlertEvent)]
+    check_alerts([(a.rule, a.offset) for a in alerts], labels)
+    for a in alerts:
+        if a.evidence.kind != "health":
+            assert a.evidence.frame and store.frame_path(a.evidence.frame) is not None
+            assert a.received_at is not None
+    html = out.read_text()
+    assert "contact_spam" in html and "qr_code" in html and "data:image/jpeg;base64," in html
+
+
+def health(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def test_run_over_rtmp_with_a_reconnect_and_a_websocket_client(concert: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    require_media_tools()
+    clip, labels = concert
+    rtmp = f"rtmp://127.0.0.1:{free_port()}/live/show"
+    cmd = [sys.executable, "-m", "streamwatch", "run", "--listen", "--source", rtmp, "--id", "show", "--port", "0",
+           "--token", "moderator:mod-secret-1", "--data", str(tmp_path / "data")]  # fmt: skip
+    daemon = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "STREAMWATCH_LOG_LEVEL": "INFO"})
+    port = None
+    deadline = time.monotonic() + 60
+    assert daemon.stderr is not None
+    while port is None and time.monotonic() < deadline:
+        line = daemon.stderr.readline()
+        assert line or daemon.poll() is None, "daemon exited"
+        m = re.search(r"serving http://127\.0\.0\.1:(\d+)", line)
+        port = int(m.group(1)) if m else None
+    assert port, "daemon did not report its port"
+    for _ in range(100):  # (probing the RTMP port would itself count as a publisher)
+        if health(port)["streams"]["show"]["state"] == "connecting":
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+
+    received: list[dict[str, Any]] = []
+    close_code: list[int | None] = []
+
+    async def client() -> None:
+        async with connect(f"ws://127.0.0.1:{port}/ws?token=mod-secret-1") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "subscribe", "channels": ["alerts", "health"], "since": 0}))
+            try:
+                while True:
+                    msg = json.loads(await ws.recv())
+                    received.extend(e for e in (msg["events"] if msg["type"] == "batch" else [msg]) if "id" in e)
+            except ConnectionClosed as e:
+                close_code.append(e.rcvd.code if e.rcvd else None)
+
+    ff = ["ffmpeg", "-nostdin", "-loglevel", "error"]
+    part1 = subprocess.Popen([*ff, "-re", "-i", str(clip), "-t", "36", "-c", "copy", "-f", "flv", rtmp])
+    part2 = None
+
+    async def scenario() -> None:
+        nonlocal part2
+        task = asyncio.create_task(client())
+        await asyncio.to_thread(part1.wait, 90)
+        await asyncio.sleep(4)  # the publisher is away: an outage
+        for _ in range(100):  # the listener re-arms once the daemon has noticed (read timeout)
+            if (await asyncio.to_thread(health, port))["streams"]["show"]["state"] == "reconnecting":
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        part2 = subprocess.Popen([*ff, "-ss", "36", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", rtmp])
+        await asyncio.to_thread(part2.wait, 90)
+        await asyncio.sleep(4)  # let the last frames through analysis
+        daemon.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(task, 30)
+
+    try:
+        asyncio.run(scenario())
+        assert daemon.wait(30) == 0
+    finally:
+        stop(part1)
+        if part2 is not None:
+            stop(part2)
+        if daemon.poll() is None:
+            daemon.kill()
+    assert close_code == [1001]  # going away on SIGTERM
+    alerts = [e for e in received if e["type"] == "alert"]
+    lives = [e for e in received if e["type"] == "health" and e.get("state") == "live"]
+    assert len(lives) == 2 and lives[1]["gap_s"] >= 3
+    start = lives[0]["offset"]  # stream offset when the publisher arrived (clip time 0)
+    back = lives[1]["offset"]  # stream offset when the publisher came back (clip time 36)
+    first = [(a["rule"], a["offset"] - start) for a in alerts if a["offset"] < back - 0.5]
+    second = [(a["rule"], a["offset"] - back + 36) for a in alerts if a["offset"] >= back - 0.5 and a["rule"] != "stream_outage"]
+    check_alerts(first + second, labels, tolerance=1.6)
+    outages = [a["offset"] - start for a in alerts if a["rule"] == "stream_outage" and a["offset"] <= back]
+    assert len(outages) == 1 and 30 <= outages[0] <= 37  # the planted reconnect (clip time 36)
+    # (the publisher leaving at the very end is an outage too, if it lasts ≥ 3 s before SIGTERM)
+    ids = [e["id"] for e in received]
+    assert ids == sorted(set(ids))  # in order, no duplicates
+    for a in alerts:
+        assert a["received_at"] <= a["at"]
