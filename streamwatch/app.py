@@ -166,6 +166,10 @@ class Daemon:
     async def _stream(self, cfg: StreamConfig) -> None:
         pipeline = build_pipeline(cfg, self.settings)
         live = pipeline.reader.spec.live
+        reason = "waiting for the publisher" if cfg.listen else "opening the source"
+        await self.bus.publish(
+            HealthEvent(stream=cfg.id, at=time.time(), offset=0.0, kind=HealthKind.STATE, state=StreamState.CONNECTING, reason=reason)
+        )
         queue: asyncio.Queue[Sample | None] = asyncio.Queue(self.settings.analysis.queue_size)
         try:
             async with asyncio.TaskGroup() as tg:

@@ -96,13 +96,16 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(a: argparse.Namespace) -> int:
+    from streamwatch.analysis.policy import load_policy
     from streamwatch.config import load_settings
     from streamwatch.ingest.url import parse_source
 
     settings = load_settings(a.config)
     for s in settings.streams:
         parse_source(s.source, listen=s.listen)
-    print(f"{a.config or 'defaults'}: OK ({len(settings.streams)} stream{'s' if len(settings.streams) != 1 else ''})")
+    policy = load_policy(a.policy or settings.analysis.policy)
+    n = len(settings.streams)
+    print(f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''}); policy {policy.path}: OK ({len(policy.rules)} rules)")
     return 0
 
 
@@ -250,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and exit")
     c.add_argument("config", type=Path, nargs="?", help="TOML config file")
+    c.add_argument("--policy", type=Path, help="policy file to check (default: analysis.policy)")
     c.set_defaults(func=_cmd_check_config)
 
     ru = sub.add_parser("run", help="run the daemon: watch streams, raise alerts, serve /ws and the overlay")

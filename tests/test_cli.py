@@ -80,3 +80,21 @@ def test_check_config_points_at_the_bad_key(tmp_path: Path) -> None:
     env = dict(os.environ, STREAMWATCH_SAMPLING__EVERY_S="-3")
     r = sw("check-config", str(good), env=env)
     assert r.returncode == 1 and "sampling.every_s" in r.stderr
+
+
+def test_check_config_and_run_refuse_a_broken_policy_with_its_line(tmp_path: Path) -> None:
+    import shutil
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    shutil.copytree(models, tmp_path / "m")
+    policy = tmp_path / "m" / "policy.toml"
+    r = sw("check-config", "--policy", str(policy))
+    assert r.returncode == 0 and "rules)" in r.stdout
+    lines = policy.read_text().splitlines()
+    n = next(i for i, line in enumerate(lines) if line.startswith("min_confidence")) + 1
+    lines[n - 1] = "min_confidence = 7"
+    policy.write_text("\n".join(lines) + "\n")
+    r = sw("check-config", "--policy", str(policy))
+    assert r.returncode == 1 and f"rule.0.when.min_confidence (line {n})" in r.stderr
+    r = sw("run", "--source", "x.mp4", "--policy", str(policy), "--data", str(tmp_path / "d"))
+    assert r.returncode == 1 and f"(line {n})" in r.stderr and "invalid policy" in r.stderr

@@ -72,20 +72,23 @@ def test_run_over_rtmp_with_a_reconnect_and_a_websocket_client(concert: tuple[Pa
     rtmp = f"rtmp://127.0.0.1:{free_port()}/live/show"
     cmd = [sys.executable, "-m", "streamwatch", "run", "--listen", "--source", rtmp, "--id", "show", "--port", "0",
            "--token", "moderator:mod-secret-1", "--data", str(tmp_path / "data")]  # fmt: skip
-    daemon = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "STREAMWATCH_LOG_LEVEL": "INFO"})
+    log = tmp_path / "daemon.log"
+    with log.open("w") as log_file:  # a file, not a pipe: an unread pipe would block the daemon's logging
+        daemon = subprocess.Popen(cmd, stderr=log_file, env={**os.environ, "STREAMWATCH_LOG_LEVEL": "INFO"})
     port = None
     deadline = time.monotonic() + 60
-    assert daemon.stderr is not None
     while port is None and time.monotonic() < deadline:
-        line = daemon.stderr.readline()
-        assert line or daemon.poll() is None, "daemon exited"
-        m = re.search(r"serving http://127\.0\.0\.1:(\d+)", line)
+        assert daemon.poll() is None, f"daemon exited: {log.read_text()[-2000:]}"
+        m = re.search(r"serving http://127\.0\.0\.1:(\d+)", log.read_text())
         port = int(m.group(1)) if m else None
+        time.sleep(0.1)
     assert port, "daemon did not report its port"
     for _ in range(100):  # (probing the RTMP port would itself count as a publisher)
         if health(port)["streams"]["show"]["state"] == "connecting":
             break
         time.sleep(0.1)
+    else:
+        pytest.fail("the daemon never reported the stream as connecting")
     time.sleep(1.0)
 
     received: list[dict[str, Any]] = []
@@ -116,7 +119,7 @@ def test_run_over_rtmp_with_a_reconnect_and_a_websocket_client(concert: tuple[Pa
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
-        part2 = subprocess.Popen([*ff, "-ss", "36", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", rtmp])
+        part2 = await asyncio.to_thread(subprocess.Popen, [*ff, "-ss", "36", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", rtmp])
         await asyncio.to_thread(part2.wait, 90)
         await asyncio.sleep(4)  # let the last frames through analysis
         daemon.send_signal(signal.SIGTERM)
@@ -147,3 +150,49 @@ def test_run_over_rtmp_with_a_reconnect_and_a_websocket_client(concert: tuple[Pa
     assert ids == sorted(set(ids))  # in order, no duplicates
     for a in alerts:
         assert a["received_at"] <= a["at"]
+
+
+def test_policy_hot_reload_keeps_the_previous_policy_on_a_broken_edit(concert: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    import shutil
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+    from streamwatch.events.model import HealthEvent, HealthKind
+
+    clip, _ = concert
+    shutil.copytree(TOOLS.parent / "models", tmp_path / "m")
+    policy = tmp_path / "m" / "policy.toml"
+    good = policy.read_text()
+    settings = load_settings(
+        None,
+        {
+            "data_dir": tmp_path / "d",
+            "streams": [{"id": "s", "source": str(clip)}],
+            "ingest": {"realtime": True},
+            "analysis": {"policy": policy, "reload_s": 0.2, "analyzers": ["qr"]},
+        },
+    )
+    daemon = Daemon(settings, serve=False)
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        await daemon.ready.wait()
+        rules_before = [r.id for r in daemon.engine.policy.rules]
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(policy.write_text, good.replace('severity = "high"', 'severity = "urgent"', 1))
+        await asyncio.sleep(1.0)
+        seen["kept"] = [r.id for r in daemon.engine.policy.rules] == rules_before
+        await asyncio.to_thread(policy.write_text, good.replace('id = "gambling"', 'id = "gambling_promo"'))
+        await asyncio.sleep(1.0)
+        seen["after"] = [r.id for r in daemon.engine.policy.rules]
+        daemon.stop()
+
+    async def both() -> None:
+        await asyncio.gather(daemon.run(), scenario())
+
+    asyncio.run(both())
+    assert seen["kept"] is True
+    assert "gambling_promo" in seen["after"] and "gambling" not in seen["after"]
+    store = EventStore(tmp_path / "d")
+    config = [e for e in store.events("s") if isinstance(e, HealthEvent) and e.kind is HealthKind.CONFIG]
+    assert len(config) == 1 and "previous policy kept" in config[0].reason and "severity (line 26)" in config[0].reason

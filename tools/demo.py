@@ -1,39 +1,152 @@
 #!/usr/bin/env python3
-"""`make demo`: generate the labelled concert-like clip and run `streamwatch sample` on it.
+"""`make demo`: the daemon end to end on the embedded default, nothing to configure.
 
-(Later issues turn this into the full daemon demo: RTMP listener, live alerts, overlay, report.)
+1. generates a labelled concert-like clip (planted: contact spam, an unauthorised brand, a sponsor
+   that must stay silent, an off-site QR code, a black and a frozen segment);
+2. starts ``streamwatch run`` as the RTMP endpoint (listen mode) with the default policy;
+3. publishes the clip in real time with ffmpeg, as OBS would;
+4. prints alerts live as they arrive over the WebSocket, and the overlay / moderator page URLs;
+5. stops the daemon (SIGTERM) and writes the HTML report from the store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import shutil
+import signal
 import subprocess
 import sys
-from collections import Counter
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-import make_sample_stream  # noqa: E402
+from make_concert_clip import write_concert_clip  # noqa: E402
+
+OUT = ROOT / "artifacts" / "demo"
+TOKENS = {"moderator": "demo-moderator", "overlay": "demo-overlay", "submitter": "demo-fan"}
+COLORS = {"low": "34", "medium": "33", "high": "31", "critical": "1;31"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def show(ev: dict[str, Any], labels: dict[str, Any]) -> None:
+    off = ev["offset"]
+    stamp = f"{int(off) // 60:02d}:{off % 60:04.1f}"
+    if ev["type"] == "alert":
+        color = COLORS.get(ev["severity"], "0")
+        text = f" «{ev['evidence']['text']}»" if ev.get("evidence", {}).get("text") else ""
+        lag = ""
+        if ev.get("received_at") and ev.get("evidence", {}).get("kind") != "health":
+            lag = f"  ({max(0.0, time.time() - _epoch(ev['received_at'])):.2f}s after the frame arrived)"
+        print(f"\033[{color}m[{stamp}] ALERT {ev['severity']:8s} {ev['rule']:20s}\033[0m {ev['message']}{text}{lag}", flush=True)
+    elif ev["type"] == "health":
+        what = ev.get("state") or f"{ev['kind']} {'started' if ev.get('active') else 'ended'}"
+        print(f"[{stamp}] health {what} {ev.get('reason', '')}", flush=True)
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def watch(port: int, labels: dict[str, Any], done: asyncio.Event) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    async with connect(f"ws://127.0.0.1:{port}/ws?token={TOKENS['moderator']}") as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "subscribe", "channels": ["alerts", "health"], "since": 0}))
+        try:
+            while True:
+                msg = json.loads(await ws.recv())
+                for ev in msg["events"] if msg["type"] == "batch" else [msg]:
+                    if "id" in ev:
+                        got.append(ev)
+                        show(ev, labels)
+        except ConnectionClosed:
+            pass
+    done.set()
+    return got
 
 
 def main() -> int:
-    out = ROOT / "artifacts" / "demo"
-    out.mkdir(parents=True, exist_ok=True)
-    clip = out / "concert.mp4"
-    if not clip.exists():
-        print(f"generating {clip} …")
-        make_sample_stream.write_clip(clip, width=1280, height=720, fps=30, gop_s=2.0)
-    subprocess.run([sys.executable, "-m", "streamwatch", "probe", str(clip)], check=True)
-    subprocess.run([sys.executable, "-m", "streamwatch", "sample", str(clip), "--every", "1", "--out", str(out / "samples")], check=True)
-    records = [json.loads(line) for line in (out / "samples" / "samples.jsonl").read_text().splitlines()]
-    decisions = Counter(r["decision"] for r in records if r["type"] == "sample")
-    print("decisions:", dict(decisions))
-    for r in records:
-        if r["type"] == "health" and r["kind"] != "state":
-            print(f"  health at {r['offset']:6.1f}s: {r['text']}")
-    print(f"kept frames: {out / 'samples' / 'frames'}")
+    if shutil.which("ffmpeg") is None:
+        print("ffmpeg is needed to publish the demo stream: sudo make system-deps", file=sys.stderr)
+        return 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    clip = OUT / "concert.mp4"
+    if not clip.exists() or not Path(str(clip) + ".labels.json").exists():
+        print(f"generating {clip} …", flush=True)
+        write_concert_clip(clip, width=1280, height=720, fps=25)
+    labels = json.loads(Path(str(clip) + ".labels.json").read_text())
+    data = OUT / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    rtmp = f"rtmp://127.0.0.1:{free_port()}/live/demo"
+    cmd = [sys.executable, "-m", "streamwatch", "run", "--listen", "--source", rtmp, "--id", "demo", "--port", "0", "--data", str(data)]
+    for role, secret in TOKENS.items():
+        cmd += ["--token", f"{role}:{secret}"]
+    log = OUT / "daemon.log"
+    with log.open("w") as log_file:  # a file, not a pipe: an unread pipe would block the daemon's logging
+        daemon = subprocess.Popen(cmd, stderr=log_file, stdout=subprocess.DEVNULL)
+    port = None
+    deadline = time.monotonic() + 120
+    while port is None:
+        m = re.search(r"serving http://127\.0\.0\.1:(\d+)", log.read_text())
+        port = int(m.group(1)) if m else None
+        if port is None and (daemon.poll() is not None or time.monotonic() > deadline):
+            print(f"the daemon did not start; see {log}", file=sys.stderr)
+            daemon.kill()
+            return 1
+        time.sleep(0.1)
+    base = f"http://127.0.0.1:{port}"
+    print(f"\noverlay (OBS browser source, 1920×1080): {base}/overlay?token={TOKENS['overlay']}&stream=demo")
+    print(f"moderator view:                          {base}/overlay?token={TOKENS['moderator']}&mode=mod")
+    print(f"metrics: {base}/metrics   health: {base}/healthz\n", flush=True)
+    deadline = time.monotonic() + 30
+    while health(port)["streams"]["demo"]["state"] != "connecting" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    planted = ", ".join(f"{p['rule']}@{p['offset']:.0f}s" for p in labels["planted"])
+    print(f"publishing {clip.name} in real time ({labels['duration']:.0f} s; planted: {planted}) …\n", flush=True)
+
+    async def run() -> list[dict[str, Any]]:
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch(port, labels, done))
+        pub = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", rtmp
+        )
+        await pub.wait()
+        await asyncio.sleep(2.5)
+        daemon.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(watcher, 30)
+
+    events = asyncio.run(run())
+    daemon.wait(30)
+    report = OUT / "report.html"
+    subprocess.run([sys.executable, "-m", "streamwatch", "report", "demo", "--data", str(data), "-o", str(report)], check=True)
+    alerts = [e for e in events if e["type"] == "alert"]
+    caught = {p["rule"] for p in labels["planted"]} & {a["rule"] for a in alerts}
+    print(f"\n{len(alerts)} alerts; planted events caught: {len(caught)}/{len(labels['planted'])}")
+    print(f"report: {report}   (daemon log: {log})")
     return 0
 
 
