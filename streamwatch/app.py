@@ -99,10 +99,18 @@ def freeze_startup_heap() -> None:
 class Daemon:
     """``streamwatch run``: every configured stream, the analysis cascade, the store, bus and server."""
 
-    def __init__(self, settings: Settings, *, serve: bool = True, on_sample: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        serve: bool = True,
+        on_sample: Callable[[str, float], None] | None = None,
+        on_analyzed: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.serve = serve
-        self.on_sample = on_sample or (lambda _s, _o: None)
+        self.on_sample = on_sample or (lambda _s, _o: None)  # (stream, offset) for every sample (progress bars)
+        self.on_analyzed = on_analyzed or (lambda _s, _l: None)  # (stream, seconds since the frame arrived)
         self.metrics = Metrics()
         self.offsets: dict[str, float] = {}
         self.stopping = asyncio.Event()
@@ -231,6 +239,7 @@ class Daemon:
             t1 = time.perf_counter()
             drafts = self.engine.evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)
+            self.on_analyzed(sid, time.time() - frame.wall)
             if drafts:
                 await self._publish_alerts(drafts, fa, image)
 

@@ -55,10 +55,13 @@ PASS: tuple[tuple[float, str, str, str, str, str], ...] = (
 )
 
 
-def scenes(loops: int = 1) -> list[Scene]:
+Timeline = tuple[tuple[float, str, str, str, str, str], ...]
+
+
+def scenes(loops: int = 1, timeline: Timeline = PASS) -> list[Scene]:
     out, t = [], 0.0
     for _ in range(loops):
-        for dur, kind, photo, caption, qr, expect in PASS:
+        for dur, kind, photo, caption, qr, expect in timeline:
             out.append(Scene(t, t + dur, kind, photo, caption, qr, expect))
             t += dur
     return out
@@ -133,9 +136,11 @@ class Painter:
         return np.ascontiguousarray(out)
 
 
-def write_concert_clip(path: str | Path, *, width: int = 640, height: int = 360, fps: int = 25, loops: int = 1) -> dict[str, object]:
+def write_concert_clip(
+    path: str | Path, *, width: int = 640, height: int = 360, fps: int = 25, loops: int = 1, timeline: Timeline = PASS
+) -> dict[str, object]:
     path = Path(path)
-    sc = scenes(loops)
+    sc = scenes(loops, timeline)
     gop = 2 * fps
     fmt = {".flv": "flv", ".ts": "mpegts", ".mkv": "matroska"}.get(path.suffix.lower())
     painter = Painter(width, height)

@@ -1,0 +1,71 @@
+"""Benchmark helpers: a throwaway nginx-rtmp on 127.0.0.1 and ffmpeg publishers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+CONF = """{user}
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096; application live {{ live on; record off; }} }} }}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+@contextlib.contextmanager
+def nginx_rtmp() -> Iterator[int]:
+    """Run nginx with the RTMP module; yields its RTMP port (rtmp://127.0.0.1:PORT/live/NAME)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        port = free_port()
+        user = "user root root;" if os.geteuid() == 0 else ""
+        (d / "nginx.conf").write_text(CONF.format(d=d, port=port, user=user))
+        proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")], stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def publish(clip: Path, url: str, *, loop: bool = False) -> subprocess.Popen[bytes]:
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        *(["-stream_loop", "-1"] if loop else []),
+        "-i",
+        str(clip),
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        url,
+    ]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""How many concurrent 1080p30 live streams one machine sustains at 1 s sampling, all local analyzers on.
+
+N copies of a 1080p30 concert clip are published in a loop with ffmpeg -re to nginx-rtmp; one daemon
+pulls all N (decode → sample → dedupe → cache → nudity + OCR + QR → policy). For each N it reports:
+decoder lag (wall time elapsed minus stream time decoded, worst stream), analysis lag (frame arrival
+→ policy done; p95 over all streams) and frames dropped before analysis. A stream is sustained while
+both lags stay < 2 s. Baseline: N = 1. Target: ≥ 4 streams. Run: ``python tools/bench/streams.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_concert_clip import write_concert_clip  # noqa: E402
+from media import nginx_rtmp, publish  # noqa: E402
+
+from streamwatch.app import Daemon  # noqa: E402
+from streamwatch.config import load_settings  # noqa: E402
+
+
+async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path) -> dict[str, float]:
+    urls = [f"rtmp://127.0.0.1:{port}/live/s{n}_{i}" for i in range(n)]
+    pubs = [publish(clip, u, loop=True) for u in urls]
+    await asyncio.sleep(2)
+    first: dict[str, tuple[float, float]] = {}
+    last: dict[str, tuple[float, float]] = {}
+    lags: list[float] = []
+    t_start = time.time() + 8  # warm-up: connections, first GOPs, model threads
+
+    def on_sample(sid: str, offset: float) -> None:
+        now = time.time()
+        if now >= t_start:
+            first.setdefault(sid, (now, offset))
+            last[sid] = (now, offset)
+
+    def on_analyzed(_sid: str, lag: float) -> None:
+        if time.time() >= t_start:
+            lags.append(lag)
+
+    settings = load_settings(None, {"data_dir": tmp / f"d{n}", "streams": [{"id": f"s{i}", "source": u} for i, u in enumerate(urls)]})
+    daemon = Daemon(settings, serve=False, on_sample=on_sample, on_analyzed=on_analyzed)
+    runner = asyncio.create_task(daemon.run())
+    await asyncio.sleep(8 + seconds)
+    daemon.stop()
+    await runner
+    for p in pubs:
+        p.terminate()
+        p.wait(10)
+    decode_lag = max(((last[s][0] - first[s][0]) - (last[s][1] - first[s][1]) for s in first), default=float("inf"))
+    drops = daemon.metrics.registry.get_sample_value("streamwatch_queue_drops_total", {"queue": "analysis"}) or 0.0
+    lags.sort()
+    p95 = lags[int(0.95 * (len(lags) - 1))] if lags else float("inf")
+    return {"streams_seen": len(first), "decode_lag": decode_lag, "analysis_p95": p95, "analysed": len(lags), "drops": drops}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--counts", default="1,2,4,8")
+    ap.add_argument("--seconds", type=float, default=30)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        clip = tmp / "concert1080.mp4"
+        print("encoding a 1080p30 clip …", flush=True)
+        write_concert_clip(clip, width=1920, height=1080, fps=30)
+        best = 0
+        with nginx_rtmp() as port:
+            for n in (int(x) for x in a.counts.split(",")):
+                r = asyncio.run(measure(clip, port, n, a.seconds, tmp))
+                ok = r["streams_seen"] == n and r["decode_lag"] < 2 and r["analysis_p95"] < 2
+                best = n if ok else best
+                verdict = "sustained" if ok else "NOT sustained"
+                print(f"{n} streams: decoder lag {r['decode_lag']:5.2f} s (worst)  analysis lag p95 {r['analysis_p95']:5.2f} s"
+                      f"  analysed {r['analysed']:4.0f}  dropped {r['drops']:3.0f}  -> {verdict}", flush=True)  # fmt: skip
+    print(f"\nsustained: {best} concurrent 1080p30 streams (baseline 1); target >= 4: {'MET' if best >= 4 else 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
