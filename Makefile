@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench/phash.py
 	$(BIN)/python tools/bench/ingest.py
 	$(BIN)/python tools/bench/events.py
+	$(BIN)/python tools/bench/cascade.py
+	$(BIN)/python tools/bench/latency.py
+	$(BIN)/python tools/bench/streams.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts

@@ -196,3 +196,28 @@ def test_policy_hot_reload_keeps_the_previous_policy_on_a_broken_edit(concert: t
     store = EventStore(tmp_path / "d")
     config = [e for e in store.events("s") if isinstance(e, HealthEvent) and e.kind is HealthKind.CONFIG]
     assert len(config) == 1 and "previous policy kept" in config[0].reason and "severity (line 26)" in config[0].reason
+
+
+def test_a_static_scene_costs_one_analysis_per_ttl_not_one_per_sample(tmp_path: Path) -> None:
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+
+    clip = tmp_path / "static.mp4"
+    write_concert_clip(clip, timeline=((40, "still", "coffee", "关注主播 加微信 xiaomei88 领福利", "", "contact_spam"),))
+    settings = load_settings(
+        None,
+        {
+            "data_dir": tmp_path / "d",
+            "streams": [{"id": "s", "source": str(clip)}],
+            "sampling": {"heartbeat_s": 4},  # keep a frame every 4 s although nothing changes
+        },
+    )
+    kept: list[float] = []
+    daemon = Daemon(settings, serve=False, on_analyzed=lambda _s, _l: kept.append(1.0))
+    asyncio.run(daemon.run())
+    assert len(kept) >= 8  # frames that reached analysis (first + heartbeats)
+    assert daemon.cascade.frames == 1 and daemon.cascade.hits == len(kept) - 1  # one model run, the rest cache hits
+    store = EventStore(tmp_path / "d")
+    assert [e.rule for e in store.events("s") if isinstance(e, AlertEvent)] == ["contact_spam"]  # cooldown still applies
+    metrics = daemon.metrics.registry
+    assert metrics.get_sample_value("streamwatch_cache_lookups_total", {"result": "hit"}) == len(kept) - 1

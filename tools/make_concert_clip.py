@@ -33,7 +33,7 @@ FONT = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
 class Scene:
     start: float
     end: float
-    kind: str  # drift | black | frozen
+    kind: str  # drift | still (fixed photo with a small blinking live badge) | black | frozen
     photo: str = ""
     caption: str = ""
     qr: str = ""
@@ -119,13 +119,19 @@ class Painter:
             out = self._frozen
         else:
             img = self._get(s.photo, lambda: photo(s.photo, w, h))
-            u = (t - s.start) / (s.end - s.start)
+            u = (t - s.start) / (s.end - s.start) if s.kind == "drift" else 0.0
             x = int((img.shape[1] - w) * (0.35 + 0.15 * u))  # a slow drift: alive, but samples dedupe
             y = int((img.shape[0] - h) * 0.5)
             out = img[y : y + h, x : x + w].copy()
             if s.caption:
                 band = self._get("cap:" + s.caption, lambda: caption_band(s.caption, w, h))
                 out[h - band.shape[0] - int(h * 0.04) : h - int(h * 0.04)] = band
+            if s.kind == "still":  # a blinking "live" badge: the picture is not frozen, the scene is static
+                side = max(8, int(h * 0.11))
+                on = int(t * 3) % 2 == 0  # flips every 1/3 s, so 1 s samples alternate
+                out[int(h * 0.04) : int(h * 0.04) + side, w - int(w * 0.03) - side : w - int(w * 0.03)] = (
+                    (230, 30, 30) if on else (90, 10, 10)
+                )
             if s.qr:
                 side = int(h * 0.42)
                 code = self._get("qr:" + s.qr, lambda: qr_image(s.qr, side))
