@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -105,8 +105,16 @@ class Cascade:
             if not batch:
                 continue
             images = [r.image for r in batch]
+            # batched analyzers (nudity) take the whole batch in one call; per-image ones (OCR, QR)
+            # get one job per image, so the pool's threads share them
+            jobs: list[Awaitable[list[tuple[Detection, ...]]]] = []
+            for a in self.analyzers:
+                if getattr(a, "batched", False) or len(images) == 1:
+                    jobs.append(loop.run_in_executor(self.executor, self._call, a, images))
+                else:
+                    jobs.append(self._per_image(loop, a, images))
             try:
-                results = await asyncio.gather(*(loop.run_in_executor(self.executor, self._call, a, images) for a in self.analyzers))
+                results = await asyncio.gather(*jobs)
             except AnalysisError as e:
                 for r in batch:
                     if not r.future.done():
@@ -116,6 +124,10 @@ class Cascade:
             for i, r in enumerate(batch):
                 if not r.future.done():
                     r.future.set_result(tuple(d for per_analyzer in results for d in per_analyzer[i]))
+
+    async def _per_image(self, loop: asyncio.AbstractEventLoop, a: Analyzer, images: list[np.ndarray]) -> list[tuple[Detection, ...]]:
+        parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self._call, a, [img]) for img in images))
+        return [p[0] for p in parts]
 
     def _call(self, analyzer: Analyzer, images: list[np.ndarray]) -> list[tuple[Detection, ...]]:
         t0 = time.perf_counter()

@@ -50,6 +50,7 @@ class NudityDetector:
 
     name = "nudity"
     size = 320
+    batched = True  # one ONNX run for the whole batch
 
     def __init__(self, s: AnalyzerSettings) -> None:
         self.session = onnx_session(s.nudity_model or nudenet_model_path(), s.device, s.threads)

@@ -52,20 +52,9 @@ def nginx_rtmp() -> Iterator[int]:
             proc.wait(10)
 
 
-def publish(clip: Path, url: str, *, loop: bool = False) -> subprocess.Popen[bytes]:
-    cmd = [
-        "ffmpeg",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-re",
-        *(["-stream_loop", "-1"] if loop else []),
-        "-i",
-        str(clip),
-        "-c",
-        "copy",
-        "-f",
-        "flv",
-        url,
-    ]
+def publish(clip: Path, url: str, *, loop: bool = False, start: float = 0.0) -> subprocess.Popen[bytes]:
+    """ffmpeg -re publisher (as OBS would), optionally looping and starting ``start`` seconds in."""
+    seek = ["-ss", f"{start:.3f}"] if start else []
+    looping = ["-stream_loop", "-1"] if loop else []
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", *looping, *seek, "-re", "-i", str(clip), "-c", "copy", "-f", "flv", url]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
