@@ -28,7 +28,6 @@ from media import nginx_rtmp, publish  # noqa: E402
 from streamwatch.app import Daemon  # noqa: E402
 from streamwatch.config import load_settings  # noqa: E402
 
-
 TRACE = bool(os.environ.get("BENCH_TRACE"))
 WARMUP = 15.0
 
