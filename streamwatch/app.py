@@ -131,8 +131,11 @@ class Daemon:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="analysis")
         self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
         self.bus = EventBus(self.store)
-        self.policy_files = policy_files(s.analysis.policy)
-        self.engine = RuleEngine(await loop.run_in_executor(None, load_policy, s.analysis.policy))
+        # one rule engine per policy file (streams may name their own; default: analysis.policy)
+        self.stream_policy = {c.id: c.policy or s.analysis.policy for c in s.streams}
+        self.engines: dict[Path, RuleEngine] = {}
+        for path in dict.fromkeys([s.analysis.policy, *self.stream_policy.values()]):
+            self.engines[path] = RuleEngine(await loop.run_in_executor(None, load_policy, path))
         a_settings = AnalyzerSettings(device=s.analysis.device)
         analyzers = [await loop.run_in_executor(None, create, name, a_settings) for name in s.analysis.analyzers]
         for a in analyzers:
@@ -155,12 +158,13 @@ class Daemon:
             freeze_startup_heap()
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
-                watcher = tg.create_task(self._watch_policy())
+                watchers = [tg.create_task(self._watch_policy(path)) for path in self.engines]
                 streams = [tg.create_task(self._stream(c), name=f"stream-{c.id}") for c in s.streams]
                 for c, result in zip(s.streams, await asyncio.gather(*streams, return_exceptions=True), strict=True):
                     if isinstance(result, Exception):
                         logger.error("stream %s failed", c.id, exc_info=result)
-                watcher.cancel()
+                for w in watchers:
+                    w.cancel()
         finally:
             await self.cascade.close()
             if self.server is not None:
@@ -205,7 +209,7 @@ class Daemon:
         try:
             async for out in pipeline.arun(self.settings.ingest.queue_size):
                 if isinstance(out, HealthEvent):
-                    self.engine.on_health(out)
+                    self.engine_for(sid).on_health(out)
                     await self.bus.publish(out)
                     continue
                 self.offsets[sid] = out.offset
@@ -237,7 +241,7 @@ class Daemon:
             lat.labels("analyze").observe(time.perf_counter() - t0)
             self.metrics.cache.labels("hit" if fa.cached else "miss").inc()
             t1 = time.perf_counter()
-            drafts = self.engine.evaluate(fa)
+            drafts = self.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)
             self.on_analyzed(sid, time.time() - frame.wall)
             if drafts:
@@ -249,7 +253,7 @@ class Daemon:
             await self._health_alerts(sid, None)
 
     async def _health_alerts(self, sid: str, offset: float | None) -> None:
-        for began, draft in self.engine.tick(sid, time.time(), offset):
+        for began, draft in self.engine_for(sid).tick(sid, time.time(), offset):
             now = time.time()
             await self._publish_alerts([draft], FrameAnalysis(sid, began, now, now, (), 0, 0), None)
 
@@ -262,13 +266,22 @@ class Daemon:
 
     # --- policy hot reload -----------------------------------------------------------------------
 
-    async def _watch_policy(self) -> None:
+    @property
+    def engine(self) -> RuleEngine:
+        """The engine of the default policy (``analysis.policy``)."""
+        return self.engines[self.settings.analysis.policy]
+
+    def engine_for(self, sid: str) -> RuleEngine:
+        return self.engines[self.stream_policy.get(sid, self.settings.analysis.policy)]
+
+    async def _watch_policy(self, path: Path) -> None:
         loop = asyncio.get_running_loop()
-        path = self.settings.analysis.policy
-        seen = file_stamps(self.policy_files)
+        files = policy_files(path)
+        seen = file_stamps(files)
+        users = [sid for sid, p in self.stream_policy.items() if p == path]
         while True:
             await asyncio.sleep(self.settings.analysis.reload_s)
-            stamps = await loop.run_in_executor(None, file_stamps, self.policy_files)
+            stamps = await loop.run_in_executor(None, file_stamps, files)
             if stamps == seen:
                 continue
             seen = stamps
@@ -276,20 +289,20 @@ class Daemon:
                 policy = await loop.run_in_executor(None, load_policy, path)
             except PolicyError as e:
                 logger.error("policy reload failed, keeping the previous policy: %s", e)
-                for c in self.settings.streams:
+                for sid in users:
                     await self.bus.publish(
                         HealthEvent(
-                            stream=c.id,
+                            stream=sid,
                             at=time.time(),
-                            offset=self.offsets.get(c.id, 0.0),
+                            offset=self.offsets.get(sid, 0.0),
                             kind=HealthKind.CONFIG,
                             reason=f"policy reload failed, previous policy kept: {e}",
                         )
                     )
                 continue
-            self.engine.replace_policy(policy)
-            self.policy_files = policy_files(path)
-            seen = file_stamps(self.policy_files)
+            self.engines[path].replace_policy(policy)
+            files = policy_files(path)
+            seen = file_stamps(files)
             logger.info("policy reloaded from %s (%d rules)", path, len(policy.rules))
 
 

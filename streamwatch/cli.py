@@ -103,9 +103,11 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     settings = load_settings(a.config)
     for s in settings.streams:
         parse_source(s.source, listen=s.listen)
-    policy = load_policy(a.policy or settings.analysis.policy)
+    paths = [a.policy] if a.policy else list(dict.fromkeys([settings.analysis.policy, *(s.policy for s in settings.streams if s.policy)]))
+    policies = [load_policy(p) for p in paths]
     n = len(settings.streams)
-    print(f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''}); policy {policy.path}: OK ({len(policy.rules)} rules)")
+    checked = "; ".join(f"policy {p.path}: OK ({len(p.rules)} rules)" for p in policies)
+    print(f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''}); {checked}")
     return 0
 
 

@@ -94,6 +94,7 @@ class StreamConfig(_Section):
     ]
     listen: Annotated[bool, Field(description="Be the RTMP endpoint a publisher pushes to.")] = False
     every_s: Annotated[float | None, Field(gt=0, description="Override sampling.every_s for this stream.")] = None
+    policy: Annotated[Path | None, Field(description="Policy file for this stream (default: analysis.policy).")] = None
 
 
 def default_policy() -> Path:

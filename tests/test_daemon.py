@@ -221,3 +221,29 @@ def test_a_static_scene_costs_one_analysis_per_ttl_not_one_per_sample(tmp_path: 
     assert [e.rule for e in store.events("s") if isinstance(e, AlertEvent)] == ["contact_spam"]  # cooldown still applies
     metrics = daemon.metrics.registry
     assert metrics.get_sample_value("streamwatch_cache_lookups_total", {"result": "hit"}) == len(kept) - 1
+
+
+def test_each_stream_can_have_its_own_policy(concert: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    import shutil
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+
+    clip, _ = concert
+    shutil.copytree(TOOLS.parent / "models", tmp_path / "m")
+    lenient = tmp_path / "m" / "lenient.toml"
+    text = (tmp_path / "m" / "policy.toml").read_text()
+    lenient.write_text(text.replace('ocr = "contact"', 'ocr = "gambling"'))  # this show tolerates contact captions
+    settings = load_settings(
+        None,
+        {
+            "data_dir": tmp_path / "d",
+            "streams": [{"id": "strict", "source": str(clip)}, {"id": "lenient", "source": str(clip), "policy": lenient}],
+            "analysis": {"analyzers": ["ocr"]},
+        },
+    )
+    asyncio.run(Daemon(settings, serve=False).run())
+    store = EventStore(tmp_path / "d")
+    rules = {sid: {e.rule for e in store.events(sid) if isinstance(e, AlertEvent)} for sid in ("strict", "lenient")}
+    assert "contact_spam" in rules["strict"] and "contact_spam" not in rules["lenient"]
+    assert "unauthorized_brand" in rules["strict"] and "unauthorized_brand" in rules["lenient"]

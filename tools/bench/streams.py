@@ -63,7 +63,8 @@ async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path) -> d
     for p in pubs:
         p.terminate()
         p.wait(10)
-    decode_lag = max(((last[s][0] - first[s][0]) - (last[s][1] - first[s][1]) for s in first), default=float("inf"))
+    # stream time decoded vs wall time elapsed (a PTS jump where the publisher loops can make it negative: clamp)
+    decode_lag = max((max(0.0, (last[s][0] - first[s][0]) - (last[s][1] - first[s][1])) for s in first), default=float("inf"))
     drops = daemon.metrics.registry.get_sample_value("streamwatch_queue_drops_total", {"queue": "analysis"}) or 0.0
     lags.sort()
     p95 = lags[int(0.95 * (len(lags) - 1))] if lags else float("inf")
