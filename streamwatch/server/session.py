@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streamwatch.errors import StreamwatchError
 from streamwatch.events.bus import Chunk, Subscription
-from streamwatch.events.model import AlertEvent, RejectedEvent, ReviewEvent
+from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, ReviewEvent
 from streamwatch.server import protocol
 from streamwatch.server.auth import ACTIONS, Principal, RateLimiter, resolve_channels
 from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe
@@ -268,34 +268,29 @@ class ClientSession:
 
     async def _answer_submission(self, sub: Submission) -> None:
         server = self.server
-        offset = server.offsets(sub.stream)
-        if server.responder is None:
-            result: Any = RejectedEvent(
+
+        def rejected(reason: str, message: str) -> RejectedEvent:
+            return RejectedEvent(
                 stream=sub.stream,
                 at=time.time(),
-                offset=offset,
+                offset=server.offsets(sub.stream),
                 submission=sub.id,
                 submitter=sub.submitter,
                 user=sub.user,
-                reason="no_responder",
-                message="no responder is configured for audience images",
+                reason=reason,
+                message=message,
             )
+
+        result: ReplyEvent | RejectedEvent
+        if server.responder is None:
+            result = rejected("no_responder", "no responder is configured for audience images")
         else:
             try:
                 async with asyncio.timeout(ANSWER_TIMEOUT_S):
                     result = await server.responder.reply(sub)
             except Exception as e:
                 logger.exception("responder failed on submission %s", sub.id)
-                result = RejectedEvent(
-                    stream=sub.stream,
-                    at=time.time(),
-                    offset=offset,
-                    submission=sub.id,
-                    submitter=sub.submitter,
-                    user=sub.user,
-                    reason="responder_failed",
-                    message=type(e).__name__,
-                )
+                result = rejected("responder_failed", type(e).__name__)
         await server.bus.publish(result)
 
     async def _ask(self, msg: AskMsg) -> None:
