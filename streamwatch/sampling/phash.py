@@ -5,9 +5,11 @@ both axes → top-left 8×8 including DC → bit = coefficient > median, row-maj
 
 Here: the luma plane (no RGB conversion) is box-filtered by an integer factor to about 256 px on
 its short side (OpenCV's integer-factor fast path, ~10× faster than an arbitrary factor), then
-resized to 32×32 with antialiased Lanczos-3 weights (Pillow's kernel and support scaling) as two
-small cached matrix products, then OpenCV's orthonormal DCT with row 0 and column 0 scaled by √2, which is
-proportional to scipy's, so the median split gives the same bits.
+resized to 32×32 with antialiased Lanczos-3 weights (Pillow's kernel and support scaling). Only
+the 8×8 low-frequency corner of the DCT is used, so the resize and the DCT fold into two cached
+matrices, A = D₈·Wy (8×H) and B = D₈·Wx (8×W), D₈ being the first 8 rows of scipy's unnormalised
+32-point DCT-II: coefficients = A · image · Bᵀ, about a quarter of the arithmetic of resizing to
+32×32 first and no separate DCT.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from streamwatch.errors import SamplingError
 
 HASH_INPUT = 256  # short side the integer-factor box filter keeps before the Lanczos step
 
-_SCALE = np.ones((8, 8), np.float32)
-_SCALE[0, :] *= np.float32(np.sqrt(2.0))
-_SCALE[:, 0] *= np.float32(np.sqrt(2.0))
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -82,6 +81,15 @@ def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
+@cache
+def _dct_resample(n_in: int) -> np.ndarray:
+    """D₈ · W: the first 8 rows of scipy's DCT-II (N = 32) applied to the n_in → 32 Lanczos resample."""
+    k = np.arange(8)[:, None]
+    n = np.arange(32)[None, :]
+    d8 = 2.0 * np.cos(np.pi * k * (2 * n + 1) / 64.0)
+    return np.ascontiguousarray((d8 @ _resample_matrix(n_in, 32).astype(np.float64)).astype(np.float32))
+
+
 def reduce_gray(gray: np.ndarray, side: int = HASH_INPUT) -> np.ndarray:
     """Box-filter ``gray`` by the largest integer factor that keeps both sides ≥ ``side``.
 
@@ -103,10 +111,7 @@ def phash_luma(luma: np.ndarray) -> PHash:
     reduced = reduce_gray(luma).astype(np.float32)
     # cv2.gemm, not numpy's @: OpenBLAS threads spin after each call and starve the decoder threads
     # (measured: +40% decode time in the ingest benchmark).
-    # Rows first (Wy @ image, then @ Wx^T). The other order is 6x faster in isolation but, like
-    # numpy's BLAS matmul, leaves threads spinning that cost the decoder ~40% (ingest benchmark).
     gemm: Any = cv2.gemm  # the stubs do not allow src3=None, which OpenCV accepts with beta=0
-    rows = gemm(_resample_matrix(reduced.shape[0], 32), reduced, 1.0, None, 0.0)
-    small = gemm(rows, _resample_matrix(reduced.shape[1], 32), 1.0, None, 0.0, flags=cv2.GEMM_2_T)
-    coeffs = cv2.dct(small)[:8, :8] * _SCALE
+    rows = gemm(_dct_resample(reduced.shape[0]), reduced, 1.0, None, 0.0)  # 8 × W
+    coeffs = gemm(rows, _dct_resample(reduced.shape[1]), 1.0, None, 0.0, flags=cv2.GEMM_2_T)  # 8 × 8
     return PHash.from_bits(coeffs > np.median(coeffs))
