@@ -26,7 +26,6 @@ from streamwatch.errors import SamplingError
 HASH_INPUT = 256  # short side the integer-factor box filter keeps before the Lanczos step
 
 
-
 @dataclass(frozen=True, slots=True, order=True)
 class PHash:
     """A 64-bit perceptual hash. ``a - b`` is the Hamming distance; ``str()`` is 16 hex digits."""
