@@ -9,7 +9,6 @@ wait), a consumer (cascade → policy → alerts) and a one-second ticker for he
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -221,10 +220,10 @@ class Daemon:
                     queue.get_nowait()
                     self.metrics.queue_drops.labels("analysis").inc()
                 await queue.put(out)
-        finally:
-            with contextlib.suppress(asyncio.QueueFull):
+        finally:  # the end marker, without waiting: if the queue is full, it replaces the oldest frame
+            try:
                 queue.put_nowait(None)
-            if queue.full():  # make room for the end marker without waiting
+            except asyncio.QueueFull:
                 queue.get_nowait()
                 self.metrics.queue_drops.labels("analysis").inc()
                 queue.put_nowait(None)

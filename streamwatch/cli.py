@@ -125,10 +125,10 @@ def _cmd_report(a: argparse.Namespace) -> int:
         start = parse_iso(a.start) if a.start else None
         end = parse_iso(a.end) if a.end else None
         inputs = collect(store, a.stream, start, end, embed_images=a.format == "html")
+        known = ", ".join(store.streams()) or "none"
     finally:
         store.close()
     if not inputs.events:
-        known = ", ".join(EventStore(data_dir).streams()) or "none"
         raise EventsError(f"no events for stream {a.stream!r} in {data_dir} (streams: {known})")
     text = render(inputs, a.format)
     out: Path = a.output or Path(f"{a.stream}-report.{a.format}")

@@ -80,7 +80,7 @@ async def handle(ctx: HttpContext, request: Request) -> Response:
         if file is None:
             return response(404, "no such evidence file")
         data = await loop.run_in_executor(None, file.read_bytes)
-        return response(200, data, mimetypes.guess_type(file.name)[0] or "application/octet-stream", Cache_Control_Private="1")
+        return response(200, data, mimetypes.guess_type(file.name)[0] or "application/octet-stream")
     if path.startswith("/report/"):
         who = _principal(ctx, request)
         if who is None:
