@@ -40,6 +40,8 @@ from streamwatch.sampling.interval import IntervalSampler
 from streamwatch.sampling.sampler import Sample, Sampler
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.server import EventServer
+from streamwatch.vlm.persona import load_persona
+from streamwatch.vlm.responder import AudienceResponder
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class Daemon:
         self.on_analyzed = on_analyzed or (lambda _s, _l: None)  # (stream, seconds since the frame arrived)
         self.metrics = Metrics()
         self.offsets: dict[str, float] = {}
+        self.latest: dict[str, FrameAnalysis] = {}  # last analysed frame per stream (live Q&A)
         self.stopping = asyncio.Event()
         self.server: EventServer | None = None
         self.ready = asyncio.Event()
@@ -148,11 +151,28 @@ class Daemon:
             max_batch=s.analysis.max_batch,
             observe=lambda name, sec: self.metrics.stage_latency.labels(f"analyzer_{name}").observe(sec),
         )
+        persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
+        self.responder = AudienceResponder(
+            self.cascade,
+            lambda sid: self.engine_for(sid).policy,
+            persona,
+            latest=self.latest.get,
+            offsets=lambda x: self.offsets.get(x, 0.0),
+            duplicate_ttl_s=s.vlm.duplicate_ttl_s,
+            max_side=s.analysis.max_side,
+        )
         await self.bus.start()
         try:
             if self.serve:
                 ids = [c.id for c in s.streams]
-                self.server = EventServer(s.server, self.bus, metrics=self.metrics, streams=ids, offsets=lambda x: self.offsets.get(x, 0.0))
+                self.server = EventServer(
+                    s.server,
+                    self.bus,
+                    metrics=self.metrics,
+                    streams=ids,
+                    responder=self.responder,
+                    offsets=lambda x: self.offsets.get(x, 0.0),
+                )
                 await self.server.start()
             freeze_startup_heap()
             self.ready.set()
@@ -239,6 +259,7 @@ class Daemon:
             fa = await self.cascade.analyze(sid, image, sample.phash, offset=frame.offset, at=frame.wall, received_at=frame.wall)
             lat.labels("analyze").observe(time.perf_counter() - t0)
             self.metrics.cache.labels("hit" if fa.cached else "miss").inc()
+            self.latest[sid] = fa
             t1 = time.perf_counter()
             drafts = self.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)

@@ -118,6 +118,15 @@ class AnalysisConfig(_Section):
     reload_s: Annotated[float, Field(gt=0, description="How often the policy files are checked for changes.")] = 1.0
 
 
+def default_persona() -> Path:
+    return Path(__file__).resolve().parent.parent / "models" / "personas" / "xingmiao.toml"
+
+
+class VLMConfig(_Section):
+    persona: Annotated[Path, Field(description="Persona file used for replies to audience images.")] = default_persona()
+    duplicate_ttl_s: Annotated[float, Field(gt=0, description="The same image (pHash) is not answered twice within this time.")] = 600.0
+
+
 class Role(enum.Enum):
     """What a WebSocket client may see and do (see server/PROTOCOL.md)."""
 
@@ -176,6 +185,7 @@ class Settings(BaseSettings):
     server: Annotated[ServerConfig, Field(description="WebSocket/HTTP server, tokens and client limits.")] = ServerConfig()
     store: Annotated[StoreConfig, Field(description="Event store retention.")] = StoreConfig()
     analysis: Annotated[AnalysisConfig, Field(description="Local analyzers, policy and result cache.")] = AnalysisConfig()
+    vlm: Annotated[VLMConfig, Field(description="Vision-language tier: persona and audience replies.")] = VLMConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:

@@ -128,13 +128,37 @@ def main() -> int:
     planted = ", ".join(f"{p['rule']}@{p['offset']:.0f}s" for p in labels["planted"])
     print(f"publishing {clip.name} in real time ({labels['duration']:.0f} s; planted: {planted}) …\n", flush=True)
 
+    async def fan_image() -> None:
+        """A fan sends a picture mid-show; the persona answers (local backend: no VLM configured)."""
+        import base64
+
+        import cv2
+        import skimage.data
+
+        await asyncio.sleep(12)
+        img = cv2.imencode(".jpg", cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR))[1].tobytes()
+        async with connect(f"ws://127.0.0.1:{port}/ws?token={TOKENS['submitter']}") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "subscribe", "channels": ["replies"]}))
+            await ws.recv()
+            msg = {"type": "submit", "stream": "demo", "user": "小明", "text": "送给星喵的猫猫", "image": base64.b64encode(img).decode()}
+            await ws.send(json.dumps(msg))
+            while True:
+                ev = json.loads(await ws.recv())
+                if ev.get("type") in ("reply", "rejected"):
+                    what = ev.get("text") or ev.get("reason")
+                    print(f"\033[35m[fan image] {ev['type']} to 小明: {what}\033[0m  (shown on the overlay)", flush=True)
+                    return
+
     async def run() -> list[dict[str, Any]]:
         done = asyncio.Event()
         watcher = asyncio.create_task(watch(port, labels, done))
+        fan = asyncio.create_task(fan_image())
         pub = await asyncio.create_subprocess_exec(
             "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", rtmp
         )
         await pub.wait()
+        await fan
         await asyncio.sleep(2.5)
         daemon.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(watcher, 30)

@@ -1,0 +1,1 @@
+"""Vision-language tier: personas, backends (local templates for now) and the audience responder."""

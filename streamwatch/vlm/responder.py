@@ -1,0 +1,124 @@
+"""Answers audience images and questions: input safety through the local cascade and policy, the
+persona reply from a backend, output safety through the same word lists.
+
+Implements :class:`streamwatch.server.submit.Responder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from streamwatch.analysis.cache import PHashCache
+from streamwatch.analysis.cascade import Cascade
+from streamwatch.analysis.model import Detection, FrameAnalysis
+from streamwatch.analysis.policy import Policy
+from streamwatch.analysis.rules import RuleEngine
+from streamwatch.events.model import AnswerEvent, RejectedEvent, ReplyEvent
+from streamwatch.sampling.phash import phash_luma
+from streamwatch.server.submit import Question, Submission
+from streamwatch.vlm.local import ImageEvidence, LocalBackend
+from streamwatch.vlm.persona import Persona
+
+AUDIENCE = "audience"  # cache namespace for submitted images
+
+
+class AudienceResponder:
+    def __init__(
+        self,
+        cascade: Cascade,
+        policy_for: Callable[[str], Policy],
+        persona: Persona,
+        *,
+        backend: LocalBackend | None = None,
+        latest: Callable[[str], FrameAnalysis | None] = lambda _s: None,
+        offsets: Callable[[str], float] = lambda _s: 0.0,
+        duplicate_ttl_s: float = 600.0,
+        max_side: int = 960,
+    ) -> None:
+        self.cascade = cascade
+        self.policy_for = policy_for
+        self.persona = persona
+        self.backend = backend or LocalBackend()
+        self.latest = latest
+        self.offsets = offsets
+        self.max_side = max_side
+        self._seen: PHashCache[str] = PHashCache(radius=4, ttl_s=duplicate_ttl_s, max_entries=4096)
+
+    def _rejected(self, sub: Submission, reason: str, message: str) -> RejectedEvent:
+        return RejectedEvent(
+            stream=sub.stream,
+            at=time.time(),
+            offset=self.offsets(sub.stream),
+            submission=sub.id,
+            submitter=sub.submitter,
+            user=sub.user,
+            reason=reason,
+            message=message,
+        )
+
+    async def reply(self, sub: Submission) -> ReplyEvent | RejectedEvent:
+        loop = asyncio.get_running_loop()
+        rgb = await loop.run_in_executor(None, _decode_rgb, sub.image, self.max_side)
+        if rgb is None:
+            return self._rejected(sub, "bad_image", "the image could not be decoded")
+        h = phash_luma(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        now = time.monotonic()
+        if self._seen.get(h, now) is not None:
+            return self._rejected(sub, "duplicate", "this image was already answered recently")
+        self._seen.put(h, sub.id, now)
+        fa = await self.cascade.analyze(AUDIENCE, rgb, h, offset=0.0, at=sub.received_at, received_at=sub.received_at)
+        # judged on its own: a fresh engine, so no cooldown lets a second bad image through
+        drafts = [d for d in RuleEngine(self.policy_for(sub.stream)).evaluate(fa) if d.evidence_kind != "health"]
+        if drafts:
+            return self._rejected(sub, drafts[0].rule, drafts[0].message)
+        evidence = ImageEvidence.from_detections(fa.width, fa.height, fa.detections)
+        text = await self.backend.reply(self.persona, evidence, sub.text, sub.id)
+        if not self._text_is_clean(sub.stream, text):
+            text = self.backend.safe_reply(self.persona)
+        return ReplyEvent(
+            stream=sub.stream,
+            at=time.time(),
+            offset=self.offsets(sub.stream),
+            submission=sub.id,
+            submitter=sub.submitter,
+            text=text,
+            user=sub.user,
+            image=sub.thumb,
+            persona=self.persona.id,
+            model=self.backend.name,
+        )
+
+    def _text_is_clean(self, stream: str, text: str) -> bool:
+        probe = FrameAnalysis(stream, 0.0, 0.0, 0.0, (Detection("ocr", "text", 1.0, None, text),), 0, 0)
+        return not RuleEngine(self.policy_for(stream)).evaluate(probe)
+
+    async def answer(self, q: Question) -> AnswerEvent:
+        fa = self.latest(q.stream)
+        evidence = ImageEvidence.from_detections(fa.width, fa.height, fa.detections) if fa else ImageEvidence(0, 0)
+        text = await self.backend.answer(q.question, evidence)
+        return AnswerEvent(
+            stream=q.stream,
+            at=time.time(),
+            offset=self.offsets(q.stream),
+            question=q.question,
+            text=text,
+            asker=q.asker,
+            ref=q.ref or "",
+            model=self.backend.name,
+        )
+
+
+def _decode_rgb(data: bytes, max_side: int) -> np.ndarray | None:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
