@@ -25,7 +25,7 @@ from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, Revi
 from streamwatch.server import protocol
 from streamwatch.server.auth import ACTIONS, Principal, RateLimiter, resolve_channels
 from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe
-from streamwatch.server.submit import Question, Submission, check_image, decode_base64, thumbnail_jpeg
+from streamwatch.server.submit import Question, Submission, check_image, decode_base64, rejection, thumbnail_jpeg
 
 if TYPE_CHECKING:
     from streamwatch.server.server import EventServer
@@ -270,16 +270,7 @@ class ClientSession:
         server = self.server
 
         def rejected(reason: str, message: str) -> RejectedEvent:
-            return RejectedEvent(
-                stream=sub.stream,
-                at=time.time(),
-                offset=server.offsets(sub.stream),
-                submission=sub.id,
-                submitter=sub.submitter,
-                user=sub.user,
-                reason=reason,
-                message=message,
-            )
+            return rejection(sub, reason, message, server.offsets(sub.stream))
 
         result: ReplyEvent | RejectedEvent
         if server.responder is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,20 @@ class Question:
     question: str
     ref: str | None
     received_at: float
+
+
+def rejection(sub: Submission, reason: str, message: str, offset: float) -> RejectedEvent:
+    """The ``rejected`` event for a submission (for the server and for responders)."""
+    return RejectedEvent(
+        stream=sub.stream,
+        at=time.time(),
+        offset=offset,
+        submission=sub.id,
+        submitter=sub.submitter,
+        user=sub.user,
+        reason=reason,
+        message=message,
+    )
 
 
 class Responder(Protocol):

@@ -20,7 +20,7 @@ from streamwatch.analysis.policy import Policy
 from streamwatch.analysis.rules import RuleEngine
 from streamwatch.events.model import AnswerEvent, RejectedEvent, ReplyEvent
 from streamwatch.sampling.phash import phash_luma
-from streamwatch.server.submit import Question, Submission
+from streamwatch.server.submit import Question, Submission, rejection
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
 from streamwatch.vlm.persona import Persona
 
@@ -50,16 +50,7 @@ class AudienceResponder:
         self._seen: PHashCache[str] = PHashCache(radius=4, ttl_s=duplicate_ttl_s, max_entries=4096)
 
     def _rejected(self, sub: Submission, reason: str, message: str) -> RejectedEvent:
-        return RejectedEvent(
-            stream=sub.stream,
-            at=time.time(),
-            offset=self.offsets(sub.stream),
-            submission=sub.id,
-            submitter=sub.submitter,
-            user=sub.user,
-            reason=reason,
-            message=message,
-        )
+        return rejection(sub, reason, message, self.offsets(sub.stream))
 
     async def reply(self, sub: Submission) -> ReplyEvent | RejectedEvent:
         loop = asyncio.get_running_loop()
