@@ -56,7 +56,6 @@ class Cascade:
         self._pending: list[_Request] = []
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self.calls = 0  # analyser batches run (per analyzer)
         self.frames = 0  # frames analysed by the models
         self.hits = 0
         self.misses = 0
@@ -132,7 +131,6 @@ class Cascade:
     def _call(self, analyzer: Analyzer, images: list[np.ndarray]) -> list[tuple[Detection, ...]]:
         t0 = time.perf_counter()
         out = analyzer.analyze(images)
-        self.calls += 1
         self.observe(analyzer.name, time.perf_counter() - t0)
         if len(out) != len(images):
             raise AnalysisError(f"analyzer {analyzer.name} returned {len(out)} results for {len(images)} images")

@@ -103,7 +103,6 @@ class EventBus:
         self.checkpoint_s = checkpoint_s
         self.retention_s = retention_s
         self.last_id = store.last_id()  # last id handed to subscribers
-        self.lagged = 0  # subscriptions dropped for lagging
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn`` with each committed batch (metrics, stream status). Must not block."""
@@ -210,10 +209,7 @@ class EventBus:
                 texts = sub.select(stored)
                 chunk = chunks[sub.key] = Chunk(texts) if texts else None
             if chunk is not None:
-                was = sub.lagging
                 sub.offer(chunk)
-                if sub.lagging and not was:
-                    self.lagged += 1
         for fn in self._listeners:
             try:
                 fn(stored)
