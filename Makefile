@@ -4,13 +4,17 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint typecheck check system-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	@# the CPU build of torch for the in-process VLM backend (the `hf` extra); on a GPU machine install the
+	@# CUDA build instead (TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev,hf]"
 	@# rapidocr-onnxruntime pulls opencv-python (GUI build, needs libGL) over the headless one: put the
 	@# headless build back so exactly one working cv2 is left.
 	$(BIN)/pip uninstall -q -y opencv-python || true

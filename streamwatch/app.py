@@ -9,6 +9,7 @@ wait), a consumer (cascade → policy → alerts) and a one-second ticker for he
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -23,12 +24,12 @@ import numpy as np
 from streamwatch.analysis.base import create
 from streamwatch.analysis.cascade import Cascade
 from streamwatch.analysis.detectors import AnalyzerSettings
-from streamwatch.analysis.model import AlertDraft, FrameAnalysis
+from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, FrameAnalysis
 from streamwatch.analysis.policy import load_policy
 from streamwatch.analysis.rules import RuleEngine
 from streamwatch.config import Settings, StreamConfig
-from streamwatch.errors import PolicyError, StreamwatchError
-from streamwatch.events.alerts import build_alerts
+from streamwatch.errors import PolicyError, StreamwatchError, VLMError
+from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 from streamwatch.events.store import EventStore
@@ -40,8 +41,14 @@ from streamwatch.sampling.interval import IntervalSampler
 from streamwatch.sampling.sampler import Sample, Sampler
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.server import EventServer
+from streamwatch.vlm.escalation import EscalationQueue
+from streamwatch.vlm.local import ImageEvidence
 from streamwatch.vlm.persona import load_persona
+from streamwatch.vlm.prompts import DEFAULT_QUESTIONS, ComplianceQuestion
+from streamwatch.vlm.registry import LOCAL, Capability, load_registry
 from streamwatch.vlm.responder import AudienceResponder
+from streamwatch.vlm.router import ModelRouter
+from streamwatch.vlm.service import VLMService
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +121,7 @@ class Daemon:
         self.on_analyzed = on_analyzed or (lambda _s, _l: None)  # (stream, seconds since the frame arrived)
         self.metrics = Metrics()
         self.offsets: dict[str, float] = {}
-        self.latest: dict[str, FrameAnalysis] = {}  # last analysed frame per stream (live Q&A)
+        self.latest: dict[str, AnalyzedFrame] = {}  # last analysed frame per stream (live Q&A)
         self.stopping = asyncio.Event()
         self.server: EventServer | None = None
         self.ready = asyncio.Event()
@@ -152,11 +159,30 @@ class Daemon:
             observe=lambda name, sec: self.metrics.stage_latency.labels(f"analyzer_{name}").observe(sec),
         )
         persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
+        registry = await loop.run_in_executor(None, load_registry, s.vlm.registry, s.vlm.roles)
+        self.router = ModelRouter(
+            registry,
+            breaker_failures=s.vlm.breaker_failures,
+            breaker_cooldown_s=s.vlm.breaker_cooldown_s,
+            min_switch_interval_s=s.vlm.min_switch_interval_s,
+            observe=self.metrics.on_vlm,
+        )
+        self.router.start()
+        for role, chain in self.router.chains.items():
+            logger.info("VLM role %s: %s", role.value, " → ".join(chain))
+        questions = DEFAULT_QUESTIONS
+        if s.vlm.questions is not None:
+            questions = tuple(ComplianceQuestion(q.id, q.question, q.kind, tuple(q.options)) for q in s.vlm.questions)  # type: ignore[arg-type]
+        self.vlm = VLMService(self.router, questions=questions)
+        self.escalations = EscalationQueue(
+            s.vlm.pending_per_stream, s.vlm.compliance_every_s, on_drop=lambda _sid: self.metrics.queue_drops.labels("vlm").inc()
+        )
         self.responder = AudienceResponder(
             self.cascade,
             lambda sid: self.engine_for(sid).policy,
             persona,
-            latest=self.latest.get,
+            service=self.vlm,
+            latest=lambda sid: self.latest.get(sid),
             offsets=lambda x: self.offsets.get(x, 0.0),
             duplicate_ttl_s=s.vlm.duplicate_ttl_s,
             max_side=s.analysis.max_side,
@@ -186,6 +212,7 @@ class Daemon:
                     w.cancel()
         finally:
             await self.cascade.close()
+            await self.router.close()
             if self.server is not None:
                 await self.server.stop()
             await self.bus.stop()
@@ -209,6 +236,8 @@ class Daemon:
                 consumer = tg.create_task(self._consume(cfg.id, queue))
                 ticker = tg.create_task(self._tick(cfg.id))
                 consumer.add_done_callback(lambda _t: ticker.cancel())
+                consumer.add_done_callback(lambda _t: self.escalations.close(cfg.id))
+                tg.create_task(self._comply(cfg.id))
         except* StreamwatchError as eg:
             for e in eg.exceptions:
                 logger.error("stream %s stopped: %s", cfg.id, e)
@@ -259,13 +288,40 @@ class Daemon:
             fa = await self.cascade.analyze(sid, image, sample.phash, offset=frame.offset, at=frame.wall, received_at=frame.wall)
             lat.labels("analyze").observe(time.perf_counter() - t0)
             self.metrics.cache.labels("hit" if fa.cached else "miss").inc()
-            self.latest[sid] = fa
+            self.latest[sid] = AnalyzedFrame(fa, image)
             t1 = time.perf_counter()
             drafts = self.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)
             self.on_analyzed(sid, time.time() - frame.wall)
             if drafts:
                 await self._publish_alerts(drafts, fa, image)
+            if self.router.primary(Capability.COMPLIANCE) != LOCAL:  # stream time, so files are checked like live shows
+                self.escalations.offer(sid, self.latest[sid], [d.rule for d in drafts if d.escalate], frame.offset)
+
+    async def _comply(self, sid: str) -> None:
+        """The compliance model's second look at escalated and periodic frames → alerts and scene tags."""
+        loop = asyncio.get_running_loop()
+        deadline = self.settings.vlm.compliance_deadline_s
+        while (item := await self.escalations.get(sid)) is not None:
+            fa, image = item.frame.analysis, item.frame.image
+            try:
+                answer = await self.vlm.compliance(image, ImageEvidence.from_detections(fa.width, fa.height, fa.detections))
+            except VLMError as e:
+                logger.error("stream %s: no compliance answer for the frame at %.1fs (%s): %s", sid, fa.offset, item.reason, e)
+                continue
+            if answer is None:
+                continue
+            late = time.time() - fa.received_at > deadline
+            if late:
+                self.metrics.vlm_late.inc()
+            vlm_fa = FrameAnalysis(sid, fa.offset, fa.at, fa.received_at, answer.detections(), fa.width, fa.height)
+            drafts = self.engine_for(sid).evaluate(vlm_fa)
+            if drafts:
+                await self._publish_alerts(drafts, vlm_fa, image, late=late)
+            scene = await loop.run_in_executor(
+                None, functools.partial(build_scene, fa, image, answer.tags, answer.model, self.store, late=late)
+            )
+            await self.bus.publish(scene)
 
     async def _tick(self, sid: str) -> None:
         while True:  # outages produce no samples: health rules are also checked once a second
@@ -277,9 +333,9 @@ class Daemon:
             now = time.time()
             await self._publish_alerts([draft], FrameAnalysis(sid, began, now, now, (), 0, 0), None)
 
-    async def _publish_alerts(self, drafts: list[AlertDraft], fa: FrameAnalysis, image: np.ndarray | None) -> None:
+    async def _publish_alerts(self, drafts: list[AlertDraft], fa: FrameAnalysis, image: np.ndarray | None, *, late: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(None, build_alerts, drafts, fa, image, self.store)
+        events = await loop.run_in_executor(None, lambda: build_alerts(drafts, fa, image, self.store, late=late))
         for ev in events:
             await self.bus.publish(ev)
             self.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))

@@ -19,6 +19,7 @@ logger = logging.getLogger("streamwatch")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per VLM request otherwise
 
 
 def _ingest_overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -99,15 +100,20 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     from streamwatch.analysis.policy import load_policy
     from streamwatch.config import load_settings
     from streamwatch.ingest.url import parse_source
+    from streamwatch.vlm.persona import load_persona
+    from streamwatch.vlm.registry import load_registry
 
     settings = load_settings(a.config)
     for s in settings.streams:
         parse_source(s.source, listen=s.listen)
     paths = [a.policy] if a.policy else list(dict.fromkeys([settings.analysis.policy, *(s.policy for s in settings.streams if s.policy)]))
     policies = [load_policy(p) for p in paths]
+    registry = load_registry(settings.vlm.registry, settings.vlm.roles)
+    persona = load_persona(settings.vlm.persona)
     n = len(settings.streams)
     checked = "; ".join(f"policy {p.path}: OK ({len(p.rules)} rules)" for p in policies)
-    print(f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''}); {checked}")
+    roles = ", ".join(f"{r.value} → {' → '.join(c)}" for r, c in registry.roles.items())
+    print(f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''}); {checked}; persona {persona.id}: OK; models: {roles}")
     return 0
 
 

@@ -122,9 +122,49 @@ def default_persona() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "personas" / "xingmiao.toml"
 
 
+def default_registry() -> Path:
+    return Path(__file__).resolve().parent.parent / "models" / "registry.json"
+
+
+class QuestionConfig(_Section):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", description='Answer key (policy rules match `detector = "vlm"` labels on it).')]
+    question: Annotated[str, Field(min_length=3, description="The question, as the model reads it.")]
+    kind: Annotated[
+        str, Field(pattern=r"^(bool|choice|list|text)$", description="bool, choice (one of options), list of strings, or text.")
+    ] = "bool"
+    options: Annotated[list[str], Field(description="choice: the allowed answers.")] = []
+
+    @model_validator(mode="after")
+    def _options(self) -> QuestionConfig:
+        if (self.kind == "choice") != bool(self.options):
+            raise ValueError("options are required for kind = choice, and only for it")
+        return self
+
+
 class VLMConfig(_Section):
     persona: Annotated[Path, Field(description="Persona file used for replies to audience images.")] = default_persona()
     duplicate_ttl_s: Annotated[float, Field(gt=0, description="The same image (pHash) is not answered twice within this time.")] = 600.0
+    registry: Annotated[Path, Field(description="Model registry (models, roles and their failover chains).")] = default_registry()
+    roles: Annotated[
+        dict[str, list[str]], Field(description="Override the registry's chains: role (compliance, reply, qa) → model ids, best first.")
+    ] = {}
+    breaker_failures: Annotated[
+        int, Field(ge=1, description="Failed requests in a row (each tried twice) that open a model's circuit.")
+    ] = 2
+    breaker_cooldown_s: Annotated[float, Field(gt=0, description="How long an open circuit keeps a model out before one probe.")] = 30.0
+    min_switch_interval_s: Annotated[float, Field(ge=0, description="Least time between two model switches of one role.")] = 120.0
+    compliance_every_s: Annotated[
+        float, Field(ge=0, description="Also send one kept frame per stream this often to the compliance model (0 = only escalations).")
+    ] = 30.0
+    compliance_deadline_s: Annotated[
+        float, Field(gt=0, description="A compliance answer arriving later than this after the frame is marked late.")
+    ] = 15.0
+    pending_per_stream: Annotated[
+        int, Field(ge=1, description="Frames waiting for the compliance model per stream; the oldest is dropped (counted).")
+    ] = 2
+    questions: Annotated[
+        list[QuestionConfig] | None, Field(description="Compliance questions asked in one call (unset = the built-in six).")
+    ] = None
 
 
 class Role(enum.Enum):

@@ -21,7 +21,11 @@ Tree::
     ├── SamplingError                         bad sampling input (e.g. an empty image)
     ├── AnalysisError                         detectors / encoder / policy
     │   └── ModelLoadError                    a model file missing, unreadable or unexpected
-    ├── VLMError                              vision-language backends (later stages)
+    ├── VLMError                              vision-language backends
+    │   ├── RegistryError (ConfigError)       bad model registry (models/registry.json) or unknown model
+    │   ├── VLMUnavailable (ConnectionError)  backend unreachable, HTTP error, model not loadable
+    │   ├── VLMTimeout (TimeoutError)         no answer within the backend's timeout
+    │   └── VLMOutputError (ValueError)       an answer that cannot be used (bad JSON, wrong schema, empty)
     ├── EventsError                           event store and bus
     └── ServerError                           WebSocket / HTTP server
 """
@@ -79,6 +83,22 @@ class ModelLoadError(AnalysisError):
 
 class VLMError(StreamwatchError):
     """A vision-language backend failed."""
+
+
+class RegistryError(VLMError, ConfigError):
+    """The model registry is invalid, or names a model it does not define."""
+
+
+class VLMUnavailable(VLMError, ConnectionError):
+    """A backend could not be reached, answered with an HTTP error, or its model could not load."""
+
+
+class VLMTimeout(VLMError, TimeoutError):
+    """A backend did not answer within its timeout."""
+
+
+class VLMOutputError(VLMError, ValueError):
+    """A backend answered, but the answer cannot be used (malformed JSON, wrong schema, empty)."""
 
 
 class EventsError(StreamwatchError):

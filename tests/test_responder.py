@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from streamwatch.analysis.base import create
 from streamwatch.analysis.cascade import Cascade
 from streamwatch.analysis.detectors import AnalyzerSettings
-from streamwatch.analysis.model import Detection, FrameAnalysis
+from streamwatch.analysis.model import AnalyzedFrame, Detection, FrameAnalysis
 from streamwatch.analysis.policy import load_policy
 from streamwatch.errors import ConfigError
 from streamwatch.vlm.persona import load_persona
@@ -38,7 +38,8 @@ def responder_server(tmp_path: Path):  # type: ignore[no-untyped-def]
     analyzers = [create(n, AnalyzerSettings(device="cpu")) for n in ("nudity", "ocr", "qr")]
     pool = ThreadPoolExecutor(2)
     policy = load_policy(MODELS / "policy.toml")
-    latest = {"s1": FrameAnalysis("s1", 12.0, 0, 0, (Detection("ocr", "text", 0.9, (0, 0, 9, 9), "今晚的主题是星空"),), 640, 360)}
+    fa = FrameAnalysis("s1", 12.0, 0, 0, (Detection("ocr", "text", 0.9, (0, 0, 9, 9), "今晚的主题是星空"),), 640, 360)
+    latest = {"s1": AnalyzedFrame(fa, np.zeros((360, 640, 3), np.uint8))}
     persona = load_persona(MODELS / "personas/xingmiao.toml")
     holder: dict[str, Any] = {}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from streamwatch.events.model import Severity
 
 BBox = tuple[int, int, int, int]  # x1, y1, x2, y2 in the analysed image's pixels
@@ -35,6 +37,14 @@ class FrameAnalysis:
 
     def by(self, source: str) -> tuple[Detection, ...]:
         return tuple(d for d in self.detections if d.source == source)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzedFrame:
+    """A kept frame with its analysis (the latest one per stream answers live questions)."""
+
+    analysis: FrameAnalysis
+    image: np.ndarray  # RGB, as the analyzers saw it
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,16 @@ def domain_allowed(host: str, allowed: list[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in (a.lower().lstrip(".") for a in allowed))
 
 
+def _vlm(fa: FrameAnalysis) -> tuple[Detection, ...]:
+    """Answers of the compliance model (source ``vlm:<model>``), for ``detector = "vlm"`` and text rules."""
+    return tuple(d for d in fa.detections if d.source.startswith("vlm:"))
+
+
+def _kind(d: Detection, local: str) -> str:
+    """Evidence kind: the local analyzer's, or ``vlm:<model>`` for the compliance model's answers."""
+    return d.source if d.source.startswith("vlm:") else local
+
+
 @dataclass
 class _Period:
     since: float  # wall time the condition began
@@ -81,9 +91,9 @@ class RuleEngine:
         for rule in self.policy.rules:
             w = rule.when
             if w.detector is not None:
-                drafts = self._detector(rule, fa.by(w.detector))
+                drafts = self._detector(rule, fa.by(w.detector) if w.detector != "vlm" else _vlm(fa))
             elif w.ocr is not None:
-                drafts = self._ocr(rule, fa.by("ocr"))
+                drafts = self._ocr(rule, fa.by("ocr") + tuple(d for d in _vlm(fa) if d.text))
             elif w.qr is not None:
                 drafts = self._qr(rule, fa.by("qr"))
             else:
@@ -104,7 +114,7 @@ class RuleEngine:
                 rule.severity,
                 _message(rule, label=d.label, confidence=d.confidence),
                 d.confidence,
-                "detection",
+                _kind(d, "detection"),
                 d.label,
                 bbox=d.bbox,
                 labels=(d.label,),
@@ -136,7 +146,7 @@ class RuleEngine:
                 rule.severity,
                 _message(rule, text=text, label=key, confidence=conf),
                 conf,
-                "ocr",
+                _kind(det, "ocr") if det else _kind(usable[0], "ocr"),
                 key,
                 text=text,
                 bbox=det.bbox if det else None,

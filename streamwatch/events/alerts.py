@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from streamwatch.analysis.model import AlertDraft, FrameAnalysis
-from streamwatch.events.model import AlertEvent, Evidence
+from streamwatch.events.model import AlertEvent, Evidence, SceneEvent
 from streamwatch.events.store import EventStore
 
 EVIDENCE_SIDE = 640
@@ -27,7 +27,9 @@ def evidence_jpeg(rgb: np.ndarray, side: int = EVIDENCE_SIDE) -> tuple[bytes, fl
     return bytes(buf), scale
 
 
-def build_alerts(drafts: list[AlertDraft], fa: FrameAnalysis, rgb: np.ndarray | None, store: EventStore) -> list[AlertEvent]:
+def build_alerts(
+    drafts: list[AlertDraft], fa: FrameAnalysis, rgb: np.ndarray | None, store: EventStore, *, late: bool = False
+) -> list[AlertEvent]:
     """Blocking (JPEG encode + file write): call from an executor. One evidence image per frame."""
     frame_rel = None
     scale = 1.0
@@ -53,6 +55,23 @@ def build_alerts(drafts: list[AlertDraft], fa: FrameAnalysis, rgb: np.ndarray | 
                 confidence=round(d.confidence, 4),
                 evidence=evidence,
                 received_at=fa.received_at,
+                late=True if late else None,
             )
         )
     return out
+
+
+def build_scene(
+    fa: FrameAnalysis, rgb: np.ndarray, tags: tuple[str, ...], model: str, store: EventStore, *, late: bool = False
+) -> SceneEvent:
+    """Blocking: the compliance model's scene tags for a frame, with the frame saved as evidence."""
+    data, _ = evidence_jpeg(rgb)
+    return SceneEvent(
+        stream=fa.stream,
+        at=time.time(),
+        offset=fa.offset,
+        tags=tags,
+        model=model,
+        frame=store.save_image(fa.stream, data),
+        late=True if late else None,
+    )

@@ -110,6 +110,7 @@ class AlertEvent(Event):
     confidence: float
     evidence: Evidence
     received_at: float | None = None  # wall time the analysed frame arrived (glass-to-alert latency)
+    late: bool | None = None  # True: from the compliance model, after the configured deadline
 
     def files(self) -> tuple[str, ...]:
         return tuple(p for p in (self.evidence.frame, self.evidence.crop) if p)
@@ -220,6 +221,22 @@ class ReviewEvent(Event):
     note: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SceneEvent(Event):
+    """What the compliance model saw in a kept frame: scene tags (``setting=indoor_stage``, ``outfit=…``)
+    for the report and for search."""
+
+    TYPE: ClassVar[str] = "scene"
+
+    tags: tuple[str, ...]
+    model: str
+    frame: str | None = None
+    late: bool | None = None
+
+    def files(self) -> tuple[str, ...]:
+        return (self.frame,) if self.frame else ()
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (AlertEvent, HealthEvent, ReplyEvent, RejectedEvent, AnswerEvent, ReviewEvent)
+    cls.TYPE: cls for cls in (AlertEvent, HealthEvent, ReplyEvent, RejectedEvent, AnswerEvent, ReviewEvent, SceneEvent)
 }

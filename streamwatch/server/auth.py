@@ -15,14 +15,15 @@ CHANNELS: dict[str, frozenset[str]] = {
     "replies": frozenset({"reply", "rejected"}),
     "answers": frozenset({"answer"}),
     "reviews": frozenset({"review"}),
+    "scenes": frozenset({"scene"}),
 }
 
 # Event types each role may receive.
 VISIBLE: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset({"reply"}),
-    Role.MODERATOR: frozenset({"alert", "health", "reply", "rejected", "answer", "review"}),
+    Role.MODERATOR: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene"}),
     Role.SUBMITTER: frozenset({"reply", "rejected"}),
-    Role.ADMIN: frozenset({"alert", "health", "reply", "rejected", "answer", "review"}),
+    Role.ADMIN: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene"}),
 }
 
 # Client message types each role may send (subscribe and ping are always allowed).

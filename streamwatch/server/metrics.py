@@ -26,6 +26,21 @@ class Metrics:
             "streamwatch_stage_latency_seconds", "Per-stage latency, by stage.", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.cache = Counter("streamwatch_cache_lookups", "Analysis cache lookups, by result (hit|miss).", ["result"], registry=r)
+        self.vlm_requests = Counter(
+            "streamwatch_vlm_requests",
+            "VLM attempts by model and outcome (ok|error|timeout|bad_output|skipped).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.vlm_latency = Histogram(
+            "streamwatch_vlm_latency_seconds", "VLM attempt latency, by model.", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.vlm_late = Counter("streamwatch_vlm_late", "Compliance answers that arrived after the deadline.", registry=r)
+
+    def on_vlm(self, model: str, outcome: str, seconds: float) -> None:
+        self.vlm_requests.labels(model, outcome).inc()
+        if outcome != "skipped":
+            self.vlm_latency.labels(model).observe(seconds)
 
     def on_stored(self, batch: Sequence[StoredEvent]) -> None:
         for ev in batch:

@@ -1,5 +1,8 @@
 """Answers audience images and questions: input safety through the local cascade and policy, the
-persona reply from a backend, output safety through the same word lists.
+persona reply from the ``reply`` role's model, output safety through the same word lists (a failing
+reply is regenerated once, then replaced by a safe template), live answers from the ``qa`` role's
+model about the latest kept frame. A VLM tier that cannot answer at all falls back to the local
+templates: a fan is never left without a reply.
 
 Implements :class:`streamwatch.server.submit.Responder`.
 """
@@ -7,6 +10,7 @@ Implements :class:`streamwatch.server.submit.Responder`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -15,14 +19,18 @@ import numpy as np
 
 from streamwatch.analysis.cache import PHashCache
 from streamwatch.analysis.cascade import Cascade
-from streamwatch.analysis.model import Detection, FrameAnalysis
+from streamwatch.analysis.model import AnalyzedFrame, Detection, FrameAnalysis
 from streamwatch.analysis.policy import Policy
 from streamwatch.analysis.rules import RuleEngine
+from streamwatch.errors import VLMError
 from streamwatch.events.model import AnswerEvent, RejectedEvent, ReplyEvent
 from streamwatch.sampling.phash import phash_luma
 from streamwatch.server.submit import Question, Submission, rejection
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
 from streamwatch.vlm.persona import Persona
+from streamwatch.vlm.service import Reply, VLMService
+
+logger = logging.getLogger(__name__)
 
 AUDIENCE = "audience"  # cache namespace for submitted images
 
@@ -34,8 +42,8 @@ class AudienceResponder:
         policy_for: Callable[[str], Policy],
         persona: Persona,
         *,
-        backend: LocalBackend | None = None,
-        latest: Callable[[str], FrameAnalysis | None] = lambda _s: None,
+        service: VLMService | None = None,
+        latest: Callable[[str], AnalyzedFrame | None] = lambda _s: None,
         offsets: Callable[[str], float] = lambda _s: 0.0,
         duplicate_ttl_s: float = 600.0,
         max_side: int = 960,
@@ -43,7 +51,8 @@ class AudienceResponder:
         self.cascade = cascade
         self.policy_for = policy_for
         self.persona = persona
-        self.backend = backend or LocalBackend()
+        self.service = service
+        self.local = service.local if service else LocalBackend()
         self.latest = latest
         self.offsets = offsets
         self.max_side = max_side
@@ -68,39 +77,58 @@ class AudienceResponder:
         if drafts:
             return self._rejected(sub, drafts[0].rule, drafts[0].message)
         evidence = ImageEvidence.from_detections(fa.width, fa.height, fa.detections)
-        text = await self.backend.reply(self.persona, evidence, sub.text, sub.id)
-        if not self._text_is_clean(sub.stream, text):
-            text = self.backend.safe_reply(self.persona)
+        reply = await self._reply(rgb, evidence, sub)
+        if not self._text_is_clean(sub.stream, reply.text):
+            logger.warning("reply by %s failed the output check; regenerating once", reply.model)
+            reply = await self._reply(rgb, evidence, sub)
+            if not self._text_is_clean(sub.stream, reply.text):
+                reply = Reply(self.local.safe_reply(self.persona), "local")
         return ReplyEvent(
             stream=sub.stream,
             at=time.time(),
             offset=self.offsets(sub.stream),
             submission=sub.id,
             submitter=sub.submitter,
-            text=text,
+            text=reply.text,
             user=sub.user,
             image=sub.thumb,
             persona=self.persona.id,
-            model=self.backend.name,
+            model=reply.model,
         )
+
+    async def _reply(self, rgb: np.ndarray, evidence: ImageEvidence, sub: Submission) -> Reply:
+        if self.service is not None:
+            try:
+                return await self.service.reply(self.persona, rgb, evidence, sub.text, sub.id)
+            except VLMError as e:
+                logger.error("no model could reply to %s, using the template: %s", sub.id, e)
+        return Reply(await self.local.reply(self.persona, evidence, sub.text, sub.id), "local")
 
     def _text_is_clean(self, stream: str, text: str) -> bool:
         probe = FrameAnalysis(stream, 0.0, 0.0, 0.0, (Detection("ocr", "text", 1.0, None, text),), 0, 0)
         return not RuleEngine(self.policy_for(stream)).evaluate(probe)
 
     async def answer(self, q: Question) -> AnswerEvent:
-        fa = self.latest(q.stream)
+        latest = self.latest(q.stream)
+        fa = latest.analysis if latest else None
         evidence = ImageEvidence.from_detections(fa.width, fa.height, fa.detections) if fa else ImageEvidence(0, 0)
-        text = await self.backend.answer(q.question, evidence)
+        reply: Reply | None = None
+        if self.service is not None:
+            try:
+                reply = await self.service.answer(q.question, latest.image if latest else None, evidence)
+            except VLMError as e:
+                logger.error("no model could answer %s, using the local evidence: %s", q.id, e)
+        if reply is None:
+            reply = Reply(await self.local.answer(q.question, evidence), "local")
         return AnswerEvent(
             stream=q.stream,
             at=time.time(),
             offset=self.offsets(q.stream),
             question=q.question,
-            text=text,
+            text=reply.text,
             asker=q.asker,
             ref=q.ref or "",
-            model=self.backend.name,
+            model=reply.model,
         )
 
 

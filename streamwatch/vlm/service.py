@@ -1,0 +1,100 @@
+"""The three VLM tasks on top of the router: compliance, persona reply, live Q&A.
+
+Each task builds its prompt (:mod:`streamwatch.vlm.prompts`), sends it down the role's failover chain
+and validates the answer there, so malformed output counts as a failed attempt (retried once, then
+the next model). ``local`` in a chain answers from templates and the local evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamwatch.vlm.backend import VLMBackend, jpeg
+from streamwatch.vlm.local import ImageEvidence, LocalBackend
+from streamwatch.vlm.persona import Persona
+from streamwatch.vlm.prompts import (
+    DEFAULT_QUESTIONS,
+    ComplianceAnswer,
+    ComplianceQuestion,
+    clean_reply,
+    compliance_request,
+    parse_compliance,
+    qa_request,
+    reply_request,
+)
+from streamwatch.vlm.registry import Capability
+from streamwatch.vlm.router import ModelRouter
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    model: str
+
+
+class VLMService:
+    def __init__(
+        self,
+        router: ModelRouter,
+        *,
+        questions: tuple[ComplianceQuestion, ...] = DEFAULT_QUESTIONS,
+        local: LocalBackend | None = None,
+        reply_tokens: int = 128,
+        answer_tokens: int = 256,
+        compliance_tokens: int = 384,
+    ) -> None:
+        self.router = router
+        self.questions = questions
+        self.local = local or LocalBackend()
+        self.reply_tokens = reply_tokens
+        self.answer_tokens = answer_tokens
+        self.compliance_tokens = compliance_tokens
+
+    def _jpeg(self, model: str, rgb: np.ndarray) -> bytes:
+        return jpeg(rgb, self.router.registry.get(model).image_side)
+
+    async def _encode(self, backend: VLMBackend, rgb: np.ndarray) -> bytes:
+        return await asyncio.get_running_loop().run_in_executor(None, self._jpeg, backend.model, rgb)
+
+    async def compliance(self, rgb: np.ndarray, evidence: ImageEvidence) -> ComplianceAnswer | None:
+        """All questions in one call; None when the chain ends at ``local`` (no model to ask)."""
+
+        async def ask(backend: VLMBackend) -> ComplianceAnswer | None:
+            image = await self._encode(backend, rgb)
+            result = await backend.generate(compliance_request(self.questions, image, evidence, self.compliance_tokens))
+            return parse_compliance(result.text, self.questions, result.model)
+
+        async def nothing() -> ComplianceAnswer | None:
+            return None
+
+        answer, _model = await self.router.run(Capability.COMPLIANCE, ask, local=nothing)
+        return answer
+
+    async def reply(self, persona: Persona, rgb: np.ndarray, evidence: ImageEvidence, fan_text: str, key: str) -> Reply:
+        limit = max(persona.reply_length * 3, 40)
+
+        async def ask(backend: VLMBackend) -> str:
+            image = await self._encode(backend, rgb)
+            result = await backend.generate(reply_request(persona, evidence, fan_text, image, self.reply_tokens))
+            return clean_reply(result.text, limit)
+
+        async def template() -> str:
+            return await self.local.reply(persona, evidence, fan_text, key)
+
+        text, model = await self.router.run(Capability.REPLY, ask, local=template)
+        return Reply(text, model)
+
+    async def answer(self, question: str, rgb: np.ndarray | None, evidence: ImageEvidence) -> Reply:
+        async def ask(backend: VLMBackend) -> str:
+            image = await self._encode(backend, rgb) if rgb is not None else None
+            result = await backend.generate(qa_request(question, evidence, image, self.answer_tokens))
+            return result.text.strip()
+
+        async def template() -> str:
+            return await self.local.answer(question, evidence)
+
+        text, model = await self.router.run(Capability.QA, ask, local=template)
+        return Reply(text, model)
