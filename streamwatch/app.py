@@ -41,6 +41,7 @@ from streamwatch.sampling.interval import IntervalSampler
 from streamwatch.sampling.sampler import Sample, Sampler
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.server import EventServer
+from streamwatch.server.submit import SwitchReport
 from streamwatch.vlm.escalation import EscalationQueue
 from streamwatch.vlm.local import ImageEvidence
 from streamwatch.vlm.persona import load_persona
@@ -197,6 +198,8 @@ class Daemon:
                     metrics=self.metrics,
                     streams=ids,
                     responder=self.responder,
+                    models=self,
+                    inferrer=self.responder,
                     offsets=lambda x: self.offsets.get(x, 0.0),
                 )
                 await self.server.start()
@@ -339,6 +342,27 @@ class Daemon:
         for ev in events:
             await self.bus.publish(ev)
             self.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
+
+    # --- model switching (admin `switch_model`, `streamwatch models switch`) ----------------------
+
+    async def switch_model(self, role: str, model: str, by: str) -> SwitchReport:
+        """Load and warm ``model``, then make it the first of ``role``'s chain; a health event records it."""
+        logger.info("switching %s to %s (asked by %s)", role, model, by)
+        result = await self.router.switch(Capability(role), model)
+        reason = f"{role}: {result.old} → {result.new} (load + warm-up {result.seconds:.1f}s, by {by})"
+        logger.info("model switched: %s", reason)
+        for sid in [c.id for c in self.settings.streams]:
+            await self.bus.publish(
+                HealthEvent(
+                    stream=sid,
+                    at=time.time(),
+                    offset=self.offsets.get(sid, 0.0),
+                    kind=HealthKind.MODEL,
+                    duration_s=round(result.seconds, 3),
+                    reason=reason,
+                )
+            )
+        return SwitchReport(role, result.old, result.new, result.seconds)
 
     # --- policy hot reload -----------------------------------------------------------------------
 

@@ -117,6 +117,55 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_list(a: argparse.Namespace) -> int:
+    from streamwatch.config import load_settings
+    from streamwatch.vlm.registry import load_registry
+
+    settings = load_settings(a.config)
+    registry = load_registry(settings.vlm.registry, settings.vlm.roles)
+    print(f"{'id':<26} {'backend':<7} {'params':>7}  {'mode':<8} {'capabilities':<22} where")
+    for m in registry.models.values():
+        where = m.endpoint or m.path or "templates from the local evidence"
+        params = f"{m.params_b:g}B" if m.params_b else "-"
+        caps = ",".join(c.value for c in m.capabilities)
+        print(f"{m.id:<26} {m.backend:<7} {params:>7}  {m.mode:<8} {caps:<22} {where}")
+    print()
+    for role, chain in registry.roles.items():
+        print(f"{role.value:<11} {' → '.join(chain)}")
+    return 0
+
+
+def _cmd_models_switch(a: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import connect
+
+    token = a.token or os.environ.get("STREAMWATCH_TOKEN")
+    if not token:
+        raise ConfigError("an admin token is needed: --token SECRET or STREAMWATCH_TOKEN")
+    try:
+        with connect(a.url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "switch_model", "role": a.role, "model": a.model, "ref": "cli-switch"}))
+            while True:
+                msg = json.loads(ws.recv(timeout=a.timeout))
+                if msg.get("ref") != "cli-switch":
+                    continue
+                if msg["type"] == "error":
+                    print(f"streamwatch: switch refused: {msg['message']}", file=sys.stderr)
+                    return 1
+                if msg["type"] == "switched":
+                    print(f"{msg['role']}: {msg['old']} → {msg['model']} in {msg['seconds']:.1f}s")
+                    return 0
+    except TimeoutError:
+        print(f"streamwatch: no answer within {a.timeout:g}s (the switch may still finish)", file=sys.stderr)
+        return 1
+    except (OSError, WebSocketException) as e:
+        print(f"streamwatch: cannot talk to {a.url}: {e}", file=sys.stderr)
+        return 1
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from streamwatch.config import load_settings
     from streamwatch.events.codec import parse_iso
@@ -156,6 +205,8 @@ def _run_overrides(a: argparse.Namespace) -> dict[str, Any]:
         server["host"] = a.host
     if getattr(a, "port", None) is not None:
         server["port"] = a.port
+    if getattr(a, "api_port", None) is not None:
+        server["api_port"] = a.api_port
     if getattr(a, "token", None):
         tokens = []
         for item in a.token:
@@ -271,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--listen", action="store_true", help="be the RTMP endpoint OBS pushes to")
     ru.add_argument("--host", help="server address (default 127.0.0.1)")
     ru.add_argument("--port", type=int, help="server port (default 8765)")
+    ru.add_argument("--api-port", type=int, help="HTTP API port for POST /vlm/infer (default: off)")
     ru.add_argument("--token", action="append", metavar="ROLE:SECRET", help="accept this token for ROLE (repeatable)")
     ru.add_argument("--data", type=Path, help="data directory (events, evidence)")
     ru.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
@@ -285,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     an.set_defaults(func=_cmd_analyze)
+
+    mo = sub.add_parser("models", help="list the model registry and role chains, or switch a role's model on a running daemon")
+    mo_sub = mo.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = mo_sub.add_parser("list", help="validate the registry and print models and role chains")
+    ml.add_argument("-c", "--config", type=Path, help="TOML config file ([vlm] registry, roles)")
+    ml.set_defaults(func=_cmd_models_list)
+    ms = mo_sub.add_parser("switch", help="load, warm and switch ROLE to MODEL on a running daemon (admin token)")
+    ms.add_argument("role", choices=["compliance", "reply", "qa"])
+    ms.add_argument("model", help="registry id")
+    ms.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="the daemon's /ws address")
+    ms.add_argument("--token", help="admin token (default: $STREAMWATCH_TOKEN)")
+    ms.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the switch")
+    ms.set_defaults(func=_cmd_models_switch)
 
     r = sub.add_parser("report", help="write a post-stream report (html, json or csv) from the event store")
     r.add_argument("stream", help="stream id")

@@ -187,6 +187,9 @@ class TokenConfig(_Section):
 class ServerConfig(_Section):
     host: Annotated[str, Field(description="Address the WebSocket/HTTP server binds.")] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, description="Port for /ws and the HTTP pages (0 = any free port).")] = 8765
+    api_port: Annotated[
+        int | None, Field(ge=0, le=65535, description="Port for the HTTP API (POST /vlm/infer); unset = off, 0 = any free port.")
+    ] = None
     tokens: Annotated[list[TokenConfig], Field(description="Accepted tokens; with none, every connection is refused.")] = []
     allowed_origins: Annotated[
         list[str] | None, Field(description="Allowed browser Origin values for /ws; unset = any (tokens still required).")

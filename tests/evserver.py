@@ -61,7 +61,8 @@ class ServerThread:
         self.store = EventStore(self.data_dir)
         self.bus = EventBus(self.store)
         await self.bus.start()
-        self.server = EventServer(self.cfg, self.bus, streams=self.streams, responder=self.responder)
+        inferrer = self.responder if hasattr(self.responder, "infer") else None
+        self.server = EventServer(self.cfg, self.bus, streams=self.streams, responder=self.responder, inferrer=inferrer)  # type: ignore[arg-type]
         await self.server.start()
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
-from evserver import ServerThread
+from evserver import TOKENS, ServerThread
 from test_analyzers import caption, qr_png, rgb
 from websockets.asyncio.client import connect
 
@@ -51,7 +53,7 @@ def responder_server(tmp_path: Path):  # type: ignore[no-untyped-def]
     loop = asyncio.new_event_loop()
     responder = loop.run_until_complete(make())
     loop.close()
-    with ServerThread(tmp_path / "d", responder=responder) as s:
+    with ServerThread(tmp_path / "d", responder=responder, api_port=0, rate_per_s=5, rate_burst=30) as s:
         yield s
     pool.shutdown()
 
@@ -107,3 +109,69 @@ def test_persona_errors_name_the_field(tmp_path: Path) -> None:
         load_persona(p)
     assert load_persona(MODELS / "personas/xingmiao.toml").name == "星喵"
 
+
+
+def test_http_infer_screens_then_answers(responder_server: ServerThread) -> None:
+    api = responder_server.server.api
+    assert api is not None
+    base = f"http://127.0.0.1:{api.port}"
+    auth = {"Authorization": f"Bearer {TOKENS['submitter']}"}
+    cat = b64(rgb("chelsea"))
+    with httpx.Client(base_url=base, timeout=60) as c:
+        assert c.post("/vlm/infer", json={"image": cat}).status_code == 401
+        r = c.post("/vlm/infer", json={"image": cat}, headers={"Authorization": f"Bearer {TOKENS['overlay']}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert c.get("/vlm/infer", headers=auth).status_code == 405
+        assert c.get("/nope", headers=auth).status_code == 404
+        assert c.get("/healthz").json() == {"ok": True}
+        # a clean image: answered (the local backend here), on one keep-alive connection
+        r = c.post("/vlm/infer", json={"image": cat, "question": "图里有什么？"}, headers=auth)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "local" and body["answer"] and len(body["id"]) == 16
+        r = c.post("/vlm/infer", json={"image": "data:image/jpeg;base64," + cat}, headers=auth)  # no question: persona reply
+        persona = load_persona(MODELS / "personas/xingmiao.toml")
+        assert r.status_code == 200 and any(p in r.json()["answer"] for p in [*persona.catchphrases, *persona.examples, persona.name])
+        # refused images say why
+        r = c.post("/vlm/infer", json={"image": b64(caption("加微信 xiaomei88 领福利"))}, headers=auth)
+        assert r.status_code == 422 and r.json()["error"]["reason"] == "contact_spam"
+        bad = {
+            "not json": (b"{nope", 400, "bad_json"),
+            "array": (b"[1]", 400, "bad_json"),
+            "extra field": (json.dumps({"image": cat, "size": 3}).encode(), 400, "bad_field"),
+            "no image": (json.dumps({"question": "hi"}).encode(), 400, "bad_field"),
+            "not base64": (json.dumps({"image": "***"}).encode(), 400, "bad_image"),
+            "not an image": (json.dumps({"image": base64.b64encode(b"hello world" * 20).decode()}).encode(), 400, "bad_image"),
+            "bomb": (json.dumps({"image": base64.b64encode(png_header(100_000, 100_000)).decode()}).encode(), 413, "image_too_large"),
+            "unknown stream": (json.dumps({"image": cat, "stream": "zzz"}).encode(), 400, "unknown_stream"),
+            "long question": (json.dumps({"image": cat, "question": "x" * 2000}).encode(), 400, "bad_field"),
+        }
+        for name, (payload, status, code) in bad.items():
+            r = c.post("/vlm/infer", content=payload, headers={**auth, "Content-Type": "application/json"})
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code), name
+        r = c.post("/vlm/infer", content=b"x", headers={**auth, "Content-Type": "text/plain"})
+        assert r.status_code == 415
+    # a body over the limit is refused from its Content-Length, before it is read
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        head = f"POST /vlm/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['submitter']}\r\n"
+        sock.sendall((head + "Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{").encode())
+        reply = sock.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 413") and "too_large" in reply
+    # garbage instead of HTTP
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01 hello\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+    # the per-token rate limit (burst 30, 5/s) answers 429, not silence
+    with httpx.Client(base_url=base, timeout=60) as c:
+        codes = [c.post("/vlm/infer", content=b"{}", headers={**auth, "Content-Type": "application/json"}).status_code for _ in range(40)]
+    assert 429 in codes and codes[0] == 400
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG that claims w×h pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))

@@ -352,3 +352,53 @@ def test_failed_switch_keeps_the_old_model() -> None:
 
     assert asyncio.run(go()) == "old"
     assert router.chains[Capability.QA] == ["old"]
+
+
+# --- persona replies through the reply role ---------------------------------------------------------
+
+
+def test_reply_model_output_is_checked_regenerated_once_then_templated(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamwatch.analysis.base import create
+    from streamwatch.analysis.cascade import Cascade
+    from streamwatch.analysis.detectors import AnalyzerSettings
+    from streamwatch.analysis.policy import load_policy
+    from streamwatch.server.submit import Submission
+    from streamwatch.vlm.persona import load_persona
+    from streamwatch.vlm.responder import AudienceResponder
+
+    policy = load_policy(MODELS / "policy.toml")
+    persona = load_persona(MODELS / "personas/xingmiao.toml")
+    script = ["加微信 xiaomei88 找我玩", "好可爱的小猫！星喵最喜欢猫咪啦", "扫码加群 QQ123456789", "加V信 abc123456", "谢谢你"]
+    with ChatServer(lambda r: script.pop(0)) as srv:
+        router = ModelRouter(registry([spec("m", srv.url)], {"reply": ["m", "local"]}))
+        pool = ThreadPoolExecutor(2)
+
+        async def go() -> list[Any]:
+            cascade = Cascade([create("qr", AnalyzerSettings(device="cpu"))], pool)
+            responder = AudienceResponder(cascade, lambda _s: policy, persona, service=VLMService(router))
+            out = []
+            for i in range(3):
+                img = frame().copy()
+                cv2.circle(img, (500, 60 + 90 * i), 40, (255, 255, 255), -1)  # three different images (no duplicates)
+                data = cv2.imencode(".jpg", img)[1].tobytes()
+                sub = Submission(f"sub{i}", "s1", "fan-app", "小明", "送你的", data, "image/jpeg", 640, 360, "t.jpg", time.time())
+                if i == 2:
+                    srv.script = ["500"] * 4
+                out.append(await responder.reply(sub))
+            await cascade.close()
+            await router.close()
+            return out
+
+        first, second, third = asyncio.run(go())
+        pool.shutdown()
+        prompts = [r["messages"][0]["content"] for r in srv.requests]
+    # 1st: banned text → regenerated once → clean, from the model
+    assert (first.model, first.text) == ("m", "好可爱的小猫！星喵最喜欢猫咪啦")
+    # 2nd: banned twice → the safe template
+    assert second.model == "local" and "xiaomei" not in second.text and "QQ" not in second.text and persona.name in second.text
+    # 3rd: the model is down → the local template answers (retried once first)
+    assert third.model == "local" and third.text
+    assert srv.count == 2 + 2 + 2
+    assert all(persona.name in p and persona.catchphrases[0] in p for p in prompts)  # the persona is in the system prompt

@@ -42,6 +42,7 @@ class HealthKind(enum.Enum):
     BLACK = "black"  # a sustained black / near-uniform picture
     FROZEN = "frozen"  # a sustained frozen picture
     CONFIG = "config"  # a configuration problem noticed while running (e.g. a broken policy reload)
+    MODEL = "model"  # a VLM role switched models (duration_s: load + warm-up)
 
 
 class Severity(enum.Enum):

@@ -31,7 +31,7 @@ ACTIONS: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset(),
     Role.MODERATOR: frozenset({"ack", "ask"}),
     Role.SUBMITTER: frozenset({"submit"}),
-    Role.ADMIN: frozenset({"ack", "ask", "submit"}),
+    Role.ADMIN: frozenset({"ack", "ask", "submit", "switch_model"}),
 }
 
 

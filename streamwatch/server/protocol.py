@@ -62,7 +62,16 @@ class Ping:
     ref: str | None = None
 
 
-ClientMessage = Subscribe | Ack | SubmitMsg | AskMsg | Ping
+@dataclass(frozen=True, slots=True)
+class SwitchModel:
+    role: str  # compliance | reply | qa
+    model: str  # registry id
+    ref: str | None = None
+
+
+MODEL_ROLES = ("compliance", "reply", "qa")
+
+ClientMessage = Subscribe | Ack | SubmitMsg | AskMsg | Ping | SwitchModel
 
 
 def _str(d: dict[str, Any], key: str, ref: str | None, *, required: bool = True, max_len: int = 1000) -> str:
@@ -126,6 +135,11 @@ def parse(text: str | bytes | dict[str, Any]) -> ClientMessage:
         return AskMsg(_str(d, "stream", ref, max_len=64), _str(d, "question", ref, max_len=1000), ref)
     if kind == "ping":
         return Ping(ref)
+    if kind == "switch_model":
+        role = d.get("role")
+        if role not in MODEL_ROLES:
+            raise ProtocolError("bad_field", f"'role' must be one of {', '.join(MODEL_ROLES)}", ref)
+        return SwitchModel(role, _str(d, "model", ref, max_len=64), ref)
     raise ProtocolError("unknown_type", f"unknown message type {kind!r}", ref)
 
 

@@ -24,9 +24,10 @@ from streamwatch.errors import ServerError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.store import StoredEvent
 from streamwatch.server import http
+from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
 from streamwatch.server.metrics import Metrics
-from streamwatch.server.submit import Responder
+from streamwatch.server.submit import Inferrer, ModelSwitcher, Responder
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class EventServer:
         metrics: Metrics | None = None,
         streams: Iterable[str] = (),
         responder: Responder | None = None,
+        models: ModelSwitcher | None = None,
+        inferrer: Inferrer | None = None,
         offsets: Callable[[str], float] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -53,6 +56,10 @@ class EventServer:
         self.tokens = TokenTable(cfg.tokens)
         self.streams = set(streams)
         self.responder = responder
+        self.models = models
+        self.api: ApiServer | None = None
+        if cfg.api_port is not None:
+            self.api = ApiServer(cfg, self.tokens, inferrer, self.limiter, self.metrics, self.streams)
         self.offsets = offsets or (lambda _stream: 0.0)
         self.status: dict[str, dict[str, Any]] = {s: {"state": "unknown"} for s in self.streams}
         self.started = time.time()
@@ -86,6 +93,8 @@ class EventServer:
         except OSError as e:
             raise ServerError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e.strerror or e}") from e
         logger.info("serving /ws and HTTP on http://%s:%d", self.cfg.host, self.port)
+        if self.api is not None:
+            await self.api.start()
 
     @property
     def port(self) -> int:
@@ -100,6 +109,8 @@ class EventServer:
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Finish answers in flight, then close every client with 1001 (going away)."""
+        if self.api is not None:
+            await self.api.stop()
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=10)
         for task in list(self.tasks):

@@ -24,7 +24,7 @@ from streamwatch.events.bus import Chunk, Subscription
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, ReviewEvent
 from streamwatch.server import protocol
 from streamwatch.server.auth import ACTIONS, Principal, RateLimiter, resolve_channels
-from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe
+from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe, SwitchModel
 from streamwatch.server.submit import Question, Submission, check_image, decode_base64, rejection, thumbnail_jpeg
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class ClientSession:
             now = time.monotonic()
             # every message counts against this connection; requests that cost work (submit, ask, ack)
             # also against the token, shared by all its connections
-            shared = isinstance(msg, Ack | SubmitMsg | AskMsg)
+            shared = isinstance(msg, Ack | SubmitMsg | AskMsg | SwitchModel)
             if not self.limit.allow(now) or (shared and not self.server.limiter(self.who.name).allow(now)):
                 await self._error("rate_limited", f"more than {self.cfg.rate_per_s}/s; slow down", ref)
                 return True
@@ -119,22 +119,24 @@ class ClientSession:
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(protocol.error_frame(code, message, ref))
 
-    async def _dispatch(self, msg: Subscribe | Ack | SubmitMsg | AskMsg | Ping) -> None:
+    async def _dispatch(self, msg: protocol.ClientMessage) -> None:
         if isinstance(msg, Ping):
             await self.ws.send(protocol.frame("pong", ref=msg.ref, last_id=self.server.bus.last_id))
             return
         if isinstance(msg, Subscribe):
             await self._subscribe(msg)
             return
-        action = {Ack: "ack", SubmitMsg: "submit", AskMsg: "ask"}[type(msg)]
+        action = {Ack: "ack", SubmitMsg: "submit", AskMsg: "ask", SwitchModel: "switch_model"}[type(msg)]
         if action not in ACTIONS[self.who.role]:
             raise ProtocolError("forbidden", f"role {self.who.role.value!r} may not {action}", msg.ref)
         if isinstance(msg, Ack):
             await self._ack(msg)
         elif isinstance(msg, SubmitMsg):
             await self._submit(msg)
-        else:
+        elif isinstance(msg, AskMsg):
             await self._ask(msg)
+        else:
+            await self._switch(msg)
 
     def _check_stream(self, stream: str, ref: str | None) -> None:
         if self.server.streams and stream not in self.server.streams:
@@ -301,6 +303,31 @@ class ClientSession:
                 await self._error("responder_failed", "the question could not be answered", msg.ref)
 
         self._spawn(answer())
+
+    async def _switch(self, msg: SwitchModel) -> None:
+        switcher = self.server.models
+        if switcher is None:
+            raise ProtocolError("no_models", "this server has no VLM tier to switch", msg.ref)
+        await self.ws.send(protocol.frame("accepted", ref=msg.ref, role=msg.role, model=msg.model))
+
+        async def switch() -> None:  # loading a model can take minutes: the connection stays responsive
+            try:
+                report = await switcher.switch_model(msg.role, msg.model, self.who.name)
+            except StreamwatchError as e:
+                await self._error("switch_failed", str(e), msg.ref)
+                return
+            except Exception:
+                logger.exception("model switch %s → %s failed", msg.role, msg.model)
+                await self._error("switch_failed", "internal error while switching", msg.ref)
+                return
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(
+                    protocol.frame(
+                        "switched", ref=msg.ref, role=report.role, old=report.old, model=report.new, seconds=round(report.seconds, 3)
+                    )
+                )
+
+        self._spawn(switch())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

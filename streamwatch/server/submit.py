@@ -65,6 +65,46 @@ def rejection(sub: Submission, reason: str, message: str, offset: float) -> Reje
     )
 
 
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """``POST /vlm/infer``: an image (validated) and an optional question."""
+
+    id: str
+    image: bytes
+    width: int
+    height: int
+    question: str  # "" = reply to the image in the persona
+    stream: str  # whose policy screens the image ("" = the default policy)
+    who: str  # token name
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    answer: str | None  # None when rejected
+    model: str = ""
+    rejected: str | None = None  # the rule (or reason) that refused the image
+    message: str = ""
+
+
+class Inferrer(Protocol):
+    async def infer(self, request: InferRequest) -> InferResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchReport:
+    role: str
+    old: str
+    new: str
+    seconds: float
+
+
+class ModelSwitcher(Protocol):
+    """Switches the model of a VLM role (implemented by the daemon). Raises a StreamwatchError with a
+    message for the client when the switch is refused or fails; the previous model then stays."""
+
+    async def switch_model(self, role: str, model: str, by: str) -> SwitchReport: ...
+
+
 class Responder(Protocol):
     """Answers audience images and questions (implemented by the VLM tier)."""
 

@@ -19,13 +19,13 @@ import numpy as np
 
 from streamwatch.analysis.cache import PHashCache
 from streamwatch.analysis.cascade import Cascade
-from streamwatch.analysis.model import AnalyzedFrame, Detection, FrameAnalysis
+from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, Detection, FrameAnalysis
 from streamwatch.analysis.policy import Policy
 from streamwatch.analysis.rules import RuleEngine
 from streamwatch.errors import VLMError
 from streamwatch.events.model import AnswerEvent, RejectedEvent, ReplyEvent
-from streamwatch.sampling.phash import phash_luma
-from streamwatch.server.submit import Question, Submission, rejection
+from streamwatch.sampling.phash import PHash, phash_luma
+from streamwatch.server.submit import InferRequest, InferResult, Question, Submission, rejection
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
 from streamwatch.vlm.persona import Persona
 from streamwatch.vlm.service import Reply, VLMService
@@ -71,18 +71,10 @@ class AudienceResponder:
         if self._seen.get(h, now) is not None:
             return self._rejected(sub, "duplicate", "this image was already answered recently")
         self._seen.put(h, sub.id, now)
-        fa = await self.cascade.analyze(AUDIENCE, rgb, h, offset=0.0, at=sub.received_at, received_at=sub.received_at)
-        # judged on its own: a fresh engine, so no cooldown lets a second bad image through
-        drafts = [d for d in RuleEngine(self.policy_for(sub.stream)).evaluate(fa) if d.evidence_kind != "health"]
-        if drafts:
-            return self._rejected(sub, drafts[0].rule, drafts[0].message)
-        evidence = ImageEvidence.from_detections(fa.width, fa.height, fa.detections)
-        reply = await self._reply(rgb, evidence, sub)
-        if not self._text_is_clean(sub.stream, reply.text):
-            logger.warning("reply by %s failed the output check; regenerating once", reply.model)
-            reply = await self._reply(rgb, evidence, sub)
-            if not self._text_is_clean(sub.stream, reply.text):
-                reply = Reply(self.local.safe_reply(self.persona), "local")
+        evidence, refusal = await self._screen(rgb, h, sub.stream, sub.received_at)
+        if refusal is not None:
+            return self._rejected(sub, refusal.rule, refusal.message)
+        reply = await self._persona_reply(rgb, evidence, sub.text, sub.id, sub.stream)
         return ReplyEvent(
             stream=sub.stream,
             at=time.time(),
@@ -96,13 +88,53 @@ class AudienceResponder:
             model=reply.model,
         )
 
-    async def _reply(self, rgb: np.ndarray, evidence: ImageEvidence, sub: Submission) -> Reply:
+    async def _screen(self, rgb: np.ndarray, h: PHash, stream: str, received_at: float) -> tuple[ImageEvidence, AlertDraft | None]:
+        """Local detectors + the stream's policy on an audience image: its evidence, and the first refusal."""
+        fa = await self.cascade.analyze(AUDIENCE, rgb, h, offset=0.0, at=received_at, received_at=received_at)
+        # judged on its own: a fresh engine, so no cooldown lets a second bad image through
+        drafts = [d for d in RuleEngine(self.policy_for(stream)).evaluate(fa) if d.evidence_kind != "health"]
+        return ImageEvidence.from_detections(fa.width, fa.height, fa.detections), (drafts[0] if drafts else None)
+
+    async def _persona_reply(self, rgb: np.ndarray, evidence: ImageEvidence, fan_text: str, key: str, stream: str) -> Reply:
+        """The reply model's answer, checked against the word lists: regenerated once, then a safe template."""
+        reply = await self._reply(rgb, evidence, fan_text, key)
+        if not self._text_is_clean(stream, reply.text):
+            logger.warning("reply by %s failed the output check; regenerating once", reply.model)
+            reply = await self._reply(rgb, evidence, fan_text, key)
+            if not self._text_is_clean(stream, reply.text):
+                reply = Reply(self.local.safe_reply(self.persona), "local")
+        return reply
+
+    async def _reply(self, rgb: np.ndarray, evidence: ImageEvidence, fan_text: str, key: str) -> Reply:
         if self.service is not None:
             try:
-                return await self.service.reply(self.persona, rgb, evidence, sub.text, sub.id)
+                return await self.service.reply(self.persona, rgb, evidence, fan_text, key)
             except VLMError as e:
-                logger.error("no model could reply to %s, using the template: %s", sub.id, e)
-        return Reply(await self.local.reply(self.persona, evidence, sub.text, sub.id), "local")
+                logger.error("no model could reply to %s, using the template: %s", key, e)
+        return Reply(await self.local.reply(self.persona, evidence, fan_text, key), "local")
+
+    async def infer(self, req: InferRequest) -> InferResult:
+        """``POST /vlm/infer``: screen the image, then answer the question about it (or reply in persona)."""
+        loop = asyncio.get_running_loop()
+        rgb = await loop.run_in_executor(None, _decode_rgb, req.image, self.max_side)
+        if rgb is None:
+            return InferResult(None, rejected="bad_image", message="the image could not be decoded")
+        h = phash_luma(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        evidence, refusal = await self._screen(rgb, h, req.stream, time.time())
+        if refusal is not None:
+            return InferResult(None, rejected=refusal.rule, message=refusal.message)
+        if not req.question:
+            reply = await self._persona_reply(rgb, evidence, "", req.id, req.stream)
+            return InferResult(reply.text, reply.model)
+        answer: Reply | None = None
+        if self.service is not None:
+            try:
+                answer = await self.service.answer(req.question, rgb, evidence)
+            except VLMError as e:
+                logger.error("no model could answer %s, using the local evidence: %s", req.id, e)
+        if answer is None:
+            answer = Reply(await self.local.answer(req.question, evidence), "local")
+        return InferResult(answer.text, answer.model)
 
     def _text_is_clean(self, stream: str, text: str) -> bool:
         probe = FrameAnalysis(stream, 0.0, 0.0, 0.0, (Detection("ocr", "text", 1.0, None, text),), 0, 0)
