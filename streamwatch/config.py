@@ -201,6 +201,10 @@ class ServerConfig(_Section):
         float, Field(gt=0, description="Client messages per second per connection, and submit/ask/ack per token (sustained).")
     ] = 5.0
     rate_burst: Annotated[int, Field(ge=1, description="Client messages a token may send in a burst.")] = 20
+    user_submit_per_min: Annotated[
+        float, Field(gt=0, description="Images one fan (submitter token + user name) may submit per minute, sustained.")
+    ] = 6.0
+    user_submit_burst: Annotated[int, Field(ge=1, description="Images one fan may submit in a burst.")] = 3
     abuse_limit: Annotated[int, Field(ge=1, description="Bad messages in a minute after which a connection is closed.")] = 20
     client_queue: Annotated[int, Field(ge=10, description="Events waiting for one client before it counts as lagging.")] = 10_000
     replay_page: Annotated[int, Field(ge=10, description="Events per frame when replaying history.")] = 500

@@ -53,7 +53,7 @@ def responder_server(tmp_path: Path):  # type: ignore[no-untyped-def]
     loop = asyncio.new_event_loop()
     responder = loop.run_until_complete(make())
     loop.close()
-    with ServerThread(tmp_path / "d", responder=responder, api_port=0, rate_per_s=5, rate_burst=30) as s:
+    with ServerThread(tmp_path / "d", responder=responder, api_port=0, rate_per_s=5, rate_burst=30, user_submit_burst=10) as s:
         yield s
     pool.shutdown()
 

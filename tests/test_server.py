@@ -200,6 +200,28 @@ def test_submission_without_a_responder_is_rejected_not_dropped(srv: ServerThrea
     assert [e.type for e in srv.store.events("s1")] == ["rejected"]
 
 
+def test_each_fan_of_a_relay_token_has_their_own_submission_limit(tmp_path: Path) -> None:
+    with ServerThread(tmp_path / "d", rate_burst=100, user_submit_per_min=6, user_submit_burst=2) as s:
+
+        async def go() -> list[tuple[str, str]]:
+            ws, _ = await hello(s.ws_url("submitter"))
+            out = []
+            for user in ("小明", "小明", "小明", "小红", "小明"):
+                await send(ws, type="submit", stream="s1", image=jpeg_b64(), user=user)
+                while (m := await recv(ws))["type"] not in ("accepted", "error"):
+                    pass
+                out.append((user, m["type"] if m["type"] == "accepted" else m["code"]))
+            await ws.close()
+            return out
+
+        got = asyncio.run(go())
+        deadline = time.monotonic() + 10
+        while len([e for e in s.store.events("s1") if e.type == "rejected"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len([e for e in s.store.events("s1") if e.type == "rejected"]) == 3  # every accepted one answered (no responder here)
+    assert got == [("小明", "accepted"), ("小明", "accepted"), ("小明", "rate_limited"), ("小红", "accepted"), ("小明", "rate_limited")]
+
+
 def png_header(w: int, h: int) -> str:
     import struct
     import zlib

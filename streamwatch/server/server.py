@@ -64,6 +64,7 @@ class EventServer:
         self.status: dict[str, dict[str, Any]] = {s: {"state": "unknown"} for s in self.streams}
         self.started = time.time()
         self._limits: dict[str, RateLimiter] = {}
+        self._user_limits: dict[str, RateLimiter] = {}
         self._pending: dict[ServerConnection, Principal] = {}
         self._server: Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # submission/answer work in flight
@@ -142,6 +143,16 @@ class EventServer:
             "clients": self.bus.subscriptions,
             "streams": self.status,
         }
+
+    def user_limiter(self, token: str, user: str) -> RateLimiter:
+        """Per fan: a relay token submits for many users, each limited on their own."""
+        key = f"{token}\0{user}"
+        lim = self._user_limits.get(key)
+        if lim is None:
+            if len(self._user_limits) > 100_000:  # bounded: forget everyone (limits restart, memory does not grow)
+                self._user_limits.clear()
+            lim = self._user_limits[key] = RateLimiter(self.cfg.user_submit_per_min / 60.0, self.cfg.user_submit_burst)
+        return lim
 
     def limiter(self, name: str) -> RateLimiter:
         lim = self._limits.get(name)

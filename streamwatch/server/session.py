@@ -255,13 +255,13 @@ class ClientSession:
         data = decode_base64(msg.image, msg.ref)
         loop = asyncio.get_running_loop()
         store = self.server.store
-
-        def validate_and_thumb() -> tuple[str, int, int, str]:
-            mime, w, h, pixels = check_image(data, self.cfg.max_image_pixels, msg.ref)
-            return mime, w, h, store.save_image(msg.stream, thumbnail_jpeg(pixels))
-
+        mime, w, h, pixels = await loop.run_in_executor(None, check_image, data, self.cfg.max_image_pixels, msg.ref)
+        # per fan (a relay token submits for many): counted on valid images, before anything is stored
+        if not self.server.user_limiter(self.who.name, msg.user).allow(time.monotonic()):
+            who = f"user {msg.user!r}" if msg.user else "this client"
+            raise ProtocolError("rate_limited", f"{who} may send {self.cfg.user_submit_per_min:g} images a minute; slow down", msg.ref)
         try:
-            mime, w, h, thumb = await loop.run_in_executor(None, validate_and_thumb)
+            thumb = await loop.run_in_executor(None, lambda: store.save_image(msg.stream, thumbnail_jpeg(pixels)))
         except StreamwatchError as e:
             raise ProtocolError("server_error", f"could not store the image: {e}", msg.ref) from e
         sub = Submission(uuid.uuid4().hex[:16], msg.stream, self.who.name, msg.user, msg.text, data, mime, w, h, thumb, received)
