@@ -82,3 +82,29 @@ def test_escalated_and_periodic_frames_get_a_second_look(concert: tuple[Path, di
     assert all(a.late for a in vlm_alerts) and all(s.late for s in scenes)
     assert daemon.metrics.registry.get_sample_value("streamwatch_vlm_late_total") == len(scenes)
     assert daemon.metrics.registry.get_sample_value("streamwatch_vlm_requests_total", {"model": "judge", "outcome": "ok"}) == len(prompts)
+
+
+def test_the_report_lists_scenes_switches_and_models(tmp_path: Path) -> None:
+    from streamwatch.events.model import AnswerEvent, HealthEvent, HealthKind
+    from streamwatch.report import collect, render
+    from streamwatch.report.build import build_report
+    from streamwatch.report.tabular import report_dict
+
+    store = EventStore(tmp_path / "d")
+    frame = store.save_image("s", b"\xff\xd8\xff\xe0fakejpeg")
+    store.append(
+        [
+            SceneEvent(
+                stream="s", at=1000.0, offset=30.0, tags=("setting=indoor_stage", "outfit=white dress"), model="qwen3-vl-8b", frame=frame
+            ),
+            HealthEvent(stream="s", at=1001.0, offset=31.0, kind=HealthKind.MODEL, duration_s=2.5, reason="qa: a → b (by admin)"),
+            AnswerEvent(stream="s", at=1002.0, offset=32.0, question="q", text="t", asker="m", model="b"),
+        ]
+    )
+    inputs = collect(store, "s")
+    html = render(inputs, "html")
+    assert "setting=indoor_stage, outfit=white dress" in html and "qa: a → b" in html and "data:image/jpeg" in html
+    d = report_dict(build_report("s", list(inputs.events)))
+    assert d["summary"]["by_model"] == {"qwen3-vl-8b": 1, "b": 1} and d["summary"]["model_switches"] == 1
+    assert d["scenes"][0]["tags"] == ["setting=indoor_stage", "outfit=white dress"]
+    store.close()

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from streamwatch.errors import EventsError
-from streamwatch.events.model import AlertEvent, Event
+from streamwatch.events.model import AlertEvent, Event, SceneEvent
 from streamwatch.events.store import EventStore
 from streamwatch.report.build import Report, build_report, hms
 from streamwatch.report.html import render_html
@@ -35,10 +35,11 @@ def collect(
     images: dict[str, bytes] = {}
     if embed_images:
         for e in events:
-            if isinstance(e, AlertEvent) and e.evidence.frame:
-                path = store.frame_path(e.evidence.frame)
+            frame = e.evidence.frame if isinstance(e, AlertEvent) else e.frame if isinstance(e, SceneEvent) else None
+            if frame and frame not in images:
+                path = store.frame_path(frame)
                 if path is not None:
-                    images[e.evidence.frame] = path.read_bytes()
+                    images[frame] = path.read_bytes()
     return ReportInputs(stream, events, images)
 
 

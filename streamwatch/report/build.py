@@ -15,6 +15,7 @@ from streamwatch.events.model import (
     ReplyEvent,
     ReviewAction,
     ReviewEvent,
+    SceneEvent,
     Severity,
     StreamState,
 )
@@ -69,6 +70,9 @@ class Report:
     rejected: int
     answers: int
     events: tuple[Event, ...] = field(repr=False)
+    scenes: tuple[SceneEvent, ...] = ()  # the compliance model's scene tags
+    switches: tuple[HealthEvent, ...] = ()  # model switches (health kind "model")
+    models: dict[str, int] = field(default_factory=dict)  # which model produced replies, answers, VLM alerts, scenes
 
     @property
     def outages(self) -> tuple[Period, ...]:
@@ -110,7 +114,18 @@ def build_report(stream: str, events: list[Event]) -> Report:
         rejected=sum(isinstance(e, RejectedEvent) for e in mine),
         answers=sum(isinstance(e, AnswerEvent) for e in mine),
         events=tuple(mine),
+        scenes=tuple(e for e in mine if isinstance(e, SceneEvent)),
+        switches=tuple(e for e in health if e.kind is HealthKind.MODEL),
+        models=dict(Counter(m for m in map(_model_of, mine) if m).most_common()),
     )
+
+
+def _model_of(e: Event) -> str | None:
+    if isinstance(e, ReplyEvent | AnswerEvent | SceneEvent):
+        return e.model or None
+    if isinstance(e, AlertEvent) and e.evidence.kind.startswith("vlm:"):
+        return e.evidence.kind[4:]
+    return None
 
 
 def _periods(health: list[HealthEvent]) -> list[Period]:

@@ -123,5 +123,27 @@ def render_html(report: Report, images: Mapping[str, bytes]) -> str:
             f"{a.severity.value}</span></td><td class='num'>{a.confidence:.2f}</td><td>{escape(a.message)}{text}</td>"
             f"<td>{thumb}</td><td class='state-{row.state}'>{review}</td></tr>"
         )
-    out.append("</table></body></html>")
+    out.append("</table>")
+    if r.scenes or r.switches or r.models:
+        out.append("<h2>Vision-language models</h2><div class='cards'>")
+        out.extend(f"<div class='card'><span class='muted'>{escape(m)}</span><b>{n}</b></div>" for m, n in r.models.items())
+        out.append("</div>")
+    if r.switches:
+        out.append("<table id='switches'><tr><th>offset</th><th>switch</th><th>load + warm-up</th></tr>")
+        out.extend(
+            f"<tr><td>{hms(e.offset)}</td><td>{escape(e.reason)}</td><td class='num'>{e.duration_s or 0:.1f}s</td></tr>" for e in r.switches
+        )
+        out.append("</table>")
+    if r.scenes:
+        out.append("<h3>Scenes (compliance model)</h3><table id='scenes'><tr><th>offset</th><th>tags</th><th>model</th><th>frame</th></tr>")
+        for sc in r.scenes:
+            thumb = (
+                f"<img class='thumb' alt='frame' src='{_data_uri(images[sc.frame], sc.frame)}'>" if sc.frame and sc.frame in images else ""
+            )
+            late = " <span class='muted'>(late)</span>" if sc.late else ""
+            out.append(
+                f"<tr><td>{hms(sc.offset)}</td><td>{escape(', '.join(sc.tags))}</td><td>{escape(sc.model)}{late}</td><td>{thumb}</td></tr>"
+            )
+        out.append("</table>")
+    out.append("</body></html>")
     return "\n".join(out)

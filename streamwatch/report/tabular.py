@@ -33,6 +33,9 @@ def report_dict(r: Report) -> dict[str, Any]:
             "replies": r.replies,
             "rejected": r.rejected,
             "answers": r.answers,
+            "scenes": len(r.scenes),
+            "model_switches": len(r.switches),
+            "by_model": r.models,
         },
         "periods": [
             {"kind": p.kind, "start_s": round(p.start, 3), "start": hms(p.start), "duration_s": p.duration, "detail": p.detail}
@@ -46,6 +49,9 @@ def report_dict(r: Report) -> dict[str, Any]:
                 "reviewed_by": row.review.by if row.review else None,
             }
             for row in r.alerts
+        ],
+        "scenes": [
+            {"offset_s": round(sc.offset, 3), "offset_hms": hms(sc.offset), "tags": list(sc.tags), "model": sc.model} for sc in r.scenes
         ],
         "events": [to_dict(e) for e in r.events],
     }
