@@ -182,6 +182,15 @@ class TokenConfig(_Section):
     ]
     role: Annotated[Role, Field(description="overlay, moderator, submitter or admin.")]
     secret: Annotated[str, Field(min_length=8, description="The bearer token (Authorization: Bearer … or ?token=…).")]
+    relay: Annotated[
+        bool, Field(description="A submitter token of a danmaku relay: it may also ask about the live frame and gets its answers.")
+    ] = False
+
+    @model_validator(mode="after")
+    def _relay(self) -> TokenConfig:
+        if self.relay and self.role is not Role.SUBMITTER:
+            raise ValueError("relay applies to submitter tokens only (moderators and admins may already ask)")
+        return self
 
 
 class ServerConfig(_Section):

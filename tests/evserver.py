@@ -38,6 +38,7 @@ TOKENS = {
 def server_config(**kw: Any) -> ServerConfig:
     tokens = [TokenConfig(name=f"{role}-client", role=role, secret=secret) for role, secret in TOKENS.items()]
     tokens.append(TokenConfig(name="submitter-two", role="submitter", secret="submitter-secret-2"))
+    tokens.append(TokenConfig(name="danmaku-relay", role="submitter", secret="relay-secret-1", relay=True))
     return ServerConfig(port=kw.pop("port", 0), tokens=tokens, **kw)
 
 

@@ -102,6 +102,33 @@ def test_audience_images_are_screened_then_answered_in_persona(responder_server:
     asyncio.run(go())
 
 
+def test_a_danmaku_relay_may_ask_and_sees_only_its_answers(responder_server: ServerThread) -> None:
+    s = responder_server
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with connect(f"ws://127.0.0.1:{s.port}/ws?token=relay-secret-1") as relay, connect(s.ws_url("moderator")) as mod:
+            for ws in (relay, mod):
+                await ws.recv()
+                await ws.send(json.dumps({"type": "subscribe", "channels": ["answers"], "since": 10**9}))
+                await ws.recv()
+            await mod.send(json.dumps({"type": "ask", "stream": "s1", "question": "moderator question", "ref": "m"}))
+            await mod.recv()  # accepted
+            mod_answer = json.loads(await mod.recv())
+            await relay.send(json.dumps({"type": "ask", "stream": "s1", "question": "弹幕: 屏幕上写了什么？", "ref": "r"}))
+            assert json.loads(await relay.recv())["type"] == "accepted"
+            relay_answer = json.loads(await relay.recv())  # its own answer, not the moderator's
+            async with connect(s.ws_url("submitter")) as plain:
+                await plain.recv()
+                await plain.send(json.dumps({"type": "ask", "stream": "s1", "question": "x", "ref": "p"}))
+                refused = json.loads(await plain.recv())
+            return mod_answer, relay_answer, refused
+
+    mod_answer, relay_answer, refused = asyncio.run(go())
+    assert mod_answer["question"] == "moderator question"
+    assert relay_answer["type"] == "answer" and relay_answer["asker"] == "danmaku-relay" and "今晚的主题是星空" in relay_answer["text"]
+    assert refused["code"] == "forbidden"
+
+
 def test_persona_errors_name_the_field(tmp_path: Path) -> None:
     p = tmp_path / "bad.toml"
     p.write_text('id = "x"\nname = "X"\nreply_length = 9000\n')

@@ -206,6 +206,10 @@ class AnswerEvent(Event):
     frame: str | None = None
     model: str = ""
 
+    @property
+    def owner(self) -> str | None:
+        return self.asker  # a relay sees only the answers to its own questions
+
     def files(self) -> tuple[str, ...]:
         return (self.frame,) if self.frame else ()
 

@@ -41,6 +41,15 @@ class Principal:
 
     name: str
     role: Role
+    relay: bool = False  # a danmaku relay (submitter) that may also ask
+
+    def may(self, action: str) -> bool:
+        return action in ACTIONS[self.role] or (self.relay and action == "ask")
+
+    @property
+    def visible(self) -> frozenset[str]:
+        """Event types it may receive."""
+        return VISIBLE[self.role] | ({"answer"} if self.relay else frozenset())
 
     @property
     def private(self) -> bool:
@@ -50,7 +59,7 @@ class Principal:
 
 class TokenTable:
     def __init__(self, tokens: list[TokenConfig]) -> None:
-        self._tokens = [(t.secret.encode(), Principal(t.name, t.role)) for t in tokens]
+        self._tokens = [(t.secret.encode(), Principal(t.name, t.role, t.relay)) for t in tokens]
 
     def lookup(self, secret: str | None) -> Principal | None:
         """The principal for ``secret`` (constant-time comparison against every token), or None."""
@@ -79,7 +88,7 @@ def resolve_channels(principal: Principal, channels: list[str]) -> tuple[frozens
     types: set[str] = set()
     refused = []
     for ch in channels:
-        allowed = CHANNELS[ch] & VISIBLE[principal.role]
+        allowed = CHANNELS[ch] & principal.visible
         if allowed:
             types |= allowed
         else:

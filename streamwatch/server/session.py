@@ -23,7 +23,7 @@ from streamwatch.errors import StreamwatchError
 from streamwatch.events.bus import Chunk, Subscription
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, ReviewEvent
 from streamwatch.server import protocol
-from streamwatch.server.auth import ACTIONS, Principal, RateLimiter, resolve_channels
+from streamwatch.server.auth import Principal, RateLimiter, resolve_channels
 from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe, SwitchModel
 from streamwatch.server.submit import Question, Submission, check_image, decode_base64, rejection, thumbnail_jpeg
 
@@ -127,7 +127,7 @@ class ClientSession:
             await self._subscribe(msg)
             return
         action = {Ack: "ack", SubmitMsg: "submit", AskMsg: "ask", SwitchModel: "switch_model"}[type(msg)]
-        if action not in ACTIONS[self.who.role]:
+        if not self.who.may(action):
             raise ProtocolError("forbidden", f"role {self.who.role.value!r} may not {action}", msg.ref)
         if isinstance(msg, Ack):
             await self._ack(msg)
