@@ -166,6 +166,21 @@ def _cmd_models_switch(a: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_export_encoder(a: argparse.Namespace) -> int:
+    from streamwatch.analysis.encoder_export import export_encoder
+
+    out = a.output or Path("models/encoders") / (a.name or Path(a.source).name.replace("/", "_"))
+    m = export_encoder(a.source, out, name=a.name, exporter=a.exporter, opset=a.opset, int8=a.int8, fp16=a.fp16)
+    v = m["verification"]
+    print(f"{m['architecture']} → {out}: {m['embedding_dim']}-d embeddings, exported in {m['seconds']:.1f}s")
+    print(
+        f"  ONNX vs torch max abs diff: vision {v['vision_max_abs_diff']:.1e}, text {v['text_max_abs_diff']:.1e}; batch sizes {v['batch_sizes']} OK"
+    )
+    for name, var in m["variants"].items():
+        print(f"  {name}: {var['file']}, cosine to fp32 min {var['cosine_min']:.5f} mean {var['cosine_mean']:.5f}")
+    return 0
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from streamwatch.config import load_settings
     from streamwatch.events.codec import parse_iso
@@ -350,6 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--token", help="admin token (default: $STREAMWATCH_TOKEN)")
     ms.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the switch")
     ms.set_defaults(func=_cmd_models_switch)
+
+    ex = sub.add_parser("export-encoder", help="export a CLIP / Chinese-CLIP / SigLIP model to ONNX (needs the hf extra)")
+    ex.add_argument("source", help="hub id or local folder of the checkpoint")
+    ex.add_argument("-o", "--output", type=Path, help="output folder (default models/encoders/NAME)")
+    ex.add_argument("--name", help="encoder name (default: the source's last path part)")
+    ex.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo", help="torch.onnx.export mode (default dynamo)")
+    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--int8", action="store_true", help="also write a dynamic-int8 vision model (CPU)")
+    ex.add_argument("--fp16", action="store_true", help="also write an fp16 vision model (GPU)")
+    ex.set_defaults(func=_cmd_export_encoder)
 
     r = sub.add_parser("report", help="write a post-stream report (html, json or csv) from the event store")
     r.add_argument("stream", help="stream id")

@@ -30,18 +30,32 @@ class Analyzer(Protocol):
     def analyze(self, images: Sequence[np.ndarray]) -> list[tuple[Detection, ...]]: ...
 
 
+def select_providers(device: str, available: list[str]) -> tuple[list[str], str | None]:
+    """ONNX Runtime providers for ``device`` (auto | cpu | cuda | tensorrt), best first, and a note when
+    what was asked for is not available (the session then runs on what is)."""
+    want = {"tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
+    want["auto"] = want["cuda"]
+    chosen = [p for p in want.get(device, []) if p in available] + ["CPUExecutionProvider"]
+    missing = [p for p in want.get(device, []) if p not in available]
+    note = None
+    if device in ("cuda", "tensorrt") and missing:
+        note = f"device={device} but this onnxruntime lacks {', '.join(missing)} (install onnxruntime-gpu); using {chosen[0]}"
+    return chosen, note
+
+
 def onnx_session(path: Path | str, device: str = "auto", threads: int = 0) -> Any:
-    """An ONNX Runtime session on CUDA when asked/available, else CPU; ``get_providers()`` says which."""
+    """An ONNX Runtime session on the best provider ``device`` allows; ``get_providers()`` says which.
+
+    A GPU asked for but not available falls back to the CPU and logs why (the session's providers
+    tell the caller what it got).
+    """
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise ModelLoadError("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu)") from e
-    available = ort.get_available_providers()
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise ModelLoadError("device=cuda but this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-    providers = ["CPUExecutionProvider"]
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-        providers.insert(0, "CUDAExecutionProvider")
+    providers, note = select_providers(device, ort.get_available_providers())
+    if note:
+        logger.warning("%s: %s", Path(path).name, note)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -50,8 +64,10 @@ def onnx_session(path: Path | str, device: str = "auto", threads: int = 0) -> An
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
         raise ModelLoadError(f"cannot load ONNX model {path}: {e}") from e
-    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-        raise ModelLoadError(f"{path}: the CUDA provider did not start (see onnxruntime's log)")
+    if providers[0] != "CPUExecutionProvider" and providers[0] not in session.get_providers():
+        logger.warning(
+            "%s: %s did not start (see onnxruntime's log); running on %s", Path(path).name, providers[0], session.get_providers()[0]
+        )
     return session
 
 
