@@ -24,9 +24,11 @@ import numpy as np
 from streamwatch.analysis.base import create
 from streamwatch.analysis.cascade import Cascade
 from streamwatch.analysis.detectors import AnalyzerSettings
+from streamwatch.analysis.encoder import Encoder, EncoderTier, index_frame, load_labels
 from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, FrameAnalysis
 from streamwatch.analysis.policy import load_policy
 from streamwatch.analysis.rules import RuleEngine
+from streamwatch.analysis.search import FrameSearch, hit_json
 from streamwatch.config import Settings, StreamConfig
 from streamwatch.errors import PolicyError, StreamwatchError, VLMError
 from streamwatch.events.alerts import build_alerts, build_scene
@@ -127,6 +129,7 @@ class Daemon:
         self.server: EventServer | None = None
         self.ready = asyncio.Event()
         self._producers: list[asyncio.Task[None]] = []
+        self.search: FrameSearch | None = None  # with a vision encoder
 
     def stop(self) -> None:
         """Stop ingest; queued frames are still analysed, then the store is flushed and clients closed."""
@@ -150,6 +153,8 @@ class Daemon:
         analyzers = [await loop.run_in_executor(None, create, name, a_settings) for name in s.analysis.analyzers]
         for a in analyzers:
             logger.info("analyzer %s on %s", a.name, ", ".join(a.providers))
+        tier = await loop.run_in_executor(None, self._load_encoder)
+        enc = s.analysis.encoder
         self.cascade = Cascade(
             analyzers,
             self.pool,
@@ -158,6 +163,9 @@ class Daemon:
             cache_size=s.analysis.cache_size,
             max_batch=s.analysis.max_batch,
             observe=lambda name, sec: self.metrics.stage_latency.labels(f"analyzer_{name}").observe(sec),
+            encoder=tier,
+            semantic_threshold=enc.semantic_threshold,
+            encoder_wait_s=enc.batch_wait_s,
         )
         persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
         registry = await loop.run_in_executor(None, load_registry, s.vlm.registry, s.vlm.roles)
@@ -200,6 +208,7 @@ class Daemon:
                     responder=self.responder,
                     models=self,
                     inferrer=self.responder,
+                    search=self._search if self.search is not None else None,
                     offsets=lambda x: self.offsets.get(x, 0.0),
                 )
                 await self.server.start()
@@ -292,6 +301,10 @@ class Daemon:
             lat.labels("analyze").observe(time.perf_counter() - t0)
             self.metrics.cache.labels("hit" if fa.cached else "miss").inc()
             self.latest[sid] = AnalyzedFrame(fa, image)
+            if fa.embedding is not None and not fa.cached and self.settings.analysis.encoder.index:
+                await loop.run_in_executor(
+                    None, index_frame, self.store, fa, image, self.cascade.encoder.model if self.cascade.encoder else ""
+                )
             t1 = time.perf_counter()
             drafts = self.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)
@@ -342,6 +355,23 @@ class Daemon:
         for ev in events:
             await self.bus.publish(ev)
             self.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
+
+    # --- vision encoder and search -------------------------------------------------------------------
+
+    def _load_encoder(self) -> EncoderTier | None:
+        """Blocking: the encoder tier when ``analysis.encoder.path`` is set (else None)."""
+        cfg = self.settings.analysis.encoder
+        if cfg.path is None:
+            return None
+        encoder = Encoder(cfg.path, device=self.settings.analysis.device, variant=cfg.variant)
+        labels = load_labels(cfg.labels, encoder) if cfg.labels is not None and cfg.labels.is_file() else None
+        logger.info("vision encoder %s on %s (%d labels)", encoder.manifest.name, encoder.providers[0], len(labels.labels) if labels else 0)
+        self.search = FrameSearch(encoder, self.store)
+        return EncoderTier(encoder, labels)
+
+    def _search(self, query: str, stream: str | None, limit: int) -> list[dict[str, object]]:
+        assert self.search is not None
+        return [hit_json(h) for h in self.search.search(query, stream=stream, limit=limit)]
 
     # --- model switching (admin `switch_model`, `streamwatch models switch`) ----------------------
 

@@ -180,6 +180,38 @@ def _cmd_export_encoder(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(a: argparse.Namespace) -> int:
+    import json
+
+    from streamwatch.analysis.encoder import Encoder
+    from streamwatch.analysis.search import FrameSearch, hit_json
+    from streamwatch.config import load_settings
+    from streamwatch.events.store import EventStore
+
+    settings = load_settings(a.config)
+    folder = a.encoder or settings.analysis.encoder.path
+    if folder is None:
+        raise ConfigError("search needs the vision encoder the frames were indexed with: --encoder DIR or analysis.encoder.path")
+    data_dir = a.data or settings.data_dir
+    if not (data_dir / "events.sqlite3").is_file():
+        raise EventsError(f"no event store in {data_dir} (events.sqlite3 not found)")
+    store = EventStore(data_dir, retention_days=None, retention_mb=None)
+    try:
+        hits = FrameSearch(Encoder(folder, device="cpu"), store).search(a.query, stream=a.stream, limit=a.limit)
+        if a.json:
+            print(json.dumps([hit_json(h) for h in hits], ensure_ascii=False, indent=1))
+            return 0
+        if not hits:
+            print("no indexed frames match (is the encoder the one the frames were indexed with?)")
+        for h in hits:
+            f = h.frame
+            thumb = store.frame_path(f.thumb) if f.thumb else None
+            print(f"{h.score:6.3f}  {f.stream}  {hit_json(h)['offset_hms']}  {' '.join(f.tags) or '-':<24} {thumb or ''}")
+    finally:
+        store.close()
+    return 0
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from streamwatch.config import load_settings
     from streamwatch.events.codec import parse_iso
@@ -374,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--int8", action="store_true", help="also write a dynamic-int8 vision model (CPU)")
     ex.add_argument("--fp16", action="store_true", help="also write an fp16 vision model (GPU)")
     ex.set_defaults(func=_cmd_export_encoder)
+
+    se = sub.add_parser("search", help="find kept frames by a text query (needs the vision encoder they were indexed with)")
+    se.add_argument("query", help='e.g. "汉服", "a guitar", "the sponsor banner"')
+    se.add_argument("--stream", help="only this stream")
+    se.add_argument("--limit", type=int, default=10, help="hits to show (default 10)")
+    se.add_argument("--data", type=Path, help="data directory (default: data_dir from the config)")
+    se.add_argument("--encoder", type=Path, help="encoder folder (default: analysis.encoder.path)")
+    se.add_argument("-c", "--config", type=Path, help="TOML config file")
+    se.add_argument("--json", action="store_true", help="JSON output (as GET /search gives)")
+    se.set_defaults(func=_cmd_search)
 
     r = sub.add_parser("report", help="write a post-stream report (html, json or csv) from the event store")
     r.add_argument("stream", help="stream id")

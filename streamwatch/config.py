@@ -102,12 +102,29 @@ def default_policy() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "policy.toml"
 
 
+def default_labels() -> Path:
+    return Path(__file__).resolve().parent.parent / "models" / "labels.toml"
+
+
+class EncoderConfig(_Section):
+    path: Annotated[Path | None, Field(description="Exported encoder folder (manifest.json, vision.onnx, …); unset = no encoder tier.")] = (
+        None
+    )
+    variant: Annotated[str | None, Field(description="Vision model variant from the export: int8 (CPU) or fp16 (GPU).")] = None
+    labels: Annotated[Path | None, Field(description="Zero-shot labels file (prompts, thresholds, prototype images).")] = default_labels()
+    semantic_threshold: Annotated[
+        float | None, Field(gt=0, le=1, description="Cosine above which a frame reuses a recent frame's analysis (unset = off).")
+    ] = 0.95
+    batch_wait_s: Annotated[float, Field(ge=0, le=1, description="How long a frame waits for others to share an encoder batch.")] = 0.02
+    index: Annotated[bool, Field(description="Keep each analysed frame's embedding and thumbnail for search.")] = True
+
+
 class AnalysisConfig(_Section):
     policy: Annotated[Path, Field(description="Policy file (rules + word lists); hot-reloaded on change.")] = default_policy()
     analyzers: Annotated[list[str], Field(description="Local analyzers to run: nudity, ocr, qr.")] = ["nudity", "ocr", "qr"]
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda)$", description="Where models run: auto (CUDA when present), cpu, cuda.")] = (
-        "auto"
-    )
+    device: Annotated[
+        str, Field(pattern=r"^(auto|cpu|cuda|tensorrt)$", description="Where models run: auto (CUDA when present), cpu, cuda, tensorrt.")
+    ] = "auto"
     threads: Annotated[int, Field(ge=0, description="Analysis worker threads (0 = CPU cores).")] = 0
     max_side: Annotated[int, Field(ge=160, le=4096, description="Long side of the image the analyzers see.")] = 960
     max_batch: Annotated[int, Field(ge=1, description="Frames per analyzer batch (across streams).")] = 8
@@ -116,6 +133,7 @@ class AnalysisConfig(_Section):
     cache_ttl_s: Annotated[float, Field(gt=0, description="How long an analysis result may be reused.")] = 600.0
     cache_size: Annotated[int, Field(ge=1, description="Results kept per stream (LRU).")] = 512
     reload_s: Annotated[float, Field(gt=0, description="How often the policy files are checked for changes.")] = 1.0
+    encoder: Annotated[EncoderConfig, Field(description="The ONNX vision encoder tier (labels, semantic cache, search).")] = EncoderConfig()
 
 
 def default_persona() -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+import numpy as np
+
 from streamwatch.sampling.phash import PHash
 
 V = TypeVar("V")
@@ -50,3 +52,41 @@ class PHashCache(Generic[V]):
         self._items.move_to_end(h.value)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
+
+
+class EmbeddingCache(Generic[V]):
+    """TTL result cache keyed by unit embeddings: a hit is the most similar entry with cosine ≥
+    ``threshold`` and younger than ``ttl_s``. Catches re-framed shots of the same scene (zoom, pan,
+    a moving caption) that the pHash key misses. Bounded ring of ``max_entries``."""
+
+    def __init__(self, dim: int, threshold: float = 0.95, ttl_s: float = 600.0, max_entries: int = 512) -> None:
+        self.threshold = threshold
+        self.ttl_s = ttl_s
+        self._keys = np.zeros((max_entries, dim), np.float32)
+        self._born = np.full(max_entries, -np.inf)
+        self._values: list[V | None] = [None] * max_entries
+        self._next = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, embedding: np.ndarray, now: float) -> tuple[V, float] | None:
+        """(value, cosine) of the best live match, or None."""
+        live = (now - self._born) <= self.ttl_s
+        if not live.any():
+            self.misses += 1
+            return None
+        sims = np.where(live, self._keys @ embedding, -np.inf)
+        i = int(np.argmax(sims))
+        value = self._values[i]
+        if sims[i] < self.threshold or value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value, float(sims[i])
+
+    def put(self, embedding: np.ndarray, value: V, now: float) -> None:
+        i = self._next
+        self._keys[i] = embedding
+        self._born[i] = now
+        self._values[i] = value
+        self._next = (i + 1) % len(self._values)

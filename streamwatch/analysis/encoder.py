@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamwatch.analysis.base import onnx_session
 from streamwatch.analysis.encoder_export import FORMAT, sha256
+from streamwatch.analysis.labels import Label, LabelIndex
+from streamwatch.analysis.model import Detection, FrameAnalysis
 from streamwatch.errors import AnalysisError, ModelLoadError
+from streamwatch.events.store import EventStore
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +209,94 @@ class Encoder:
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.asarray(x / np.maximum(n, 1e-12), dtype=np.float32)
+
+
+# --- zero-shot labels and the cascade tier ------------------------------------------------------------
+
+
+class LabelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", description="Label id (detections, policy `label` rules, tags).")]
+    prompts: Annotated[list[str], Field(description="Text prompts; their embeddings are averaged.")] = []
+    threshold: Annotated[float, Field(ge=-1, le=1, description="Cosine the prompt score must reach.")] = 0.25
+    prototypes: Annotated[str | None, Field(description="Folder of reference images (relative to the labels file).")] = None
+    prototype_threshold: Annotated[float, Field(ge=-1, le=1, description="Cosine to the nearest reference image.")] = 0.85
+
+
+class LabelsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: list[LabelConfig] = []
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def load_labels(path: Path, encoder: Encoder) -> LabelIndex:
+    """Read a labels file (TOML ``[[label]]`` tables) and embed its prompts and prototype images."""
+    import tomllib
+
+    import cv2
+
+    from streamwatch.config import format_validation_error
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        spec = LabelsFile.model_validate(tomllib.loads(text))
+    except OSError as e:
+        raise ModelLoadError(f"cannot read labels file {path}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ModelLoadError(f"{path}: {e}") from e
+    except ValidationError as e:
+        raise ModelLoadError(format_validation_error(e, str(path), text).replace("invalid configuration", "invalid labels file")) from e
+    labels = []
+    for cfg in spec.label:
+        vec = LabelIndex.prompt_vector(encoder.embed_texts(cfg.prompts)) if cfg.prompts else None
+        protos = None
+        if cfg.prototypes:
+            folder = path.parent / cfg.prototypes
+            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+            if not files:
+                raise ModelLoadError(f"{path}: label {cfg.id!r}: no images in {folder}")
+            images = []
+            for f in files:
+                img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise ModelLoadError(f"{path}: label {cfg.id!r}: cannot read {f}")
+                images.append(np.ascontiguousarray(img[..., ::-1]))
+            protos = encoder.embed_images(images)
+        if vec is None and protos is None:
+            raise ModelLoadError(f"{path}: label {cfg.id!r} needs prompts or prototypes")
+        labels.append(Label(cfg.id, vec, cfg.threshold, protos, cfg.prototype_threshold))
+    return LabelIndex(labels, encoder.dim)
+
+
+class EncoderTier:
+    """The encoder as the cascade's middle tier: embeddings plus zero-shot labels (blocking)."""
+
+    name = "encoder"
+
+    def __init__(self, encoder: Encoder, labels: LabelIndex | None = None) -> None:
+        self.encoder = encoder
+        self.labels = labels or LabelIndex([], encoder.dim)
+        self.dim = encoder.dim
+        self.model = encoder.manifest.name
+
+    def encode(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[Detection, ...]]]:
+        embeds = self.encoder.embed_images(images)
+        return embeds, self.labels.detect(embeds)
+
+
+def index_frame(store: EventStore, fa: FrameAnalysis, image: np.ndarray, model: str) -> int:
+    """Blocking: keep an analysed frame for search — a 320 px thumbnail and its embedding and labels."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = min(1.0, 320 / max(h, w))
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    thumb = store.save_image(fa.stream, buf.tobytes()) if ok else None
+    labels = tuple(dict.fromkeys(d.label for d in fa.by("encoder")))
+    assert fa.embedding is not None
+    return store.add_frame(fa.stream, fa.offset, fa.at, thumb, model, labels, fa.embedding)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class FrameAnalysis:
     width: int
     height: int
     cached: bool = False
+    embedding: np.ndarray | None = field(default=None, compare=False)  # unit vector from the vision encoder
 
     def by(self, source: str) -> tuple[Detection, ...]:
         return tuple(d for d in self.detections if d.source == source)

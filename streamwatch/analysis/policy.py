@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class When(_Strict):
-    """Exactly one trigger: ``detector``, ``ocr``, ``qr`` or ``health``."""
+    """Exactly one trigger: ``detector``, ``label``, ``ocr``, ``qr`` or ``health``."""
 
     detector: Annotated[str | None, Field(description="Analyzer whose labels trigger the rule (e.g. nudity).")] = None
     labels: Annotated[list[str], Field(description="Detector labels that count (empty = any).")] = []
@@ -32,14 +32,16 @@ class When(_Strict):
     allow: Annotated[str | None, Field(description="Word list of exceptions (e.g. the show's sponsors).")] = None
     qr: Annotated[Literal["any", "offsite"] | None, Field(description="any QR code, or one whose URL is off the allowlist.")] = None
     allow_domains: Annotated[list[str], Field(description="Domains (and their subdomains) a QR code may point to.")] = []
+    label: Annotated[str | None, Field(description="A zero-shot label of the vision encoder (labels file).")] = None
+    min_score: Annotated[float | None, Field(ge=-1, le=1, description="label: lowest score (cosine) that counts.")] = None
     health: Annotated[Literal["black", "frozen", "outage"] | None, Field(description="A stream health condition.")] = None
     min_s: Annotated[float, Field(ge=0, description="How long the health condition must last.")] = 0.0
 
     @model_validator(mode="after")
     def _one(self) -> When:
-        given = [k for k in ("detector", "ocr", "qr", "health") if getattr(self, k) is not None]
+        given = [k for k in ("detector", "label", "ocr", "qr", "health") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"'when' needs exactly one of detector, ocr, qr, health (got {given or 'none'})")
+            raise ValueError(f"'when' needs exactly one of detector, label, ocr, qr, health (got {given or 'none'})")
         return self
 
 

@@ -92,6 +92,8 @@ class RuleEngine:
             w = rule.when
             if w.detector is not None:
                 drafts = self._detector(rule, fa.by(w.detector) if w.detector != "vlm" else _vlm(fa))
+            elif w.label is not None:
+                drafts = self._label(rule, fa.by("encoder"))
             elif w.ocr is not None:
                 drafts = self._ocr(rule, fa.by("ocr") + tuple(d for d in _vlm(fa) if d.text))
             elif w.qr is not None:
@@ -121,6 +123,25 @@ class RuleEngine:
                 escalate=rule.escalate,
             )
             for d in best.values()
+        ]
+
+    def _label(self, rule: RuleSpec, dets: tuple[Detection, ...]) -> list[AlertDraft]:
+        w = rule.when
+        floor = w.min_score if w.min_score is not None else -1.0
+        best = max((d for d in dets if d.label == w.label and d.confidence >= floor), key=lambda d: d.confidence, default=None)
+        if best is None:
+            return []
+        return [
+            AlertDraft(
+                rule.id,
+                rule.severity,
+                _message(rule, label=best.label, confidence=best.confidence, text=best.text or ""),
+                best.confidence,
+                "encoder",
+                best.label,
+                labels=(best.label,),
+                escalate=rule.escalate,
+            )
         ]
 
     def _ocr(self, rule: RuleSpec, lines: tuple[Detection, ...]) -> list[AlertDraft]:

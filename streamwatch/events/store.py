@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from streamwatch.errors import EventsError
 from streamwatch.events.codec import decode, encode_body, with_id
 from streamwatch.events.model import Event
@@ -37,6 +39,18 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_stream ON events(stream, id);
 CREATE INDEX IF NOT EXISTS events_at ON events(at);
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    offset REAL NOT NULL,
+    at REAL NOT NULL,
+    thumb TEXT,
+    model TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '',
+    embedding BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS frames_stream ON frames(stream, id);
+CREATE INDEX IF NOT EXISTS frames_at ON frames(at);
 """
 
 
@@ -52,6 +66,20 @@ class StoredEvent:
 
     def event(self) -> Event:
         return decode(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedFrame:
+    """A kept frame in the search index: where it is, its thumbnail, its encoder embedding and labels."""
+
+    id: int
+    stream: str
+    offset: float
+    at: float
+    thumb: str | None
+    model: str  # encoder name (embeddings of different encoders are not comparable)
+    tags: tuple[str, ...]
+    embedding: np.ndarray  # float32 unit vector (stored as float16)
 
 
 class EventStore:
@@ -106,6 +134,36 @@ class EventStore:
         """Store one event and return it with its id (convenience for tools and tests)."""
         stored = self.append([event])[0]
         return replace(event, id=stored.id)
+
+    def add_frame(
+        self, stream: str, offset: float, at: float, thumb: str | None, model: str, tags: tuple[str, ...], embedding: np.ndarray
+    ) -> int:
+        """Index one kept frame for search (its embedding stored as float16: 1 KiB per 512-d frame)."""
+        blob = np.asarray(embedding, np.float16).tobytes()
+        with self._wlock:
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO frames(stream, offset, at, thumb, model, tags, embedding) VALUES (?,?,?,?,?,?,?)",
+                    (stream, offset, at, thumb, model, " ".join(tags), blob),
+                )
+            except sqlite3.Error as e:
+                raise EventsError(f"cannot index a frame: {e}") from e
+        return int(cur.lastrowid or 0)
+
+    def frames(self, *, stream: str | None = None, model: str | None = None, after: int = 0) -> list[IndexedFrame]:
+        """Indexed frames with id > ``after``, in id order (incremental loading for the search index)."""
+        sql = "SELECT id, stream, offset, at, thumb, model, tags, embedding FROM frames WHERE id > ?"
+        args: list[object] = [after]
+        for col, val in (("stream", stream), ("model", model)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                args.append(val)
+        with self._rlock:
+            rows = self._reader.execute(sql + " ORDER BY id", args).fetchall()
+        return [
+            IndexedFrame(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6].split()), np.frombuffer(r[7], np.float16).astype(np.float32))
+            for r in rows
+        ]
 
     def save_image(self, stream: str, data: bytes, suffix: str = ".jpg") -> str:
         """Write an evidence image; return its path relative to the frames folder."""
@@ -206,8 +264,11 @@ class EventStore:
         if self.retention_days is not None:
             cutoff = (now if now is not None else time.time()) - self.retention_days * 86400
             removed += self._delete("SELECT id, files FROM events WHERE at < ? ORDER BY id", (cutoff,))
+            self._delete("SELECT id, coalesce(thumb, '') FROM frames WHERE at < ? ORDER BY id", (cutoff,), table="frames")
         if self.retention_mb is not None:
             excess = self.size_bytes() - int(self.retention_mb * 1024 * 1024)
+            if excess > 0:  # the search index goes first: alerts and their evidence are worth more
+                excess -= self._delete_oldest_frames(excess)
             if excess > 0:
                 removed += self._delete_oldest(excess)
         if removed:
@@ -231,17 +292,30 @@ class EventStore:
                     break
         return self._delete("SELECT id, files FROM events WHERE id <= ? ORDER BY id", (upto,)) if upto else 0
 
+    def _delete_oldest_frames(self, excess: int) -> int:
+        freed, upto = 0, 0
+        with self._rlock:
+            rows = self._reader.execute("SELECT id, coalesce(thumb, ''), length(embedding) FROM frames ORDER BY id").fetchall()
+        for fid, thumb, size in rows:
+            freed += size + 100 + (self._file_size(thumb) if thumb else 0)
+            upto = fid
+            if freed >= excess:
+                break
+        if upto:
+            self._delete("SELECT id, coalesce(thumb, '') FROM frames WHERE id <= ? ORDER BY id", (upto,), table="frames")
+        return freed
+
     def _file_size(self, rel: str) -> int:
         path = self.frame_path(rel)
         return path.stat().st_size if path is not None else 0
 
-    def _delete(self, select: str, args: tuple[object, ...]) -> int:
+    def _delete(self, select: str, args: tuple[object, ...], table: str = "events") -> int:
         with self._wlock:
             rows = self._db.execute(select, args).fetchall()
             if not rows:
                 return 0
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM events WHERE id = ?", [(r[0],) for r in rows])
+            self._db.executemany(f"DELETE FROM {table} WHERE id = ?", [(r[0],) for r in rows])
             self._db.execute("COMMIT")
         for _, files in rows:
             for rel in files.split():

@@ -55,6 +55,8 @@ class HttpContext:
     tokens: TokenTable
     metrics: Metrics
     health: Callable[[], dict[str, Any]]
+    # frame search (vision encoder): (query, stream, limit) → JSON-ready hits; blocking
+    search: Callable[[str, str | None, int], list[dict[str, Any]]] | None = None
 
 
 def _principal(ctx: HttpContext, request: Request) -> Principal | None:
@@ -88,9 +90,31 @@ async def handle(ctx: HttpContext, request: Request) -> Response:
         if who.role not in (Role.MODERATOR, Role.ADMIN):
             return response(403, "reports are for moderators and admins")
         return await _report(ctx, path[len("/report/") :], query)
+    if path == "/search":
+        who = _principal(ctx, request)
+        if who is None:
+            return response(401, "token required")
+        if who.role not in (Role.MODERATOR, Role.ADMIN):
+            return response(403, "search is for moderators and admins")
+        return await _search(ctx, query)
     if path == "/":
-        return response(200, "streamwatch: /ws (WebSocket), /overlay, /healthz, /metrics, /report/{stream}\n")
+        return response(200, "streamwatch: /ws (WebSocket), /overlay, /healthz, /metrics, /report/{stream}, /search?q=\n")
     return response(404, "not found")
+
+
+async def _search(ctx: HttpContext, query: dict[str, str]) -> Response:
+    if ctx.search is None:
+        return json_response(503, {"error": "no vision encoder is configured (analysis.encoder.path)"})
+    q = query.get("q", "").strip()
+    limit = query.get("limit", "20")
+    if not q or len(q) > 200 or not limit.isdigit() or not 1 <= int(limit) <= 200:
+        return json_response(400, {"error": "use /search?q=TEXT (≤200 chars)[&stream=ID][&limit=1..200]"})
+    search = ctx.search
+    try:
+        hits = await asyncio.get_running_loop().run_in_executor(None, lambda: search(q, query.get("stream"), int(limit)))
+    except StreamwatchError as e:
+        return json_response(500, {"error": str(e)})
+    return json_response(200, {"query": q, "hits": hits})
 
 
 async def _report(ctx: HttpContext, stream: str, query: dict[str, str]) -> Response:

@@ -47,6 +47,7 @@ class EventServer:
         responder: Responder | None = None,
         models: ModelSwitcher | None = None,
         inferrer: Inferrer | None = None,
+        search: Callable[[str, str | None, int], list[dict[str, Any]]] | None = None,
         offsets: Callable[[str], float] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -68,7 +69,7 @@ class EventServer:
         self._pending: dict[ServerConnection, Principal] = {}
         self._server: Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # submission/answer work in flight
-        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health)
+        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search)
         bus.add_listener(self._on_stored)
         bus.add_listener(self.metrics.on_stored)
 
