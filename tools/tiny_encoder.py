@@ -26,15 +26,21 @@ def _bpe_tokenizer(specials: list[str], vocab: int = 300):  # type: ignore[no-un
     return raw
 
 
-def build(out: Path, arch: str = "clip", seed: int = 0) -> Path:
+def build(out: Path, arch: str = "clip", seed: int = 0, size: str = "tiny") -> Path:
+    """``size="base"`` gives the real ViT-B/32 (CLIP) shape with random weights: real compute cost, for benchmarks."""
     import torch
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16)
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    vision: dict[str, object] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16)
+    text: dict[str, object] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    side, proj = 64, 16
+    if size == "base":  # ViT-B/32 vision tower, CLIP-base text tower
+        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32)
+        text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
+        side, proj = 224, 512
     if arch == "clip":
         from transformers import CLIPConfig, CLIPModel
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -50,10 +56,10 @@ def build(out: Path, arch: str = "clip", seed: int = 0) -> Path:
         cfg = CLIPConfig(
             text_config=dict(text, vocab_size=len(tok), max_position_embeddings=32, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos),
             vision_config=vision,
-            projection_dim=16,
+            projection_dim=proj,
         )
         model = CLIPModel(cfg)
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     elif arch == "chinese_clip":
         from tokenizers import Tokenizer, models, normalizers
         from tokenizers import pre_tokenizers as pt
@@ -102,8 +108,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--arch", default="clip", choices=["clip", "chinese_clip", "siglip"])
+    ap.add_argument("--size", default="tiny", choices=["tiny", "base"], help="base: CLIP ViT-B/32 shape (CLIP only)")
     a = ap.parse_args()
-    print(build(a.out, a.arch))
+    print(build(a.out, a.arch, size=a.size))
 
 
 if __name__ == "__main__":
