@@ -103,6 +103,31 @@ def test_retention_by_size_deletes_oldest_events_and_their_images(tmp_path: Path
     assert all(store.frame_path(e.evidence.frame) is not None for e in left)  # type: ignore[attr-defined]
 
 
+def test_the_search_index_is_pruned_first_and_by_age(tmp_path: Path) -> None:
+    import numpy as np
+
+    store = EventStore(tmp_path / "d", retention_days=None, retention_mb=None)
+    ev = store.add(alert(offset=1.0))
+    vec = np.ones(512, np.float32) / np.sqrt(512)
+    thumbs = []
+    for i in range(20):
+        thumbs.append(store.save_image("s1", b"\xff\xd8" + os.urandom(20_000)))
+        store.add_frame("s1", float(i), 1000.0 + i, thumbs[-1], "enc", ("stage",), vec)
+    got = store.frames(stream="s1")
+    assert len(got) == 20 and got[0].tags == ("stage",) and np.allclose(got[0].embedding, vec, atol=1e-3)
+    # over the size cap: the oldest indexed frames (and their thumbnails) go before any event
+    store.retention_mb = (store.size_bytes() - 100_000) / (1024 * 1024)
+    store.prune()
+    left = store.frames()
+    assert 10 <= len(left) < 20 and left[0].offset > 0 and store.get(ev.id) is not None
+    assert store.frame_path(thumbs[0]) is None and store.frame_path(thumbs[-1]) is not None
+    # by age, like events
+    store.retention_mb, store.retention_days = None, 1.0
+    store.prune(now=1000.0 + 86400 + 15.5)
+    assert [f.offset for f in store.frames()] == [16.0, 17.0, 18.0, 19.0]
+    store.close()
+
+
 def test_evidence_paths_cannot_escape_the_frames_folder(tmp_path: Path) -> None:
     store = EventStore(tmp_path)
     rel = store.save_image("s1", b"\xff\xd8\xffjpeg")
