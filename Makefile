@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml
 system-deps:
 	@command -v ffmpeg >/dev/null && command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_rtmp_module.so \
 	  && command -v chromium >/dev/null && test -d /usr/share/fonts/opentype/noto \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg nginx libnginx-mod-rtmp chromium fonts-noto-cjk)
+	  && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg nginx libnginx-mod-rtmp chromium fonts-noto-cjk \
+	       gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good python3-gi)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py

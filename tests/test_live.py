@@ -247,3 +247,57 @@ def test_async_adapter_drops_oldest_frames_for_a_slow_consumer(nginx: Nginx, sho
     assert got == 15
     assert reader.stats.dropped > 20  # counted, oldest first
     assert reader.stopped
+
+
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+
+
+def start_rtsp(clip: Path, port: int) -> subprocess.Popen[str]:
+    """GStreamer's RTSP server (system python3 + python3-gi) serving ``clip`` at /live; waits until it listens."""
+    cmd = ["/usr/bin/python3", str(RTSP_SERVER), str(clip), str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("ready"):
+        proc.kill()
+        pytest.fail(f"RTSP server did not start: {line}{proc.stdout.read()}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def rtsp_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import make_sample_stream
+
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("GStreamer RTSP server not installed (apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good python3-gi)")
+    path = tmp_path_factory.mktemp("rtsp") / "clip.mp4"
+    make_sample_stream.write_clip(path, width=320, height=180, fps=25, gop_s=1.0, seconds=30)
+    return path
+
+
+def test_rtsp_pull_reconnects_after_the_server_restarts(rtsp_clip: Path, collect) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live"
+    server = start_rtsp(rtsp_clip, port)
+    try:
+        c = collect(url)
+        c.wait_for(lambda: len(c.frames) >= 50, 20, "RTSP frames")
+        server.kill()
+        server.wait()
+        n_before = len(c.frames)
+        c.wait_for(lambda: any(s.state is StreamState.RECONNECTING for s in c.states), 15, "reconnecting")
+        server = start_rtsp(rtsp_clip, port)
+        c.wait_for(lambda: len(c.frames) >= n_before + 50, 30, "RTSP frames after the restart")
+    finally:
+        server.kill()
+        server.wait()
+    states = [s.state for s in c.states]
+    assert states[0] is StreamState.LIVE and StreamState.RECONNECTING in states
+    assert [s for s in c.states[1:] if s.state is StreamState.LIVE], "live again after the restart"
+    assert_continuous(c.frames)
+    assert c.frames[0].width == 320 and c.frames[0].height == 180
+    assert c.reader.stats.reconnects >= 1
