@@ -34,7 +34,9 @@ def build(out: Path, arch: str = "clip", seed: int = 0, size: str = "tiny") -> P
 
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
-    vision: dict[str, object] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16)
+    vision: dict[str, object] = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
+    )
     text: dict[str, object] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     side, proj = 64, 16
     if size == "base":  # ViT-B/32 vision tower, CLIP-base text tower
