@@ -163,3 +163,11 @@ def test_export_cli(checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest
     (tmp_path / "notamodel" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     assert main(["export-encoder", str(tmp_path / "notamodel"), "-o", str(tmp_path / "x")]) == 1
     assert "not a CLIP, Chinese-CLIP or SigLIP model" in capsys.readouterr().err
+
+
+def test_io_binding_gives_the_same_embeddings(exported: dict[str, Path]) -> None:
+    plain = Encoder(exported["clip"], device="cpu")
+    bound = Encoder(exported["clip"], device="cpu", io_binding=True)  # the GPU path's binding calls, on the CPU
+    assert not plain.io_binding and bound.io_binding
+    images = sample_images(4)
+    assert np.abs(plain.embed_images(images) - bound.embed_images(images)).max() <= 1e-6

@@ -129,7 +129,9 @@ class Preprocessor:
 class Encoder:
     """One exported encoder: image and text embeddings (blocking; call from a thread pool)."""
 
-    def __init__(self, folder: Path, *, device: str = "auto", variant: str | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, folder: Path, *, device: str = "auto", variant: str | None = None, threads: int = 0, io_binding: bool | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.manifest = m = load_manifest(self.folder)
         vision = "vision.onnx"
@@ -141,6 +143,8 @@ class Encoder:
         self.vision = onnx_session(self.folder / vision, device, threads)
         self._check_io(self.vision, [m.image.input], m.image.output, vision)
         self.providers = tuple(self.vision.get_providers())
+        # on a GPU, bind the batch and the embeddings (no extra staging copies inside onnxruntime)
+        self.io_binding = self.providers[0] != "CPUExecutionProvider" if io_binding is None else io_binding
         self._text: Any = None
         self._tokenizer: Any = None
         self.device = device
@@ -167,8 +171,18 @@ class Encoder:
         if not images:
             return np.zeros((0, self.dim), np.float32)
         batch = np.stack([self.preprocess(img) for img in images])
-        out = np.asarray(self.vision.run(None, {self.manifest.image.input: batch})[0], dtype=np.float32)
-        return _unit(out)
+        return _unit(self.run_vision(batch))
+
+    def run_vision(self, pixels: np.ndarray) -> np.ndarray:
+        """The vision model on preprocessed pixels (N, 3, H, W) → raw (N, D) embeddings."""
+        if not self.io_binding:
+            return np.asarray(self.vision.run(None, {self.manifest.image.input: pixels})[0], dtype=np.float32)
+        binding = self.vision.io_binding()
+        binding.bind_cpu_input(self.manifest.image.input, np.ascontiguousarray(pixels, dtype=np.float32))
+        on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        binding.bind_output(self.manifest.image.output, "cuda" if on_gpu else "cpu")
+        self.vision.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
     def _load_text(self) -> None:
         from tokenizers import Tokenizer
