@@ -356,6 +356,13 @@ class Daemon:
             await self.bus.publish(ev)
             self.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
 
+    async def _notice(self, streams: list[str], kind: HealthKind, reason: str, duration_s: float | None = None) -> None:
+        """A health event (config or model change) on each of ``streams``, at its current offset."""
+        for sid in streams:
+            await self.bus.publish(
+                HealthEvent(stream=sid, at=time.time(), offset=self.offsets.get(sid, 0.0), kind=kind, duration_s=duration_s, reason=reason)
+            )
+
     # --- vision encoder and search -------------------------------------------------------------------
 
     def _load_encoder(self) -> EncoderTier | None:
@@ -381,17 +388,7 @@ class Daemon:
         result = await self.router.switch(Capability(role), model)
         reason = f"{role}: {result.old} → {result.new} (load + warm-up {result.seconds:.1f}s, by {by})"
         logger.info("model switched: %s", reason)
-        for sid in [c.id for c in self.settings.streams]:
-            await self.bus.publish(
-                HealthEvent(
-                    stream=sid,
-                    at=time.time(),
-                    offset=self.offsets.get(sid, 0.0),
-                    kind=HealthKind.MODEL,
-                    duration_s=round(result.seconds, 3),
-                    reason=reason,
-                )
-            )
+        await self._notice([c.id for c in self.settings.streams], HealthKind.MODEL, reason, duration_s=round(result.seconds, 3))
         return SwitchReport(role, result.old, result.new, result.seconds)
 
     # --- policy hot reload -----------------------------------------------------------------------
@@ -419,16 +416,7 @@ class Daemon:
                 policy = await loop.run_in_executor(None, load_policy, path)
             except PolicyError as e:
                 logger.error("policy reload failed, keeping the previous policy: %s", e)
-                for sid in users:
-                    await self.bus.publish(
-                        HealthEvent(
-                            stream=sid,
-                            at=time.time(),
-                            offset=self.offsets.get(sid, 0.0),
-                            kind=HealthKind.CONFIG,
-                            reason=f"policy reload failed, previous policy kept: {e}",
-                        )
-                    )
+                await self._notice(users, HealthKind.CONFIG, f"policy reload failed, previous policy kept: {e}")
                 continue
             self.engines[path].replace_policy(policy)
             files = policy_files(path)

@@ -14,7 +14,7 @@ import enum
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -359,3 +359,19 @@ def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | No
         raise ConfigError(format_validation_error(e, where, text)) from e
     except ValueError as e:  # malformed JSON in a complex env var
         raise ConfigError(f"invalid configuration in environment: {e}") from e
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_toml_model(path: Path, model: type[M], what: str, error: type[Exception] = ConfigError) -> M:
+    """Read a TOML file into a pydantic model; ``error`` names the file, and the key's line when invalid."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return model.model_validate(tomllib.loads(text))
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path}: {e}") from e
+    except ValidationError as e:
+        raise error(format_validation_error(e, str(path), text).replace("invalid configuration", f"invalid {what}")) from e

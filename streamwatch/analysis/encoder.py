@@ -249,21 +249,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def load_labels(path: Path, encoder: Encoder) -> LabelIndex:
     """Read a labels file (TOML ``[[label]]`` tables) and embed its prompts and prototype images."""
-    import tomllib
-
     import cv2
 
-    from streamwatch.config import format_validation_error
+    from streamwatch.config import load_toml_model
 
-    try:
-        text = path.read_text(encoding="utf-8")
-        spec = LabelsFile.model_validate(tomllib.loads(text))
-    except OSError as e:
-        raise ModelLoadError(f"cannot read labels file {path}: {e.strerror or e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ModelLoadError(f"{path}: {e}") from e
-    except ValidationError as e:
-        raise ModelLoadError(format_validation_error(e, str(path), text).replace("invalid configuration", "invalid labels file")) from e
+    spec = load_toml_model(path, LabelsFile, "labels file", ModelLoadError)
     labels = []
     for cfg in spec.label:
         vec = LabelIndex.prompt_vector(encoder.embed_texts(cfg.prompts)) if cfg.prompts else None

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from streamwatch.config import format_validation_error
-from streamwatch.errors import ConfigError
+from streamwatch.config import load_toml_model
 
 
 class Persona(BaseModel):
@@ -29,13 +27,4 @@ class Persona(BaseModel):
 
 
 def load_persona(path: Path | str) -> Persona:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        return Persona.model_validate(tomllib.loads(text))
-    except OSError as e:
-        raise ConfigError(f"cannot read persona {path}: {e.strerror or e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from e
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path), text).replace("invalid configuration", "invalid persona")) from e
+    return load_toml_model(Path(path), Persona, "persona")
