@@ -199,6 +199,10 @@ class TransformersBackend:
         await self.generate(VLMRequest("Reply with OK.", (jpeg(np.full((64, 64, 3), 128, np.uint8)),), max_tokens=4))
 
     async def close(self) -> None:
+        for p in self._pending:  # nobody waits on a closed model until its timeout
+            if not p.future.done():
+                p.future.set_exception(VLMUnavailable(f"{self.spec.id} was unloaded"))
+        self._pending.clear()
         if self._worker is not None:
             self._worker.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
