@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck check system-deps bench clean
+.PHONY: demo test test-optimum lint typecheck check system-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# optimum-onnx needs transformers < 4.58: its exporter path is checked in an environment of its own,
+# on tiny checkpoints built by the main one
+OPT := .venv-optimum
+$(OPT)/.installed: pyproject.toml
+	$(PY) -m venv $(OPT)
+	$(OPT)/bin/pip install -q --upgrade pip
+	$(OPT)/bin/pip install -q $(TORCH)
+	$(OPT)/bin/pip install -q "optimum-onnx" "transformers<4.58" onnxruntime pillow scikit-image pytest pytest-timeout \
+	  pydantic pydantic-settings numpy opencv-python-headless websockets prometheus-client httpx h11 tqdm
+	$(OPT)/bin/pip install -q --no-deps -e .
+	touch $(OPT)/.installed
+
+test-optimum: $(STAMP) $(OPT)/.installed
+	rm -rf build/tiny-encoders
+	$(BIN)/python tools/tiny_encoder.py build/tiny-encoders/clip --arch clip
+	$(BIN)/python tools/tiny_encoder.py build/tiny-encoders/siglip --arch siglip
+	STREAMWATCH_TINY_ENCODERS=$(CURDIR)/build/tiny-encoders $(OPT)/bin/python -m pytest --noconftest tests/test_encoder_optimum.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamwatch tests tools

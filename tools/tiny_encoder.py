@@ -10,6 +10,7 @@ OFA-Sys/chinese-clip-vit-base-patch16 or google/siglip-base-patch16-224 from a l
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 CORPUS = ["a photo of a cat", "a concert stage", "a person in hanfu", "a brand logo", "一只猫", "演唱会舞台", "汉服", "标志"] * 30
@@ -103,6 +104,13 @@ def build(out: Path, arch: str = "clip", seed: int = 0, size: str = "tiny") -> P
     model.eval().save_pretrained(out)
     tok.save_pretrained(out)
     image_processor.save_pretrained(out)
+    # transformers 5 names the generic fast tokenizer "TokenizersBackend"; 4.x (optimum-onnx's
+    # environment) knows it as PreTrainedTokenizerFast, which 5 still accepts
+    cfg_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    if tok_cfg.get("tokenizer_class") == "TokenizersBackend":
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg_path.write_text(json.dumps(tok_cfg, indent=1))
     return out
 
 

@@ -2,6 +2,7 @@
 
 Writes ``vision.onnx`` (pixel_values → L2-normalised image_embeds, dynamic batch), ``text.onnx``
 (input_ids [+ attention_mask] → L2-normalised text_embeds), ``tokenizer.json`` and ``manifest.json``
+— with ``torch.onnx.export`` (dynamo or legacy) or optimum-onnx's exporter —
 (everything the runtime needs so it never imports torch: preprocessing, text padding, embedding size,
 logit scale/bias, opset, exporter, SHA-256 of each file, and the verification figures). Every export
 checks ONNX Runtime against torch on real photos and at batch sizes 1 and 16, and fails loudly when
@@ -119,8 +120,11 @@ def export_encoder(
     text_args = tuple(enc[k] for k in text_inputs)
 
     vision_path, text_path = out / "vision.onnx", out / "text.onnx"
-    _export(torch, wrappers[0], (pixels[:2],), vision_path, ["pixel_values"], ["image_embeds"], {0: "batch"}, exporter, opset)
-    _export(torch, wrappers[1], tuple(t[:2] for t in text_args), text_path, text_inputs, ["text_embeds"], {0: "batch"}, exporter, opset)
+    if exporter == "optimum":
+        _export_optimum(source, out, text_inputs, opset)
+    else:
+        _export(torch, wrappers[0], (pixels[:2],), vision_path, ["pixel_values"], ["image_embeds"], {0: "batch"}, exporter, opset)
+        _export(torch, wrappers[1], tuple(t[:2] for t in text_args), text_path, text_inputs, ["text_embeds"], {0: "batch"}, exporter, opset)
 
     with torch.inference_mode():
         ref_img = wrappers[0](pixels).numpy()
@@ -171,7 +175,7 @@ def export_encoder(
         "logit_scale": scale,
         "logit_bias": bias,
         "opset": opset,
-        "exporter": f"torch.onnx.export(dynamo={exporter == 'dynamo'})",
+        "exporter": _exporter_name(exporter),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "files": {f: sha256(out / f) for f in files},
         "verification": check,
@@ -231,11 +235,41 @@ def _export(
             torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
                               dynamo=False, opset_version=opset)  # fmt: skip
         else:
-            raise ExportError(f"unknown exporter {exporter!r} (dynamo or legacy)")
+            raise ExportError(f"unknown exporter {exporter!r} (dynamo, legacy or optimum)")
     except ExportError:
         raise
     except Exception as e:  # the exporters raise many kinds; the message is what matters
         raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {e}") from e
+
+
+def _exporter_name(exporter: str) -> str:
+    if exporter == "optimum":
+        import importlib.metadata as md
+
+        return f"optimum-onnx {md.version('optimum-onnx')} (zero-shot-image-classification, split)"
+    return f"torch.onnx.export(dynamo={exporter == 'dynamo'})"
+
+
+def _export_optimum(source: str, out: Path, text_inputs: list[str], opset: int) -> None:
+    """optimum's exporter on the whole model, then the vision and text halves cut out of its graph.
+
+    optimum-onnx needs transformers < 4.58 (ml-stack notes): it lives in its own environment.
+    """
+    import tempfile
+
+    try:
+        import onnx
+        from optimum.exporters.onnx import main_export
+    except ImportError as e:
+        raise ExportError(f"--exporter optimum needs optimum-onnx (which needs transformers < 4.58): {e}") from e
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            main_export(source, output=tmp, task="zero-shot-image-classification", opset=opset, no_post_process=True, do_validation=False)
+        except Exception as e:  # optimum raises many kinds
+            raise ExportError(f"optimum export failed: {type(e).__name__}: {e}") from e
+        whole = str(Path(tmp) / "model.onnx")
+        onnx.utils.extract_model(whole, str(out / "vision.onnx"), ["pixel_values"], ["image_embeds"])
+        onnx.utils.extract_model(whole, str(out / "text.onnx"), text_inputs, ["text_embeds"])
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
