@@ -402,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", type=Path, help="output folder (default models/encoders/NAME)")
     ex.add_argument("--name", help="encoder name (default: the source's last path part)")
     ex.add_argument(
-        "--exporter", choices=["dynamo", "legacy", "optimum"], default="dynamo", help="torch.onnx.export mode, or optimum-onnx (default dynamo)"
+        "--exporter",
+        choices=["dynamo", "legacy", "optimum"],
+        default="dynamo",
+        help="torch.onnx.export mode, or optimum-onnx (default dynamo)",
     )
     ex.add_argument("--opset", type=int, default=18)
     ex.add_argument("--int8", action="store_true", help="also write a dynamic-int8 vision model (CPU)")
