@@ -125,16 +125,18 @@ class AudienceResponder:
             return InferResult(None, rejected=refusal.rule, message=refusal.message)
         if not req.question:
             reply = await self._persona_reply(rgb, evidence, "", req.id, req.stream)
-            return InferResult(reply.text, reply.model)
-        answer: Reply | None = None
+        else:
+            reply = await self._answer(req.question, rgb, evidence, req.id)
+        return InferResult(reply.text, reply.model)
+
+    async def _answer(self, question: str, rgb: np.ndarray | None, evidence: ImageEvidence, key: str) -> Reply:
+        """The qa model's answer; the local evidence's when no model can answer."""
         if self.service is not None:
             try:
-                answer = await self.service.answer(req.question, rgb, evidence)
+                return await self.service.answer(question, rgb, evidence)
             except VLMError as e:
-                logger.error("no model could answer %s, using the local evidence: %s", req.id, e)
-        if answer is None:
-            answer = Reply(await self.local.answer(req.question, evidence), "local")
-        return InferResult(answer.text, answer.model)
+                logger.error("no model could answer %s, using the local evidence: %s", key, e)
+        return Reply(await self.local.answer(question, evidence), "local")
 
     def _text_is_clean(self, stream: str, text: str) -> bool:
         probe = FrameAnalysis(stream, 0.0, 0.0, 0.0, (Detection("ocr", "text", 1.0, None, text),), 0, 0)
@@ -144,14 +146,7 @@ class AudienceResponder:
         latest = self.latest(q.stream)
         fa = latest.analysis if latest else None
         evidence = ImageEvidence.from_detections(fa.width, fa.height, fa.detections) if fa else ImageEvidence(0, 0)
-        reply: Reply | None = None
-        if self.service is not None:
-            try:
-                reply = await self.service.answer(q.question, latest.image if latest else None, evidence)
-            except VLMError as e:
-                logger.error("no model could answer %s, using the local evidence: %s", q.id, e)
-        if reply is None:
-            reply = Reply(await self.local.answer(q.question, evidence), "local")
+        reply = await self._answer(q.question, latest.image if latest else None, evidence, q.id)
         return AnswerEvent(
             stream=q.stream,
             at=time.time(),
