@@ -28,11 +28,11 @@ logger = logging.getLogger(__name__)
 _RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 
-class _Strict(BaseModel):
+class _ManifestPart(BaseModel):  # extra ignored: manifests also carry versions, verification, timings
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class ImageSpec(_Strict):
+class ImageSpec(_ManifestPart):
     resize: dict[str, int] | None
     resample: Literal["nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"] = "bicubic"
     center_crop: dict[str, int] | None = None
@@ -43,7 +43,7 @@ class ImageSpec(_Strict):
     output: str = "image_embeds"
 
 
-class TextSpec(_Strict):
+class TextSpec(_ManifestPart):
     inputs: list[str]
     output: str = "text_embeds"
     max_length: Annotated[int, Field(ge=1, le=4096)]
@@ -51,7 +51,7 @@ class TextSpec(_Strict):
     pad_id: int = 0
 
 
-class Manifest(_Strict):
+class Manifest(_ManifestPart):
     format: Literal["streamwatch.encoder/1"]
     name: str
     architecture: str

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from streamwatch.errors import VLMError, VLMUnavailable
 from streamwatch.vlm.backend import VLMBackend
-from streamwatch.vlm.breaker import BreakerState, CircuitBreaker
+from streamwatch.vlm.breaker import CircuitBreaker
 from streamwatch.vlm.registry import LOCAL, Capability, ModelSpec, Registry
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class ModelRouter:
         return self.chains[role][0]
 
     def state(self) -> dict[str, str]:
-        """Breaker state per loaded model (for /healthz and metrics)."""
+        """Breaker state per loaded model (closed | open | half_open)."""
         return {mid: s.breaker.state.value for mid, s in self._slots.items()}
 
     async def run(
@@ -227,5 +227,3 @@ class ModelRouter:
 
 
 _FAILED = object()
-
-__all__ = ["BreakerState", "ModelRouter", "SwitchRefused", "SwitchResult", "create_backend"]
