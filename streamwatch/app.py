@@ -166,6 +166,10 @@ class Daemon:
             encoder=tier,
             semantic_threshold=enc.semantic_threshold,
             encoder_wait_s=enc.batch_wait_s,
+            region_level=s.sampling.region_level,
+            region_min=s.sampling.region_min,
+            regional=s.analysis.regional,
+            region_max_area=s.analysis.region_max_area,
         )
         persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
         registry = await loop.run_in_executor(None, load_registry, s.vlm.registry, s.vlm.roles)
@@ -266,6 +270,7 @@ class Daemon:
 
     async def _produce(self, pipeline: StreamPipeline, queue: asyncio.Queue[Sample | None], live: bool) -> None:
         sid = pipeline.stream.id
+        ended = False
         try:
             async for out in pipeline.arun(self.settings.ingest.queue_size):
                 if isinstance(out, HealthEvent):
@@ -281,13 +286,17 @@ class Daemon:
                     queue.get_nowait()
                     self.metrics.queue_drops.labels("analysis").inc()
                 await queue.put(out)
-        finally:  # the end marker, without waiting: if the queue is full, it replaces the oldest frame
-            try:
-                queue.put_nowait(None)
-            except asyncio.QueueFull:
-                queue.get_nowait()
-                self.metrics.queue_drops.labels("analysis").inc()
-                queue.put_nowait(None)
+            ended = True
+        finally:
+            if ended and not live:  # a file that ended: its last frames are analysed, nothing is dropped
+                await queue.put(None)
+            else:  # stopped or live: the end marker without waiting; if the queue is full it replaces the oldest frame
+                try:
+                    queue.put_nowait(None)
+                except asyncio.QueueFull:
+                    queue.get_nowait()
+                    self.metrics.queue_drops.labels("analysis").inc()
+                    queue.put_nowait(None)
 
     async def _consume(self, sid: str, queue: asyncio.Queue[Sample | None]) -> None:
         loop = asyncio.get_running_loop()
@@ -297,7 +306,16 @@ class Daemon:
             lat.labels("queued").observe(max(0.0, time.time() - frame.wall))
             t0 = time.perf_counter()
             image = await loop.run_in_executor(self.pool, frame.rgb, self.settings.analysis.max_side)
-            fa = await self.cascade.analyze(sid, image, sample.phash, offset=frame.offset, at=frame.wall, received_at=frame.wall)
+            fa = await self.cascade.analyze(
+                sid,
+                image,
+                sample.phash,
+                offset=frame.offset,
+                at=frame.wall,
+                received_at=frame.wall,
+                signature=sample.signature,
+                source=frame.rgb,
+            )
             lat.labels("analyze").observe(time.perf_counter() - t0)
             self.metrics.cache.labels("hit" if fa.cached else "miss").inc()
             self.latest[sid] = AnalyzedFrame(fa, image)

@@ -74,9 +74,26 @@ class SamplingConfig(_Section):
     ] = 60.0
     frozen_after_s: Annotated[float, Field(gt=0, description="Seconds without visible change before video counts as frozen.")] = 2.0
     frozen_changed: Annotated[
-        float, Field(ge=0, le=1, description="Fraction of changed pixels under which two samples are 'unchanged'.")
+        float, Field(ge=0, le=1, description="Without regions: fraction of changed pixels under which two samples are 'unchanged'.")
     ] = 0.002
     black_after_s: Annotated[float, Field(ge=0, description="Seconds of black before a 'black' health event is raised.")] = 2.0
+    regions: Annotated[
+        bool,
+        Field(
+            description="Region-level change signal: a sample is new content when any tile changed (captions, QR codes, logos), "
+            "frozen means no tile moved, and cached analyses are reused only for frames whose tiles match. "
+            "false = the global pHash alone (misses small overlays; kept as the benchmark baseline)."
+        ),
+    ] = True
+    region_level: Annotated[
+        int, Field(ge=1, le=255, description="Luma levels (0-255) a pixel must lie outside its 3x3 neighbourhood's range to change.")
+    ] = 24
+    region_min: Annotated[
+        float, Field(gt=0, le=1, description="Fraction of a tile's pixels that must change for the tile to hold new content.")
+    ] = 0.03
+    frozen_tile_changed: Annotated[
+        float, Field(gt=0, le=1, description="With regions: a tile moved since the previous sample when this fraction of it changed.")
+    ] = 0.02
     dedupe_radius: Annotated[
         int, Field(ge=0, le=64, description="pHash Hamming radius within which a frame duplicates the last kept one.")
     ] = 6
@@ -129,9 +146,23 @@ class AnalysisConfig(_Section):
     max_side: Annotated[int, Field(ge=160, le=4096, description="Long side of the image the analyzers see.")] = 960
     max_batch: Annotated[int, Field(ge=1, description="Frames per analyzer batch (across streams).")] = 8
     queue_size: Annotated[int, Field(ge=1, description="Kept frames waiting for analysis per stream; live sources drop the oldest.")] = 4
-    cache_radius: Annotated[int, Field(ge=0, le=32, description="pHash Hamming radius for reusing a result.")] = 4
+    cache_radius: Annotated[
+        int, Field(ge=0, le=32, description="pHash Hamming radius within which an earlier analysis is a candidate for reuse.")
+    ] = 4
     cache_ttl_s: Annotated[float, Field(gt=0, description="How long an analysis result may be reused.")] = 600.0
-    cache_size: Annotated[int, Field(ge=1, description="Results kept per stream (LRU).")] = 512
+    cache_size: Annotated[
+        int, Field(ge=1, description="Analysed frames kept per stream for reuse (LRU; each holds a 57 kB region signature).")
+    ] = 128
+    regional: Annotated[
+        bool,
+        Field(
+            description="Analyse only the changed regions of a frame that otherwise matches a recent analysis: OCR and QR "
+            "on the changed regions' crops at source resolution, detections of unchanged regions kept (false = whole frames)."
+        ),
+    ] = True
+    region_max_area: Annotated[
+        float, Field(gt=0, le=1, description="Above this share of the picture changed, the whole frame is analysed again.")
+    ] = 0.5
     reload_s: Annotated[float, Field(gt=0, description="How often the policy files are checked for changes.")] = 1.0
     encoder: Annotated[EncoderConfig, Field(description="The ONNX vision encoder tier (labels, semantic cache, search).")] = EncoderConfig()
 

@@ -1,14 +1,21 @@
-"""The local analysis cascade: pHash cache, vision encoder + semantic cache, then the analyzers,
-batched across streams, off the loop.
+"""The local analysis cascade: reuse of earlier analyses, vision encoder + semantic candidates, then
+the analyzers, batched across streams, off the loop.
 
 Requests from every stream go through one batcher: whatever is waiting when the previous batch ends
 forms the next one (no added delay when idle, bigger batches under load), each analyzer runs its
 batch in the thread pool (ONNX Runtime and OpenCV release the GIL), and per-call latency is recorded.
-A frame whose pHash is within the cache radius of one analysed less than ``ttl_s`` ago reuses those
-detections (policy still runs on it, so cooldowns apply). With a vision encoder, a pHash miss is
-embedded first (micro-batched across streams: up to ``max_batch`` frames or ``encoder_wait_s``): its
-zero-shot labels join the detections, and a frame whose embedding is within the semantic threshold of
-a recent one (a re-framed shot of the same scene, which the pHash misses) reuses that analysis.
+
+Reuse (:mod:`streamwatch.analysis.reuse`): a frame whose tiles all match a recent analysis (the last
+one, or one within the pHash cache radius) reuses its detections; one where a few regions changed
+keeps the detections of the unchanged regions and sends only the changed regions' crops, at the
+source resolution, to the regional analyzers (OCR, QR), while whole-frame analyzers (nudity) run on
+the whole frame. With a vision encoder, a frame is embedded first (micro-batched across streams: up
+to ``max_batch`` frames or ``encoder_wait_s``): its zero-shot labels join the detections, and the
+semantically closest recent frame becomes one more candidate (reused only if its tiles match).
+
+Analyzers say what they take: ``regional = True`` (crops are fine; OCR, QR) and
+``source_resolution = True`` (whole frames at the source resolution; QR, whose modules must stay
+readable). Boxes always come back in the analysis image's pixels.
 """
 
 from __future__ import annotations
@@ -18,32 +25,40 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from streamwatch.analysis.base import Analyzer
-from streamwatch.analysis.cache import EmbeddingCache, PHashCache
+from streamwatch.analysis.cache import EmbeddingCache
 from streamwatch.analysis.model import Detection, FrameAnalysis
+from streamwatch.analysis.reuse import Plan, PlanKind, Reference, References
 from streamwatch.errors import AnalysisError
 from streamwatch.sampling.phash import PHash
+from streamwatch.sampling.regions import Box
 
 logger = logging.getLogger(__name__)
 
 Observer = Callable[[str, float], None]  # (stage or analyzer name, seconds)
+Source = Callable[[], np.ndarray]  # blocking: the frame as RGB at its source resolution
 
 
 @dataclass
 class _Request:
     image: np.ndarray
+    source: Source | None
+    boxes: tuple[Box, ...]  # empty: the whole frame
     future: asyncio.Future[tuple[Detection, ...]]
+    src: np.ndarray | None = field(default=None)
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
-    detections: tuple[Detection, ...]
-    embedding: np.ndarray | None
+class _Input:
+    index: int  # request in the batch
+    image: np.ndarray
+    offset: tuple[int, int]  # where the input sits in the source image (x, y)
+    scale: float  # source pixels → analysis image pixels
 
 
 class FrameEncoder(Protocol):
@@ -64,23 +79,29 @@ class Cascade:
         *,
         cache_radius: int = 4,
         cache_ttl_s: float = 600.0,
-        cache_size: int = 512,
+        cache_size: int = 128,
         max_batch: int = 8,
         observe: Observer | None = None,
         encoder: FrameEncoder | None = None,
         semantic_threshold: float | None = 0.95,
         encoder_wait_s: float = 0.02,
+        region_level: int = 24,
+        region_min: float = 0.03,
+        regional: bool = True,
+        region_max_area: float = 0.5,
     ) -> None:
         self.analyzers = list(analyzers)
         self.executor = executor
         self.max_batch = max_batch
         self.observe = observe or (lambda _name, _s: None)
-        self._cache_args = (cache_radius, cache_ttl_s, cache_size)
-        self._caches: dict[str, PHashCache[_Entry]] = {}
+        self._ref_args = (cache_radius, cache_ttl_s, cache_size)
+        self._ref_kw = {"level": region_level, "min_fraction": region_min, "max_area": region_max_area if regional else 0.0}
+        self._refs: dict[str, References] = {}
+        self.regional_names = frozenset(a.name for a in self.analyzers if getattr(a, "regional", False))
         self.encoder = encoder
         self.semantic_threshold = semantic_threshold
         self.encoder_wait_s = encoder_wait_s
-        self._semantic: dict[str, EmbeddingCache[_Entry]] = {}
+        self._semantic: dict[str, EmbeddingCache[Reference]] = {}
         self._encode_pending: list[tuple[np.ndarray, asyncio.Future[tuple[np.ndarray, tuple[Detection, ...]]]]] = []
         self._encode_wake = asyncio.Event()
         self._encode_worker: asyncio.Task[None] | None = None
@@ -88,59 +109,91 @@ class Cascade:
         self._pending: list[_Request] = []
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self.frames = 0  # frames analysed by the models
+        self.frames = 0  # frames that went through the models (whole or by regions)
+        self.regional = 0  # of which only changed regions went to the regional analyzers
         self.hits = 0
         self.misses = 0
+        self.busy: dict[str, float] = {}  # seconds spent per analyzer
+        self.pixels: dict[str, int] = {}  # pixels handed to each analyzer
 
-    def cache(self, stream: str) -> PHashCache[_Entry]:
-        c = self._caches.get(stream)
-        if c is None:
-            c = self._caches[stream] = PHashCache(*self._cache_args)
-        return c
+    def references(self, stream: str) -> References:
+        r = self._refs.get(stream)
+        if r is None:
+            radius, ttl, size = self._ref_args
+            r = self._refs[stream] = References(radius, ttl, size, **self._ref_kw)  # type: ignore[arg-type]
+        return r
 
-    def semantic(self, stream: str) -> EmbeddingCache[_Entry] | None:
+    def semantic(self, stream: str) -> EmbeddingCache[Reference] | None:
         if self.encoder is None or self.semantic_threshold is None:
             return None
         c = self._semantic.get(stream)
         if c is None:
-            _radius, ttl, size = self._cache_args
+            _radius, ttl, size = self._ref_args
             c = self._semantic[stream] = EmbeddingCache(self.encoder.dim, self.semantic_threshold, ttl, size)
         return c
 
-    async def analyze(self, stream: str, image: np.ndarray, phash: PHash, *, offset: float, at: float, received_at: float) -> FrameAnalysis:
-        """Detections for one frame (RGB), from the cache or the models."""
+    async def analyze(
+        self,
+        stream: str,
+        image: np.ndarray,
+        phash: PHash,
+        *,
+        offset: float,
+        at: float,
+        received_at: float,
+        signature: np.ndarray | None = None,
+        source: Source | None = None,
+    ) -> FrameAnalysis:
+        """Detections for one frame: ``image`` is RGB (H×W×3 uint8) at the analysis size, boxes come back
+        in its pixels; ``signature`` the frame's reduced luma (region reuse; None = pHash reuse only);
+        ``source`` gives the RGB frame at source resolution for crops and QR (None = ``image``)."""
+        loop = asyncio.get_running_loop()
         h, w = image.shape[:2]
-        cache = self.cache(stream)
-        now = time.monotonic()
-        cached = cache.get(phash, now)
-        if cached is not None:
-            self.hits += 1
-            return FrameAnalysis(stream, offset, at, received_at, cached.detections, w, h, cached=True, embedding=cached.embedding)
+        refs = self.references(stream)
+        plan = await loop.run_in_executor(
+            self.executor, lambda: refs.plan(phash, signature, (w, h), time.monotonic(), regional=self.regional_names)
+        )
         embedding: np.ndarray | None = None
         labels: tuple[Detection, ...] = ()
-        if self.encoder is not None:
+        if plan.kind is not PlanKind.HIT and self.encoder is not None:
             embedding, labels = await self._encode(image)
             semantic = self.semantic(stream)
-            hit = semantic.get(embedding, time.monotonic()) if semantic is not None else None
-            if hit is not None:
-                self.hits += 1
-                self.semantic_hits += 1
-                entry = _Entry(hit[0].detections, embedding)
-                cache.put(phash, entry, time.monotonic())
-                return FrameAnalysis(stream, offset, at, received_at, entry.detections, w, h, cached=True, embedding=embedding)
+            found = semantic.get(embedding, time.monotonic()) if semantic is not None else None
+            if found is not None:
+                extra = found[0]
+                alt = await loop.run_in_executor(
+                    self.executor, lambda: refs.plan(phash, signature, (w, h), time.monotonic(), extra, regional=self.regional_names)
+                )
+                if alt.kind is PlanKind.HIT:
+                    self.semantic_hits += 1
+                    plan = alt
+        if plan.kind is PlanKind.HIT:
+            ref = plan.reference
+            assert ref is not None
+            refs.touch(ref)
+            self.hits += 1
+            emb = embedding if embedding is not None else ref.embedding
+            return FrameAnalysis(stream, offset, at, received_at, ref.detections, w, h, cached=True, embedding=emb)
         self.misses += 1
+        if plan.kind is PlanKind.REGIONS:
+            self.regional += 1
+        found_now = await self._submit(image, source, plan)
+        detections = plan.carried(self.regional_names) + found_now + labels
+        ref = Reference(phash, signature, detections, (w, h), time.monotonic(), embedding)
+        refs.put(ref)
+        semantic = self.semantic(stream)
+        if semantic is not None and embedding is not None:
+            semantic.put(embedding, ref, time.monotonic())
+        return FrameAnalysis(stream, offset, at, received_at, detections, w, h, embedding=embedding)
+
+    async def _submit(self, image: np.ndarray, source: Source | None, plan: Plan) -> tuple[Detection, ...]:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="analysis-batcher")
         fut: asyncio.Future[tuple[Detection, ...]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request(image, fut))
+        boxes = plan.boxes if plan.kind is PlanKind.REGIONS else ()
+        self._pending.append(_Request(image, source, boxes, fut))
         self._wake.set()
-        detections = (await fut) + labels
-        entry = _Entry(detections, embedding)
-        cache.put(phash, entry, time.monotonic())
-        semantic = self.semantic(stream)
-        if semantic is not None and embedding is not None:
-            semantic.put(embedding, entry, time.monotonic())
-        return FrameAnalysis(stream, offset, at, received_at, detections, w, h, embedding=embedding)
+        return await fut
 
     async def embed(self, image: np.ndarray) -> tuple[np.ndarray, tuple[Detection, ...]]:
         """The encoder's embedding and labels for one image (micro-batched with the streams' frames)."""
@@ -201,16 +254,18 @@ class Cascade:
                 self._wake.clear()
             if not batch:
                 continue
-            images = [r.image for r in batch]
-            # batched analyzers (nudity) take the whole batch in one call; per-image ones (OCR, QR)
-            # get one job per image, so the pool's threads share them
-            jobs: list[Awaitable[list[tuple[Detection, ...]]]] = []
-            for a in self.analyzers:
-                if getattr(a, "batched", False) or len(images) == 1:
-                    jobs.append(loop.run_in_executor(self.executor, self._call, a, images))
-                else:
-                    jobs.append(self._per_image(loop, a, images))
             try:
+                await self._sources(loop, batch)
+                inputs = {a.name: self._inputs(a, batch) for a in self.analyzers}
+                # batched analyzers (nudity) take the whole batch in one call; per-image ones (OCR, QR)
+                # get one job per input, so the pool's threads share them
+                jobs: list[Awaitable[list[tuple[Detection, ...]]]] = []
+                for a in self.analyzers:
+                    images = [i.image for i in inputs[a.name]]
+                    if getattr(a, "batched", False) or len(images) <= 1:
+                        jobs.append(loop.run_in_executor(self.executor, self._call, a, images))
+                    else:
+                        jobs.append(self._per_image(loop, a, images))
                 results = await asyncio.gather(*jobs)
             except AnalysisError as e:
                 for r in batch:
@@ -218,18 +273,64 @@ class Cascade:
                         r.future.set_exception(e)
                 continue
             self.frames += len(batch)
-            for i, r in enumerate(batch):
+            found: list[list[Detection]] = [[] for _ in batch]
+            for a, per_input in zip(self.analyzers, results, strict=True):
+                for inp, dets in zip(inputs[a.name], per_input, strict=True):
+                    found[inp.index].extend(_placed(d, inp) for d in dets)
+            for r, per_request in zip(batch, found, strict=True):
                 if not r.future.done():
-                    r.future.set_result(tuple(d for per_analyzer in results for d in per_analyzer[i]))
+                    r.future.set_result(tuple(per_request))
+
+    async def _sources(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+        """The source-resolution frames the batch needs (crops, or a source-resolution analyzer)."""
+        wants_source = any(getattr(a, "source_resolution", False) for a in self.analyzers)
+        for r in batch:
+            if r.source is not None and (r.boxes or wants_source):
+                r.src = await loop.run_in_executor(self.executor, r.source)
+
+    def _inputs(self, a: Analyzer, batch: list[_Request]) -> list[_Input]:
+        out = []
+        for i, r in enumerate(batch):
+            w = r.image.shape[1]
+            src = r.src if r.src is not None else r.image
+            scale = w / src.shape[1]
+            if r.boxes and a.name in self.regional_names:
+                sh, sw = src.shape[:2]
+                for x1, y1, x2, y2 in r.boxes:
+                    px1, py1 = int(x1 * sw), int(y1 * sh)
+                    px2, py2 = min(sw, int(np.ceil(x2 * sw))), min(sh, int(np.ceil(y2 * sh)))
+                    if px2 - px1 >= 8 and py2 - py1 >= 8:
+                        out.append(_Input(i, np.ascontiguousarray(src[py1:py2, px1:px2]), (px1, py1), scale))
+            elif getattr(a, "source_resolution", False):
+                out.append(_Input(i, src, (0, 0), scale))
+            else:
+                out.append(_Input(i, r.image, (0, 0), 1.0))
+        return out
 
     async def _per_image(self, loop: asyncio.AbstractEventLoop, a: Analyzer, images: list[np.ndarray]) -> list[tuple[Detection, ...]]:
         parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self._call, a, [img]) for img in images))
         return [p[0] for p in parts]
 
     def _call(self, analyzer: Analyzer, images: list[np.ndarray]) -> list[tuple[Detection, ...]]:
+        if not images:
+            return []
         t0 = time.perf_counter()
         out = analyzer.analyze(images)
-        self.observe(analyzer.name, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.observe(analyzer.name, took)
+        self.busy[analyzer.name] = self.busy.get(analyzer.name, 0.0) + took
+        self.pixels[analyzer.name] = self.pixels.get(analyzer.name, 0) + sum(int(i.shape[0] * i.shape[1]) for i in images)
         if len(out) != len(images):
             raise AnalysisError(f"analyzer {analyzer.name} returned {len(out)} results for {len(images)} images")
         return out
+
+
+def _placed(d: Detection, inp: _Input) -> Detection:
+    """``d`` with its box moved from the input's pixels to the analysis image's."""
+    if d.bbox is None or (inp.offset == (0, 0) and inp.scale == 1.0):
+        return d
+    ox, oy = inp.offset
+    s = inp.scale
+    x1, y1, x2, y2 = d.bbox
+    bbox = (int((x1 + ox) * s), int((y1 + oy) * s), int((x2 + ox) * s), int((y2 + oy) * s))
+    return Detection(d.source, d.label, d.confidence, bbox, d.text)

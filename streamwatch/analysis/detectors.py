@@ -1,4 +1,4 @@
-"""Built-in local analyzers: nudity (NudeNet's YOLOv8 ONNX), on-screen text (RapidOCR PP-OCRv4), QR codes."""
+"""Built-in local analyzers: nudity (NudeNet's YOLOv8 ONNX), on-screen text (RapidOCR PP-OCRv4), QR codes (zxing-cpp)."""
 
 from __future__ import annotations
 
@@ -101,9 +101,11 @@ class NudityDetector:
 
 
 class TextReader:
-    """PP-OCRv4 (Chinese + English) through rapidocr-onnxruntime, with limits tuned for speed."""
+    """PP-OCRv4 (Chinese + English) through rapidocr-onnxruntime, with limits tuned for speed.
+    Crops of changed regions are fine (text lines are read where they are)."""
 
     name = "ocr"
+    regional = True
 
     def __init__(self, s: AnalyzerSettings) -> None:
         try:
@@ -145,35 +147,57 @@ class TextReader:
 
 
 class QRReader:
-    """OpenCV's QR detector (several codes per frame), decoded payloads with boxes."""
+    """QR codes (also Micro QR and rMQR) with zxing-cpp: several per frame, light-on-dark too, read at
+    the source resolution (or on a changed region's crop) so modules stay readable. A code that is
+    found but cannot be decoded (damaged, partly covered) is ``qr_undecoded``."""
 
     name = "qr"
-    providers: tuple[str, ...] = ("opencv",)
+    providers: tuple[str, ...] = ("zxing-cpp",)
+    regional = True  # crops of changed regions are fine
+    source_resolution = True  # whole frames at the source resolution, not the analysis size
 
     def __init__(self, s: AnalyzerSettings) -> None:
-        self.detector = cv2.QRCodeDetector()
+        try:
+            import zxingcpp
+        except ImportError as e:
+            raise ModelLoadError("the QR analyzer needs zxing-cpp (pip install zxing-cpp)") from e
+        self._zx = zxingcpp
+        self._formats = zxingcpp.barcode_formats_from_str("QRCode,MicroQRCode,rMQRCode")
 
     def analyze(self, images: Sequence[np.ndarray]) -> list[tuple[Detection, ...]]:
         return [self._one(img) for img in images]
 
     def _one(self, img: np.ndarray) -> tuple[Detection, ...]:
-        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
         try:
-            ok, texts, points, _ = self.detector.detectAndDecodeMulti(gray)
-        except cv2.error as e:
+            found = self._zx.read_barcodes(gray, formats=self._formats, return_errors=True)
+        except (RuntimeError, ValueError) as e:
             raise AnalysisError(f"QR detection failed: {e}") from e
-        if not ok or points is None:
-            return ()
-        out = []
-        for text, pts in zip(texts, points, strict=False):
-            x1, y1 = pts.min(0)
-            x2, y2 = pts.max(0)
-            bbox: BBox = (int(x1), int(y1), int(x2), int(y2))
-            if text:
-                out.append(Detection("qr", "qr", 1.0, bbox, str(text)))
+        out: list[Detection] = []
+        for code in found:
+            p = code.position
+            xs = (p.top_left.x, p.top_right.x, p.bottom_right.x, p.bottom_left.x)
+            ys = (p.top_left.y, p.top_right.y, p.bottom_right.y, p.bottom_left.y)
+            bbox: BBox = (int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys)))
+            if any(_overlap(bbox, d.bbox) > 0.5 for d in out):
+                continue  # the same code found twice (e.g. normal and inverted pass)
+            if code.valid and code.text:
+                out.append(Detection("qr", "qr", 1.0, bbox, str(code.text)))
             else:  # found but unreadable: still worth a look
                 out.append(Detection("qr", "qr_undecoded", 0.5, bbox, None))
         return tuple(out)
+
+
+def _overlap(a: BBox, b: BBox | None) -> float:
+    """Intersection over the smaller box's area."""
+    if b is None:
+        return 0.0
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return iw * ih / max(small, 1)
 
 
 @register("nudity")

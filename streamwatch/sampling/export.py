@@ -28,6 +28,10 @@ def sample_record(s: Sample) -> dict[str, Any]:
         "std": round(q.std, 1),
         "sharpness": round(q.sharpness, 1),
         "changed": None if q.changed is None else round(q.changed, 4),
+        # region-level change: tiles of new content vs the last kept frame ([row, col, score]), and the
+        # number of tiles that moved since the previous sample (0 = still: frozen after frozen_after_s)
+        "regions": None if s.change is None else s.change.record(),
+        "moved_tiles": None if s.moved is None else s.moved.count,
     }
 
 

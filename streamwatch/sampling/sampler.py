@@ -1,14 +1,22 @@
-"""The sampling stage: quality gate + pHash + dedupe over interval-sampled frames (pure).
+"""The sampling stage: quality gate + pHash + region change + dedupe over interval-sampled frames (pure).
 
 ``Sampler.feed(frame)`` returns the :class:`Sample` decision for that frame, preceded by any
 health events it closes or opens (a sustained black or frozen picture is itself an incident).
-Decision precedence: black > uniform > frozen > blurred > duplicate > kept.
+Decision precedence: black > uniform > frozen > blurred > duplicate > kept; a frozen picture is
+still kept once per ``heartbeat_s``.
+
+The pHash is taken from the full luma plane (imagehash-compatible); the quality gate and the region
+signals from the luma reduced to about 320×180 (:mod:`streamwatch.sampling.regions`). With
+``regions`` on, "frozen" means no tile moved since the previous sample, and "duplicate" means the
+pHash is within the radius and no tile holds new content compared with the last kept frame.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from streamwatch.config import SamplingConfig
 from streamwatch.events.model import HealthEvent, HealthKind
@@ -16,6 +24,7 @@ from streamwatch.ingest.frame import Frame
 from streamwatch.sampling.dedupe import Deduper
 from streamwatch.sampling.phash import PHash, phash_luma
 from streamwatch.sampling.quality import QualityGate, QualityReport
+from streamwatch.sampling.regions import WORK_SIDE, RegionChange, still_change
 
 
 class Decision(enum.Enum):
@@ -36,6 +45,9 @@ class Sample:
     phash: PHash
     distance: int | None  # Hamming distance to the last kept frame
     quality: QualityReport
+    signature: np.ndarray | None = field(default=None, compare=False)  # reduced luma (~320×180 uint8)
+    change: RegionChange | None = field(default=None, compare=False)  # tiles changed vs the last kept frame
+    moved: RegionChange | None = field(default=None, compare=False)  # tiles that moved since the previous sample
 
     @property
     def kept(self) -> bool:
@@ -77,7 +89,8 @@ class Sampler:
     def __init__(self, cfg: SamplingConfig) -> None:
         self.cfg = cfg
         self.gate = QualityGate(cfg)
-        self.dedupe = Deduper(cfg.dedupe_radius, cfg.heartbeat_s)
+        self.dedupe = Deduper(cfg.dedupe_radius, cfg.heartbeat_s, cfg.region_level, cfg.region_min)
+        self._prev_sig: np.ndarray | None = None
         self._unchanged_since: float | None = None
         self._prev_offset: float | None = None
         self._black = _Period(HealthKind.BLACK, cfg.black_after_s)
@@ -85,12 +98,19 @@ class Sampler:
         self.counts: dict[Decision, int] = dict.fromkeys(Decision, 0)
 
     def feed(self, frame: Frame) -> list[Sample | HealthEvent]:
-        gray = frame.gray()
+        gray = frame.gray(WORK_SIDE)
         q = self.gate.measure(gray)
-        h = phash_luma(gray)
+        h = phash_luma(frame.luma())
         out: list[Sample | HealthEvent] = []
 
-        if q.unchanged:
+        moved: RegionChange | None = None
+        unchanged = q.unchanged
+        if self.cfg.regions:
+            prev, self._prev_sig = self._prev_sig, gray
+            if prev is not None and prev.shape == gray.shape:
+                moved = still_change(gray, prev, min_fraction=self.cfg.frozen_tile_changed)
+            unchanged = moved is not None and not moved.any
+        if unchanged:
             if self._unchanged_since is None:
                 self._unchanged_since = self._prev_offset if self._prev_offset is not None else frame.offset
         else:
@@ -109,20 +129,22 @@ class Sampler:
                 out.append(ev)
 
         distance = self.dedupe.distance(h)
+        change: RegionChange | None = None
+        signature = gray if self.cfg.regions else None
         if q.black:
             decision = Decision.BLACK
         elif q.uniform:
             decision = Decision.UNIFORM
-        elif frozen:
+        elif frozen and not self.dedupe.heartbeat_due(frame.offset):
             decision = Decision.FROZEN
         elif q.blurred:
             decision = Decision.BLURRED
-        elif self.dedupe.is_duplicate(h, frame.offset):
-            decision = Decision.DUPLICATE
         else:
-            decision = Decision.KEPT
+            verdict = self.dedupe.judge(h, frame.offset, signature)
+            change = verdict.change
+            decision = Decision.KEPT if verdict.new else Decision.DUPLICATE
         self.counts[decision] += 1
-        out.append(Sample(frame, decision, h, distance, q))
+        out.append(Sample(frame, decision, h, distance, q, signature, change, moved))
         return out
 
     def finish(self, offset: float, wall: float, stream: str) -> list[HealthEvent]:

@@ -25,6 +25,7 @@ from streamwatch.analysis.rules import RuleEngine
 from streamwatch.errors import VLMError
 from streamwatch.events.model import AnswerEvent, RejectedEvent, ReplyEvent
 from streamwatch.sampling.phash import PHash, phash_luma
+from streamwatch.sampling.regions import signature_of
 from streamwatch.server.submit import InferRequest, InferResult, Question, Submission, rejection
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
 from streamwatch.vlm.persona import Persona
@@ -90,7 +91,7 @@ class AudienceResponder:
 
     async def _screen(self, rgb: np.ndarray, h: PHash, stream: str, received_at: float) -> tuple[ImageEvidence, AlertDraft | None]:
         """Local detectors + the stream's policy on an audience image: its evidence, and the first refusal."""
-        fa = await self.cascade.analyze(AUDIENCE, rgb, h, offset=0.0, at=received_at, received_at=received_at)
+        fa = await self.cascade.analyze(AUDIENCE, rgb, h, offset=0.0, at=received_at, received_at=received_at, signature=signature_of(rgb))
         # judged on its own: a fresh engine, so no cooldown lets a second bad image through
         drafts = [d for d in RuleEngine(self.policy_for(stream)).evaluate(fa) if d.evidence_kind != "health"]
         return ImageEvidence.from_detections(fa.width, fa.height, fa.detections), (drafts[0] if drafts else None)
