@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import av
+import cv2
 import numpy as np
 
 # Pixel formats whose first plane is 8-bit luma at full resolution.
@@ -45,6 +46,12 @@ class Frame:
             buf = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
             return buf[: pic.height, : pic.width]
         return pic.reformat(format="gray").to_ndarray()
+
+    def luminance(self) -> np.ndarray:
+        """BT.601 luma of the decoded RGB picture, (height, width) uint8: what Pillow's ``convert("L")``
+        gives for ``picture.to_image()`` (the input imagehash hashes). Unlike the luma plane it is
+        full range and reflects RGB clipping of saturated colours."""
+        return cv2.cvtColor(self.picture.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
 
     def gray(self, min_side: int = 128) -> np.ndarray:
         """Grayscale reduced by the largest integer factor that keeps both sides ≥ ``min_side``.

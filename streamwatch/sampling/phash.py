@@ -1,15 +1,17 @@
-"""64-bit perceptual hash compatible with ``imagehash.phash``, computed from the luma plane.
+"""64-bit perceptual hash compatible with ``imagehash.phash``.
 
-imagehash: grayscale → antialiased LANCZOS resize to 32×32 → type-II DCT (scipy, unnormalised) on
-both axes → top-left 8×8 including DC → bit = coefficient > median, row-major.
+imagehash: ``convert("L")`` (BT.601 luma of the RGB picture) → antialiased LANCZOS resize to 32×32
+(Pillow: a horizontal then a vertical pass, each rounded to 8 bits) → type-II DCT (scipy,
+unnormalised) on both axes → top-left 8×8 including DC → bit = coefficient > median, row-major.
 
-Here: the luma plane (no RGB conversion) is box-filtered by an integer factor to about 256 px on
-its short side (OpenCV's integer-factor fast path, ~10× faster than an arbitrary factor), then
-resized to 32×32 with antialiased Lanczos-3 weights (Pillow's kernel and support scaling). Only
-the 8×8 low-frequency corner of the DCT is used, so the resize and the DCT fold into two cached
-matrices, A = D₈·Wy (8×H) and B = D₈·Wx (8×W), D₈ being the first 8 rows of scipy's unnormalised
-32-point DCT-II: coefficients = A · image · Bᵀ, about a quarter of the arithmetic of resizing to
-32×32 first and no separate DCT.
+Here the same steps on the same L image (:meth:`Frame.luminance`, i.e. ``cv2.cvtColor(RGB2GRAY)``
+of the decoded RGB picture, which equals Pillow's L), with two shortcuts: the image is first
+box-filtered by an integer factor to about 256 px on its short side (OpenCV's integer-factor fast
+path), and the two Lanczos passes are small matrix products with cached Pillow weights (rounded to
+8 bits after each pass, as Pillow does); only the 8 low-frequency DCT rows are computed. On decoded
+720p/1080p video frames this is within 0.1–0.4 bit of imagehash on average (``tools/bench/phash.py``).
+The decoder's own luma plane (limited range, no RGB clipping) would be about 1.5 bits off: near-median
+coefficients flip on small value changes.
 """
 
 from __future__ import annotations
@@ -81,12 +83,11 @@ def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 @cache
-def _dct_resample(n_in: int) -> np.ndarray:
-    """D₈ · W: the first 8 rows of scipy's DCT-II (N = 32) applied to the n_in → 32 Lanczos resample."""
+def _dct8() -> np.ndarray:
+    """The first 8 rows of scipy's unnormalised 32-point DCT-II (8 × 32)."""
     k = np.arange(8)[:, None]
     n = np.arange(32)[None, :]
-    d8 = 2.0 * np.cos(np.pi * k * (2 * n + 1) / 64.0)
-    return np.ascontiguousarray((d8 @ _resample_matrix(n_in, 32).astype(np.float64)).astype(np.float32))
+    return np.ascontiguousarray((2.0 * np.cos(np.pi * k * (2 * n + 1) / 64.0)).astype(np.float32))
 
 
 def reduce_gray(gray: np.ndarray, side: int = HASH_INPUT) -> np.ndarray:
@@ -104,13 +105,19 @@ def reduce_gray(gray: np.ndarray, side: int = HASH_INPUT) -> np.ndarray:
 
 
 def phash_luma(luma: np.ndarray) -> PHash:
-    """pHash of a 2-D grayscale image (a frame's luma plane, or a reduced copy of it)."""
+    """pHash of a 2-D 8-bit grayscale image (an L image: :meth:`Frame.luminance`, or a reduced copy).
+
+    Raises :class:`SamplingError` for anything but a non-empty 2-D array.
+    """
     if luma.ndim != 2 or luma.shape[0] < 1 or luma.shape[1] < 1:
         raise SamplingError(f"phash needs a non-empty 2-D grayscale image, got shape {luma.shape}")
     reduced = reduce_gray(luma).astype(np.float32)
     # cv2.gemm, not numpy's @: OpenBLAS threads spin after each call and starve the decoder threads
     # (measured: +40% decode time in the ingest benchmark).
     gemm: Any = cv2.gemm  # the stubs do not allow src3=None, which OpenCV accepts with beta=0
-    rows = gemm(_dct_resample(reduced.shape[0]), reduced, 1.0, None, 0.0)  # 8 × W
-    coeffs = gemm(rows, _dct_resample(reduced.shape[1]), 1.0, None, 0.0, flags=cv2.GEMM_2_T)  # 8 × 8
+    h, w = reduced.shape
+    rows = np.rint(gemm(reduced, _resample_matrix(w, 32), 1.0, None, 0.0, flags=cv2.GEMM_2_T)).clip(0, 255)  # H × 32
+    small = np.rint(gemm(_resample_matrix(h, 32), rows, 1.0, None, 0.0)).clip(0, 255)  # 32 × 32, as Pillow's uint8 result
+    d8 = _dct8()
+    coeffs = gemm(gemm(d8, small, 1.0, None, 0.0), d8, 1.0, None, 0.0, flags=cv2.GEMM_2_T)  # 8 × 8
     return PHash.from_bits(coeffs > np.median(coeffs))

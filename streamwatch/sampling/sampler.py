@@ -5,7 +5,7 @@ health events it closes or opens (a sustained black or frozen picture is itself 
 Decision precedence: black > uniform > frozen > blurred > duplicate > kept; a frozen picture is
 still kept once per ``heartbeat_s``.
 
-The pHash is taken from the full luma plane (imagehash-compatible); the quality gate and the region
+The pHash is taken from the frame's L image (imagehash-compatible); the quality gate and the region
 signals from the luma reduced to about 320×180 (:mod:`streamwatch.sampling.regions`). With
 ``regions`` on, "frozen" means no tile moved since the previous sample, and "duplicate" means the
 pHash is within the radius and no tile holds new content compared with the last kept frame.
@@ -100,7 +100,7 @@ class Sampler:
     def feed(self, frame: Frame) -> list[Sample | HealthEvent]:
         gray = frame.gray(WORK_SIDE)
         q = self.gate.measure(gray)
-        h = phash_luma(frame.luma())
+        h = phash_luma(frame.luminance())
         out: list[Sample | HealthEvent] = []
 
         moved: RegionChange | None = None
