@@ -23,7 +23,7 @@ from streamwatch.events.model import AlertEvent, HealthEvent, HealthKind
 from streamwatch.events.store import EventStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_overlay_suite import SUITE, write_clip  # noqa: E402
+from make_overlay_suite import SUITE, write_clip
 
 CONTENT_RULES = {"contact_spam", "gambling", "unauthorized_brand", "qr_code", "exposure"}
 ONSET_S = 2.0
@@ -42,7 +42,9 @@ def check(alerts: list[tuple[str, float]], labels: dict[str, Any], *, slack: flo
     for o in planted:
         hits = [t for r, t in content if r == o["expect"]]
         assert len(hits) == 1, f"{labels['name']}: {o['expect']} ({o['kind']} {o['size']} px at {o['start']} s): alerts at {hits}"
-        assert -slack <= hits[0] - o["start"] <= ONSET_S + slack, f"{labels['name']}: {o['expect']} alert at {hits[0]}, shown at {o['start']}"
+        assert -slack <= hits[0] - o["start"] <= ONSET_S + slack, (
+            f"{labels['name']}: {o['expect']} alert at {hits[0]}, shown at {o['start']}"
+        )
     wanted = {o["expect"] for o in planted}
     extra = [(r, t) for r, t in content if r not in wanted]
     assert not extra, f"{labels['name']}: alerts nobody planted (clean captions must stay silent): {extra}"
@@ -60,7 +62,9 @@ def check_frozen(health: list[HealthEvent], labels: dict[str, Any], every_s: flo
 
 
 @pytest.mark.parametrize("name", [c.name for c in SUITE])
-def test_analyze_alerts_on_every_overlay_once_within_two_seconds(suite: dict[str, tuple[Path, dict[str, Any]]], name: str, tmp_path: Path) -> None:
+def test_analyze_alerts_on_every_overlay_once_within_two_seconds(
+    suite: dict[str, tuple[Path, dict[str, Any]]], name: str, tmp_path: Path
+) -> None:
     clip, labels = suite[name]
     assert main(["analyze", str(clip), "-o", str(tmp_path / "r.json"), "--data", str(tmp_path / "d"), "-q"]) == 0
     store = EventStore(tmp_path / "d")

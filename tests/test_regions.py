@@ -17,7 +17,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-import segno
 import skimage.data
 
 from streamwatch.analysis.model import Detection
@@ -29,7 +28,7 @@ from streamwatch.sampling.regions import TILE, WORK_SIDE, box_area, content_chan
 from streamwatch.sampling.sampler import Decision, Sample, Sampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from make_overlay_suite import caption_image, paste, place, qr_image  # noqa: E402
+from make_overlay_suite import caption_image, paste, place, qr_image
 
 SIZES = [(640, 360), (1280, 720), (1920, 1080)]
 
