@@ -199,7 +199,8 @@ class TransformersBackend:
             images.extend(_rgb(b) for b in r.images)
         inputs: dict[str, Any] = {}
         if images:
-            pix = m.image_processor(images=images, return_tensors="pt")
+            # always H×W×3: without this, an image 1 or 3 px high is taken for channels-first
+            pix = m.image_processor(images=images, return_tensors="pt", input_data_format="channels_last")
             grids = iter(pix["image_grid_thw"])
             texts = [_expand(t, grids, m.merge) for t in texts]
             inputs.update(pix)
