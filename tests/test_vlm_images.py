@@ -15,7 +15,7 @@ import pytest
 
 from streamwatch.errors import RegistryError, VLMInputError
 from streamwatch.vlm.backend import VLMRequest, fit_request, fitted_jpegs, images_fit, jpeg, render
-from streamwatch.vlm.images import ImageLimits, Tile, jpeg_size, plan, request_fits
+from streamwatch.vlm.images import OVERLAP, ImageLimits, Tile, jpeg_size, plan, request_fits
 from streamwatch.vlm.registry import load_registry
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -65,13 +65,17 @@ def check(width: int, height: int, lim: ImageLimits) -> tuple[Tile, ...]:
         assert max(t.width, t.height) <= lim.max_aspect * min(t.width, t.height) + 1e-9
         assert 1 <= t.content_w <= t.width and 1 <= t.content_h <= t.height
         assert t.w >= 1 and t.h >= 1
-    # the crops partition the picture exactly, in reading order, along its long side
-    if width >= height:
-        assert all(t.y == 0 and t.h == height for t in tiles)
-        assert [t.x for t in tiles] == [0, *itertools.accumulate(t.w for t in tiles[:-1])] and sum(t.w for t in tiles) == width
-    else:
-        assert all(t.x == 0 and t.w == width for t in tiles)
-        assert [t.y for t in tiles] == [0, *itertools.accumulate(t.h for t in tiles[:-1])] and sum(t.h for t in tiles) == height
+    # the crops cover the picture in reading order along its long side; neighbours overlap a little
+    wide = width >= height
+    spans = [(t.x, t.x + t.w) if wide else (t.y, t.y + t.h) for t in tiles]
+    assert all((t.y, t.h) == (0, height) if wide else (t.x, t.w) == (0, width) for t in tiles)
+    assert spans[0][0] == 0 and spans[-1][1] == max(width, height)
+    nominal = max(width, height) / len(tiles)
+    for (a0, a1), (b0, b1) in itertools.pairwise(spans):
+        assert a0 < b0 and a1 < b1  # in order
+        assert 0 <= a1 - b0 <= 2 * math.ceil(OVERLAP * nominal) + 1  # no gap; a bounded overlap
+        if len(tiles) > 1 and nominal >= 100:
+            assert a1 - b0 >= 2 * OVERLAP * nominal - 2  # a text line cut by the boundary is whole in one tile
     assert request_fits([(t.width, t.height) for t in tiles], lim)  # what the backends accept without refitting
     return tiles
 

@@ -9,7 +9,8 @@ send 24×24 stickers, 332×27 banners and 690×15420 scrolling screenshots, so e
   the long side scaled down to ``side`` (never up), as before;
 - **tiles** otherwise: cut along the long side into at most ``max_tiles`` equal pieces (no more than
   the aspect ratio or the long side needs), each scaled to the area of a ``side``×``side`` image, so
-  a long screenshot keeps readable text instead of becoming a 23-px-wide strip;
+  a long screenshot keeps readable text instead of becoming a 23-px-wide strip; neighbouring tiles
+  share ``2 · OVERLAP`` of a piece's length, so a line of text cut by a boundary is whole in one;
 - then every piece is fitted: a short side below ``min_side`` is **scaled up** to it when the result
   stays within the aspect and token limits, and **padded** (content centred on a grey canvas)
   otherwise; sides are snapped to the nearest multiple of ``patch`` (as the processors' own
@@ -19,7 +20,8 @@ send 24×24 stickers, 332×27 banners and 690×15420 scrolling screenshots, so e
 
 Guarantees (property-tested over generated shapes from 1×1 to 690×15420 and aspect ratios to 15420):
 every canvas side is a multiple of ``patch`` and ≥ ``min_side``; aspect ≤ ``max_aspect``; the sum of
-tokens ≤ ``max_tokens``; the crops partition the source exactly; content fits its canvas.
+tokens ≤ ``max_tokens``; the crops cover the source in order, neighbours overlapping by at most
+``2 · OVERLAP`` of a piece; content fits its canvas.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+
+OVERLAP = 0.03  # of a tile's nominal length, added beyond each cut between two tiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +100,10 @@ def plan(width: int, height: int, limits: ImageLimits) -> tuple[Tile, ...]:
         n = min(limits.max_tiles, math.ceil(long / short / limits.tile_aspect), math.ceil(long / limits.side))
     budget = limits.max_tokens // n
     cuts = [round(i * long / n) for i in range(n + 1)]
+    extra = math.ceil(OVERLAP * long / n) if n > 1 else 0
     tiles = []
     for a, b in itertools.pairwise(cuts):
+        a, b = max(0, a - extra), min(long, b + extra)
         x, y, w, h = (a, 0, b - a, height) if width >= height else (0, a, width, b - a)
         scale = min(1.0, limits.side / max(w, h)) if n == 1 else min(1.0, limits.side / math.sqrt(w * h))
         tiles.append(_fit(x, y, w, h, scale, budget, limits))
