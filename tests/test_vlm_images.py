@@ -65,6 +65,10 @@ def check(width: int, height: int, lim: ImageLimits) -> tuple[Tile, ...]:
         assert max(t.width, t.height) <= lim.max_aspect * min(t.width, t.height) + 1e-9
         assert 1 <= t.content_w <= t.width and 1 <= t.content_h <= t.height
         assert t.w >= 1 and t.h >= 1
+        # not distorted beyond snapping: one scale s puts both content sides within patch/2 (+1 rounding)
+        d = lim.patch / 2 + 1
+        lo, hi = max((t.content_w - d) / t.w, (t.content_h - d) / t.h), min((t.content_w + d) / t.w, (t.content_h + d) / t.h)
+        assert lo <= hi, (width, height, t)
     # the crops cover the picture in reading order along its long side; neighbours overlap a little
     wide = width >= height
     spans = [(t.x, t.x + t.w) if wide else (t.y, t.y + t.h) for t in tiles]

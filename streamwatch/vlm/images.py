@@ -126,14 +126,13 @@ def _fit(x: int, y: int, w: int, h: int, scale: float, budget: int, lim: ImageLi
 def _canvas(x: int, y: int, w: int, h: int, scale: float, lim: ImageLimits) -> Tile:
     cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
     width, height = _snap(cw, lim), _snap(ch, lim)
+    # content at least the floor is resized onto the snapped side (≤ patch/2 px off); thinner content is padded
+    cw, ch = (width if cw >= lim.floor else cw), (height if ch >= lim.floor else ch)
     if max(width, height) > lim.max_aspect * min(width, height):  # pad the short side up to the ratio
         if width < height:
             width = _ceil_to(math.ceil(height / lim.max_aspect), lim.patch)
         else:
             height = _ceil_to(math.ceil(width / lim.max_aspect), lim.patch)
-    # content at least the floor is resized onto the snapped side (≤ patch/2 px off); thinner content is padded
-    cw = min(width, cw) if cw < lim.floor else width
-    ch = min(height, ch) if ch < lim.floor else height
     return Tile(x, y, w, h, cw, ch, width, height)
 
 
