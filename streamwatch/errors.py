@@ -24,8 +24,13 @@ Tree::
     ├── VLMError                              vision-language backends
     │   ├── RegistryError (ConfigError)       bad model registry (models/registry.json) or unknown model
     │   ├── VLMUnavailable (ConnectionError)  backend unreachable, HTTP error, model not loadable
+    │   │   └── VLMServerError                the backend answered this request with an error (HTTP 5xx,
+    │   │                                     failed generation): the model, or this input — the router asks
     │   ├── VLMTimeout (TimeoutError)         no answer within the backend's timeout
-    │   └── VLMOutputError (ValueError)       an answer that cannot be used (bad JSON, wrong schema, empty)
+    │   ├── VLMOutputError (ValueError)       an answer that cannot be used (bad JSON, wrong schema, empty)
+    │   └── VLMInputError (ValueError)        this request's input was refused (HTTP 400/413/422, an image
+    │                                         the model cannot take, or an error for this request while the
+    │                                         model answers others): reported against the request only
     ├── EventsError                           event store and bus
     └── ServerError                           WebSocket / HTTP server
 """
@@ -99,6 +104,24 @@ class VLMTimeout(VLMError, TimeoutError):
 
 class VLMOutputError(VLMError, ValueError):
     """A backend answered, but the answer cannot be used (malformed JSON, wrong schema, empty)."""
+
+
+class VLMServerError(VLMUnavailable):
+    """The backend is up but answered this request with an error (HTTP 5xx, a failed generation).
+
+    Either the model is failing or this input is one it cannot take; the router tells them apart by
+    asking the model a known-good request (a failure then counts against the model's circuit breaker,
+    a success turns this error into :class:`VLMInputError`).
+    """
+
+
+class VLMInputError(VLMError, ValueError):
+    """The backend refused this request's input (HTTP 400/413/422, an image its processor rejects, or
+    an error for this request while the model answers others).
+
+    Reported against that request only: not retried, never counted against the model's circuit
+    breaker, no failover down the chain.
+    """
 
 
 class EventsError(StreamwatchError):

@@ -5,7 +5,12 @@ tiny transformers model), with scripted faults consumed one per request:
 
 - ``500`` / ``503``: HTTP error; ``garbage``: a 200 whose body is not JSON;
 - ``timeout``: sleeps ``hang_s`` before answering; ``slow``: sleeps ``slow_s`` then answers;
-- ``bad_json``: answers content that is not JSON; ``400_schema``: 400 when response_format is sent.
+- ``bad_json``: answers content that is not JSON; ``400_schema``: 400 when response_format is sent;
+- ``400``: HTTP 400 for this request (a refusal of its input).
+
+With ``refuse_below=N`` it checks images like a real Qwen-VL server: every data URL is decoded and an
+image whose shorter side is below N px (or that does not decode) is answered ``refuse_status`` — 500
+by default, as vLLM does for a too-small image — while other requests are answered normally.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import cv2
+import numpy as np
 
 from streamwatch.vlm.backend import VLMRequest
 
@@ -36,7 +44,7 @@ def to_request(body: dict[str, Any]) -> VLMRequest:
                 prompt = part["text"]
             elif part["type"] == "image_url":
                 url = part["image_url"]["url"]
-                assert url.startswith("data:image/jpeg;base64,"), url[:40]
+                assert url.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")), url[:40]
                 images.append(base64.b64decode(url.split(",", 1)[1]))
     schema = body.get("response_format", {}).get("json_schema", {}).get("schema")
     return VLMRequest(
@@ -44,11 +52,32 @@ def to_request(body: dict[str, Any]) -> VLMRequest:
     )
 
 
+def image_sizes(req: VLMRequest) -> list[tuple[int, int] | None]:
+    """(width, height) of each image, decoded as a server does; None for one that does not decode."""
+    out: list[tuple[int, int] | None] = []
+    for data in req.images:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        out.append(None if img is None else (img.shape[1], img.shape[0]))
+    return out
+
+
 class ChatServer:
-    def __init__(self, respond: Callable[[VLMRequest], str], *, hang_s: float = 5.0, slow_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        respond: Callable[[VLMRequest], str],
+        *,
+        hang_s: float = 5.0,
+        slow_s: float = 0.3,
+        refuse_below: int = 0,
+        refuse_status: int = 500,
+    ) -> None:
         self.respond = respond
         self.hang_s = hang_s
         self.slow_s = slow_s
+        self.refuse_below = refuse_below
+        self.refuse_status = refuse_status
+        self.sizes: list[list[tuple[int, int] | None]] = []  # images of each request, as decoded
+        self.refused = 0
         self.script: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -73,13 +102,25 @@ class ChatServer:
                     return self._send(int(fault), b'{"error": {"message": "overloaded"}}')
                 if fault == "400_schema" and "response_format" in body:
                     return self._send(400, b'{"error": {"message": "response_format is not supported"}}')
+                if fault == "400":
+                    return self._send(400, b'{"error": {"message": "invalid request"}}')
+                request = to_request(body)
+                sizes = image_sizes(request)
+                with server.lock:
+                    server.sizes.append(sizes)
+                if server.refuse_below and any(s is None or min(s) < server.refuse_below for s in sizes):
+                    with server.lock:
+                        server.refused += 1
+                    small = next(s for s in sizes if s is None or min(s) < server.refuse_below)
+                    message = f"height and width must be larger than factor {server.refuse_below}, got {small}"
+                    return self._send(server.refuse_status, json.dumps({"error": {"message": message}}).encode())
                 if fault == "garbage":
                     return self._send(200, b"<html>proxy error</html>")
                 if fault == "timeout":
                     time.sleep(server.hang_s)
                 if fault == "slow":
                     time.sleep(server.slow_s)
-                content = "this is not json at all" if fault == "bad_json" else server.respond(to_request(body))
+                content = "this is not json at all" if fault == "bad_json" else server.respond(request)
                 payload = {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",

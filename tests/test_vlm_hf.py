@@ -17,11 +17,11 @@ pytest.importorskip("transformers")
 import tiny_vlm
 from chat_server import ChatServer
 
-from streamwatch.errors import VLMOutputError, VLMUnavailable
+from streamwatch.errors import VLMInputError, VLMOutputError, VLMUnavailable
 from streamwatch.vlm.backend import VLMRequest, VLMResult, jpeg
 from streamwatch.vlm.hf import TransformersBackend, pick_device
 from streamwatch.vlm.local import ImageEvidence
-from streamwatch.vlm.registry import ModelSpec, Registry, RegistrySpec
+from streamwatch.vlm.registry import Capability, ModelSpec, Registry, RegistrySpec
 from streamwatch.vlm.router import ModelRouter
 from streamwatch.vlm.service import VLMService
 
@@ -137,3 +137,74 @@ def test_tiny_model_served_over_http_answers_like_in_process(tiny_models: dict[s
 
     direct = local.generate_batch([to_request(srv.requests[0])])[0].text
     assert text == direct.strip()
+
+
+# --- images the processors refuse (issue 12) ---------------------------------------------------------
+
+ODD = [(24, 24), (1, 1), (332, 27), (690, 15420), (640, 360)]
+
+
+def odd_picture(w: int, h: int) -> np.ndarray:
+    return np.random.default_rng(w * 7 + h).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("arch", "patch"), [("qwen3_vl", 32), ("qwen2_5_vl", 28)])
+def test_odd_images_are_fitted_and_the_processor_counts_the_planned_tokens(tiny_models: dict[str, Path], arch: str, patch: int) -> None:
+    """Stickers, 1-px images, banners and long screenshots go through the real image processor; the image
+    tokens it makes equal the plan's (W/patch)·(H/patch), so the patch in the registry is the model's."""
+    from streamwatch.vlm.backend import fitted_jpegs
+    from streamwatch.vlm.images import plan
+
+    # the tiny processor resizes outside 64² … 256² px itself: limits that stay inside it
+    spec = hf_spec(tiny_models[arch], image_side=224, image_min_side=64, image_patch=patch, image_max_tokens=256, max_batch=1)
+    backend = TransformersBackend(spec)
+    for w, h in ODD:
+        tiles = plan(w, h, spec.image_limits)
+        req = VLMRequest("describe", fitted_jpegs(odd_picture(w, h), spec.image_limits), max_tokens=2, temperature=0.0)
+        r = backend.generate_batch([req])[0]
+        assert len(req.images) == len(tiles)
+        assert r.image_tokens == sum(t.tokens(patch) for t in tiles), (w, h, r.image_tokens)
+
+
+def test_one_image_the_processor_refuses_fails_only_its_request(tiny_models: dict[str, Path]) -> None:
+    """A registry entry that fits nothing lets a 1×300 strip through (aspect 300 > 200: the processor
+    raises): batched with good requests, only its request fails (VLMInputError); through the router the
+    model stays closed and nothing fails over."""
+    lax = {"image_min_side": 1, "image_patch": 1, "image_max_aspect": 100000, "image_max_tokens": 10**9}
+    spec = hf_spec(tiny_models["qwen3_vl"], max_batch=4, **lax)
+    backend = TransformersBackend(spec)
+    good = [VLMRequest(f"q{i}", (img,), max_tokens=2, temperature=0.0) for i, img in enumerate(images(3))]
+    bad = VLMRequest("q", (jpeg(odd_picture(300, 1)),), max_tokens=2, temperature=0.0)
+
+    async def batched() -> list[object]:
+        await backend.load()
+        out = await asyncio.gather(*(backend.generate(r) for r in [good[0], bad, good[1], good[2]]), return_exceptions=True)
+        await backend.close()
+        return out
+
+    results = asyncio.run(batched())
+    assert isinstance(results[1], VLMInputError), results[1]
+    assert all(isinstance(r, VLMResult | VLMOutputError) and not isinstance(r, VLMInputError) for r in results[::2] + results[3:])
+
+    reg = Registry(RegistrySpec.model_validate({"models": [spec.model_dump(mode="json")], "roles": {"qa": ["tiny", "local"]}}))
+    router = ModelRouter(reg, breaker_failures=1)
+    states: dict[str, str] = {}
+
+    async def routed() -> tuple[BaseException | None, str]:
+        error: BaseException | None = None
+        try:
+            await router.run(Capability.QA, lambda b: b.generate(bad), local=lambda: _local())
+        except VLMInputError as e:
+            error = e
+        _, model = await router.run(Capability.QA, lambda b: b.generate(good[0]), local=lambda: _local())
+        states.update(router.state())
+        await router.close()
+        return error, model
+
+    async def _local() -> VLMResult:
+        return VLMResult("template", "local")
+
+    error, model = asyncio.run(routed())
+    assert error is not None and "answers a probe" in str(error)
+    assert states == {"tiny": "closed"}
+    assert model == "tiny" or model == "local"  # random weights may answer only whitespace (unusable output)

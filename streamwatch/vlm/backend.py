@@ -17,13 +17,14 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from streamwatch.errors import VLMError, VLMOutputError
+from streamwatch.errors import VLMError, VLMInputError, VLMOutputError
+from streamwatch.vlm.images import ImageLimits, Tile, jpeg_size, plan, request_fits
 
 
 @dataclass(frozen=True, slots=True)
 class VLMRequest:
     prompt: str
-    images: tuple[bytes, ...] = ()  # JPEG-encoded
+    images: tuple[bytes, ...] = ()  # JPEG-encoded; a tiled picture is several, in reading order
     system: str = ""
     max_tokens: int = 256
     schema: str | None = None  # JSON schema (JSON text) the answer must follow, when the server can enforce it
@@ -106,3 +107,65 @@ def jpeg(rgb: np.ndarray, max_side: int = 512, quality: int = 85) -> bytes:
     if not ok:
         raise VLMError("could not encode the image as JPEG")
     return buf.tobytes()
+
+
+PAD = 114  # grey of the padding around content thinner than a model's minimum side (the YOLO letterbox grey)
+
+
+def render(rgb: np.ndarray, tile: Tile) -> np.ndarray:
+    """The canvas of one planned tile: the crop resized to its content size, centred, padded with grey."""
+    crop = rgb[tile.y : tile.y + tile.h, tile.x : tile.x + tile.w]
+    if (tile.content_w, tile.content_h) != (tile.w, tile.h):
+        shrink = tile.content_w * tile.content_h < tile.w * tile.h
+        crop = cv2.resize(crop, (tile.content_w, tile.content_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    if not tile.padded:
+        return np.ascontiguousarray(crop)
+    canvas = np.full((tile.height, tile.width, 3), PAD, np.uint8)
+    top, left = (tile.height - tile.content_h) // 2, (tile.width - tile.content_w) // 2
+    canvas[top : top + tile.content_h, left : left + tile.content_w] = crop
+    return canvas
+
+
+def fitted_jpegs(rgb: np.ndarray, limits: ImageLimits, quality: int = 85) -> tuple[bytes, ...]:
+    """An RGB picture (H×W×3 uint8) as the JPEG images a model with ``limits`` accepts (one, or tiles
+    in reading order): see :mod:`streamwatch.vlm.images`. Raises :class:`VLMInputError` for an empty image."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise VLMInputError(f"not an RGB image: shape {rgb.shape}")
+    return tuple(jpeg(render(rgb, t), max_side=1 << 30, quality=quality) for t in plan(rgb.shape[1], rgb.shape[0], limits))
+
+
+def images_fit(request: VLMRequest, limits: ImageLimits) -> bool:
+    """Whether the request's images can go as they are (JPEG headers only: microseconds, no decoding)."""
+    sizes = [jpeg_size(img) for img in request.images]
+    known = [s for s in sizes if s is not None]
+    return len(known) == len(sizes) and request_fits(known, limits)
+
+
+def fit_request(request: VLMRequest, limits: ImageLimits) -> VLMRequest:
+    """``request`` with its images refitted to ``limits`` when they do not already fit (sizes read from
+    the JPEG headers; only a request that does not fit is decoded). Blocking when it refits: run in an
+    executor. Raises :class:`VLMInputError` for an image that is not a decodable JPEG/PNG."""
+    if images_fit(request, limits):
+        return request
+    k = len(request.images)
+    share = ImageLimits(
+        limits.side,
+        limits.min_side,
+        limits.patch,
+        limits.max_tokens // k,
+        max(1, limits.max_tiles // k),
+        limits.tile_aspect,
+        limits.max_aspect,
+    )
+    if share.problems():  # too many images to tile within the budget: one image each
+        share = ImageLimits(limits.side, limits.min_side, limits.patch, limits.max_tokens // k, 1, limits.tile_aspect, limits.max_aspect)
+    images: list[bytes] = []
+    for i, data in enumerate(request.images):
+        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if rgb is None:
+            raise VLMInputError(f"image {i + 1} of the request could not be decoded")
+        try:
+            images.extend(fitted_jpegs(cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), share))
+        except ValueError as e:  # limits that cannot be met for this many images
+            raise VLMInputError(f"{k} images cannot be fitted to the model's image limits: {e}") from e
+    return VLMRequest(request.prompt, tuple(images), request.system, request.max_tokens, request.schema, request.temperature)

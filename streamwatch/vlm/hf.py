@@ -5,6 +5,11 @@ together are generated as one left-padded batch (up to the model's ``max_batch``
 (torch releases the GIL). Thinking-mode output has its reasoning stripped. torch and transformers are
 the optional ``hf`` extra and are imported only when a model of this kind loads.
 
+Images are fitted to the model's image limits before they are queued (:mod:`streamwatch.vlm.images`).
+A batch that fails is generated again one request at a time, so one image the processor cannot take
+fails only its own request (:class:`~streamwatch.errors.VLMInputError` when the others succeed;
+:class:`~streamwatch.errors.VLMServerError`, for the router to judge, when none does).
+
 The processor is ``AutoProcessor`` when it loads; without torchvision (which Qwen's video processors
 require) the tokenizer and image processor are used directly, with each ``<|image_pad|>`` expanded to
 the image's token count, as the Qwen processors do.
@@ -22,8 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamwatch.errors import VLMOutputError, VLMTimeout, VLMUnavailable
-from streamwatch.vlm.backend import VLMRequest, VLMResult, jpeg, strip_reasoning
+from streamwatch.errors import VLMError, VLMInputError, VLMOutputError, VLMServerError, VLMTimeout, VLMUnavailable
+from streamwatch.vlm.backend import VLMRequest, VLMResult, fit_request, fitted_jpegs, images_fit, strip_reasoning
 from streamwatch.vlm.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -106,6 +111,8 @@ class TransformersBackend:
         return _Loaded(model, tokenizer, image_processor, device, int(getattr(image_processor, "merge_size", 2)), token_id)
 
     async def generate(self, request: VLMRequest) -> VLMResult:
+        if not images_fit(request, self.spec.image_limits):
+            request = await asyncio.get_running_loop().run_in_executor(None, fit_request, request, self.spec.image_limits)
         await self.load()
         future: asyncio.Future[VLMResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(request, future))
@@ -132,11 +139,8 @@ class TransformersBackend:
                     p.future.cancel()
                 raise
             except Exception as e:  # one bad batch fails its requests, not the worker
-                logger.exception("%s: batch of %d failed", self.spec.id, len(batch))
-                err = e if isinstance(e, VLMUnavailable | VLMOutputError) else VLMUnavailable(f"{self.spec.id}: generation failed: {e}")
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
+                logger.warning("%s: batch of %d failed (%s: %s)", self.spec.id, len(batch), type(e).__name__, e)
+                await self._one_by_one(batch, e)
                 continue
             for p, r in zip(batch, results, strict=True):
                 if p.future.done():
@@ -145,6 +149,36 @@ class TransformersBackend:
                     p.future.set_result(r)
                 else:  # e.g. a Thinking model that used every token reasoning
                     p.future.set_exception(VLMOutputError(f"{self.spec.id}: empty answer"))
+
+    async def _one_by_one(self, batch: list[_Pending], error: Exception) -> None:
+        """After a failed batch: each request alone, so one bad input fails only its own request."""
+        if len(batch) == 1 or (isinstance(error, VLMUnavailable) and not isinstance(error, VLMServerError)):  # e.g. cannot load
+            results: list[VLMResult | Exception] = [error] * len(batch)
+        else:
+            results = []
+            for p in batch:
+                try:
+                    results.extend(await asyncio.get_running_loop().run_in_executor(self._pool, self.generate_batch, [p.request]))
+                except asyncio.CancelledError:
+                    for q in batch:
+                        q.future.cancel()
+                    raise
+                except Exception as e:
+                    results.append(e)
+        answered = any(isinstance(r, VLMResult) for r in results)
+        for p, r in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(r, VLMResult) and r.text.strip():
+                p.future.set_result(r)
+            elif isinstance(r, VLMResult):
+                p.future.set_exception(VLMOutputError(f"{self.spec.id}: empty answer"))
+            elif isinstance(r, VLMError) and not (answered and isinstance(r, VLMServerError)):
+                p.future.set_exception(r)
+            elif answered:  # the model answers the others: this input is the fault
+                p.future.set_exception(VLMInputError(f"{self.spec.id}: generation failed for this request only: {type(r).__name__}: {r}"))
+            else:
+                p.future.set_exception(VLMServerError(f"{self.spec.id}: generation failed: {type(r).__name__}: {r}"))
 
     def generate_batch(self, requests: list[VLMRequest]) -> list[VLMResult]:
         """Blocking: one batch, loading the model first if needed (the worker thread; tools and test servers)."""
@@ -165,7 +199,8 @@ class TransformersBackend:
             images.extend(_rgb(b) for b in r.images)
         inputs: dict[str, Any] = {}
         if images:
-            pix = m.image_processor(images=images, return_tensors="pt")
+            # always H×W×3: without this, an image 1 or 3 px high is taken for channels-first
+            pix = m.image_processor(images=images, return_tensors="pt", input_data_format="channels_last")
             grids = iter(pix["image_grid_thw"])
             texts = [_expand(t, grids, m.merge) for t in texts]
             inputs.update(pix)
@@ -196,7 +231,10 @@ class TransformersBackend:
         return results
 
     async def warm(self) -> None:
-        await self.generate(VLMRequest("Reply with OK.", (jpeg(np.full((64, 64, 3), 128, np.uint8)),), max_tokens=4))
+        """Also the router's health probe: a known-good request (a fitted grey image)."""
+        await self.generate(
+            VLMRequest("Reply with OK.", fitted_jpegs(np.full((64, 64, 3), 128, np.uint8), self.spec.image_limits), max_tokens=4)
+        )
 
     async def close(self) -> None:
         for p in self._pending:  # nobody waits on a closed model until its timeout
@@ -222,5 +260,5 @@ def _expand(text: str, grids: Any, merge: int) -> str:
 def _rgb(data: bytes) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise VLMOutputError("a request image could not be decoded")
+        raise VLMInputError("a request image could not be decoded")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

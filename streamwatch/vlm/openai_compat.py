@@ -1,10 +1,14 @@
 """OpenAI-compatible chat-completions backend (vLLM, SGLang, LMDeploy, Ollama, llama.cpp, hosted APIs).
 
-Images go as base64 JPEG data URLs; a JSON schema goes as ``response_format`` when the registry says
-the server supports it (a server that refuses it with HTTP 400 is asked again without, once, and
-remembered). Requests in flight are bounded by the model's ``concurrency``; every request has the
-model's timeout. The API key comes from the environment variable the registry names and appears in
-no log line, error or repr.
+Images go as base64 JPEG data URLs, fitted to the model's image limits first (minimum side, patch
+multiple, tokens: :mod:`streamwatch.vlm.images`; images already fitted by the caller pass untouched).
+A refusal of the input (HTTP 400, 413, 415, 422) raises :class:`~streamwatch.errors.VLMInputError`;
+HTTP 5xx raises :class:`~streamwatch.errors.VLMServerError` (the router decides whether the model or
+the input failed); other statuses :class:`~streamwatch.errors.VLMUnavailable`. A JSON schema goes
+as ``response_format`` when the registry says the server supports it (a server that refuses it with
+HTTP 400 is asked again without, once, and remembered when that succeeds). Requests in flight are
+bounded by the model's ``concurrency``; every request has the model's timeout. The API key comes
+from the environment variable the registry names and appears in no log line, error or repr.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-from streamwatch.errors import VLMOutputError, VLMTimeout, VLMUnavailable
+from streamwatch.errors import VLMError, VLMInputError, VLMOutputError, VLMServerError, VLMTimeout, VLMUnavailable
 from streamwatch.ingest.url import redact_url
-from streamwatch.vlm.backend import VLMRequest, VLMResult, jpeg, strip_reasoning, usable_text
+from streamwatch.vlm.backend import VLMRequest, VLMResult, fit_request, fitted_jpegs, images_fit, strip_reasoning, usable_text
 from streamwatch.vlm.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
+
+INPUT_REFUSED = frozenset({400, 413, 415, 422})  # bad request, payload too large, unsupported media, unprocessable
 
 
 class OpenAIBackend:
@@ -72,14 +78,17 @@ class OpenAIBackend:
         return body
 
     async def generate(self, request: VLMRequest) -> VLMResult:
+        if not images_fit(request, self.spec.image_limits):
+            request = await asyncio.get_running_loop().run_in_executor(None, fit_request, request, self.spec.image_limits)
         async with self._slots:
             t0 = time.perf_counter()
             with_schema = self._schema_ok and request.schema is not None
             response = await self._post(self._body(request, with_schema))
-            if response.status_code == 400 and with_schema:  # the server does not do structured output
-                logger.warning("%s refused response_format; asking without a schema from now on", self.spec.id)
-                self._schema_ok = False
+            if response.status_code == 400 and with_schema:  # perhaps the server does not do structured output
                 response = await self._post(self._body(request, False))
+                if response.status_code == 200:  # it was the schema (not the input): remember
+                    logger.warning("%s refused response_format; asking without a schema from now on", self.spec.id)
+                    self._schema_ok = False
             return self._result(response, time.perf_counter() - t0)
 
     async def _post(self, body: dict[str, Any]) -> httpx.Response:
@@ -93,7 +102,9 @@ class OpenAIBackend:
     def _result(self, response: httpx.Response, seconds: float) -> VLMResult:
         if response.status_code != 200:
             detail = response.text[:200].replace(os.environ.get(self.spec.api_key_env or "", "\0") or "\0", "***")
-            raise VLMUnavailable(f"{self.spec.id}: HTTP {response.status_code} from {self._where}: {detail}")
+            status = response.status_code
+            kind: type[VLMError] = VLMInputError if status in INPUT_REFUSED else VLMServerError if 500 <= status < 600 else VLMUnavailable
+            raise kind(f"{self.spec.id}: HTTP {status} from {self._where}: {detail}")
         try:
             data = response.json()
             message = data["choices"][0]["message"]
@@ -115,7 +126,10 @@ class OpenAIBackend:
         )
 
     async def warm(self) -> None:
-        await self.generate(VLMRequest("Reply with OK.", (jpeg(np.full((32, 32, 3), 128, np.uint8)),), max_tokens=4))
+        """Also the router's health probe: a known-good request (a fitted grey image)."""
+        await self.generate(
+            VLMRequest("Reply with OK.", fitted_jpegs(np.full((64, 64, 3), 128, np.uint8), self.spec.image_limits), max_tokens=4)
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -117,17 +117,33 @@ def _context(evidence: ImageEvidence) -> str:
     return "\n".join(bits)
 
 
-def compliance_request(questions: tuple[ComplianceQuestion, ...], image: bytes, evidence: ImageEvidence, max_tokens: int) -> VLMRequest:
+Images = bytes | tuple[bytes, ...] | None  # one JPEG, or a picture fitted as tiles (VLMService), or none
+
+
+def _images(images: Images) -> tuple[bytes, ...]:
+    return () if images is None else (images,) if isinstance(images, bytes) else images
+
+
+def _parts(images: tuple[bytes, ...]) -> str:
+    """What the prompt says about a picture sent as several tiles (see :mod:`streamwatch.vlm.images`)."""
+    if len(images) < 2:
+        return ""
+    return f"The picture is long, so it comes as {len(images)} consecutive parts in reading order; treat them as one image.\n"
+
+
+def compliance_request(questions: tuple[ComplianceQuestion, ...], images: Images, evidence: ImageEvidence, max_tokens: int) -> VLMRequest:
+    images = _images(images)
     lines = [f'- "{q.id}" ({_kind_hint(q)}): {q.question}' for q in questions]
     context = _context(evidence)
     prompt = (
         "You review one frame of a live stream for a moderation team. Answer every question about the image.\n"
+        + _parts(images)
         + "\n".join(lines)
         + ("\n\nContext from local detectors (may be incomplete or wrong):\n" + context if context else "")
         + "\n\nReply with one JSON object with exactly these keys and nothing else."
     )
     system = "You are a careful content-compliance reviewer. Answer only with JSON."
-    return VLMRequest(prompt, (image,), system, max_tokens, compliance_schema(questions), 0.0)
+    return VLMRequest(prompt, images, system, max_tokens, compliance_schema(questions), 0.0)
 
 
 def _kind_hint(q: ComplianceQuestion) -> str:
@@ -227,7 +243,8 @@ def parse_compliance(text: str, questions: tuple[ComplianceQuestion, ...], model
 # --- replies and answers -----------------------------------------------------------------------------
 
 
-def reply_request(persona: Persona, evidence: ImageEvidence, fan_text: str, image: bytes, max_tokens: int) -> VLMRequest:
+def reply_request(persona: Persona, evidence: ImageEvidence, fan_text: str, images: Images, max_tokens: int) -> VLMRequest:
+    images = _images(images)
     p = persona
     system = (
         f"You are {p.name}, a virtual idol, replying live to a fan who sent you an image. {p.personality}\n"
@@ -241,23 +258,26 @@ def reply_request(persona: Persona, evidence: ImageEvidence, fan_text: str, imag
     )
     context = _context(evidence)
     prompt = (
-        "Reply warmly and specifically to what is in this image"
+        _parts(images)
+        + "Reply warmly and specifically to what is in this image"
         + (f' (the fan wrote: "{fan_text[:200]}")' if fan_text else "")
         + "."
         + ("\n" + context if context else "")
         + "\nOnly the reply text."
     )
-    return VLMRequest(prompt, (image,), system, max_tokens, None, 0.7)
+    return VLMRequest(prompt, images, system, max_tokens, None, 0.7)
 
 
-def qa_request(question: str, evidence: ImageEvidence, image: bytes | None, max_tokens: int) -> VLMRequest:
+def qa_request(question: str, evidence: ImageEvidence, images: Images, max_tokens: int) -> VLMRequest:
+    images = _images(images)
     context = _context(evidence)
     prompt = (
         "This is the latest frame of a live stream. Answer the moderator's question about it briefly and factually.\n"
+        + _parts(images)
         + (context + "\n" if context else "")
         + f"Question: {question[:500]}"
     )
-    return VLMRequest(prompt, (image,) if image else (), "You describe live video frames accurately and concisely.", max_tokens, None, 0.0)
+    return VLMRequest(prompt, images, "You describe live video frames accurately and concisely.", max_tokens, None, 0.0)
 
 
 def clean_reply(text: str, limit: int) -> str:

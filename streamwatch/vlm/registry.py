@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streamwatch.errors import RegistryError
+from streamwatch.vlm.images import ImageLimits
 
 LOCAL = "local"
 
@@ -47,6 +48,12 @@ class ModelSpec(_Strict):
     timeout_s: Annotated[float, Field(gt=0, description="Seconds one request may take.")] = 30.0
     json_schema: Annotated[bool, Field(description="Send response_format with a JSON schema (vLLM/SGLang/OpenAI do).")] = True
     image_side: Annotated[int, Field(ge=64, le=4096, description="Long side of images sent to it (tokens scale with pixels).")] = 512
+    image_min_side: Annotated[int, Field(ge=1, le=1024, description="Shortest image side the server accepts, px (Qwen/GLM: 28-32).")] = 32
+    image_patch: Annotated[int, Field(ge=1, le=256, description="Image sides are multiples of this, px (Qwen3-VL 32, Qwen2.5-VL 28).")] = 32
+    image_max_tokens: Annotated[int, Field(ge=1, description="Image tokens per request, all images: (W/patch)·(H/patch) each.")] = 1280
+    image_max_tiles: Annotated[int, Field(ge=1, le=16, description="Images one long picture may be cut into.")] = 4
+    image_tile_aspect: Annotated[float, Field(ge=1, description="Pictures longer than image_side and than this ratio are tiled.")] = 3.0
+    image_max_aspect: Annotated[float, Field(ge=1, description="Longest aspect ratio accepted (Qwen: 200); beyond: padded.")] = 200.0
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="hf: where the model runs.")] = "auto"
     max_batch: Annotated[int, Field(ge=1, le=64, description="hf: requests generated together in one batch.")] = 4
 
@@ -58,7 +65,23 @@ class ModelSpec(_Strict):
             raise ValueError(f"endpoint must be an http(s) URL, not {self.endpoint!r}")
         if self.backend == "hf" and not self.path:
             raise ValueError("an hf backend needs path (local folder or hub id)")
+        problems = self.image_limits.problems()
+        if problems:
+            raise ValueError("image limits cannot be met: " + "; ".join(problems))
         return self
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """The image constraints of this model (:mod:`streamwatch.vlm.images`)."""
+        return ImageLimits(
+            self.image_side,
+            self.image_min_side,
+            self.image_patch,
+            self.image_max_tokens,
+            self.image_max_tiles,
+            self.image_tile_aspect,
+            self.image_max_aspect,
+        )
 
     def serves(self, role: Capability) -> bool:
         return role in self.capabilities

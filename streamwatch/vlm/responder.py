@@ -161,11 +161,15 @@ class AudienceResponder:
 
 
 def _decode_rgb(data: bytes, max_side: int) -> np.ndarray | None:
+    """The submitted image as RGB, long side at most ``max_side``; a long picture (aspect ratio over 3,
+    e.g. a scrolling screenshot) is instead kept within ``max_side``² pixels, so the VLM's tiles of it
+    stay legible (:mod:`streamwatch.vlm.images`). None when it cannot be decoded."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return None
     h, w = img.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
+    long, short = max(h, w), min(h, w)
+    scale = min(1.0, max_side / long if long <= 3 * short else max_side / (h * w) ** 0.5)
     if scale < 1.0:
-        img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))

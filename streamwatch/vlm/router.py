@@ -5,6 +5,13 @@ model that raises a :class:`~streamwatch.errors.VLMError` (unreachable, timeout,
 is tried once more, then its breaker records a failure and the next model serves. ``local`` in a
 chain is the template fallback the caller supplies. The result says which model produced it.
 
+A request whose *input* the model refuses (:class:`~streamwatch.errors.VLMInputError`: HTTP 4xx, an
+image the processor rejects) fails alone: it is not retried, its breaker records nothing and no
+other model is asked. A request answered twice with a server error
+(:class:`~streamwatch.errors.VLMServerError`, e.g. vLLM's 500 for a 20-px image) is followed by one
+known-good probe (the backend's ``warm``): if the model answers it, the failure is this input's
+(raised as ``VLMInputError``); if not, the model's breaker records the failure and the chain goes on.
+
 ``switch(role, model)`` loads and warms the new model *before* the chain changes (one assignment,
 so no request sees a half-loaded model); requests already running finish on the old backend, which
 is closed once it is idle and no chain uses it. Switches per role are rate-limited.
@@ -19,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from streamwatch.errors import VLMError, VLMUnavailable
+from streamwatch.errors import VLMError, VLMInputError, VLMServerError, VLMUnavailable
 from streamwatch.vlm.backend import VLMBackend
 from streamwatch.vlm.breaker import CircuitBreaker
 from streamwatch.vlm.registry import LOCAL, Capability, ModelSpec, Registry
@@ -28,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Factory = Callable[[ModelSpec], VLMBackend]
-Observer = Callable[[str, str, float], None]  # (model, outcome, seconds); outcome: ok | error | timeout | bad_output | skipped
+Observer = Callable[[str, str, float], None]  # (model, outcome, seconds); outcome: ok | error | timeout | bad_output | refused | skipped
 
 
 class SwitchRefused(VLMError):
@@ -143,12 +150,20 @@ class ModelRouter:
         mid = slot.spec.id
         slot.inflight += 1
         slot.idle.clear()
+        server_errors: list[VLMServerError] = []
         try:
             for attempt in (1, 2):
                 t0 = time.perf_counter()
                 try:
                     value = await task(slot.backend)
+                except VLMInputError as e:  # this request's input: no retry, no breaker, no failover
+                    self.observe(mid, "refused", time.perf_counter() - t0)
+                    logger.warning("%s refused the request's input: %s", mid, e)
+                    slot.breaker.release()
+                    raise
                 except VLMError as e:
+                    if isinstance(e, VLMServerError):
+                        server_errors.append(e)
                     outcome = "timeout" if isinstance(e, TimeoutError) else "bad_output" if isinstance(e, ValueError) else "error"
                     self.observe(mid, outcome, time.perf_counter() - t0)
                     logger.warning("%s attempt %d failed: %s", mid, attempt, e)
@@ -165,6 +180,10 @@ class ModelRouter:
                 self.observe(mid, "ok", time.perf_counter() - t0)
                 slot.breaker.success()
                 return value
+            if len(server_errors) == 2 and await self._answers_probe(slot):
+                self.observe(mid, "refused", 0.0)
+                slot.breaker.release()
+                raise VLMInputError(f"{mid} failed this request twice but answers a probe, so its input is refused: {server_errors[-1]}")
             if slot.breaker.failure(self.clock()):
                 logger.error("%s failed twice: circuit open for %.0fs, the next model in the chain serves", mid, slot.breaker.cooldown_s)
             return _FAILED
@@ -172,6 +191,21 @@ class ModelRouter:
             slot.inflight -= 1
             if slot.inflight == 0:
                 slot.idle.set()
+
+    async def _answers_probe(self, slot: _Slot) -> bool:
+        """Does the model answer a known-good request (its ``warm``) within its timeout?"""
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(slot.spec.timeout_s):
+                await slot.backend.warm()
+        except asyncio.CancelledError:
+            slot.breaker.release()
+            raise
+        except (VLMError, TimeoutError) as e:
+            logger.warning("%s also fails a probe: %s", slot.spec.id, e)
+            return False
+        logger.info("%s answers a probe (%.2fs): the failure was the request's input", slot.spec.id, time.perf_counter() - t0)
+        return True
 
     # --- hot switch ------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamwatch.vlm.backend import VLMBackend, jpeg
+from streamwatch.vlm.backend import VLMBackend, fitted_jpegs
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
 from streamwatch.vlm.persona import Persona
 from streamwatch.vlm.prompts import (
@@ -53,11 +53,12 @@ class VLMService:
         self.answer_tokens = answer_tokens
         self.compliance_tokens = compliance_tokens
 
-    def _jpeg(self, model: str, rgb: np.ndarray) -> bytes:
-        return jpeg(rgb, self.router.registry.get(model).image_side)
+    def _jpegs(self, model: str, rgb: np.ndarray) -> tuple[bytes, ...]:
+        """The picture fitted to the model's image limits: one JPEG, or tiles in reading order."""
+        return fitted_jpegs(rgb, self.router.registry.get(model).image_limits)
 
-    async def _encode(self, backend: VLMBackend, rgb: np.ndarray) -> bytes:
-        return await asyncio.get_running_loop().run_in_executor(None, self._jpeg, backend.model, rgb)
+    async def _encode(self, backend: VLMBackend, rgb: np.ndarray) -> tuple[bytes, ...]:
+        return await asyncio.get_running_loop().run_in_executor(None, self._jpegs, backend.model, rgb)
 
     async def compliance(self, rgb: np.ndarray, evidence: ImageEvidence) -> ComplianceAnswer | None:
         """All questions in one call; None when the chain ends at ``local`` (no model to ask)."""
@@ -89,7 +90,7 @@ class VLMService:
 
     async def answer(self, question: str, rgb: np.ndarray | None, evidence: ImageEvidence) -> Reply:
         async def ask(backend: VLMBackend) -> str:
-            image = await self._encode(backend, rgb) if rgb is not None else None
+            image = await self._encode(backend, rgb) if rgb is not None else ()
             result = await backend.generate(qa_request(question, evidence, image, self.answer_tokens))
             return result.text.strip()
 
