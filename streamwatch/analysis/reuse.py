@@ -118,8 +118,10 @@ class References:
         for r in [*near[: self.candidates], *live[-1:], *([extra] if extra is not None and now - extra.born <= self.ttl_s else [])]:
             if all(r is not p for p in picks):
                 picks.append(r)
-        if signature is None:  # the plain pHash cache
-            return Plan(PlanKind.HIT, near[0]) if near else Plan(PlanKind.FULL)
+        if signature is None:  # no tiles to compare: the plain pHash (and semantic) cache
+            if near:
+                return Plan(PlanKind.HIT, near[0])
+            return Plan(PlanKind.HIT, extra) if extra is not None and extra in picks else Plan(PlanKind.FULL)
         best: tuple[int, Reference, RegionChange] | None = None
         for r in picks:
             if r.signature is None or r.signature.shape != signature.shape or r.size != size:
