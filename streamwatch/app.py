@@ -9,6 +9,7 @@ wait), a consumer (cascade → policy → alerts) and a one-second ticker for he
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
@@ -40,6 +41,7 @@ from streamwatch.ingest.frame import Frame
 from streamwatch.ingest.reader import FrameReader
 from streamwatch.ingest.url import parse_source
 from streamwatch.sampling.interval import IntervalSampler
+from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_vector
 from streamwatch.sampling.sampler import Sample, Sampler
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.server import EventServer
@@ -130,6 +132,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self._producers: list[asyncio.Task[None]] = []
         self.search: FrameSearch | None = None  # with a vision encoder
+        self._thumbnailed: dict[str, float] = {}  # stream → offset of the last frame kept as a thumbnail
 
     def stop(self) -> None:
         """Stop ingest; queued frames are still analysed, then the store is flushed and clients closed."""
@@ -323,6 +326,9 @@ class Daemon:
                 await loop.run_in_executor(
                     None, index_frame, self.store, fa, image, self.cascade.encoder.model if self.cascade.encoder else ""
                 )
+            elif self._thumbnail_due(sid, fa, sample):  # without the encoder: the change signal stands in (summary picks)
+                vec = signature_vector(sample.signature)  # type: ignore[arg-type]
+                await loop.run_in_executor(None, index_frame, self.store, dataclasses.replace(fa, embedding=vec), image, SIGNATURE_INDEX)
             t1 = time.perf_counter()
             drafts = self.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)
@@ -331,6 +337,15 @@ class Daemon:
                 await self._publish_alerts(drafts, fa, image)
             if self.router.primary(Capability.COMPLIANCE) != LOCAL:  # stream time, so files are checked like live shows
                 self.escalations.offer(sid, self.latest[sid], [d.rule for d in drafts if d.escalate], frame.offset)
+
+    def _thumbnail_due(self, sid: str, fa: FrameAnalysis, sample: Sample) -> bool:
+        """A newly analysed frame, at most one per ``store.thumbnail_every_s`` of stream time per stream."""
+        every = self.settings.store.thumbnail_every_s
+        last = self._thumbnailed.get(sid)
+        if fa.cached or sample.signature is None or every is None or (last is not None and fa.offset - last < every):
+            return False
+        self._thumbnailed[sid] = fa.offset
+        return True
 
     async def _comply(self, sid: str) -> None:
         """The compliance model's second look at escalated and periodic frames → alerts and scene tags."""

@@ -273,6 +273,14 @@ class StoreConfig(_Section):
     retention_mb: Annotated[
         float | None, Field(gt=0, description="Keep the database plus evidence images under this size (MiB), oldest first.")
     ] = 2048.0
+    thumbnail_every_s: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="Without the vision encoder, keep a thumbnail of an analysed frame at most this often per stream "
+            "(stream seconds) for `streamwatch summary`; unset = none.",
+        ),
+    ] = 20.0
 
 
 class Settings(BaseSettings):

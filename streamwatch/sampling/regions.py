@@ -103,6 +103,20 @@ def signature_of(rgb: np.ndarray) -> np.ndarray:
     return reduce_gray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), WORK_SIDE)
 
 
+SIGNATURE_INDEX = "signature"  # the model name of frames indexed by their change signature (no encoder)
+
+
+def signature_vector(signature: np.ndarray) -> np.ndarray:
+    """A 576-d unit vector of a region signature (32×18 area-averaged, zero mean): stands in for an
+    encoder embedding when choosing diverse frames (cosine ≈ 1 for the same picture)."""
+    h, w = signature.shape
+    cols, rows = (32, 18) if w >= h else (18, 32)
+    v = cv2.resize(signature, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    v -= v.mean()
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-6 else np.zeros_like(v)
+
+
 def merge_boxes(boxes: list[Box]) -> list[Box]:
     """Union overlapping boxes until none overlap."""
     out = list(boxes)

@@ -284,3 +284,33 @@ def clean_reply(text: str, limit: int) -> str:
     """One paragraph, no surrounding quotes, at most ``limit`` characters."""
     text = " ".join(text.split()).strip().strip('"“”「」')
     return text[:limit]
+
+
+def summary_request(facts: str, images: Images, persona: Persona | None, max_tokens: int) -> VLMRequest:
+    """The post-show summary post: a few frames of the show and its facts (tags, timeline) → title, a few
+    sentences and hashtags in Chinese, optionally in the persona's voice."""
+    images = _images(images)
+    system = (
+        "You write short social-media posts (Weibo / Xiaohongshu) that sum up a live show that just ended. "
+        "Write in Simplified Chinese. First line: a title of at most 20 characters. Then 2-4 sentences. "
+        "Last line: 3-5 hashtags written as #tag#. No contact details, links, QR codes, prices or brand names."
+    )
+    if persona is not None:
+        system += f"\nWrite as {persona.name}, in this tone: {persona.tone}. {persona.personality}"
+    prompt = _parts(images) + "These are moments from the show, in order.\n" + facts + "\nOnly the post."
+    return VLMRequest(prompt, images, system, max_tokens, None, 0.7)
+
+
+def parse_summary(text: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """(title, body, hashtags) of a summary answer: the title on the first line, hashtags as ``#tag#`` or
+    ``#tag`` anywhere after it; None when there is no title or no body."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    rest = " ".join(lines[1:])
+    tags = tuple(dict.fromkeys(t.strip() for t in re.findall(r"#([^#\s]{1,20})#?", rest) if t.strip()))
+    body = " ".join(re.sub(r"#[^#\s]{1,20}#?", "", ln).strip() for ln in lines[1:]).strip()
+    title = lines[0].lstrip("#").strip().strip("《》【】*")
+    if not title or not body:
+        return None
+    return title[:40], body[:400], tags[:6]

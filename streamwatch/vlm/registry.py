@@ -24,6 +24,7 @@ class Capability(enum.Enum):
     COMPLIANCE = "compliance"
     REPLY = "reply"
     QA = "qa"
+    SUMMARY = "summary"  # the post-show summary post (streamwatch summary)
 
 
 class _Strict(BaseModel):

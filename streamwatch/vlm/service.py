@@ -8,10 +8,12 @@ the next model). ``local`` in a chain answers from templates and the local evide
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from streamwatch.errors import VLMOutputError
 from streamwatch.vlm.backend import VLMBackend, fitted_jpegs
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
 from streamwatch.vlm.persona import Persona
@@ -22,8 +24,10 @@ from streamwatch.vlm.prompts import (
     clean_reply,
     compliance_request,
     parse_compliance,
+    parse_summary,
     qa_request,
     reply_request,
+    summary_request,
 )
 from streamwatch.vlm.registry import Capability
 from streamwatch.vlm.router import ModelRouter
@@ -99,3 +103,32 @@ class VLMService:
 
         text, model = await self.router.run(Capability.QA, ask, local=template)
         return Reply(text, model)
+
+    async def summary(
+        self,
+        images: list[np.ndarray],
+        facts: str,
+        *,
+        persona: Persona | None,
+        accept: Callable[[str], bool],
+        template: Callable[[], Awaitable[tuple[str, str, tuple[str, ...]]]],
+        max_tokens: int = 320,
+    ) -> tuple[tuple[str, str, tuple[str, ...]], str]:
+        """The post-show post from the ``summary`` role: (title, body, hashtags) and the model id.
+
+        An answer that cannot be parsed, or that ``accept`` refuses (the word lists), is asked again once
+        by the router, then the next model serves; ``local`` (or a chain that ends) gives ``template()``.
+        """
+        async def ask(backend: VLMBackend) -> tuple[str, str, tuple[str, ...]]:
+            jpegs: tuple[bytes, ...] = ()
+            for img in images:
+                jpegs += await self._encode(backend, img)
+            result = await backend.generate(summary_request(facts, jpegs, persona, max_tokens))
+            post = parse_summary(result.text)
+            if post is None:
+                raise VLMOutputError("the summary answer has no title and body")
+            if not accept("\n".join((post[0], post[1], " ".join(post[2])))):
+                raise VLMOutputError("the summary answer failed the word lists")
+            return post
+
+        return await self.router.run(Capability.SUMMARY, ask, local=template)
