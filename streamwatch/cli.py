@@ -9,10 +9,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamwatch import __version__
 from streamwatch.errors import ConfigError, EventsError, StreamwatchError
+
+if TYPE_CHECKING:
+    from streamwatch.config import EncoderConfig
 
 logger = logging.getLogger("streamwatch")
 
@@ -110,10 +113,46 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     policies = [load_policy(p) for p in paths]
     registry = load_registry(settings.vlm.registry, settings.vlm.roles)
     persona = load_persona(settings.vlm.persona)
+    encoder = _check_encoder(settings.analysis.encoder)
     n = len(settings.streams)
     checked = "; ".join(f"policy {p.path}: OK ({len(p.rules)} rules)" for p in policies)
     roles = ", ".join(f"{r.value} → {' → '.join(c)}" for r, c in registry.roles.items())
-    print(f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''}); {checked}; persona {persona.id}: OK; models: {roles}")
+    head = f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''})"
+    print(f"{head}; {checked}; persona {persona.id}: OK; {encoder}; models: {roles}")
+    return 0
+
+
+def _check_encoder(cfg: EncoderConfig) -> str:
+    """The encoder folder (manifest, every file's SHA-256, the variant) and its labels file; ConfigError if wrong."""
+    from streamwatch.analysis.encoder import LabelsFile, load_manifest
+    from streamwatch.config import load_toml_model
+
+    if cfg.path is None:
+        return "encoder: off"
+    try:
+        manifest = load_manifest(cfg.path)
+    except StreamwatchError as e:
+        raise ConfigError(f"analysis.encoder.path: {e} (export one with `streamwatch export-encoder SOURCE -o {cfg.path}`)") from e
+    if cfg.variant and cfg.variant not in manifest.variants:
+        have = ", ".join(manifest.variants) or "none"
+        raise ConfigError(f"analysis.encoder.variant: encoder {manifest.name} has no {cfg.variant!r} variant (has: {have})")
+    labels = load_toml_model(cfg.labels, LabelsFile, "labels file") if cfg.labels else None
+    n = f", {len(labels.label)} labels" if labels else ""
+    return f"encoder {manifest.name}{f' ({cfg.variant})' if cfg.variant else ''}: OK{n}"
+
+
+def _cmd_init(a: argparse.Namespace) -> int:
+    from streamwatch.config_example import render_example
+
+    out: Path = a.path
+    if out.exists() and not a.force:
+        raise ConfigError(f"{out} exists: not overwritten (--force to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_example(), encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from e
+    print(f"wrote {out}: edit [[streams]] and [[server.tokens]], then `streamwatch check-config {out}` and `streamwatch run -c {out}`")
     return 0
 
 
@@ -356,10 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(pr)
     pr.set_defaults(func=_cmd_probe)
 
-    c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and exit")
+    c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and the files it names, and exit")
     c.add_argument("config", type=Path, nargs="?", help="TOML config file")
     c.add_argument("--policy", type=Path, help="policy file to check (default: analysis.policy)")
     c.set_defaults(func=_cmd_check_config)
+
+    ini = sub.add_parser("init", help="write the commented example config (every section, with defaults)")
+    ini.add_argument("path", type=Path, nargs="?", default=Path("streamwatch.toml"), help="where (default: streamwatch.toml)")
+    ini.add_argument("--force", action="store_true", help="overwrite an existing file")
+    ini.set_defaults(func=_cmd_init)
 
     ru = sub.add_parser("run", help="run the daemon: watch streams, raise alerts, serve /ws and the overlay")
     ru.add_argument("-c", "--config", type=Path, help="TOML config file with [[streams]], [server], [analysis]")

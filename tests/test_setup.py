@@ -115,7 +115,7 @@ def test_too_old_a_python_is_named(tmp_path: Path) -> None:
 
 def test_package_metadata_builds_without_deprecation_warnings(tmp_path: Path) -> None:
     """project.license as an SPDX string + license-files (a TOML table is deprecated by setuptools)."""
-    code = "from setuptools import build_meta as b; print(b.prepare_metadata_for_build_wheel(r'%s'))" % tmp_path
+    code = f"from setuptools import build_meta as b; print(b.prepare_metadata_for_build_wheel({str(tmp_path)!r}))"
     r = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = (tmp_path / r.stdout.split()[-1] / "METADATA").read_text()
