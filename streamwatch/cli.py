@@ -338,8 +338,26 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".json": "json", ".csv": "csv"}
+
+
+def _report_target(output: Path | None, fmt: str | None, recording: Path) -> tuple[Path, str]:
+    """Where ``analyze`` writes its report and in which format: ``--format``, else the extension of
+    ``-o``; without ``-o``, ``RECORDING-report.FORMAT`` beside the recording. ConfigError when unclear."""
+    if output is None:
+        fmt = fmt or "html"
+        return recording.with_name(f"{recording.stem}-report.{fmt}"), fmt
+    by_suffix = REPORT_SUFFIXES.get(output.suffix.lower())
+    if fmt and by_suffix and fmt != by_suffix:
+        raise ConfigError(f"-o {output} says {by_suffix} but --format says {fmt}: make them agree")
+    if not fmt and not by_suffix:
+        raise ConfigError(f"cannot tell the report format from {output.name!r}: name it .html, .json or .csv, or give --format")
+    return output, fmt or by_suffix or "html"
+
+
 def _cmd_analyze(a: argparse.Namespace) -> int:
     import asyncio
+    import shutil
     import tempfile
 
     from tqdm import tqdm
@@ -351,30 +369,39 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
     from streamwatch.ingest.url import parse_source
     from streamwatch.report import collect, render
 
+    out, fmt = _report_target(a.output, a.format, a.file)  # before the work: a bad name fails at once
     data = a.data or Path(tempfile.mkdtemp(prefix="streamwatch-analyze-"))
-    over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
-    if a.policy:
-        over["analysis"] = {"policy": a.policy}
-    settings = load_settings(a.config, over)
-    _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-    duration = probe(parse_source(str(a.file)), settings.ingest).duration_s or 0.0
-    bar = tqdm(total=round(duration, 1) or None, unit="s", desc=a.file.name, disable=a.quiet)
-
-    def progress(_stream: str, offset: float) -> None:
-        bar.update(round(offset, 1) - bar.n)
-
-    asyncio.run(Daemon(settings, serve=False, on_sample=progress).run())
-    bar.close()
-    store = EventStore(data, retention_days=None, retention_mb=None)
     try:
-        inputs = collect(store, a.id)
+        over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
+        if a.policy:
+            over["analysis"] = {"policy": a.policy}
+        settings = load_settings(a.config, over)
+        _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+        duration = probe(parse_source(str(a.file)), settings.ingest).duration_s or 0.0
+        bar = tqdm(total=round(duration, 1) or None, unit="s", desc=a.file.name, disable=a.quiet)
+
+        def progress(_stream: str, offset: float) -> None:
+            bar.update(round(offset, 1) - bar.n)
+
+        asyncio.run(Daemon(settings, serve=False, on_sample=progress).run())
+        bar.close()
+        store = EventStore(data, retention_days=None, retention_mb=None)
+        try:
+            inputs = collect(store, a.id, embed_images=fmt == "html")
+        finally:
+            store.close()
+        text = render(inputs, fmt)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise EventsError(f"cannot write the report to {out}: {e.strerror or e} (choose another place with -o)") from e
     finally:
-        store.close()
+        if a.data is None:
+            shutil.rmtree(data, ignore_errors=True)
     alerts = [e for e in inputs.events if e.TYPE == "alert"]
-    out: Path = a.output or Path(f"{a.file.stem}-report.html")
-    fmt = out.suffix.lstrip(".") if out.suffix.lstrip(".") in ("html", "json", "csv") else "html"
-    out.write_text(render(inputs, fmt), encoding="utf-8")
-    print(f"{len(alerts)} alerts in {a.file}; report: {out} (events kept in {data})")
+    kept = f"events and evidence frames kept in {data}" if a.data else "events not kept (--data DIR keeps them)"
+    print(f"{len(alerts)} alerts in {a.file}; {fmt} report: {out.resolve()} ({kept})")
     return 0
 
 
@@ -416,14 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--token", action="append", metavar="ROLE:SECRET", help="accept this token for ROLE (repeatable)")
     ru.add_argument("--data", type=Path, help="data directory (events, evidence)")
     ru.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
+    ru.add_argument("--realtime", action="store_true", help="pace file sources in real time, like a live show (ingest.realtime)")
     ru.set_defaults(func=_cmd_run, open_timeout_s=None, read_timeout_s=None, max_retries=None, decode=None, hwaccel=None)
 
     an = sub.add_parser("analyze", help="run the analysis cascade on a recording as fast as possible, then write a report")
     an.add_argument("file", type=Path, help="video file")
-    an.add_argument("-o", "--output", type=Path, help="report file (.html, .json or .csv; default FILE-report.html)")
+    an.add_argument("-o", "--output", type=Path, help="report file (.html, .json or .csv; default: FILE-report.html beside FILE)")
+    an.add_argument("--format", choices=["html", "json", "csv"], help="report format (default: from the -o extension, else html)")
     an.add_argument("-c", "--config", type=Path, help="TOML config file ([analysis], [sampling])")
     an.add_argument("--id", default="recording", help="stream id in the report (default: recording)")
-    an.add_argument("--data", type=Path, help="keep the events here (default: a temporary folder)")
+    an.add_argument("--data", type=Path, help="keep the events and evidence frames here (default: a temporary folder, removed)")
     an.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     an.set_defaults(func=_cmd_analyze)
