@@ -28,6 +28,7 @@ $(DEMO_STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[demo]"
 	$(one_cv2)
 	touch $(DEMO_STAMP)
+	@echo "streamwatch is installed in $(VENV)/bin: \`. $(VENV)/bin/activate\` puts it on the PATH of your shell"
 
 # everything for the tests: + torch, transformers (the `hf` extra) and the dev tools
 $(STAMP): $(DEMO_STAMP)

@@ -122,3 +122,24 @@ def test_check_config_verifies_an_exported_encoder(tmp_path: Path) -> None:
     cfg.write_text(f'[analysis.encoder]\npath = "{enc}"\n')
     r = sw("check-config", str(cfg))
     assert r.returncode == 1 and "does not match its manifest" in r.stderr
+
+
+def test_every_command_and_option_the_readme_shows_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamwatch.cli import main
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    seen = 0
+    for line in block.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) < 2 or words[0] != "streamwatch" or words[1].startswith("-"):
+            continue
+        cmd = words[1:3] if words[1] == "models" else words[1:2]
+        with pytest.raises(SystemExit):
+            main([*cmd, "--help"])
+        helptext = capsys.readouterr().out
+        for opt in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", line.split("#", 1)[0]):
+            assert opt in helptext, f"README: `{' '.join(cmd)} {opt}` is not an option"
+        seen += 1
+    assert seen >= 12
+    assert ". .venv/bin/activate" in text and "artifacts/demo/" in text and "ARGS=--hold" in text
