@@ -136,3 +136,34 @@ def test_models_readme_lists_the_files_that_ship() -> None:
     for top in tops:
         assert top in text, f"models/README.md does not mention {top}"
     assert "arrive with" not in text and "future" not in text.lower()
+
+
+def test_the_demo_extra_covers_every_import_of_the_demo() -> None:
+    """`make demo` installs streamwatch + the `demo` extra only: every module its scripts import must come from those."""
+    import ast
+    import importlib.metadata as md
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in project["dependencies"]}
+    wanted |= {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in project["optional-dependencies"]["demo"]}
+    local = {p.stem for p in (ROOT / "tools").glob("*.py")} | {"streamwatch"}
+    dists = md.packages_distributions()
+    missing = []
+    for script in ("demo.py", "make_concert_clip.py"):
+        for node in ast.walk(ast.parse((ROOT / "tools" / script).read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if not top or top in sys.stdlib_module_names or top in local or top == "__future__":
+                    continue
+                provided = {d.lower().replace("_", "-") for d in dists.get(top, [])}
+                if not provided & wanted:
+                    missing.append(f"{script}: {top} ({', '.join(sorted(provided)) or 'not installed'})")
+    assert not missing, f"not in the dependencies or the demo extra: {missing}"
