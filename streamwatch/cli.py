@@ -9,13 +9,10 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streamwatch import __version__
 from streamwatch.errors import ConfigError, EventsError, StreamwatchError
-
-if TYPE_CHECKING:
-    from streamwatch.config import EncoderConfig
 
 logger = logging.getLogger("streamwatch")
 
@@ -101,6 +98,7 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 
 def _cmd_check_config(a: argparse.Namespace) -> int:
     from streamwatch.analysis.policy import load_policy
+    from streamwatch.cli_checks import check_encoder
     from streamwatch.config import load_settings
     from streamwatch.ingest.url import parse_source
     from streamwatch.vlm.persona import load_persona
@@ -113,32 +111,13 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     policies = [load_policy(p) for p in paths]
     registry = load_registry(settings.vlm.registry, settings.vlm.roles)
     persona = load_persona(settings.vlm.persona)
-    encoder = _check_encoder(settings.analysis.encoder)
+    encoder = check_encoder(settings.analysis.encoder)
     n = len(settings.streams)
     checked = "; ".join(f"policy {p.path}: OK ({len(p.rules)} rules)" for p in policies)
     roles = ", ".join(f"{r.value} → {' → '.join(c)}" for r, c in registry.roles.items())
     head = f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''})"
     print(f"{head}; {checked}; persona {persona.id}: OK; {encoder}; models: {roles}")
     return 0
-
-
-def _check_encoder(cfg: EncoderConfig) -> str:
-    """The encoder folder (manifest, every file's SHA-256, the variant) and its labels file; ConfigError if wrong."""
-    from streamwatch.analysis.encoder import LabelsFile, load_manifest
-    from streamwatch.config import load_toml_model
-
-    if cfg.path is None:
-        return "encoder: off"
-    try:
-        manifest = load_manifest(cfg.path)
-    except StreamwatchError as e:
-        raise ConfigError(f"analysis.encoder.path: {e} (export one with `streamwatch export-encoder SOURCE -o {cfg.path}`)") from e
-    if cfg.variant and cfg.variant not in manifest.variants:
-        have = ", ".join(manifest.variants) or "none"
-        raise ConfigError(f"analysis.encoder.variant: encoder {manifest.name} has no {cfg.variant!r} variant (has: {have})")
-    labels = load_toml_model(cfg.labels, LabelsFile, "labels file") if cfg.labels else None
-    n = f", {len(labels.label)} labels" if labels else ""
-    return f"encoder {manifest.name}{f' ({cfg.variant})' if cfg.variant else ''}: OK{n}"
 
 
 def _cmd_init(a: argparse.Namespace) -> int:
@@ -338,23 +317,6 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".json": "json", ".csv": "csv"}
-
-
-def _report_target(output: Path | None, fmt: str | None, recording: Path) -> tuple[Path, str]:
-    """Where ``analyze`` writes its report and in which format: ``--format``, else the extension of
-    ``-o``; without ``-o``, ``RECORDING-report.FORMAT`` beside the recording. ConfigError when unclear."""
-    if output is None:
-        fmt = fmt or "html"
-        return recording.with_name(f"{recording.stem}-report.{fmt}"), fmt
-    by_suffix = REPORT_SUFFIXES.get(output.suffix.lower())
-    if fmt and by_suffix and fmt != by_suffix:
-        raise ConfigError(f"-o {output} says {by_suffix} but --format says {fmt}: make them agree")
-    if not fmt and not by_suffix:
-        raise ConfigError(f"cannot tell the report format from {output.name!r}: name it .html, .json or .csv, or give --format")
-    return output, fmt or by_suffix or "html"
-
-
 def _cmd_analyze(a: argparse.Namespace) -> int:
     import asyncio
     import shutil
@@ -363,13 +325,14 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from streamwatch.app import Daemon
+    from streamwatch.cli_checks import report_target
     from streamwatch.config import load_settings
     from streamwatch.events.store import EventStore
     from streamwatch.ingest.probe import probe
     from streamwatch.ingest.url import parse_source
     from streamwatch.report import collect, render
 
-    out, fmt = _report_target(a.output, a.format, a.file)  # before the work: a bad name fails at once
+    out, fmt = report_target(a.output, a.format, a.file)  # before the work: a bad name fails at once
     data = a.data or Path(tempfile.mkdtemp(prefix="streamwatch-analyze-"))
     try:
         over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
