@@ -8,6 +8,7 @@ import base64
 import http.client
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,12 @@ def test_a_request_line_arriving_byte_by_byte_is_still_answered(tmp_path: Path) 
                 got += chunk
         assert got.startswith(b"HTTP/1.1 421 ")
         assert b"wrong_port" in got
+
+
+def test_bytes_that_are_not_http_are_left_to_websockets(tmp_path: Path) -> None:
+    """A TLS hello or junk (a line of it) is closed at once, as before: no 405, not held waiting for headers."""
+    with ServerThread(tmp_path / "d") as s, socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n")
+        t0 = time.monotonic()
+        got = sock.recv(65536)
+        assert time.monotonic() - t0 < 5 and not got.startswith(b"HTTP/1.1 405")

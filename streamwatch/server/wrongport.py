@@ -57,8 +57,9 @@ def connection_class(answer: Answer) -> type[ServerConnection]:
             space = self._head.find(b" ")
             if space < 0 and len(self._head) < 16:
                 return  # not even the method yet
-            if self._head[:space] == b"GET":
-                head, self._head = bytes(self._head), None
+            token = bytes(self._head[:space]) if space >= 0 else b""
+            if token == b"GET" or not (token.isalpha() and token.isupper()):
+                head, self._head = bytes(self._head), None  # GET, or not HTTP at all (TLS, junk): websockets' own answer
                 super().data_received(head)
                 return
             end = self._head.find(b"\r\n\r\n")
