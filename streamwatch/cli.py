@@ -318,51 +318,53 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(a: argparse.Namespace) -> int:
-    import asyncio
-    import shutil
     import tempfile
+
+    from streamwatch.cli_checks import report_target
+
+    out, fmt = report_target(a.output, a.format, a.file)  # before the work: a bad name fails at once
+    if a.data is not None:
+        return _analyze(a, a.data, out, fmt)
+    with tempfile.TemporaryDirectory(prefix="streamwatch-analyze-", ignore_cleanup_errors=True) as tmp:
+        return _analyze(a, Path(tmp), out, fmt)
+
+
+def _analyze(a: argparse.Namespace, data: Path, out: Path, fmt: str) -> int:
+    import asyncio
 
     from tqdm import tqdm
 
     from streamwatch.app import Daemon
-    from streamwatch.cli_checks import report_target
     from streamwatch.config import load_settings
     from streamwatch.events.store import EventStore
     from streamwatch.ingest.probe import probe
     from streamwatch.ingest.url import parse_source
     from streamwatch.report import collect, render
 
-    out, fmt = report_target(a.output, a.format, a.file)  # before the work: a bad name fails at once
-    data = a.data or Path(tempfile.mkdtemp(prefix="streamwatch-analyze-"))
+    over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
+    if a.policy:
+        over["analysis"] = {"policy": a.policy}
+    settings = load_settings(a.config, over)
+    _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    duration = probe(parse_source(str(a.file)), settings.ingest).duration_s or 0.0
+    bar = tqdm(total=round(duration, 1) or None, unit="s", desc=a.file.name, disable=a.quiet)
+
+    def progress(_stream: str, offset: float) -> None:
+        bar.update(round(offset, 1) - bar.n)
+
+    asyncio.run(Daemon(settings, serve=False, on_sample=progress).run())
+    bar.close()
+    store = EventStore(data, retention_days=None, retention_mb=None)
     try:
-        over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
-        if a.policy:
-            over["analysis"] = {"policy": a.policy}
-        settings = load_settings(a.config, over)
-        _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-        duration = probe(parse_source(str(a.file)), settings.ingest).duration_s or 0.0
-        bar = tqdm(total=round(duration, 1) or None, unit="s", desc=a.file.name, disable=a.quiet)
-
-        def progress(_stream: str, offset: float) -> None:
-            bar.update(round(offset, 1) - bar.n)
-
-        asyncio.run(Daemon(settings, serve=False, on_sample=progress).run())
-        bar.close()
-        store = EventStore(data, retention_days=None, retention_mb=None)
-        try:
-            inputs = collect(store, a.id, embed_images=fmt == "html")
-        finally:
-            store.close()
-        text = render(inputs, fmt)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise EventsError(f"cannot write the report to {out}: {e.strerror or e} (choose another place with -o)") from e
+        inputs = collect(store, a.id, embed_images=fmt == "html")
     finally:
-        if a.data is None:
-            shutil.rmtree(data, ignore_errors=True)
+        store.close()
     alerts = [e for e in inputs.events if e.TYPE == "alert"]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(inputs, fmt), encoding="utf-8")
+    except OSError as e:
+        raise EventsError(f"cannot write the report to {out}: {e.strerror or e} (choose another place with -o)") from e
     kept = f"events and evidence frames kept in {data}" if a.data else "events not kept (--data DIR keeps them)"
     print(f"{len(alerts)} alerts in {a.file}; {fmt} report: {out.resolve()} ({kept})")
     return 0
