@@ -1,44 +1,64 @@
-# Set up a virtual environment and run the demo or the tests. Works on a fresh Debian/Ubuntu
-# machine with Python 3.11 (system packages: see .ci/run, or `make system-deps` as root).
+# Set up a virtual environment and run the demo or the tests. Works on a fresh Debian/Ubuntu machine
+# with git, make and Python 3.11: `make demo` and `make test` install the system packages they need
+# first (tools/system-deps.sh: as root with apt-get, else through sudo, else they stop and print the
+# apt-get line to run as root).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
+export PY
 
 .PHONY: demo test test-optimum lint typecheck check system-deps bench clean
 
-$(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	@# the CPU build of torch for the in-process VLM backend (the `hf` extra); on a GPU machine install the
-	@# CUDA build instead (TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,hf]"
-	@# rapidocr-onnxruntime pulls opencv-python (GUI build, needs libGL) over the headless one: put the
-	@# headless build back so exactly one working cv2 is left.
+# rapidocr-onnxruntime pulls opencv-python (GUI build, needs libGL) over the headless one: put the
+# headless build back so exactly one working cv2 is left.
+define one_cv2
 	$(BIN)/pip uninstall -q -y opencv-python || true
 	$(BIN)/pip install -q --force-reinstall --no-deps "opencv-python-headless==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))')"
 	$(BIN)/python -c "import cv2, av; print('cv2', cv2.__version__, '| av', av.__version__)"
+endef
+
+# what the demo needs: streamwatch itself + the clip generator's Pillow and scikit-image
+$(DEMO_STAMP): pyproject.toml
+	@sh tools/system-deps.sh venv
+	test -x $(BIN)/pip || $(PY) -m venv --clear $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[demo]"
+	$(one_cv2)
+	touch $(DEMO_STAMP)
+	@echo "streamwatch is installed in $(VENV)/bin: \`. $(VENV)/bin/activate\` puts it on the PATH of your shell"
+
+# everything for the tests: + torch, transformers (the `hf` extra) and the dev tools
+$(STAMP): $(DEMO_STAMP)
+	@# the CPU build of torch for the in-process VLM backend (the `hf` extra); on a GPU machine install the
+	@# CUDA build instead (TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[demo,dev,hf]"
+	$(one_cv2)
 	touch $(STAMP)
 
 system-deps:
-	@command -v ffmpeg >/dev/null && command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_rtmp_module.so \
-	  && command -v chromium >/dev/null && test -d /usr/share/fonts/opentype/noto \
-	  && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
-	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg nginx libnginx-mod-rtmp chromium fonts-noto-cjk \
-	       gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good python3-gi)
+	sh tools/system-deps.sh venv demo test
 
-demo: $(STAMP)
-	$(BIN)/python tools/demo.py
+# system packages first (a missing one stops make before the long pip install), then the venv.
+# ARGS passes options on: make demo ARGS=--hold, make test ARGS="-k cli -x"
+demo:
+	@sh tools/system-deps.sh venv demo
+	@$(MAKE) --no-print-directory $(DEMO_STAMP)
+	$(BIN)/python tools/demo.py $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test:
+	@sh tools/system-deps.sh venv test
+	@$(MAKE) --no-print-directory $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
 
 # optimum-onnx needs transformers < 4.58: its exporter path is checked in an environment of its own,
 # on tiny checkpoints built by the main one
 OPT := .venv-optimum
 $(OPT)/.installed: pyproject.toml
+	@sh tools/system-deps.sh venv
 	$(PY) -m venv $(OPT)
 	$(OPT)/bin/pip install -q --upgrade pip
 	$(OPT)/bin/pip install -q $(TORCH)

@@ -98,6 +98,7 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 
 def _cmd_check_config(a: argparse.Namespace) -> int:
     from streamwatch.analysis.policy import load_policy
+    from streamwatch.cli_checks import check_encoder
     from streamwatch.config import load_settings
     from streamwatch.ingest.url import parse_source
     from streamwatch.vlm.persona import load_persona
@@ -110,10 +111,27 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     policies = [load_policy(p) for p in paths]
     registry = load_registry(settings.vlm.registry, settings.vlm.roles)
     persona = load_persona(settings.vlm.persona)
+    encoder = check_encoder(settings.analysis.encoder)
     n = len(settings.streams)
     checked = "; ".join(f"policy {p.path}: OK ({len(p.rules)} rules)" for p in policies)
     roles = ", ".join(f"{r.value} → {' → '.join(c)}" for r, c in registry.roles.items())
-    print(f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''}); {checked}; persona {persona.id}: OK; models: {roles}")
+    head = f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''})"
+    print(f"{head}; {checked}; persona {persona.id}: OK; {encoder}; models: {roles}")
+    return 0
+
+
+def _cmd_init(a: argparse.Namespace) -> int:
+    from streamwatch.config_example import render_example
+
+    out: Path = a.path
+    if out.exists() and not a.force:
+        raise ConfigError(f"{out} exists: not overwritten (--force to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_example(), encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from e
+    print(f"wrote {out}: edit [[streams]] and [[server.tokens]], then `streamwatch check-config {out}` and `streamwatch run -c {out}`")
     return 0
 
 
@@ -300,8 +318,19 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(a: argparse.Namespace) -> int:
-    import asyncio
     import tempfile
+
+    from streamwatch.cli_checks import report_target
+
+    out, fmt = report_target(a.output, a.format, a.file)  # before the work: a bad name fails at once
+    if a.data is not None:
+        return _analyze(a, a.data, out, fmt)
+    with tempfile.TemporaryDirectory(prefix="streamwatch-analyze-", ignore_cleanup_errors=True) as tmp:
+        return _analyze(a, Path(tmp), out, fmt)
+
+
+def _analyze(a: argparse.Namespace, data: Path, out: Path, fmt: str) -> int:
+    import asyncio
 
     from tqdm import tqdm
 
@@ -312,7 +341,6 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
     from streamwatch.ingest.url import parse_source
     from streamwatch.report import collect, render
 
-    data = a.data or Path(tempfile.mkdtemp(prefix="streamwatch-analyze-"))
     over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
     if a.policy:
         over["analysis"] = {"policy": a.policy}
@@ -328,14 +356,17 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
     bar.close()
     store = EventStore(data, retention_days=None, retention_mb=None)
     try:
-        inputs = collect(store, a.id)
+        inputs = collect(store, a.id, embed_images=fmt == "html")
     finally:
         store.close()
     alerts = [e for e in inputs.events if e.TYPE == "alert"]
-    out: Path = a.output or Path(f"{a.file.stem}-report.html")
-    fmt = out.suffix.lstrip(".") if out.suffix.lstrip(".") in ("html", "json", "csv") else "html"
-    out.write_text(render(inputs, fmt), encoding="utf-8")
-    print(f"{len(alerts)} alerts in {a.file}; report: {out} (events kept in {data})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(inputs, fmt), encoding="utf-8")
+    except OSError as e:
+        raise EventsError(f"cannot write the report to {out}: {e.strerror or e} (choose another place with -o)") from e
+    kept = f"events and evidence frames kept in {data}" if a.data else "events not kept (--data DIR keeps them)"
+    print(f"{len(alerts)} alerts in {a.file}; {fmt} report: {out.resolve()} ({kept})")
     return 0
 
 
@@ -356,10 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(pr)
     pr.set_defaults(func=_cmd_probe)
 
-    c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and exit")
+    c = sub.add_parser("check-config", help="validate a config file (and STREAMWATCH_* env) and the files it names, and exit")
     c.add_argument("config", type=Path, nargs="?", help="TOML config file")
     c.add_argument("--policy", type=Path, help="policy file to check (default: analysis.policy)")
     c.set_defaults(func=_cmd_check_config)
+
+    ini = sub.add_parser("init", help="write the commented example config (every section, with defaults)")
+    ini.add_argument("path", type=Path, nargs="?", default=Path("streamwatch.toml"), help="where (default: streamwatch.toml)")
+    ini.add_argument("--force", action="store_true", help="overwrite an existing file")
+    ini.set_defaults(func=_cmd_init)
 
     ru = sub.add_parser("run", help="run the daemon: watch streams, raise alerts, serve /ws and the overlay")
     ru.add_argument("-c", "--config", type=Path, help="TOML config file with [[streams]], [server], [analysis]")
@@ -372,14 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--token", action="append", metavar="ROLE:SECRET", help="accept this token for ROLE (repeatable)")
     ru.add_argument("--data", type=Path, help="data directory (events, evidence)")
     ru.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
+    ru.add_argument("--realtime", action="store_true", help="pace file sources in real time, like a live show (ingest.realtime)")
     ru.set_defaults(func=_cmd_run, open_timeout_s=None, read_timeout_s=None, max_retries=None, decode=None, hwaccel=None)
 
     an = sub.add_parser("analyze", help="run the analysis cascade on a recording as fast as possible, then write a report")
     an.add_argument("file", type=Path, help="video file")
-    an.add_argument("-o", "--output", type=Path, help="report file (.html, .json or .csv; default FILE-report.html)")
+    an.add_argument("-o", "--output", type=Path, help="report file (.html, .json or .csv; default: FILE-report.html beside FILE)")
+    an.add_argument("--format", choices=["html", "json", "csv"], help="report format (default: from the -o extension, else html)")
     an.add_argument("-c", "--config", type=Path, help="TOML config file ([analysis], [sampling])")
     an.add_argument("--id", default="recording", help="stream id in the report (default: recording)")
-    an.add_argument("--data", type=Path, help="keep the events here (default: a temporary folder)")
+    an.add_argument("--data", type=Path, help="keep the events and evidence frames here (default: a temporary folder, removed)")
     an.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     an.set_defaults(func=_cmd_analyze)

@@ -386,8 +386,36 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise ConfigError(f"{path}: {e}") from e
 
 
+# top-level keys of the other files streamwatch reads, which people pass where a config is expected
+_NOT_A_CONFIG = (
+    (
+        {"rule", "lists", "t2s"},
+        "a policy file",
+        "check it with `streamwatch check-config --policy {path}`; use it with `--policy {path}` or analysis.policy",
+    ),
+    ({"label"}, "a zero-shot labels file", "point analysis.encoder.labels at it"),
+    ({"personality", "tone", "reply_length"}, "a persona file", "point vlm.persona at it"),
+)
+
+
+def _not_a_config(path: Path, values: dict[str, Any]) -> str | None:
+    """Why the file at ``path`` is not a config (a policy, labels or persona file), or None."""
+    keys = set(values) - set(Settings.model_fields)
+    for marks, what, hint in _NOT_A_CONFIG:
+        if keys & marks:
+            return f"{path} is {what}, not a streamwatch config: {hint.format(path=path)} (an example config: `streamwatch init`)"
+    return None
+
+
 def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Validate the configuration once. Priority: TOML file < ``STREAMWATCH_*`` env < ``overrides``."""
+    """Validate the configuration once. Priority: TOML file < ``STREAMWATCH_*`` env < ``overrides``.
+
+    Raises ConfigError naming the file, the key and its line; a policy, labels or persona file given
+    as the config is named as such, with the command or key that takes it.
+    """
+    if path is not None and Path(path).suffix == ".json":
+        hint = "a model registry .json goes in vlm.registry; `streamwatch init` writes an example config"
+        raise ConfigError(f"{path}: streamwatch configs are TOML ({hint})")
     file_values, text = read_toml(Path(path)) if path else ({}, "")
     where = str(path) if path else "environment/options"
     try:
@@ -395,7 +423,8 @@ def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | No
         values = _deep_merge(_deep_merge(file_values, env_values), overrides or {})
         return Settings.model_validate(values)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where, text)) from e
+        other = _not_a_config(Path(path), file_values) if path else None
+        raise ConfigError(other or format_validation_error(e, where, text)) from e
     except ValueError as e:  # malformed JSON in a complex env var
         raise ConfigError(f"invalid configuration in environment: {e}") from e
 

@@ -7,10 +7,15 @@
 3. publishes the clip in real time with ffmpeg, as OBS would;
 4. prints alerts live as they arrive over the WebSocket, and the overlay / moderator page URLs;
 5. stops the daemon (SIGTERM) and writes the HTML report from the store.
+
+Everything goes to artifacts/demo/ (the clip, the daemon's log and data, report.html). With ``--hold``
+(``make demo ARGS=--hold``) the daemon keeps serving after the clip, so the overlay and moderator
+pages stay open and OBS (or ffmpeg) can push another stream to the same RTMP address, until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -89,10 +94,14 @@ async def watch(port: int, labels: dict[str, Any], done: asyncio.Event) -> list[
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description="streamwatch end to end on a generated concert clip (writes to artifacts/demo/)")
+    ap.add_argument("--hold", action="store_true", help="keep the daemon serving after the clip, until Ctrl-C")
+    args = ap.parse_args()
     if shutil.which("ffmpeg") is None:
-        print("ffmpeg is needed to publish the demo stream: sudo make system-deps", file=sys.stderr)
+        print("ffmpeg is needed to publish the demo stream: `make demo` installs it as root, or: apt-get install ffmpeg", file=sys.stderr)
         return 1
     OUT.mkdir(parents=True, exist_ok=True)
+    print(f"writing to {OUT.relative_to(ROOT) if OUT.is_relative_to(ROOT) else OUT}/", flush=True)
     clip = OUT / "concert.mp4"
     if not clip.exists() or not Path(str(clip) + ".labels.json").exists():
         print(f"generating {clip} …", flush=True)
@@ -160,7 +169,16 @@ def main() -> int:
         await pub.wait()
         await fan
         await asyncio.sleep(2.5)
-        daemon.send_signal(signal.SIGTERM)
+        if args.hold:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            print(f"\nthe clip has ended; holding: the pages above keep working and {rtmp} takes another publisher", flush=True)
+            print("(OBS: Settings → Stream → Custom, or ffmpeg -re -i FILE -c copy -f flv URL). Ctrl-C to stop.", flush=True)
+            await stop.wait()
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(watcher, 30)
 
     events = asyncio.run(run())

@@ -78,7 +78,7 @@ def photo(name: str, w: int, h: int) -> np.ndarray:
 
 def caption_band(text: str, w: int, h: int) -> np.ndarray:
     if not FONT.exists():
-        raise SystemExit(f"{FONT} not found: install Debian's fonts-noto-cjk (sudo make system-deps)")
+        raise SystemExit(f"{FONT} not found: install Debian's fonts-noto-cjk (`make demo` does as root; or apt-get install it)")
     band_h = int(h * 0.16)
     img = Image.new("RGB", (w, band_h), (12, 12, 30))
     draw = ImageDraw.Draw(img)

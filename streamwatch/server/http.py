@@ -41,7 +41,8 @@ def response(status: int, body: bytes | str, content_type: str = "text/plain; ch
     h["X-Content-Type-Options"] = "nosniff"
     for k, v in headers.items():
         h[k.replace("_", "-")] = v
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error"}
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+    reason |= {421: "Misdirected Request", 500: "Internal Server Error", 503: "Service Unavailable"}
     return Response(status, reason.get(status, "Error"), h, data)
 
 

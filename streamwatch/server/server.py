@@ -28,6 +28,7 @@ from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.submit import Inferrer, ModelSwitcher, Responder
+from streamwatch.server.wrongport import connection_class
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class EventServer:
                 self.cfg.host,
                 self.cfg.port,
                 process_request=self._process_request,
+                create_connection=connection_class(self._wrong_method),  # POST /vlm/infer here gets an answer
                 compression=None,  # per-message deflate costs more CPU than the bandwidth it saves here
                 max_size=hard_cap,
                 max_queue=64,
@@ -163,8 +165,24 @@ class EventServer:
 
     # --- handshake -----------------------------------------------------------------------------
 
+    def _wrong_method(self, method: str, target: str, host: str) -> Response:
+        """The answer to a request this port cannot serve: anything but GET, or the API's paths."""
+        path = target.split("?", 1)[0]
+        if not path.startswith("/vlm/"):
+            pages = "/ws, /overlay, /healthz, /metrics, /report/{stream}, /search"
+            return http.response(405, f"{method} is not served here: this port serves GET {pages}\n", Allow="GET")
+        if self.api is None:
+            msg = f"{method} {path}: the HTTP API is off; start the daemon with --api-port PORT (server.api_port) and send it there"
+            return http.json_response(503, {"error": {"code": "api_off", "message": msg}})
+        name = host[: host.index("]") + 1] if host.startswith("[") else host.rpartition(":")[0] or host
+        url = f"http://{name or self.cfg.host}:{self.api.port}{path}"
+        msg = f"{method} {path} is served on the API port ({url}); port {self.port} serves /ws and the pages"
+        return http.json_response(421, {"error": {"code": "wrong_port", "message": msg, "url": url}})
+
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if path.startswith("/vlm/"):
+            return self._wrong_method("GET", request.path, request.headers.get("Host", ""))
         if path != "/ws":
             try:
                 return await http.handle(self._http, request)
