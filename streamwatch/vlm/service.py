@@ -119,6 +119,7 @@ class VLMService:
         An answer that cannot be parsed, or that ``accept`` refuses (the word lists), is asked again once
         by the router, then the next model serves; ``local`` (or a chain that ends) gives ``template()``.
         """
+
         async def ask(backend: VLMBackend) -> tuple[str, str, tuple[str, ...]]:
             jpegs: tuple[bytes, ...] = ()
             for img in images:
