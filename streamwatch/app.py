@@ -339,10 +339,14 @@ class Daemon:
                 self.escalations.offer(sid, self.latest[sid], [d.rule for d in drafts if d.escalate], frame.offset)
 
     def _thumbnail_due(self, sid: str, fa: FrameAnalysis, sample: Sample) -> bool:
-        """A newly analysed frame, at most one per ``store.thumbnail_every_s`` of stream time per stream."""
+        """A newly analysed frame that starts a new scene (half the tiles changed; 2 s apart at least), or
+        one per ``store.thumbnail_every_s`` of stream time per stream."""
         every = self.settings.store.thumbnail_every_s
         last = self._thumbnailed.get(sid)
-        if fa.cached or sample.signature is None or every is None or (last is not None and fa.offset - last < every):
+        if fa.cached or sample.signature is None or every is None:
+            return False
+        cut = sample.change is not None and sample.change.fraction >= 0.5
+        if last is not None and fa.offset - last < (2.0 if cut else every):
             return False
         self._thumbnailed[sid] = fa.offset
         return True

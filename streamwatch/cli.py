@@ -469,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=["html", "json", "csv"], default="html", help="report format (default html)")
     r.add_argument("-o", "--output", type=Path, help="output file (default STREAM-report.FORMAT)")
     r.set_defaults(func=_cmd_report)
+
+    from streamwatch.cli_post import add_summary_parser
+
+    add_summary_parser(sub)
     return p
 
 

@@ -26,11 +26,12 @@ from streamwatch.analysis.model import Detection, FrameAnalysis
 from streamwatch.analysis.policy import Policy
 from streamwatch.analysis.rules import RuleEngine
 from streamwatch.errors import EventsError
-from streamwatch.events.model import ReplyEvent
+from streamwatch.events.model import AlertEvent, ReplyEvent
 from streamwatch.events.store import EventStore, IndexedFrame
 from streamwatch.report.build import hms
 from streamwatch.report.collage import collage, slideshow
 from streamwatch.report.summary import Post, inputs_from, pick_frames, summary_html, summary_json, summary_markdown, template_post
+from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_of, signature_vector
 from streamwatch.vlm.persona import Persona
 from streamwatch.vlm.service import VLMService
 
@@ -87,8 +88,14 @@ async def write_summary(
     indexed = store.frames(stream=stream)
     models = {f.model for f in indexed}
     # encoder embeddings when there are any (they see content), else the change signature
-    best = max(models, key=lambda m: (m != "signature", sum(f.model == m for f in indexed)), default=None)
-    inputs = inputs_from(stream, events, [f for f in indexed if f.model == best])
+    best = max(models, key=lambda m: (m != SIGNATURE_INDEX, sum(f.model == m for f in indexed)), default=None)
+    avoid = []
+    if best == SIGNATURE_INDEX:  # the alerts' evidence frames, as change signatures
+        for e in events:
+            img = _read_rgb(store, e.evidence.frame) if isinstance(e, AlertEvent) else None
+            if img is not None:
+                avoid.append(signature_vector(signature_of(img)))
+    inputs = inputs_from(stream, events, [f for f in indexed if f.model == best], avoid=avoid)
     picks = pick_frames(inputs.frames, frames)
     images = {f.id: img for f in picks if (img := _read_rgb(store, f.thumb)) is not None}
     picks = [f for f in picks if f.id in images]

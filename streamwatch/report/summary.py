@@ -22,8 +22,9 @@ from streamwatch.events.store import IndexedFrame
 from streamwatch.report.build import Period, build_report, hms
 from streamwatch.vlm.prompts import parse_summary
 
-ALERT_BEFORE_S = 3.0
-ALERT_AFTER_S = 15.0
+ALERT_BEFORE_S = 2.0
+ALERT_AFTER_S = 3.0
+SAME_SCENE = 0.9  # cosine: a frame this close to an alert's evidence frame shows the same scene
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +55,23 @@ class SummaryInputs:
 def blocked_spans(events: list[Event], period_list: list[Period], end: float) -> list[tuple[float, float]]:
     """Stream-time spans no summary frame may come from: around each alert, and every health period."""
     spans = [(a.offset - ALERT_BEFORE_S, a.offset + ALERT_AFTER_S) for a in events if isinstance(a, AlertEvent)]
-    spans += [(p.start - 1.0, (p.end if p.end is not None else end) + 1.0) for p in period_list]
+    spans += [(p.start - 0.5, (p.end if p.end is not None else end) - 0.01) for p in period_list]
     return spans
 
 
-def inputs_from(stream: str, events: list[Event], frames: list[IndexedFrame], *, top: int = 8) -> SummaryInputs:
-    """What the summary is built from: eligible frames, tag counts, the timeline's counts."""
+def inputs_from(
+    stream: str, events: list[Event], frames: list[IndexedFrame], *, top: int = 8, avoid: list[np.ndarray] | None = None
+) -> SummaryInputs:
+    """What the summary is built from: eligible frames, tag counts, the timeline's counts. ``avoid``: vectors
+    (as the frames' embeddings) of the alerts' evidence frames; frames of the same scene are left out too."""
     period_list = list(build_report(stream, events).periods)
     end = max([e.offset for e in events] + [f.offset for f in frames] + [0.0])
     spans = blocked_spans(events, period_list, end)
-    eligible = tuple(f for f in frames if f.thumb and not any(a <= f.offset <= b for a, b in spans))
+
+    def same_scene(f: IndexedFrame) -> bool:
+        return any(v.shape == f.embedding.shape and float(v @ f.embedding) >= SAME_SCENE for v in avoid or ())
+
+    eligible = tuple(f for f in frames if f.thumb and not any(a <= f.offset <= b for a, b in spans) and not same_scene(f))
     counts: Counter[str] = Counter()
     for e in events:
         if isinstance(e, SceneEvent):

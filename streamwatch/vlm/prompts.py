@@ -297,7 +297,7 @@ def summary_request(facts: str, images: Images, persona: Persona | None, max_tok
     )
     if persona is not None:
         system += f"\nWrite as {persona.name}, in this tone: {persona.tone}. {persona.personality}"
-    prompt = _parts(images) + "These are moments from the show, in order.\n" + facts + "\nOnly the post."
+    prompt = f"These {len(images)} images are moments from the show, in order.\n" + facts + "\nOnly the post."
     return VLMRequest(prompt, images, system, max_tokens, None, 0.7)
 
 
