@@ -74,6 +74,11 @@ def test_template_summary_of_the_concert_clip_never_shows_an_alert(show: tuple[P
     md = (out / "summary.md").read_text()
     assert post["title"] in md and all(f["file"] in md for f in summary["frames"])
     assert "post-summary" in (out / "summary.html").read_text()
+    # the same section in the HTML report, frames embedded
+    assert main(["report", "recording", "--data", str(data), "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    section = html[html.index("id='post-summary'") :]
+    assert section.count("data:image/jpeg;base64,") == len(picked) and post["title"] in section
 
 
 def registry(url: str) -> Registry:

@@ -25,6 +25,7 @@ class ReportInputs:
     stream: str
     events: list[Event]
     images: Mapping[str, bytes] = field(default_factory=dict)
+    summary: str = ""  # the post-ready summary section (HTML fragment), when there are frames to show
 
 
 def collect(
@@ -40,7 +41,12 @@ def collect(
                 path = store.frame_path(frame)
                 if path is not None:
                     images[frame] = path.read_bytes()
-    return ReportInputs(stream, events, images)
+    summary = ""
+    if embed_images:
+        from streamwatch.report.post import report_section
+
+        summary = report_section(store, stream, events)
+    return ReportInputs(stream, events, images, summary)
 
 
 def render(inputs: ReportInputs, fmt: str) -> str:
@@ -48,5 +54,5 @@ def render(inputs: ReportInputs, fmt: str) -> str:
         raise EventsError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
     report = build_report(inputs.stream, inputs.events)
     if fmt == "html":
-        return render_html(report, inputs.images)
+        return render_html(report, inputs.images, inputs.summary)
     return render_json(report) if fmt == "json" else render_csv(report)

@@ -70,8 +70,9 @@ def timeline_svg(report: Report, width: int = 1000) -> str:
     return "".join(parts)
 
 
-def render_html(report: Report, images: Mapping[str, bytes]) -> str:
-    """The report as one HTML document; ``images`` maps evidence paths to bytes to embed."""
+def render_html(report: Report, images: Mapping[str, bytes], extra: str = "") -> str:
+    """The report as one HTML document; ``images`` maps evidence paths to bytes to embed; ``extra`` is an
+    HTML section appended at the end (the post-ready summary)."""
     r = report
     cards = [
         ("duration", hms(r.duration_s)),
@@ -145,5 +146,7 @@ def render_html(report: Report, images: Mapping[str, bytes]) -> str:
                 f"<tr><td>{hms(sc.offset)}</td><td>{escape(', '.join(sc.tags))}</td><td>{escape(sc.model)}{late}</td><td>{thumb}</td></tr>"
             )
         out.append("</table>")
+    if extra:
+        out.append(extra)
     out.append("</body></html>")
     return "\n".join(out)

@@ -26,11 +26,20 @@ from streamwatch.analysis.model import Detection, FrameAnalysis
 from streamwatch.analysis.policy import Policy
 from streamwatch.analysis.rules import RuleEngine
 from streamwatch.errors import EventsError
-from streamwatch.events.model import AlertEvent, ReplyEvent
+from streamwatch.events.model import AlertEvent, Event, ReplyEvent
 from streamwatch.events.store import EventStore, IndexedFrame
 from streamwatch.report.build import hms
 from streamwatch.report.collage import collage, slideshow
-from streamwatch.report.summary import Post, inputs_from, pick_frames, summary_html, summary_json, summary_markdown, template_post
+from streamwatch.report.summary import (
+    Post,
+    SummaryInputs,
+    inputs_from,
+    pick_frames,
+    summary_html,
+    summary_json,
+    summary_markdown,
+    template_post,
+)
 from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_of, signature_vector
 from streamwatch.vlm.persona import Persona
 from streamwatch.vlm.service import VLMService
@@ -69,6 +78,43 @@ def _facts(stream: str, duration_s: float, tags: tuple[tuple[str, int], ...], pi
     return "\n".join(lines)
 
 
+def choose_frames(
+    store: EventStore, stream: str, events: list[Event], k: int
+) -> tuple[SummaryInputs, list[IndexedFrame], dict[int, np.ndarray]]:
+    """The summary's inputs, its picked frames and their pictures (RGB) from the store (blocking)."""
+    indexed = store.frames(stream=stream)
+    models = {f.model for f in indexed}
+    # encoder embeddings when there are any (they see content), else the change signature
+    best = max(models, key=lambda m: (m != SIGNATURE_INDEX, sum(f.model == m for f in indexed)), default=None)
+    avoid = []
+    if best == SIGNATURE_INDEX:  # the alerts' evidence frames, as change signatures
+        for e in events:
+            img = _read_rgb(store, e.evidence.frame) if isinstance(e, AlertEvent) else None
+            if img is not None:
+                avoid.append(signature_vector(signature_of(img)))
+    inputs = inputs_from(stream, events, [f for f in indexed if f.model == best], avoid=avoid)
+    picks = pick_frames(inputs.frames, k)
+    images = {f.id: img for f in picks if (img := _read_rgb(store, f.thumb)) is not None}
+    picks = [f for f in picks if f.id in images]
+    return inputs, picks, images
+
+
+def report_section(store: EventStore, stream: str, events: list[Event], k: int = 6) -> str:
+    """The report's "post-ready summary" section: the picked frames (embedded) and the template post."""
+    import base64
+
+    inputs, picks, _images = choose_frames(store, stream, events, k)
+    if not picks:
+        return ""
+    sources = {}
+    for f in picks:
+        path = store.frame_path(f.thumb) if f.thumb else None
+        if path is not None:
+            sources[f.id] = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+    hint = f"<p class='muted'>streamwatch summary {stream} writes it as a folder, with the text by the summary model.</p>"
+    return summary_html(template_post(inputs, picks), picks, sources).replace("</section>", hint + "</section>")
+
+
 async def write_summary(
     store: EventStore,
     stream: str,
@@ -85,20 +131,7 @@ async def write_summary(
     if not events:
         known = ", ".join(store.streams()) or "none"
         raise EventsError(f"no events for stream {stream!r} in {store.data_dir} (streams there: {known})")
-    indexed = store.frames(stream=stream)
-    models = {f.model for f in indexed}
-    # encoder embeddings when there are any (they see content), else the change signature
-    best = max(models, key=lambda m: (m != SIGNATURE_INDEX, sum(f.model == m for f in indexed)), default=None)
-    avoid = []
-    if best == SIGNATURE_INDEX:  # the alerts' evidence frames, as change signatures
-        for e in events:
-            img = _read_rgb(store, e.evidence.frame) if isinstance(e, AlertEvent) else None
-            if img is not None:
-                avoid.append(signature_vector(signature_of(img)))
-    inputs = inputs_from(stream, events, [f for f in indexed if f.model == best], avoid=avoid)
-    picks = pick_frames(inputs.frames, frames)
-    images = {f.id: img for f in picks if (img := _read_rgb(store, f.thumb)) is not None}
-    picks = [f for f in picks if f.id in images]
+    inputs, picks, images = choose_frames(store, stream, events, frames)
     fallback = template_post(inputs, picks, persona.name if persona else None)
 
     async def template() -> tuple[str, str, tuple[str, ...]]:
