@@ -6,7 +6,8 @@
 2. starts ``streamwatch run`` as the RTMP endpoint (listen mode) with the default policy;
 3. publishes the clip in real time with ffmpeg, as OBS would;
 4. prints alerts live as they arrive over the WebSocket, and the overlay / moderator page URLs;
-5. stops the daemon (SIGTERM) and writes the HTML report from the store.
+5. stops the daemon (SIGTERM), writes the HTML report from the store and the post-ready summary
+   (artifacts/demo/summary/: picked frames, post text, fan-art collage).
 
 Everything goes to artifacts/demo/ (the clip, the daemon's log and data, report.html). With ``--hold``
 (``make demo ARGS=--hold``) the daemon keeps serving after the clip, so the overlay and moderator
@@ -189,6 +190,13 @@ def main() -> int:
     caught = {p["rule"] for p in labels["planted"]} & {a["rule"] for a in alerts}
     print(f"\n{len(alerts)} alerts; planted events caught: {len(caught)}/{len(labels['planted'])}")
     print(f"report: {report}   (daemon log: {log})")
+    summary = OUT / "summary"
+    done = subprocess.run([sys.executable, "-m", "streamwatch", "summary", "demo", "--data", str(data), "-o", str(summary)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode == 0:
+        print(f"post-ready summary (图文摘要): {summary}/summary.html\n{done.stdout.split(chr(10) + chr(10))[0]}")
+    else:
+        print(f"summary failed: {done.stderr.strip()}", file=sys.stderr)
     return 0
 
 
