@@ -1,5 +1,5 @@
 """``python -m streamwatch`` runs the command-line interface."""
 
-from streamwatch.cli import main
+from streamwatch.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -489,3 +489,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def entry() -> None:
+    """The ``streamwatch`` executable: :func:`main`, then an exit without interpreter finalisation.
+
+    The process holds ONNX Runtime, OpenCV, PyAV, zxing-cpp (nanobind) and possibly torch; their native
+    static destructors have crashed the interpreter at exit (SIGSEGV after a clean shutdown, seen on CI),
+    which turned a clean ``run`` into exit code -11 for its supervisor. Everything is flushed and closed
+    by then (stores, servers, logs), so the exit status is ``main()``'s.
+    """
+    import logging
+    import os
+
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
