@@ -226,6 +226,27 @@ class ReviewEvent(Event):
     note: str = ""
 
 
+class Vote(enum.Enum):
+    UP = "up"
+    DOWN = "down"
+    REPORT = "report"  # the reply is inappropriate: becomes a moderator alert
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEvent(Event):
+    """A viewer's, moderator's or fan's vote on a persona reply (one per voter and reply)."""
+
+    TYPE: ClassVar[str] = "feedback"
+
+    reply_id: int
+    vote: Vote
+    by: str  # token name of the client that sent it
+    user: str = ""  # the voter's name (a relay votes for many viewers)
+    model: str = ""  # the model that wrote the reply
+    persona: str = ""
+    note: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class SceneEvent(Event):
     """What the compliance model saw in a kept frame: scene tags (``setting=indoor_stage``, ``outfit=…``)
@@ -243,5 +264,5 @@ class SceneEvent(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (AlertEvent, HealthEvent, ReplyEvent, RejectedEvent, AnswerEvent, ReviewEvent, SceneEvent)
+    cls.TYPE: cls for cls in (AlertEvent, HealthEvent, ReplyEvent, RejectedEvent, AnswerEvent, ReviewEvent, SceneEvent, FeedbackEvent)
 }

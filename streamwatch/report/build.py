@@ -9,6 +9,7 @@ from streamwatch.events.model import (
     AlertEvent,
     AnswerEvent,
     Event,
+    FeedbackEvent,
     HealthEvent,
     HealthKind,
     RejectedEvent,
@@ -73,6 +74,7 @@ class Report:
     scenes: tuple[SceneEvent, ...] = ()  # the compliance model's scene tags
     switches: tuple[HealthEvent, ...] = ()  # model switches (health kind "model")
     models: dict[str, int] = field(default_factory=dict)  # which model produced replies, answers, VLM alerts, scenes
+    feedback: dict[str, dict[str, int]] = field(default_factory=dict)  # "model / persona" → replies, up, down, report
 
     @property
     def outages(self) -> tuple[Period, ...]:
@@ -117,7 +119,21 @@ def build_report(stream: str, events: list[Event]) -> Report:
         scenes=tuple(e for e in mine if isinstance(e, SceneEvent)),
         switches=tuple(e for e in health if e.kind is HealthKind.MODEL),
         models=dict(Counter(m for m in map(_model_of, mine) if m).most_common()),
+        feedback=reply_feedback(mine),
     )
+
+
+def reply_feedback(events: list[Event]) -> dict[str, dict[str, int]]:
+    """Reply quality per model and persona: replies written, and the 👍 / 👎 / report votes on them."""
+    out: dict[str, dict[str, int]] = {}
+    for e in events:
+        if isinstance(e, ReplyEvent):
+            out.setdefault(f"{e.model or '?'} / {e.persona or '?'}", dict.fromkeys(("replies", "up", "down", "report"), 0))["replies"] += 1
+    for e in events:
+        if isinstance(e, FeedbackEvent):
+            row = out.setdefault(f"{e.model or '?'} / {e.persona or '?'}", dict.fromkeys(("replies", "up", "down", "report"), 0))
+            row[e.vote.value] += 1
+    return out
 
 
 def _model_of(e: Event) -> str | None:

@@ -146,6 +146,15 @@ def render_html(report: Report, images: Mapping[str, bytes], extra: str = "") ->
                 f"<tr><td>{hms(sc.offset)}</td><td>{escape(', '.join(sc.tags))}</td><td>{escape(sc.model)}{late}</td><td>{thumb}</td></tr>"
             )
         out.append("</table>")
+    if r.feedback:
+        out.append("<h2>Replies: audience feedback by model and persona</h2><table id='feedback'>")
+        out.append("<tr><th>model / persona</th><th>replies</th><th>👍</th><th>👎</th><th>reported</th></tr>")
+        out.extend(
+            f"<tr><td>{escape(k)}</td><td class='num'>{v['replies']}</td><td class='num'>{v['up']}</td><td class='num'>{v['down']}</td>"
+            f"<td class='num'>{v['report']}</td></tr>"
+            for k, v in r.feedback.items()
+        )
+        out.append("</table>")
     if extra:
         out.append(extra)
     out.append("</body></html>")

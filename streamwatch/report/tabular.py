@@ -36,6 +36,7 @@ def report_dict(r: Report) -> dict[str, Any]:
             "scenes": len(r.scenes),
             "model_switches": len(r.switches),
             "by_model": r.models,
+            "reply_feedback": r.feedback,
         },
         "periods": [
             {"kind": p.kind, "start_s": round(p.start, 3), "start": hms(p.start), "duration_s": p.duration, "detail": p.detail}

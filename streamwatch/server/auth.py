@@ -16,22 +16,23 @@ CHANNELS: dict[str, frozenset[str]] = {
     "answers": frozenset({"answer"}),
     "reviews": frozenset({"review"}),
     "scenes": frozenset({"scene"}),
+    "feedback": frozenset({"feedback"}),
 }
 
 # Event types each role may receive.
 VISIBLE: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset({"reply"}),
-    Role.MODERATOR: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene"}),
+    Role.MODERATOR: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene", "feedback"}),
     Role.SUBMITTER: frozenset({"reply", "rejected"}),
-    Role.ADMIN: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene"}),
+    Role.ADMIN: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene", "feedback"}),
 }
 
 # Client message types each role may send (subscribe and ping are always allowed).
 ACTIONS: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset(),
-    Role.MODERATOR: frozenset({"ack", "ask"}),
-    Role.SUBMITTER: frozenset({"submit"}),
-    Role.ADMIN: frozenset({"ack", "ask", "submit", "switch_model"}),
+    Role.MODERATOR: frozenset({"ack", "ask", "feedback"}),
+    Role.SUBMITTER: frozenset({"submit", "feedback"}),
+    Role.ADMIN: frozenset({"ack", "ask", "submit", "switch_model", "feedback"}),
 }
 
 

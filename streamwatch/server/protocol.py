@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from streamwatch.events.model import ReviewAction
+from streamwatch.events.model import ReviewAction, Vote
 from streamwatch.server.auth import CHANNELS
 
 VERSION = 1
@@ -69,9 +69,18 @@ class SwitchModel:
     ref: str | None = None
 
 
-MODEL_ROLES = ("compliance", "reply", "qa")
+@dataclass(frozen=True, slots=True)
+class FeedbackMsg:
+    reply: int  # the reply event's id
+    vote: Vote
+    user: str  # the voter, when a relay votes for a viewer
+    note: str
+    ref: str | None = None
 
-ClientMessage = Subscribe | Ack | SubmitMsg | AskMsg | Ping | SwitchModel
+
+MODEL_ROLES = ("compliance", "reply", "qa", "summary")
+
+ClientMessage = Subscribe | Ack | SubmitMsg | AskMsg | Ping | SwitchModel | FeedbackMsg
 
 
 def _str(d: dict[str, Any], key: str, ref: str | None, *, required: bool = True, max_len: int = 1000) -> str:
@@ -135,6 +144,17 @@ def parse(text: str | bytes | dict[str, Any]) -> ClientMessage:
         return AskMsg(_str(d, "stream", ref, max_len=64), _str(d, "question", ref, max_len=1000), ref)
     if kind == "ping":
         return Ping(ref)
+    if kind == "feedback":
+        rid = d.get("reply")
+        if not isinstance(rid, int) or isinstance(rid, bool) or rid <= 0:
+            raise ProtocolError("bad_field", "'reply' must be a positive integer (the reply event's id)", ref)
+        try:
+            vote = Vote(d.get("vote"))
+        except ValueError as e:
+            raise ProtocolError("bad_field", "'vote' must be 'up', 'down' or 'report'", ref) from e
+        return FeedbackMsg(
+            rid, vote, _str(d, "user", ref, required=False, max_len=64), _str(d, "note", ref, required=False, max_len=500), ref
+        )
     if kind == "switch_model":
         role = d.get("role")
         if role not in MODEL_ROLES:

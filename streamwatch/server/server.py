@@ -26,6 +26,7 @@ from streamwatch.events.store import StoredEvent
 from streamwatch.server import http
 from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
+from streamwatch.server.feedback import VoteBook
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.submit import Inferrer, ModelSwitcher, Responder
 from streamwatch.server.wrongport import connection_class
@@ -54,6 +55,7 @@ class EventServer:
         self.cfg = cfg
         self.bus = bus
         self.store = bus.store
+        self.votes = VoteBook()  # feedback on persona replies: one vote per voter and reply
         self.metrics = metrics or Metrics()
         self.tokens = TokenTable(cfg.tokens)
         self.streams = set(streams)

@@ -24,7 +24,7 @@ from streamwatch.events.bus import Chunk, Subscription
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, ReviewEvent
 from streamwatch.server import protocol
 from streamwatch.server.auth import Principal, RateLimiter, resolve_channels
-from streamwatch.server.protocol import Ack, AskMsg, Ping, ProtocolError, SubmitMsg, Subscribe, SwitchModel
+from streamwatch.server.protocol import Ack, AskMsg, FeedbackMsg, Ping, ProtocolError, SubmitMsg, Subscribe, SwitchModel
 from streamwatch.server.submit import Question, Submission, check_image, decode_base64, rejection, thumbnail_jpeg
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class ClientSession:
             now = time.monotonic()
             # every message counts against this connection; requests that cost work (submit, ask, ack)
             # also against the token, shared by all its connections
-            shared = isinstance(msg, Ack | SubmitMsg | AskMsg | SwitchModel)
+            shared = isinstance(msg, Ack | SubmitMsg | AskMsg | SwitchModel | FeedbackMsg)
             if not self.limit.allow(now) or (shared and not self.server.limiter(self.who.name).allow(now)):
                 await self._error("rate_limited", f"more than {self.cfg.rate_per_s}/s; slow down", ref)
                 return True
@@ -126,7 +126,7 @@ class ClientSession:
         if isinstance(msg, Subscribe):
             await self._subscribe(msg)
             return
-        action = {Ack: "ack", SubmitMsg: "submit", AskMsg: "ask", SwitchModel: "switch_model"}[type(msg)]
+        action = {Ack: "ack", SubmitMsg: "submit", AskMsg: "ask", SwitchModel: "switch_model", FeedbackMsg: "feedback"}[type(msg)]
         if not self.who.may(action):
             raise ProtocolError("forbidden", f"role {self.who.role.value!r} may not {action}", msg.ref)
         if isinstance(msg, Ack):
@@ -135,6 +135,8 @@ class ClientSession:
             await self._submit(msg)
         elif isinstance(msg, AskMsg):
             await self._ask(msg)
+        elif isinstance(msg, FeedbackMsg):
+            await self._feedback(msg)
         else:
             await self._switch(msg)
 
@@ -248,6 +250,13 @@ class ClientSession:
         )
         stored = await self.server.bus.publish(review)
         await self.ws.send(protocol.frame("acked", ref=msg.ref, id=stored.id, alert_id=msg.id, action=msg.action.value))
+
+    async def _feedback(self, msg: FeedbackMsg) -> None:
+        vote, alert = await self.server.votes.cast(self.server.bus, self.who, msg)
+        stored = await self.server.bus.publish(vote)
+        if alert is not None:
+            await self.server.bus.publish(alert)
+        await self.ws.send(protocol.frame("voted", ref=msg.ref, id=stored.id, reply=msg.reply, vote=msg.vote.value))
 
     async def _submit(self, msg: SubmitMsg) -> None:
         self._check_stream(msg.stream, msg.ref)
