@@ -7,9 +7,9 @@ batch in the thread pool (ONNX Runtime and OpenCV release the GIL), and per-call
 
 Reuse (:mod:`streamwatch.analysis.reuse`): a frame whose tiles all match a recent analysis (the last
 one, or one within the pHash cache radius) reuses its detections; one where a few regions changed
-keeps the detections of the unchanged regions and sends only the changed regions' crops, at the
-source resolution, to the regional analyzers (OCR, QR), while whole-frame analyzers (nudity) run on
-the whole frame. With a vision encoder, a frame is embedded first (micro-batched across streams: up
+keeps the detections of the unchanged regions and sends only the changed regions' crops to the
+regional analyzers (QR at the source resolution, OCR at the analysis scale), while whole-frame
+analyzers (nudity) run on the whole frame. With a vision encoder, a frame is embedded first (micro-batched across streams: up
 to ``max_batch`` frames or ``encoder_wait_s``): its zero-shot labels join the detections, and the
 semantically closest recent frame becomes one more candidate (reused only if its tiles match).
 
@@ -290,9 +290,12 @@ class Cascade:
 
     def _inputs(self, a: Analyzer, batch: list[_Request]) -> list[_Input]:
         out = []
+        at_source = getattr(a, "source_resolution", False)
         for i, r in enumerate(batch):
             w = r.image.shape[1]
-            src = r.src if r.src is not None else r.image
+            # source-resolution analyzers (QR) read the source picture; the others (OCR) the analysis
+            # image, whose scale they read well (10 px text) at a quarter of the cost of 1080p crops
+            src = r.src if r.src is not None and at_source else r.image
             scale = w / src.shape[1]
             if r.boxes and a.name in self.regional_names:
                 sh, sw = src.shape[:2]
@@ -301,7 +304,7 @@ class Cascade:
                     px2, py2 = min(sw, int(np.ceil(x2 * sw))), min(sh, int(np.ceil(y2 * sh)))
                     if px2 - px1 >= 8 and py2 - py1 >= 8:
                         out.append(_Input(i, np.ascontiguousarray(src[py1:py2, px1:px2]), (px1, py1), scale))
-            elif getattr(a, "source_resolution", False):
+            elif at_source:
                 out.append(_Input(i, src, (0, 0), scale))
             else:
                 out.append(_Input(i, r.image, (0, 0), 1.0))

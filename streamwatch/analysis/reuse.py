@@ -9,7 +9,7 @@ candidate decides the plan:
 - ``hit``: no tile holds new content → its detections are reused as they are;
 - ``regions``: a few tiles changed (their padded boxes cover at most ``max_area`` of the picture) →
   the detections of the unchanged regions are kept and only the changed regions' crops go to the
-  regional analyzers (OCR, QR) at source resolution; whole-frame analyzers run on the whole frame;
+  regional analyzers (QR at source resolution, OCR at the analysis scale); whole-frame analyzers run on the whole frame;
 - ``full``: everything is analysed again.
 
 A cached analysis never hides a change: a frame is only matched to a reference whose tiles agree.
