@@ -1,0 +1,274 @@
+"""The moderation console (/console) in real headless Chromium, and its HTTP endpoints (/streams,
+/streams/{id}/frame.jpg, /models, /static/…): two moderators, the keyboard flow, live review, filters,
+the stream wall, reconnect without duplicates, audience replies, both screen sizes."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from conftest import free_port
+from evserver import TOKENS, EchoResponder, ServerThread, alert, health
+from skimage import data as skdata
+from test_overlay import ARTIFACTS, CHROMIUM, FLAGS, submit_image
+
+from streamwatch.analysis.model import AnalyzedFrame, FrameAnalysis
+from streamwatch.events.model import Evidence, ReviewEvent, Severity, StreamState
+
+MOD2 = "moderator-secret-2"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, launched as the overlay tests do."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: apt-get install chromium (the .ci/run script does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def analysed(sid: str, offset: float, photo: str = "astronaut", size: tuple[int, int] = (960, 540)) -> AnalyzedFrame:
+    rgb = cv2.resize(np.asarray(getattr(skdata, photo)())[..., :3], size, interpolation=cv2.INTER_AREA)
+    now = time.time()
+    return AnalyzedFrame(FrameAnalysis(sid, offset, now, now, (), size[0], size[1]), np.ascontiguousarray(rgb))
+
+
+def evidence_frame(s: ServerThread, sid: str = "s1") -> str:
+    bgr = cv2.resize(cv2.cvtColor(skdata.coffee(), cv2.COLOR_RGB2BGR), (640, 360))
+    return s.store.save_image(sid, cv2.imencode(".jpg", bgr)[1].tobytes())
+
+
+def test_console_endpoints_auth_limits_and_bad_input(tmp_path: Path) -> None:
+    frames: dict[str, AnalyzedFrame] = {}
+    with ServerThread(tmp_path / "d", latest=frames.get) as s:
+        p = s.port
+        status, ctype, body = get(p, "/console")
+        assert status == 200 and ctype.startswith("text/html") and b"/static/console.js" in body
+        for name in ("console.js", "console-wall.js", "console-panels.js", "console-i18n.js", "console.css"):
+            status, ctype, body = get(p, f"/static/{name}")
+            assert status == 200 and ("javascript" in ctype or "css" in ctype) and len(body) > 500, name
+        for bad in ("/static/../http.py", "/static/overlay.html", "/static/nope.js", "/static/%2e%2e%2fconsole.py", "/static/"):
+            assert get(p, bad)[0] == 404, bad
+        page = get(p, "/console")[2].decode()
+        links = re.findall(r'(?:src|href)="([^"]*)"', page)
+        assert links and all(u.startswith("/static/") or u == "data:," for u in links), links  # nothing from elsewhere
+
+        assert get(p, "/streams")[0] == 401
+        assert get(p, "/streams", TOKENS["overlay"])[0] == 403
+        assert get(p, "/streams", TOKENS["submitter"])[0] == 403
+        assert get(p, "/streams", "wrong-secret")[0] == 401
+        s.publish(health("s1", 0.0, StreamState.LIVE))
+        s.publish(health("s2", 0.0, StreamState.RECONNECTING, reason="read timeout"))
+        status, ctype, body = get(p, "/streams", TOKENS["moderator"])
+        assert status == 200 and ctype == "application/json"
+        streams = {x["id"]: x for x in json.loads(body)["streams"]}
+        assert set(streams) == {"s1", "s2"}
+        assert streams["s1"]["state"] == "live" and streams["s1"]["frame"] is None and streams["s1"]["for_s"] >= 0
+        assert streams["s2"]["state"] == "reconnecting" and streams["s2"]["reason"] == "read timeout"
+        assert get(p, f"/streams?token={TOKENS['admin']}")[0] == 200  # the token in the query, as <img> sends it
+
+        assert get(p, "/streams/s1/frame.jpg", TOKENS["moderator"])[0] == 404  # no analysed frame yet
+        frames["s1"] = analysed("s1", 12.5)
+        status, ctype, body = get(p, "/streams/s1/frame.jpg", TOKENS["moderator"])
+        assert status == 200 and ctype == "image/jpeg"
+        img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (360, 640, 3)  # long side ≤ 640
+        assert get(p, "/streams/s1/frame.jpg", TOKENS["moderator"])[2] == body  # encoded once per frame
+        assert json.loads(get(p, "/streams", TOKENS["moderator"])[2])["streams"][0]["frame"]["offset"] == 12.5
+        assert get(p, "/streams/s1/frame.jpg")[0] == 401
+        assert get(p, "/streams/s1/frame.jpg", TOKENS["overlay"])[0] == 403
+        assert get(p, "/streams/nope/frame.jpg", TOKENS["moderator"])[0] == 404
+        for bad in ("/streams/s1", "/streams/s1/other.png", "/streams/a%20b/frame.jpg", "/streams/" + "x" * 65 + "/frame.jpg",
+                    "/streams//frame.jpg"):  # fmt: skip
+            status, ctype, body = get(p, bad, TOKENS["moderator"])
+            assert status == 400 and "error" in json.loads(body), bad
+
+        assert get(p, "/models", TOKENS["moderator"])[0] == 403
+        assert get(p, "/models")[0] == 401
+        assert get(p, "/models", TOKENS["admin"])[0] == 503  # no VLM tier behind this server
+
+
+def layout_ok(page: Any) -> None:
+    """Everything on screen: no sideways scrolling, the wall, the queue and the review buttons visible."""
+    vw, vh = page.viewport_size["width"], page.viewport_size["height"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= vw
+    for sel in ("#wall .tile", "#alerts .arow", "#d-actions .confirm", "#ev-img", "#filters"):
+        box = page.locator(sel).first.bounding_box()
+        assert box is not None and box["width"] > 0, sel
+        assert box["x"] >= 0 and box["x"] + box["width"] <= vw + 1 and box["y"] + box["height"] <= vh + 1, (sel, box)
+
+
+def rows(page: Any) -> list[int]:
+    return page.eval_on_selector_all("#alerts .arow:not([hidden])", "els => els.map(e => Number(e.dataset.id))")  # type: ignore[no-any-return]
+
+
+def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    data = tmp_path / "d"
+    frames: dict[str, AnalyzedFrame] = {"s1": analysed("s1", 3.0)}
+    s = ServerThread(data, port=port, latest=frames.get, responder=EchoResponder())
+    try:
+        s.publish(health("s1", 0.0, StreamState.LIVE))
+        s.publish(health("s2", 0.0, StreamState.CONNECTING))
+        old = s.publish(alert("s2", 2.0, "unauthorized_brand", Severity.HIGH, message="history: before the consoles opened"))
+        a = browser.new_page(viewport={"width": 1280, "height": 720})
+        b = browser.new_page(viewport={"width": 1920, "height": 1080})
+        errors: list[str] = []
+        for page in (a, b):
+            page.on("pageerror", lambda e: errors.append(str(e)))
+        a.goto(f"http://127.0.0.1:{port}/console?token={TOKENS['moderator']}")
+        b.goto(f"http://127.0.0.1:{port}/console?token={MOD2}")
+        for page in (a, b):
+            page.wait_for_selector("body[data-state=connected]", timeout=15_000)
+            page.wait_for_selector(f".arow[data-id='{old.id}']", timeout=10_000)  # history replayed
+        assert a.inner_text("#brand") == "streamwatch 审核台"  # zh-CN by default
+
+        frame = evidence_frame(s)
+        box = (200, 60, 440, 150)
+        ocr = Evidence(kind="ocr", text="加微信 xiaomei88", bbox=box, frame=frame)
+        qr = Evidence(kind="qr", text="https://evil.example/join", bbox=(20, 20, 120, 120), frame=frame)
+        a1 = s.publish(alert("s1", 10.0, "contact_spam", Severity.HIGH, evidence=ocr))
+        a2 = s.publish(alert("s2", 11.0, "qr_code", Severity.MEDIUM, evidence=qr))
+        a3 = s.publish(
+            alert("s1", 12.0, "nudity", Severity.CRITICAL, evidence=Evidence(kind="detection", bbox=(300, 100, 500, 340), frame=frame))
+        )
+        a4 = s.publish(alert("s1", 13.0, "contact_spam", Severity.LOW, message="low one"))
+        for page in (a, b):
+            page.wait_for_selector(f".arow[data-id='{a4.id}']", timeout=10_000)
+            assert rows(page) == [a4.id, a3.id, a2.id, a1.id, old.id]  # newest first
+            assert page.get_attribute("#detail-body", "data-id") == str(a4.id)  # follows the newest
+            assert page.get_attribute("body", "data-chimes") == "2"  # the live high + critical, not the history
+            assert page.title().startswith("(3) ")  # high/critical pending: history + a1 + a3
+        assert a.get_attribute(f".arow[data-id='{a3.id}']", "class") == "arow sev-critical"
+
+        # keyboard: j j k → a3; n, a note, Enter; c confirms it; the other console sees it within a second
+        a.keyboard.press("j")
+        a.keyboard.press("j")
+        a.keyboard.press("k")
+        assert a.get_attribute("#detail-body", "data-id") == str(a3.id)
+        a.keyboard.press("n")
+        a.keyboard.type("露点 已截图")
+        a.keyboard.press("Enter")
+        a.keyboard.press("c")
+        b.wait_for_selector(f".arow[data-id='{a3.id}'][data-review=confirm]", timeout=1_000)
+        a.wait_for_selector(f".arow[data-id='{a3.id}'][data-review=confirm]", timeout=1_000)
+        assert "moderator-client" in b.inner_text(f".arow[data-id='{a3.id}'] .rv")
+        reviews = [e for e in s.store.events() if isinstance(e, ReviewEvent)]
+        assert [(r.alert_id, r.action.value, r.by, r.note) for r in reviews] == [(a3.id, "confirm", "moderator-client", "露点 已截图")]
+        for page in (a, b):
+            page.wait_for_function("document.title.startsWith('(2) ')", timeout=5_000)
+        assert a.get_attribute("#detail-body", "data-id") == str(a2.id)  # moved on to the next one
+        b.click(f".arow[data-id='{a1.id}']")
+        b.click("#d-actions .dismiss")
+        a.wait_for_selector(f".arow[data-id='{a1.id}'][data-review=dismiss]", timeout=2_000)
+
+        # the evidence frame with the detection box where the bbox says (in the frame's pixels)
+        a.click(f".arow[data-id='{a1.id}']")
+        a.wait_for_function("document.getElementById('ev-img').complete && document.getElementById('ev-img').naturalWidth === 640")
+        a.wait_for_function(f"document.getElementById('ev-box').getAttribute('x') === '{box[0]}'")
+        img = a.locator("#ev-img").bounding_box()
+        rect = a.locator("#ev-box").bounding_box()
+        sx, sy = img["width"] / 640, img["height"] / 360
+        for got, want in ((rect["x"], img["x"] + box[0] * sx), (rect["y"], img["y"] + box[1] * sy),
+                          (rect["width"], (box[2] - box[0]) * sx), (rect["height"], (box[3] - box[1]) * sy)):  # fmt: skip
+            assert abs(got - want) <= 3, (rect, img)
+        assert "加微信 xiaomei88" in a.inner_text("#d-text")
+        a.click(f".arow[data-id='{a2.id}']")
+        assert "https://evil.example/join" in a.inner_text("#d-text") and "二维码" in a.inner_text("#d-text")
+
+        # filters (on the other console)
+        b.select_option("#f-stream", "s2")
+        assert rows(b) == [a2.id, old.id]
+        b.select_option("#f-stream", "")
+        b.select_option("#f-severity", "high")
+        assert rows(b) == [a3.id, a1.id, old.id]
+        b.select_option("#f-severity", "")
+        b.select_option("#f-rule", "contact_spam")
+        assert rows(b) == [a4.id, a1.id]
+        b.select_option("#f-rule", "")
+        b.check("#f-pending")
+        assert rows(b) == [a4.id, a2.id, old.id]
+        b.uncheck("#f-pending")
+
+        # stream wall: the latest analysed frame, refreshed; outage and back to live
+        a.wait_for_selector("#wall .tile[data-stream=s1][data-state=live][data-frame-offset='3']", timeout=5_000)
+        frames["s1"] = analysed("s1", 5.0, "chelsea")
+        a.wait_for_selector("#wall .tile[data-stream=s1][data-frame-offset='5']", timeout=3_000)
+        assert "待审 1" in a.inner_text("#wall .tile[data-stream=s1] .pend")  # a4 (a1 dismissed, a3 confirmed)
+        s.publish(health("s2", 20.0, StreamState.LIVE))
+        a.wait_for_selector("#wall .tile[data-stream=s2][data-state=live]", timeout=3_000)
+        s.publish(health("s2", 25.0, StreamState.RECONNECTING, reason="publisher gone"))
+        a.wait_for_selector("#wall .tile[data-stream=s2][data-state=outage]", timeout=3_000)
+        assert "中断" in a.inner_text("#wall .tile[data-stream=s2] .badge")
+
+        # a submitter's image and its reply in the Audience panel
+        reply = submit_image(port, "小明", "看我的猫")
+        b.click("#tabs button[data-tab=audience]")
+        b.wait_for_selector(f"#aud-list .sub[data-id='{reply['id']}']", timeout=10_000)
+        b.wait_for_function(f"document.querySelector(\"#aud-list .sub[data-id='{reply['id']}'] img\").naturalWidth > 0", timeout=10_000)
+        assert "小明" in b.inner_text(f"#aud-list .sub[data-id='{reply['id']}']") and "picture" in b.inner_text("#aud-list")
+        b.click("#tabs button[data-tab=timeline]")
+        b.select_option("#tl-stream", "s2")
+        b.wait_for_selector("#tl-body svg[data-stream=s2] .tl-period[data-kind=outage]", timeout=5_000)
+        b.wait_for_selector(f"#tl-body .tl-alert[data-id='{a2.id}']", timeout=5_000)
+        b.click("#tabs button[data-tab=search]")
+        b.fill("#search-q", "xiaomei")
+        b.click("#search-form button")
+        b.wait_for_selector("#search-mode[data-mode=events]", timeout=5_000)  # no encoder: OCR text of events
+        assert b.locator("#search-results .hit").count() == 1
+        b.click("#tabs button[data-tab=queue]")
+        b.click("#lang")
+        assert b.inner_text("#d-actions .confirm").startswith("Confirm") and b.inner_text("#brand") == "streamwatch console"
+
+        a.click(f".arow[data-id='{a1.id}']")
+        a.wait_for_function("document.getElementById('ev-img').naturalWidth === 640")
+        b.click(f".arow[data-id='{a1.id}']")
+        b.wait_for_function("document.getElementById('ev-img').naturalWidth === 640")
+        for page in (a, b):
+            layout_ok(page)
+        a.screenshot(path=str(ARTIFACTS / "console-1280x720.png"))
+        b.screenshot(path=str(ARTIFACTS / "console-1920x1080.png"))
+
+        # the server goes away and comes back: resume with since, nothing twice, nothing lost
+        s.close()
+        a.wait_for_selector("body[data-state=reconnecting]", timeout=10_000)
+        s = ServerThread(data, port=port, latest=frames.get)
+        a5 = s.publish(alert("s2", 40.0, "qr_code", Severity.CRITICAL, message="after the restart"))
+        a.wait_for_selector(f".arow[data-id='{a5.id}']", timeout=20_000)
+        assert rows(a) == [a5.id, a4.id, a3.id, a2.id, a1.id, old.id]
+        assert a.get_attribute(f".arow[data-id='{a3.id}']", "data-review") == "confirm"
+        assert a.get_attribute("body", "data-chimes") == "3"
+        assert not errors, errors
+        a.close()
+        b.close()
+    finally:
+        s.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-x", "-q"])
