@@ -4,22 +4,31 @@ the stream wall, reconnect without duplicates, audience replies, both screen siz
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, require_media_tools, stop
 from evserver import TOKENS, EchoResponder, ServerThread, alert, health
+from make_concert_clip import write_concert_clip
 from skimage import data as skdata
 from test_overlay import ARTIFACTS, CHROMIUM, FLAGS, submit_image
+from websockets.asyncio.client import connect
 
 from streamwatch.analysis.model import AnalyzedFrame, FrameAnalysis
 from streamwatch.events.model import Evidence, ReviewEvent, Severity, StreamState
@@ -270,5 +279,139 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
         s.close()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__, "-x", "-q"])
+# --- with the daemon: RTMP in, real analysis, two moderators ------------------------------------------
+
+# (seconds, kind, photo, caption, qr, expected rule): contact spam at 4 s, the publisher leaves at 12 s
+TIMELINE = (
+    (4, "drift", "astronaut", "", "", ""),
+    (6, "drift", "coffee", "关注主播 加微信 xiaomei88 领福利", "", "contact_spam"),
+    (4, "drift", "chelsea", "", "", ""),
+    (8, "drift", "rocket", "", "", ""),
+)
+DAEMON_TOKENS = {"moderator": "desk-secret-1", "moderator2": "desk-secret-2", "submitter": "fan-secret-1"}
+
+
+def submit(port: int, token: str, stream: str, user: str, text: str) -> dict[str, Any]:
+    """A fan's picture (a real photo) through a submitter connection; returns its reply or rejection."""
+    img = cv2.cvtColor(skdata.chelsea(), cv2.COLOR_RGB2BGR)
+    b64 = base64.b64encode(cv2.imencode(".jpg", img)[1].tobytes()).decode()
+
+    async def go() -> dict[str, Any]:
+        async with connect(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "subscribe", "channels": ["replies"]}))
+            await ws.recv()
+            await ws.send(json.dumps({"type": "submit", "stream": stream, "image": b64, "user": user, "text": text}))
+            assert json.loads(await ws.recv())["type"] == "accepted"
+            return json.loads(await ws.recv())  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API owns this thread's event loop
+        return pool.submit(asyncio.run, go()).result(60)
+
+
+def start_daemon(tmp_path: Path, rtmp: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    idle = f"rtmp://127.0.0.1:{free_port()}/live/idle"
+    tokens = "".join(
+        f'[[server.tokens]]\nname = "{name}"\nrole = "{"submitter" if name == "submitter" else "moderator"}"\nsecret = "{secret}"\n'
+        for name, secret in DAEMON_TOKENS.items()
+    )
+    cfg = tmp_path / "streamwatch.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[server]\nport = 0\n{tokens}'
+        f'[[streams]]\nid = "show"\nsource = "{rtmp}"\nlisten = true\n[[streams]]\nid = "idle"\nsource = "{idle}"\nlisten = true\n'
+    )
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:  # a file, not a pipe: an unread pipe would block the daemon's logging
+        daemon = subprocess.Popen([sys.executable, "-m", "streamwatch", "run", "-c", str(cfg)], stderr=out,
+                                  env={**os.environ, "STREAMWATCH_LOG_LEVEL": "INFO"})  # fmt: skip
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert daemon.poll() is None, f"daemon exited: {log.read_text()[-3000:]}"
+        m = re.search(r"serving http://127\.0\.0\.1:(\d+)", log.read_text())
+        if m:
+            return daemon, int(m.group(1)), log
+        time.sleep(0.2)
+    daemon.kill()
+    pytest.fail(f"the daemon did not report its port: {log.read_text()[-3000:]}")
+
+
+def test_console_with_the_daemon_over_rtmp(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    require_media_tools()
+    ARTIFACTS.mkdir(exist_ok=True)
+    clip = tmp_path / "show.mp4"
+    write_concert_clip(clip, timeline=TIMELINE)
+    rtmp = f"rtmp://127.0.0.1:{free_port()}/live/show"
+    daemon, port, _log = start_daemon(tmp_path, rtmp)
+    publishers: list[subprocess.Popen[bytes]] = []
+    ff = ["ffmpeg", "-nostdin", "-loglevel", "error"]
+    try:
+        a = browser.new_page(viewport={"width": 1280, "height": 720})
+        b = browser.new_page(viewport={"width": 1920, "height": 1080})
+        a.goto(f"http://127.0.0.1:{port}/console?token={DAEMON_TOKENS['moderator']}")
+        b.goto(f"http://127.0.0.1:{port}/console?token={DAEMON_TOKENS['moderator2']}&lang=en")
+        for page in (a, b):
+            page.wait_for_selector("body[data-state=connected]", timeout=15_000)
+            page.wait_for_selector("#wall .tile[data-stream=show][data-state=connecting]", timeout=15_000)
+        assert a.get_attribute("#wall .tile[data-stream=idle]", "data-state") == "connecting"
+        time.sleep(1.0)  # (probing the RTMP port would itself count as a publisher)
+
+        publishers.append(subprocess.Popen([*ff, "-re", "-i", str(clip), "-t", "12", "-c", "copy", "-f", "flv", rtmp]))
+        a.wait_for_selector("#wall .tile[data-stream=show][data-state=live]", timeout=20_000)
+        a.wait_for_selector("#wall .tile[data-stream=show][data-frames]:not([data-frames='0'])", timeout=10_000)
+        first = float(a.get_attribute("#wall .tile[data-stream=show]", "data-frame-offset"))
+        a.wait_for_function(  # the picture follows the stream (a new analysed frame within a few seconds)
+            f"Number(document.querySelector('#wall .tile[data-stream=show]').dataset.frameOffset) > {first}", timeout=6_000
+        )
+
+        row = "#alerts .arow[data-rule=contact_spam]"
+        for page in (a, b):
+            page.wait_for_selector(row, timeout=30_000)
+        aid = int(a.get_attribute(row, "data-id"))
+        a.click(f".arow[data-id='{aid}']")
+        a.wait_for_function("document.getElementById('ev-img').naturalWidth > 0", timeout=10_000)
+        a.wait_for_function("Number(document.getElementById('ev-box').getAttribute('width')) > 0", timeout=5_000)
+        img, rect = a.locator("#ev-img").bounding_box(), a.locator("#ev-box").bounding_box()
+        assert img["x"] - 2 <= rect["x"] and rect["x"] + rect["width"] <= img["x"] + img["width"] + 2  # the caption box, inside the frame
+        assert rect["y"] > img["y"] + img["height"] / 2  # the caption band is in the lower half of the picture
+        assert "xiaomei88" in a.inner_text("#d-text").replace(" ", "")
+
+        a.keyboard.press("c")  # confirm with the keyboard; the other moderator sees it within a second
+        b.wait_for_selector(f".arow[data-id='{aid}'][data-review=confirm]", timeout=1_000)
+        assert "moderator" in b.inner_text(f".arow[data-id='{aid}'] .rv")
+
+        # the publisher stops at 12 s: outage; it comes back: live again
+        a.wait_for_selector("#wall .tile[data-stream=show][data-state=outage]", timeout=30_000)
+        b.wait_for_selector("#wall .tile[data-stream=show][data-state=outage]", timeout=5_000)
+        time.sleep(1.0)  # the listener re-arms
+        publishers.append(subprocess.Popen([*ff, "-ss", "12", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", rtmp]))
+        a.wait_for_selector("#wall .tile[data-stream=show][data-state=live]", timeout=30_000)
+
+        reply = submit(port, DAEMON_TOKENS["submitter"], "show", "小明", "看我的猫")
+        assert reply["type"] == "reply", reply
+        b.click("#tabs button[data-tab=audience]")
+        b.wait_for_selector(f"#aud-list .sub[data-id='{reply['id']}']", timeout=10_000)
+        b.wait_for_function(f"document.querySelector(\"#aud-list .sub[data-id='{reply['id']}'] img\").naturalWidth > 0", timeout=10_000)
+        assert reply["text"] in b.inner_text(f"#aud-list .sub[data-id='{reply['id']}']")
+        b.screenshot(path=str(ARTIFACTS / "console-audience.png"))
+        b.click("#tabs button[data-tab=timeline]")
+        b.select_option("#tl-stream", "show")
+        b.wait_for_selector("#tl-body .tl-period[data-kind=outage]", timeout=5_000)
+        b.screenshot(path=str(ARTIFACTS / "console-timeline.png"))
+
+        a.click(f".arow[data-id='{aid}']")
+        a.wait_for_function("Number(document.getElementById('ev-box').getAttribute('width')) > 0", timeout=5_000)
+        time.sleep(2.5)  # a fresh picture on the wall
+        layout_ok(a)
+        a.screenshot(path=str(ARTIFACTS / "console-daemon.png"))
+        ids = rows(a)
+        assert len(ids) == len(set(ids))
+        a.close()
+        b.close()
+    finally:
+        for p in publishers:
+            stop(p)
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
