@@ -415,3 +415,83 @@ def test_console_with_the_daemon_over_rtmp(browser, tmp_path: Path) -> None:  # 
             daemon.wait(30)
         except subprocess.TimeoutExpired:
             daemon.kill()
+
+
+def test_admin_models_panel_switches_and_live_qa(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A running daemon with two OpenAI-compatible test servers: the admin's Models panel shows the role
+    chains and requests, switches qa to the other model and shows the result; Q&A from the console."""
+    import threading
+
+    from chat_server import ChatServer
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+
+    with ChatServer(lambda r: "from A") as a, ChatServer(lambda r: "from B", slow_s=0.3) as b:
+        models = [
+            {"id": mid, "backend": "openai", "endpoint": srv.url, "model_name": mid, "capabilities": ["qa", "reply"]}
+            for mid, srv in (("a", a), ("b", b))
+        ]
+        registry = tmp_path / "registry.json"
+        registry.write_text(json.dumps({"models": models, "roles": {"qa": ["a", "local"]}}))
+        settings = load_settings(
+            None,
+            {
+                "data_dir": tmp_path / "d",
+                "streams": [{"id": "s", "source": f"rtmp://127.0.0.1:{free_port()}/live/x", "listen": True}],
+                "server": {"port": 0, "tokens": [{"name": f"{r}-client", "role": r, "secret": s} for r, s in TOKENS.items()]},
+                "analysis": {"analyzers": ["qr"]},
+                "vlm": {"registry": registry, "min_switch_interval_s": 60},
+            },
+        )
+        daemon = Daemon(settings)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=lambda: loop.run_until_complete(daemon.run()), daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not daemon.ready.is_set():
+                assert time.monotonic() < deadline and thread.is_alive()
+                time.sleep(0.05)
+            assert daemon.server is not None
+            port = daemon.server.port
+            status, _, body = get(port, "/models", TOKENS["admin"])
+            info = json.loads(body)
+            assert status == 200 and info["chains"]["qa"] == ["a", "local"] and {"a", "b", "local"} <= set(info["models"])
+
+            mod = browser.new_page(viewport={"width": 1280, "height": 720})
+            mod.goto(f"http://127.0.0.1:{port}/console?token={TOKENS['moderator']}&lang=en")
+            mod.wait_for_selector("body[data-state=connected]", timeout=15_000)
+            assert not mod.locator("#tabs button[data-tab=models]").is_visible()  # admins only
+            mod.click("#tabs button[data-tab=audience]")
+            mod.wait_for_selector("#ask-stream option[value=s]", state="attached", timeout=10_000)
+            mod.select_option("#ask-stream", "s")
+            mod.fill("#ask-q", "who is on stage?")
+            mod.click("#ask-form button")
+            mod.wait_for_selector("#qa-list .qa", timeout=20_000)
+            assert "from A" in mod.inner_text("#qa-list .qa")
+
+            adm = browser.new_page(viewport={"width": 1280, "height": 720})
+            adm.goto(f"http://127.0.0.1:{port}/console?token={TOKENS['admin']}&lang=en")
+            adm.wait_for_selector("body[data-state=connected][data-role=admin]", timeout=15_000)
+            adm.click("#tabs button[data-tab=models]")
+            adm.wait_for_selector("#models-table tr[data-role=qa]", timeout=10_000)
+            assert adm.inner_text("#models-table tr[data-role=qa] .chain b") == "a"
+            adm.wait_for_selector("#models-requests td", timeout=10_000)
+            assert "ok 1" in adm.inner_text("#models-requests")  # the question above, served by a
+            adm.select_option("#sw-role", "qa")
+            adm.select_option("#sw-model", "b")
+            adm.click("#switch-form button")
+            adm.wait_for_selector("#sw-status[data-result=switched]", timeout=30_000)
+            assert "a → b" in adm.inner_text("#sw-status")
+            adm.wait_for_function("document.querySelector('#models-table tr[data-role=qa] .chain b').textContent === 'b'", timeout=10_000)
+            adm.select_option("#sw-model", "a")  # too soon after the last switch: refused, with the reason
+            adm.click("#switch-form button")
+            adm.wait_for_selector("#sw-status[data-result=error]", timeout=10_000)
+            assert "allowed in" in adm.inner_text("#sw-status")
+            adm.screenshot(path=str(ARTIFACTS / "console-models.png"))
+            mod.close()
+            adm.close()
+        finally:
+            loop.call_soon_threadsafe(daemon.stop)
+            thread.join(30)
