@@ -31,7 +31,7 @@ from test_overlay import ARTIFACTS, CHROMIUM, FLAGS, submit_image
 from websockets.asyncio.client import connect
 
 from streamwatch.analysis.model import AnalyzedFrame, FrameAnalysis
-from streamwatch.events.model import Evidence, ReviewEvent, Severity, StreamState
+from streamwatch.events.model import Evidence, HealthKind, ReviewEvent, Severity, StreamState
 
 MOD2 = "moderator-secret-2"
 
@@ -229,6 +229,11 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
         frames["s1"] = analysed("s1", 5.0, "chelsea")
         a.wait_for_selector("#wall .tile[data-stream=s1][data-frame-offset='5']", timeout=3_000)
         assert "待审 1" in a.inner_text("#wall .tile[data-stream=s1] .pend")  # a4 (a1 dismissed, a3 confirmed)
+        s.publish(health("s1", 6.0, None, kind=HealthKind.BLACK, active=True, reason="black picture"))
+        a.wait_for_selector("#wall .tile[data-stream=s1][data-black=true]", timeout=3_000)
+        assert "黑屏" in a.inner_text("#wall .tile[data-stream=s1] .badge")  # a black picture is obvious at a glance
+        s.publish(health("s1", 9.0, None, kind=HealthKind.BLACK, active=False, duration_s=3.0))
+        a.wait_for_selector("#wall .tile[data-stream=s1][data-black=false]", timeout=3_000)
         s.publish(health("s2", 20.0, StreamState.LIVE))
         a.wait_for_selector("#wall .tile[data-stream=s2][data-state=live]", timeout=3_000)
         s.publish(health("s2", 25.0, StreamState.RECONNECTING, reason="publisher gone"))
@@ -245,6 +250,8 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
         b.select_option("#tl-stream", "s2")
         b.wait_for_selector("#tl-body svg[data-stream=s2] .tl-period[data-kind=outage]", timeout=5_000)
         b.wait_for_selector(f"#tl-body .tl-alert[data-id='{a2.id}']", timeout=5_000)
+        b.select_option("#tl-stream", "s1")
+        b.wait_for_selector("#tl-body svg[data-stream=s1] .tl-period[data-kind=black]", timeout=5_000)
         b.click("#tabs button[data-tab=search]")
         b.fill("#search-q", "xiaomei")
         b.click("#search-form button")
