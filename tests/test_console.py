@@ -172,7 +172,7 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
             assert rows(page) == [a4.id, a3.id, a2.id, a1.id, old.id]  # newest first
             assert page.get_attribute("#detail-body", "data-id") == str(a4.id)  # follows the newest
             assert page.get_attribute("body", "data-chimes") == "2"  # the live high + critical, not the history
-            assert page.title().startswith("(3) ")  # high/critical pending: history + a1 + a3
+            page.wait_for_function("document.title.startsWith('(3) ')", timeout=2_000)  # high/critical pending: history + a1 + a3
         assert a.get_attribute(f".arow[data-id='{a3.id}']", "class") == "arow sev-critical"
 
         # keyboard: j j k → a3; n, a note, Enter; c confirms it; the other console sees it within a second

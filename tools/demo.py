@@ -6,7 +6,8 @@
 2. starts ``streamwatch run`` as the RTMP endpoint (listen mode) with the default policy;
 3. publishes the clip in real time with ffmpeg, as OBS would;
 4. prints alerts live as they arrive over the WebSocket, and the overlay / moderator page URLs;
-5. stops the daemon (SIGTERM) and writes the HTML report from the store.
+5. stops the daemon (SIGTERM) and writes the HTML report from the store. With ``--hold`` the daemon
+   keeps serving (the moderation console, the overlay) after the clip until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -88,7 +89,12 @@ async def watch(port: int, labels: dict[str, Any], done: asyncio.Event) -> list[
     return got
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="streamwatch end to end on a generated concert clip")
+    ap.add_argument("--hold", action="store_true", help="keep the daemon serving the console after the clip, until Ctrl-C")
+    hold = ap.parse_args(argv).hold
     if shutil.which("ffmpeg") is None:
         print("ffmpeg is needed to publish the demo stream: sudo make system-deps", file=sys.stderr)
         return 1
@@ -119,7 +125,7 @@ def main() -> int:
         time.sleep(0.1)
     base = f"http://127.0.0.1:{port}"
     print(f"\noverlay (OBS browser source, 1920×1080): {base}/overlay?token={TOKENS['overlay']}&stream=demo")
-    print(f"moderator view:                          {base}/overlay?token={TOKENS['moderator']}&mode=mod")
+    print(f"moderation console:                      {base}/console?token={TOKENS['moderator']}")
     print(f"metrics: {base}/metrics   health: {base}/healthz\n", flush=True)
     deadline = time.monotonic() + 30
     while health(port)["streams"]["demo"]["state"] != "connecting" and time.monotonic() < deadline:
@@ -160,6 +166,11 @@ def main() -> int:
         await pub.wait()
         await fan
         await asyncio.sleep(2.5)
+        if hold:
+            print(f"\nthe clip is over; still serving {base}/console?token={TOKENS['moderator']} — Ctrl-C to stop", flush=True)
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+            await stop.wait()
         daemon.send_signal(signal.SIGTERM)
         return await asyncio.wait_for(watcher, 30)
 

@@ -72,8 +72,13 @@
     setTimeout(poll, 1000);
   }
   SW.on("stream", (sid) => renderTile(sid));
-  SW.on("alert", (ev) => renderTile(ev.stream));
-  SW.on("review", (ev) => renderTile(ev.stream));
+  const dirty = new Set(); let dirtyTimer = null;
+  function renderSoon(sid) {  // pending counts: once per burst of alerts/reviews, not once per event
+    dirty.add(sid);
+    if (!dirtyTimer) dirtyTimer = setTimeout(() => { dirtyTimer = null; dirty.forEach(renderTile); dirty.clear(); }, 200);
+  }
+  SW.on("alert", (ev) => renderSoon(ev.stream));
+  SW.on("review", (ev) => renderSoon(ev.stream));
   SW.on("lang", () => { tiles.forEach((_t, sid) => renderTile(sid)); renderTimeline(); });
   SW.on("hello", () => { if (!poll.started) { poll.started = true; poll(); } });
 
@@ -90,24 +95,28 @@
   }
   /** Health periods of one stream from its health events (id order): black/frozen, outage, stalled, not monitored. */
   function periods(sid, now) {
-    const out = []; const open = {};
+    const out = []; const open = {}; const opened = {};  // kind → start offset, and its wall time (ms)
     const close = (kind, end) => { if (open[kind] != null) { out.push({ kind: kind, start: open[kind], end: end }); delete open[kind]; } };
+    const begin = (kind, h) => { if (open[kind] == null) { open[kind] = h.offset; opened[kind] = Date.parse(h.at); } };
     state.health.filter((h) => h.stream === sid).forEach((h) => {
       if (h.kind === "black" || h.kind === "frozen") {
-        if (h.active) open[h.kind] = open[h.kind] != null ? open[h.kind] : h.offset;
+        if (h.active) begin(h.kind, h);
         else { if (open[h.kind] == null) open[h.kind] = h.offset - (h.duration_s || 0); close(h.kind, h.offset); }
       } else if (h.kind === "state") {
         const view = VIEW[h.state];
         if (view !== "outage") close("outage", h.offset);
         if (view !== "stalled") close("stalled", h.offset);
         if (view !== "ended") close("gap", h.offset);
-        if (view === "outage" || view === "stalled") { if (open[view] == null) open[view] = h.offset; }
-        else if (view === "ended") { if (open.gap == null) open.gap = h.offset; }
+        if (view === "outage" || view === "stalled") begin(view, h);
+        else if (view === "ended") begin("gap", h);
       }
     });
-    Object.keys(open).forEach((k) => close(k, now));
+    // still open: the stream offset stands still in an outage, so it lasts by the wall clock
+    Object.keys(open).forEach((k) => close(k, Math.max(now, open[k] + Math.max(0, Date.now() - (opened[k] || Date.now())) / 1000)));
     return out;
   }
+  /** The right end of the time axis: the stream's offset, its last event, or the end of an open period. */
+  function axisEnd(sid, base) { return Math.max(base, ...periods(sid, base).map((p) => p.end)); }
   function renderTimeline() {
     if (document.body.dataset.tab !== "timeline") return;
     const sid = $("tl-stream").value; const body = $("tl-body"); body.textContent = "";
@@ -117,7 +126,8 @@
     const scenes = state.scenes.filter((e) => e.stream === sid);
     const health = state.health.filter((e) => e.stream === sid);
     const st = status.get(sid);
-    const now = Math.max(st ? st.offset : 0, ...alerts.map((e) => e.offset), ...scenes.map((e) => e.offset), ...health.map((e) => e.offset), 1);
+    const now = axisEnd(sid, Math.max(st ? st.offset : 0, ...alerts.map((e) => e.offset), ...scenes.map((e) => e.offset),
+                                      ...health.map((e) => e.offset), 1));
     if (!alerts.length && !scenes.length && !health.length) { body.appendChild(el("p", null, SW.t("tl_empty"))); return; }
     const W = Math.max(600, body.clientWidth); const H = 190; const L = 70; const R = 16;
     const x = (t) => L + (Math.max(0, t) / now) * (W - L - R);
@@ -126,7 +136,7 @@
     const step = steps.find((s) => now / s <= 10) || 14400;
     for (let t = 0; t <= now; t += step) {
       svg("line", { x1: x(t), x2: x(t), y1: 20, y2: H - 6, stroke: "#2b2e3a" }, root);
-      svg("text", { x: x(t) + 2, y: 14 }, root, SW.hms(t));
+      if (x(t) + 56 < W) svg("text", { x: x(t) + 2, y: 14 }, root, SW.hms(t));
     }
     [["tl_health", 48], ["tl_alerts", 98], ["tl_scenes", 150]].forEach(([k, y]) => svg("text", { x: 6, y: y }, root, SW.t(k)));
     periods(sid, now).forEach((p) => {

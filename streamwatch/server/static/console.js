@@ -76,6 +76,10 @@
     } catch (e) { console.warn("streamwatch: no audio", e); }
   }
   document.addEventListener("pointerdown", () => { if (audio && audio.state === "suspended") audio.resume(); });
+  let urgentTimer = null;
+  function updateUrgentSoon() {  // (a replay of thousands of alerts recounts once, not once per alert)
+    if (!urgentTimer) urgentTimer = setTimeout(() => { urgentTimer = null; updateUrgent(); }, 50);
+  }
   function updateUrgent() {
     const n = [...state.alerts.values()].filter((a) => !a.review && SEV_RANK[a.ev.severity] >= 2).length;
     document.title = (n ? "(" + n + ") " : "") + SW.t("title");
@@ -220,12 +224,12 @@
     if (state.lastId === null || ev.id > state.lastId) state.lastId = ev.id;
     const live = state.liveFrom !== null && ev.id > state.liveFrom;
     if (ev.stream) SW.addStream(ev.stream);
-    if (ev.type === "alert") { addAlert(ev, live); updateUrgent(); refilterCount(); }
+    if (ev.type === "alert") { addAlert(ev, live); updateUrgentSoon(); refilterCount(); }
     else if (ev.type === "review") {
       const a = state.alerts.get(ev.alert_id);
       if (a) {
         const ids = visible(); const i = ids.indexOf(a.ev.id);
-        a.review = ev; renderRow(a); applyFilter(a.row, a); updateUrgent(); refilterCount();
+        a.review = ev; renderRow(a); applyFilter(a.row, a); updateUrgentSoon(); refilterCount();
         if (a.ev.id === state.selected) {  // (with "pending only" the reviewed row leaves: go to its neighbour)
           if (a.row.hidden) select(i + 1 < ids.length ? ids[i + 1] : i > 0 ? ids[i - 1] : null); else renderDetail();
         }
