@@ -502,3 +502,33 @@ def test_admin_models_panel_switches_and_live_qa(browser, tmp_path: Path) -> Non
         finally:
             loop.call_soon_threadsafe(daemon.stop)
             thread.join(30)
+
+
+def test_search_tab_finds_frames_with_the_encoder(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With a vision encoder (a tiny CLIP exported to ONNX), Search asks /search and shows the frames."""
+    pytest.importorskip("torch")
+    import tiny_encoder
+
+    from streamwatch.analysis.encoder import Encoder, index_frame
+    from streamwatch.analysis.encoder_export import export_encoder, sample_images
+    from streamwatch.analysis.search import FrameSearch, hit_json
+
+    export_encoder(str(tiny_encoder.build(tmp_path / "ckpt", "clip")), tmp_path / "enc", name="tiny-clip", exporter="legacy")
+    enc = Encoder(tmp_path / "enc", device="cpu")
+    with ServerThread(tmp_path / "d") as s:
+        for i, img in enumerate(sample_images(4)):
+            fa = FrameAnalysis("s1", float(i * 10), 1000.0 + i, 1000.0 + i, (), 1, 1, embedding=enc.embed_images([img])[0])
+            index_frame(s.store, fa, img, "tiny-clip")
+        fs = FrameSearch(enc, s.store)
+        s.server._http.search = lambda q, st, n: [hit_json(h) for h in fs.search(q, stream=st, limit=n)]
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(f"http://127.0.0.1:{s.port}/console?token={TOKENS['moderator']}")
+        page.wait_for_selector("body[data-state=connected]", timeout=15_000)
+        page.click("#tabs button[data-tab=search]")
+        page.fill("#search-q", "一只猫")
+        page.click("#search-form button")
+        page.wait_for_selector("#search-mode[data-mode=encoder]", timeout=20_000)
+        page.wait_for_function("document.querySelectorAll('#search-results .hit').length === 4", timeout=10_000)
+        page.wait_for_function("[...document.querySelectorAll('#search-results .hit img')].every(i => i.naturalWidth > 0)", timeout=10_000)
+        assert "s1 · 00:00:" in page.inner_text("#search-results")
+        page.close()
