@@ -31,7 +31,7 @@ from test_overlay import ARTIFACTS, CHROMIUM, FLAGS, submit_image
 from websockets.asyncio.client import connect
 
 from streamwatch.analysis.model import AnalyzedFrame, FrameAnalysis
-from streamwatch.events.model import Evidence, HealthKind, ReviewEvent, Severity, StreamState
+from streamwatch.events.model import Evidence, HealthKind, ReviewEvent, SceneEvent, Severity, StreamState
 
 MOD2 = "moderator-secret-2"
 
@@ -250,8 +250,14 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
         b.select_option("#tl-stream", "s2")
         b.wait_for_selector("#tl-body svg[data-stream=s2] .tl-period[data-kind=outage]", timeout=5_000)
         b.wait_for_selector(f"#tl-body .tl-alert[data-id='{a2.id}']", timeout=5_000)
+        s.publish(
+            SceneEvent(stream="s1", at=time.time(), offset=8.0, tags=("setting=indoor_stage", "outfit=idol_dress"), model="qwen3-vl-4b")
+        )
         b.select_option("#tl-stream", "s1")
         b.wait_for_selector("#tl-body svg[data-stream=s1] .tl-period[data-kind=black]", timeout=5_000)
+        b.wait_for_selector("#tl-body svg[data-stream=s1] .tl-scene", timeout=5_000)
+        assert "setting=indoor_stage" in b.text_content("#tl-body .tl-scene title")
+        assert b.get_attribute("#tl-report", "href").startswith("/report/s1?format=html&token=")
         b.click("#tabs button[data-tab=search]")
         b.fill("#search-q", "xiaomei")
         b.click("#search-form button")

@@ -46,7 +46,8 @@
     const forS = s.for_s == null ? null : s.for_s + (performance.now() - polled) / 1000;
     t.querySelector(".state").textContent = SW.t("st_" + view);
     t.querySelector(".dur").textContent = forS == null ? "" : dur(forS);
-    t.querySelector(".off").textContent = SW.hms(s.offset);
+    const behind = s.frame ? s.offset - s.frame.offset : 0;  // the picture is the last analysed frame: say when it is old
+    t.querySelector(".off").textContent = SW.hms(s.offset) + (behind > 5 ? " · " + SW.t("frame_at", { t: SW.hms(s.frame.offset) }) : "");
     const badge = [];
     if (view !== "live") badge.push(SW.t("st_" + view) + (forS == null ? "" : " " + dur(forS)));
     if (s.black) badge.push(SW.t("black"));
