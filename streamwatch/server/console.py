@@ -134,7 +134,7 @@ def static_file(name: str) -> tuple[bytes, str] | None:
     m = STATIC_NAME.match(name)
     if m is None:
         return None
-    ref = resources.files("streamwatch.server").joinpath("static", name)
+    ref = resources.files("streamwatch.server").joinpath(f"static/{name}")
     if not ref.is_file():
         return None
     return ref.read_bytes(), STATIC_TYPES[m.group(1)]
