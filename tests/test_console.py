@@ -502,6 +502,7 @@ def test_admin_models_panel_switches_and_live_qa(browser, tmp_path: Path) -> Non
             adm.click("#switch-form button")
             adm.wait_for_selector("#sw-status[data-result=error]", timeout=10_000)
             assert "allowed in" in adm.inner_text("#sw-status")
+            assert adm.locator("#sw-log li").count() == 2 and "a → b" in adm.inner_text("#sw-log li.switched")
             adm.screenshot(path=str(ARTIFACTS / "console-models.png"))
             mod.close()
             adm.close()

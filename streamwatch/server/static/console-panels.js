@@ -37,7 +37,7 @@
   SW.on("reply:error", (msg) => {
     const ref = String(msg.ref || "");
     if (ref.startsWith("ask-")) $("ask-status").textContent = SW.t("error", { msg: msg.message });
-    if (ref.startsWith("sw-")) { $("sw-status").textContent = SW.t("error", { msg: msg.message }); $("sw-status").dataset.result = "error"; }
+    if (ref.startsWith("sw-")) switchResult("error", SW.t("error", { msg: msg.message }));
   });
 
   // --- search: frames by text with the encoder (/search), else events by OCR text and tags ------------
@@ -110,9 +110,12 @@
     SW.send({ type: "switch_model", role: $("sw-role").value, model: model, ref: SW.ref("sw") });
     $("sw-status").textContent = SW.t("m_switching", { model: model }); $("sw-status").dataset.result = "pending";
   };
+  function switchResult(result, text) {  // the latest in the status line, every one in the log below it
+    $("sw-status").textContent = text; $("sw-status").dataset.result = result;
+    const li = el("li", result, SW.clock(new Date().toISOString()) + "  " + text); const log = $("sw-log"); log.insertBefore(li, log.firstChild);
+  }
   SW.on("reply:switched", (msg) => {
-    $("sw-status").textContent = SW.t("m_switched", { role: msg.role, old: msg.old, model: msg.model, s: msg.seconds });
-    $("sw-status").dataset.result = "switched"; loadModels();
+    switchResult("switched", SW.t("m_switched", { role: msg.role, old: msg.old, model: msg.model, s: msg.seconds })); loadModels();
   });
   SW.on("tab", (tab) => { if (tab === "models") loadModels(); });
   setInterval(() => { if (document.body.dataset.tab === "models") loadModels(); }, 5000);
