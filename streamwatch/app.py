@@ -413,8 +413,8 @@ class Daemon:
 
     def models_info(self) -> dict[str, object]:
         """VLM role chains (best first) and each loaded model's breaker state, for the console."""
-        return {"chains": {r.value: list(c) for r, c in self.router.chains.items()}, "breakers": self.router.state(),
-                "models": sorted(self.router.registry.models)}  # fmt: skip
+        chains = {r.value: list(c) for r, c in self.router.chains.items()}
+        return {"chains": chains, "breakers": self.router.state(), "models": sorted(self.router.registry.models)}
 
     # --- policy hot reload -----------------------------------------------------------------------
 
