@@ -156,6 +156,11 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
             page.wait_for_selector("body[data-state=connected]", timeout=15_000)
             page.wait_for_selector(f".arow[data-id='{old.id}']", timeout=10_000)  # history replayed
         assert a.inner_text("#brand") == "streamwatch 审核台"  # zh-CN by default
+        other = browser.new_page(viewport={"width": 1280, "height": 720})
+        other.goto(f"http://127.0.0.1:{port}/console?token={TOKENS['overlay']}")
+        other.wait_for_selector("body[data-state=error]", timeout=10_000)  # an overlay token is not a desk's
+        assert other.inner_text("#conn") == "需要审核员或管理员令牌" and other.locator("#alerts .arow").count() == 0
+        other.close()
 
         frame = evidence_frame(s)
         box = (200, 60, 440, 150)
