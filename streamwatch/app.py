@@ -217,6 +217,8 @@ class Daemon:
                     inferrer=self.responder,
                     search=self._search if self.search is not None else None,
                     offsets=lambda x: self.offsets.get(x, 0.0),
+                    latest=self.latest.get,
+                    models_info=self.models_info,
                 )
                 await self.server.start()
             freeze_startup_heap()
@@ -427,6 +429,11 @@ class Daemon:
         logger.info("model switched: %s", reason)
         await self._notice([c.id for c in self.settings.streams], HealthKind.MODEL, reason, duration_s=round(result.seconds, 3))
         return SwitchReport(role, result.old, result.new, result.seconds)
+
+    def models_info(self) -> dict[str, object]:
+        """VLM role chains (best first) and each loaded model's breaker state, for the console."""
+        chains = {r.value: list(c) for r, c in self.router.chains.items()}
+        return {"chains": chains, "breakers": self.router.state(), "models": sorted(self.router.registry.models)}
 
     # --- policy hot reload -----------------------------------------------------------------------
 

@@ -156,8 +156,9 @@ class AnalysisConfig(_Section):
     regional: Annotated[
         bool,
         Field(
-            description="Analyse only the changed regions of a frame that otherwise matches a recent analysis: QR (source resolution) and OCR "
-            "(analysis scale) on the changed regions' crops, detections of unchanged regions kept (false = whole frames)."
+            description="Analyse only the changed regions of a frame that otherwise matches a recent analysis: QR (source "
+            "resolution) and OCR (analysis scale) on the changed regions' crops, detections of unchanged regions kept "
+            "(false = whole frames)."
         ),
     ] = True
     region_max_area: Annotated[

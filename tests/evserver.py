@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ TOKENS = {
 def server_config(**kw: Any) -> ServerConfig:
     tokens = [TokenConfig(name=f"{role}-client", role=role, secret=secret) for role, secret in TOKENS.items()]
     tokens.append(TokenConfig(name="submitter-two", role="submitter", secret="submitter-secret-2"))
+    tokens.append(TokenConfig(name="moderator-two", role="moderator", secret="moderator-secret-2"))
     tokens.append(TokenConfig(name="danmaku-relay", role="submitter", secret="relay-secret-1", relay=True))
     return ServerConfig(port=kw.pop("port", 0), tokens=tokens, **kw)
 
@@ -45,11 +46,20 @@ def server_config(**kw: Any) -> ServerConfig:
 class ServerThread:
     """Store, bus and server running in their own event loop thread; ``call`` runs coroutines there."""
 
-    def __init__(self, data_dir: Path, *, streams: tuple[str, ...] = ("s1", "s2"), responder: Responder | None = None, **cfg: Any) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        streams: tuple[str, ...] = ("s1", "s2"),
+        responder: Responder | None = None,
+        latest: Callable[[str], Any] | None = None,
+        **cfg: Any,
+    ) -> None:
         self.data_dir = data_dir
         self.cfg = server_config(**cfg)
         self.streams = streams
         self.responder = responder
+        self.latest = latest
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -63,7 +73,7 @@ class ServerThread:
         self.bus = EventBus(self.store)
         await self.bus.start()
         inferrer = self.responder if hasattr(self.responder, "infer") else None
-        self.server = EventServer(self.cfg, self.bus, streams=self.streams, responder=self.responder, inferrer=inferrer)  # type: ignore[arg-type]
+        self.server = EventServer(self.cfg, self.bus, streams=self.streams, responder=self.responder, inferrer=inferrer, latest=self.latest)  # type: ignore[arg-type]
         await self.server.start()
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:

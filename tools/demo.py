@@ -5,7 +5,7 @@
    that must stay silent, an off-site QR code, a black and a frozen segment);
 2. starts ``streamwatch run`` as the RTMP endpoint (listen mode) with the default policy;
 3. publishes the clip in real time with ffmpeg, as OBS would;
-4. prints alerts live as they arrive over the WebSocket, and the overlay / moderator page URLs;
+4. prints alerts live as they arrive over the WebSocket, and the console / overlay page URLs;
 5. stops the daemon (SIGTERM), writes the HTML report from the store and the post-ready summary
    (artifacts/demo/summary/: picked frames, post text, fan-art collage).
 
@@ -129,7 +129,8 @@ def main() -> int:
         time.sleep(0.1)
     base = f"http://127.0.0.1:{port}"
     print(f"\noverlay (OBS browser source, 1920×1080): {base}/overlay?token={TOKENS['overlay']}&stream=demo")
-    print(f"moderator view:                          {base}/overlay?token={TOKENS['moderator']}&mode=mod")
+    print(f"moderation console:                      {base}/console?token={TOKENS['moderator']}")
+    print(f"moderator view (compact):                {base}/overlay?token={TOKENS['moderator']}&mode=mod")
     print(f"metrics: {base}/metrics   health: {base}/healthz\n", flush=True)
     deadline = time.monotonic() + 30
     while health(port)["streams"]["demo"]["state"] != "connecting" and time.monotonic() < deadline:

@@ -1,4 +1,5 @@
-"""The small HTTP surface on the WebSocket port: /healthz, /metrics, /frames/…, /overlay, /report/….
+"""The small HTTP surface on the WebSocket port: /healthz, /metrics, /frames/…, /overlay, /console (and
+its /streams, /models, /static/… in :mod:`streamwatch.server.console`), /report/….
 
 Handlers take the parsed request and return a websockets ``Response``; blocking work (files, SQLite,
 report rendering) runs in an executor.
@@ -24,11 +25,14 @@ from streamwatch.errors import StreamwatchError
 from streamwatch.events.codec import parse_iso
 from streamwatch.events.store import EventStore
 from streamwatch.report import collect, render
+from streamwatch.server import console
 from streamwatch.server.auth import Principal, TokenTable, token_from_request
 from streamwatch.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error"}
+REASONS |= {405: "Method Not Allowed", 421: "Misdirected Request", 503: "Service Unavailable"}
 REPORT_FORMATS = {"html": "text/html; charset=utf-8", "json": "application/json", "csv": "text/csv; charset=utf-8"}
 
 
@@ -41,9 +45,7 @@ def response(status: int, body: bytes | str, content_type: str = "text/plain; ch
     h["X-Content-Type-Options"] = "nosniff"
     for k, v in headers.items():
         h[k.replace("_", "-")] = v
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
-    reason |= {421: "Misdirected Request", 500: "Internal Server Error", 503: "Service Unavailable"}
-    return Response(status, reason.get(status, "Error"), h, data)
+    return Response(status, REASONS.get(status, "Error"), h, data)
 
 
 def json_response(status: int, payload: Any) -> Response:
@@ -58,6 +60,7 @@ class HttpContext:
     health: Callable[[], dict[str, Any]]
     # frame search (vision encoder): (query, stream, limit) → JSON-ready hits; blocking
     search: Callable[[str, str | None, int], list[dict[str, Any]]] | None = None
+    console: console.ConsoleData | None = None
 
 
 def _principal(ctx: HttpContext, request: Request) -> Principal | None:
@@ -76,6 +79,13 @@ async def handle(ctx: HttpContext, request: Request) -> Response:
     if path == "/overlay":
         page = resources.files("streamwatch.server").joinpath("static/overlay.html").read_bytes()
         return response(200, page, "text/html; charset=utf-8")
+    if path == "/console":
+        page = resources.files("streamwatch.server").joinpath("static/console.html").read_bytes()
+        return response(200, page, "text/html; charset=utf-8")
+    if ctx.console is not None:
+        answer = await console.handle(ctx.console, path, _principal(ctx, request), response, json_response)
+        if answer is not None:
+            return answer
     if path.startswith("/frames/"):
         if _principal(ctx, request) is None:
             return response(401, "token required")
@@ -99,7 +109,7 @@ async def handle(ctx: HttpContext, request: Request) -> Response:
             return response(403, "search is for moderators and admins")
         return await _search(ctx, query)
     if path == "/":
-        return response(200, "streamwatch: /ws (WebSocket), /overlay, /healthz, /metrics, /report/{stream}, /search?q=\n")
+        return response(200, "streamwatch: /ws (WebSocket), /overlay, /console, /healthz, /metrics, /report/{stream}, /search?q=\n")
     return response(404, "not found")
 
 

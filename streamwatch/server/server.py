@@ -23,7 +23,7 @@ from streamwatch.config import ServerConfig
 from streamwatch.errors import ServerError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.store import StoredEvent
-from streamwatch.server import http
+from streamwatch.server import console, http
 from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
 from streamwatch.server.feedback import VoteBook
@@ -51,6 +51,8 @@ class EventServer:
         inferrer: Inferrer | None = None,
         search: Callable[[str, str | None, int], list[dict[str, Any]]] | None = None,
         offsets: Callable[[str], float] | None = None,
+        latest: console.Latest | None = None,
+        models_info: console.ModelsInfo | None = None,
     ) -> None:
         self.cfg = cfg
         self.bus = bus
@@ -72,7 +74,8 @@ class EventServer:
         self._pending: dict[ServerConnection, Principal] = {}
         self._server: Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # submission/answer work in flight
-        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search)
+        self.console = console.ConsoleData(self.streams, self.status, self.offsets, latest, models_info, self.metrics)
+        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search, self.console)
         bus.add_listener(self._on_stored)
         bus.add_listener(self.metrics.on_stored)
 
