@@ -301,3 +301,39 @@ def test_rtsp_pull_reconnects_after_the_server_restarts(rtsp_clip: Path, collect
     assert_continuous(c.frames)
     assert c.frames[0].width == 320 and c.frames[0].height == 180
     assert c.reader.stats.reconnects >= 1
+
+
+def test_sample_log_of_a_live_run_is_written_as_it_goes_and_survives_kill_9(nginx: Nginx, short_clip: Clip, tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import sys
+
+    url = nginx.rtmp("livelog")
+    pub = publish(short_clip.path, url, loop=True)
+    out = tmp_path / "out"
+    log = out / "samples.jsonl"
+    cmd = [sys.executable, "-m", "streamwatch", "sample", url, "--every", "1", "--out", str(out), "--quiet", "--read-timeout", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # records reach the file while the run goes on (a block-buffered log would hold ~30 of them)
+        deadline = time.monotonic() + 25
+        lines = 0
+        while time.monotonic() < deadline and lines < 5:
+            time.sleep(0.25)
+            lines = log.read_text().count('"type": "sample"') if log.exists() else 0
+        assert proc.poll() is None, "the run is still going"
+        assert lines >= 5, f"only {lines} samples reached the file during the run"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop(pub)
+    text = log.read_text()
+    assert text.endswith("\n")
+    recs = [json.loads(line) for line in text.splitlines()]  # every line is whole, valid JSON
+    samples = [r for r in recs if r["type"] == "sample"]
+    assert len(samples) >= 5
+    assert all((out / r["file"]).is_file() for r in samples if "file" in r)
