@@ -25,7 +25,7 @@ from streamwatch.events.model import HealthEvent, HealthKind, StreamState, can_t
 from streamwatch.ingest.backoff import Backoff
 from streamwatch.ingest.clock import OffsetClock
 from streamwatch.ingest.decode import DecodePlan
-from streamwatch.ingest.frame import Frame
+from streamwatch.ingest.frame import Frame, display_rotation, upright
 from streamwatch.ingest.url import SourceKind, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class FrameReader:
         tb = vs.time_base
         pace = self.cfg.realtime and not self.spec.live
         start = time.monotonic()
+        rotation = 0  # display rotation of this connection (a display-orientation SEI holds until the next)
         for packet in container.demux(vs):
             if self._stop.is_set():
                 return
@@ -257,6 +258,8 @@ class FrameReader:
             for f in frames:
                 self.stats.decoded += 1
                 self._seq += 1
+                if (turn := display_rotation(f)) is not None:
+                    rotation = turn
                 offset = self._clock.offset(f.time, self._elapsed())
                 self._last_offset = offset
                 if self.keep is not None and not self.keep(offset):
@@ -267,7 +270,8 @@ class FrameReader:
                         return
                 self.stats.emitted += 1
                 self.keyframe_interval = plan.keyframe_interval
-                yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), f)
+                pic = upright(f, rotation)
+                yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), pic, rotation)
 
 
 __all__ = ["FrameReader", "Item", "ReaderStats", "open_container"]
