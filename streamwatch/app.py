@@ -277,7 +277,7 @@ class Daemon:
                 await self._health_alerts(sid, out.offset)
                 if not out.kept:
                     continue
-                if live and queue.full():  # analysis is behind: drop the oldest kept frame
+                if pipeline.reader.live and queue.full():  # analysis is behind: drop the oldest kept frame
                     queue.get_nowait()
                     self.metrics.queue_drops.labels("analysis").inc()
                 await queue.put(out)

@@ -140,7 +140,7 @@ def hls_dir_server(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     httpd.shutdown()
 
 
-def test_hls_from_a_plain_http_server_treats_end_as_disconnect(hls_dir_server: tuple[Path, int], short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
+def test_hls_live_playlist_that_gets_its_endlist_is_finished(hls_dir_server: tuple[Path, int], short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
     require_media_tools()
     d, port = hls_dir_server
     seg = subprocess.Popen(
@@ -172,12 +172,14 @@ def test_hls_from_a_plain_http_server_treats_end_as_disconnect(hls_dir_server: t
             every_s=0.5,
         )
         c.wait_for(lambda: len(c.frames) >= 6, 30, "HLS frames")
-        seg.wait(30)  # the publisher finishes its 12 s clip
-        c.wait_for(lambda: any(s.state is StreamState.STALLED for s in c.states), 30, "a stall after the playlist ends")
+        seg.wait(30)  # the publisher finishes its 12 s clip and appends #EXT-X-ENDLIST
+        c.wait_for(lambda: any(s.state is StreamState.STOPPED for s in c.states), 30, "the end of the playlist")
     finally:
         stop(seg)
     assert_continuous(c.frames)
     assert c.frames[-1].offset >= 6
+    assert "EXT-X-ENDLIST" in c.states[-1].reason  # finished, not an outage
+    assert StreamState.STALLED not in [s.state for s in c.states]
 
 
 def test_listen_mode_accepts_publishers_one_after_another(short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]

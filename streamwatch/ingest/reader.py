@@ -26,6 +26,7 @@ from streamwatch.ingest.backoff import Backoff
 from streamwatch.ingest.clock import OffsetClock
 from streamwatch.ingest.decode import DecodePlan
 from streamwatch.ingest.frame import Frame, display_rotation, upright
+from streamwatch.ingest.hls import Plan, PlaylistTracker
 from streamwatch.ingest.url import SourceKind, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,12 @@ def open_options(spec: SourceSpec) -> dict[str, str]:
     return {}
 
 
-def open_container(spec: SourceSpec, cfg: IngestConfig) -> Any:
-    """``av.open`` with timeouts for live sources; errors become :class:`SourceOpenError`."""
-    kwargs: dict[str, Any] = {"options": open_options(spec)}
+def open_container(spec: SourceSpec, cfg: IngestConfig, options: dict[str, str] | None = None) -> Any:
+    """``av.open`` with timeouts for live sources; errors become :class:`SourceOpenError`.
+
+    ``options`` are added to the per-kind demuxer options (e.g. HLS ``live_start_index``).
+    """
+    kwargs: dict[str, Any] = {"options": open_options(spec) | (options or {})}
     if spec.live:
         kwargs["timeout"] = (cfg.open_timeout_s, cfg.read_timeout_s)
     if cfg.hwaccel is not HwAccel.NONE:
@@ -108,6 +112,7 @@ class FrameReader:
         self.stats = ReaderStats()
         self.state = StreamState.CONNECTING
         self._stop = threading.Event()
+        self.live = spec.live  # False for a recording served as HLS (ENDLIST): read and paced like a file
         self._clock = OffsetClock(live=spec.live)
         self._backoff = Backoff(
             cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_multiplier, cfg.backoff_jitter, rng or random.Random()
@@ -133,7 +138,7 @@ class FrameReader:
         if not can_transition(self.state, state):
             logger.debug("[%s] unusual transition %s -> %s", self.stream_id, self.state.value, state.value)
         self.state = state
-        offset = max(self._last_offset, self._elapsed()) if self.spec.live else self._last_offset
+        offset = max(self._last_offset, self._elapsed()) if self.live else self._last_offset
         ev = HealthEvent(stream=self.stream_id, kind=HealthKind.STATE, at=time.time(), offset=offset, state=state, **kw)
         log = logger.info if state in (StreamState.LIVE, StreamState.STOPPED, StreamState.CONNECTING) else logger.warning
         log("[%s] %s %s", self.stream_id, self.spec.redacted, ev.describe())
@@ -146,7 +151,7 @@ class FrameReader:
             return
         yield from self._read_live()
 
-    def _read_file(self) -> Iterator[Item]:
+    def _read_file(self, end_reason: str = "end of file") -> Iterator[Item]:
         container = open_container(self.spec, self.cfg)
         self.stats.connections += 1
         try:
@@ -162,32 +167,57 @@ class FrameReader:
             container.close()
         if self.stats.corrupt_packets:
             logger.warning("[%s] %d undecodable packets skipped", self.stream_id, self.stats.corrupt_packets)
-        yield self._health(StreamState.STOPPED, reason="end of file")
+        if not self.stopped:
+            yield self._health(StreamState.STOPPED, reason=end_reason)
 
     def _read_live(self) -> Iterator[Item]:
         outage_since: float | None = None  # monotonic time the last outage began
         attempt = 0
+        hls = PlaylistTracker(self.spec.url, self.cfg.open_timeout_s) if self.spec.kind is SourceKind.HLS else None
         if self.spec.kind is SourceKind.LISTEN:
             logger.info("[%s] listening for a publisher on %s", self.stream_id, self.spec.redacted)
         while not self.stopped:
-            try:
-                container = open_container(self.spec, self.cfg)
-            except (SourceOpenError, SourceTimeout) as e:
-                if self.spec.kind is SourceKind.LISTEN and isinstance(e, SourceTimeout):
-                    continue  # nobody published yet: re-arm the listener
+            failure: str | None = None
+            options: dict[str, str] = {}
+            if hls is not None:  # an HLS playlist says whether there is anything (new) to read
+                try:
+                    plan = hls.plan(started=self.stats.emitted > 0)
+                except SourceOpenError as e:
+                    plan, failure = Plan("error"), str(e)
+                if plan.action == "vod":  # a recording: read once, like a file (paced only with realtime)
+                    logger.info("[%s] %s: %s", self.stream_id, self.spec.redacted, plan.reason)
+                    self.live = False
+                    self._clock = OffsetClock(live=False)
+                    yield from self._read_file(end_reason=f"end of {plan.reason}")
+                    return
+                if plan.action == "ended":
+                    yield self._health(StreamState.STOPPED, reason=plan.reason)
+                    return
+                if plan.action == "stuck":
+                    failure = plan.reason
+                options = dict(plan.options)
+            container = None
+            if failure is None:
+                try:
+                    container = open_container(self.spec, self.cfg, options)
+                except (SourceOpenError, SourceTimeout) as e:
+                    if self.spec.kind is SourceKind.LISTEN and isinstance(e, SourceTimeout):
+                        continue  # nobody published yet: re-arm the listener
+                    failure = str(e)
+            if container is None:
                 attempt += 1
                 if outage_since is None:
                     outage_since = time.monotonic()
                 if self.cfg.max_retries is not None and attempt > self.cfg.max_retries:
-                    yield self._health(StreamState.STOPPED, reason=str(e), attempt=attempt)
-                    raise SourceOpenError(f"{e} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+                    yield self._health(StreamState.STOPPED, reason=str(failure), attempt=attempt)
+                    raise SourceOpenError(f"{failure} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
                 delay = self._backoff.next()
-                yield self._health(StreamState.RECONNECTING, reason=f"{e}; retry in {delay:.1f}s", attempt=attempt)
+                yield self._health(StreamState.RECONNECTING, reason=f"{failure}; retry in {delay:.1f}s", attempt=attempt)
                 self._stop.wait(delay)
                 continue
             self.stats.connections += 1
             self._clock.new_connection()
-            reason = "source ended"
+            reason = "source ended" if hls is None else "playlist stopped advancing"
             got_frame = False
             try:
                 for item in self._decode(container):
@@ -211,6 +241,9 @@ class FrameReader:
                 container.close()
             if self.stopped:
                 break
+            if hls is not None and (pl := hls.read_to_end()) is not None and pl.ended:
+                yield self._health(StreamState.STOPPED, reason="playlist ended (EXT-X-ENDLIST)")
+                return
             if outage_since is None:
                 outage_since = time.monotonic() - (self.cfg.read_timeout_s if reason.startswith("no data") else 0.0)
             if got_frame:
@@ -237,7 +270,7 @@ class FrameReader:
         ctx = vs.codec_context
         skip = "DEFAULT"
         tb = vs.time_base
-        pace = self.cfg.realtime and not self.spec.live
+        pace = self.cfg.realtime and not self.live
         start = time.monotonic()
         rotation = 0  # display rotation of this connection (a display-orientation SEI holds until the next)
         for packet in container.demux(vs):
