@@ -106,6 +106,7 @@ class FrameReader:
         every_s: float | None = None,
         keep: Callable[[float], bool] | None = None,
         rng: random.Random | None = None,
+        session_start: float | None = None,
     ) -> None:
         self.spec, self.stream_id, self.cfg = spec, stream_id, cfg
         self.every_s, self.keep = every_s, keep
@@ -117,7 +118,10 @@ class FrameReader:
         self._backoff = Backoff(
             cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_multiplier, cfg.backoff_jitter, rng or random.Random()
         )
+        self.session_start: float | None = None  # live: wall time (epoch s) of the session's first frame
         self._t0 = time.monotonic()
+        if session_start is not None:
+            self.resume_session(session_start)
         self._last_offset = 0.0
         self._seq = 0
         self.keyframe_interval: float | None = None
@@ -131,14 +135,27 @@ class FrameReader:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    def resume_session(self, started_at: float) -> None:
+        """Continue a stream session that began at wall time ``started_at`` (e.g. before a restart).
+
+        Offsets of live sources then go on from ``now - started_at``, the time nobody watched included.
+        """
+        self.session_start = started_at
+        self._t0 = time.monotonic() - max(0.0, time.time() - started_at)
+
     def _elapsed(self) -> float:
-        return time.monotonic() - self._t0
+        """Seconds since the session's first frame (0 until there is one): offset 0 is the show's start."""
+        return 0.0 if self.session_start is None else time.monotonic() - self._t0
+
+    def offset_now(self) -> float:
+        """The current offset (live: the session clock; files: the last frame's offset)."""
+        return max(self._last_offset, self._elapsed()) if self.live else self._last_offset
 
     def _health(self, state: StreamState, **kw: Any) -> HealthEvent:
         if not can_transition(self.state, state):
             logger.debug("[%s] unusual transition %s -> %s", self.stream_id, self.state.value, state.value)
         self.state = state
-        offset = max(self._last_offset, self._elapsed()) if self.live else self._last_offset
+        offset = self.offset_now()
         ev = HealthEvent(stream=self.stream_id, kind=HealthKind.STATE, at=time.time(), offset=offset, state=state, **kw)
         log = logger.info if state in (StreamState.LIVE, StreamState.STOPPED, StreamState.CONNECTING) else logger.warning
         log("[%s] %s %s", self.stream_id, self.spec.redacted, ev.describe())
@@ -212,18 +229,21 @@ class FrameReader:
                     yield self._health(StreamState.STOPPED, reason=str(failure), attempt=attempt)
                     raise SourceOpenError(f"{failure} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
                 delay = self._backoff.next()
-                yield self._health(StreamState.RECONNECTING, reason=f"{failure}; retry in {delay:.1f}s", attempt=attempt)
+                # before the show's first frame this is waiting for it to start, not an outage
+                waiting = StreamState.RECONNECTING if self.session_start is not None else StreamState.CONNECTING
+                yield self._health(waiting, reason=f"{failure}; retry in {delay:.1f}s", attempt=attempt)
                 self._stop.wait(delay)
                 continue
             self.stats.connections += 1
             self._clock.new_connection()
             reason = "source ended" if hls is None else "playlist stopped advancing"
             got_frame = False
+            had_session = self.session_start is not None  # else this is the show's start, not a return
             try:
                 for item in self._decode(container):
                     if not got_frame:
                         got_frame = True
-                        gap = None if outage_since is None else round(time.monotonic() - outage_since, 3)
+                        gap = None if outage_since is None or not had_session else round(time.monotonic() - outage_since, 3)
                         if gap is not None:
                             self.stats.reconnects += 1
                         yield self._health(StreamState.LIVE, gap_s=gap, attempt=attempt)
@@ -259,7 +279,7 @@ class FrameReader:
             delay = self._backoff.next()
             yield self._health(StreamState.RECONNECTING, reason=f"{reason}; retry in {delay:.1f}s", attempt=attempt)
             self._stop.wait(delay)
-        yield self._health(StreamState.STOPPED, reason="stopped")
+        yield self._health(StreamState.ENDED, reason="stopped")
 
     def _decode(self, container: Any) -> Iterator[Frame]:
         if not container.streams.video:
@@ -293,6 +313,8 @@ class FrameReader:
                 self._seq += 1
                 if (turn := display_rotation(f)) is not None:
                     rotation = turn
+                if self.session_start is None and self.live:  # the show starts with its first frame
+                    self.session_start, self._t0 = time.time(), time.monotonic()
                 offset = self._clock.offset(f.time, self._elapsed())
                 self._last_offset = offset
                 if self.keep is not None and not self.keep(offset):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,12 +26,16 @@ class ReportInputs:
     stream: str
     events: list[Event]
     images: Mapping[str, bytes] = field(default_factory=dict)
+    until: float | None = None  # wall time the report ends at (open periods run up to it)
 
 
 def collect(
     store: EventStore, stream: str, start: float | None = None, end: float | None = None, *, embed_images: bool = True
 ) -> ReportInputs:
-    """Read one stream's events (and their evidence images, for HTML) from the store."""
+    """Read one stream's events (and their evidence images, for HTML) from the store.
+
+    The report ends at ``end`` or, without one, now: outages still open run up to then.
+    """
     events = store.events(stream, start=start, end=end)
     images: dict[str, bytes] = {}
     if embed_images:
@@ -40,13 +45,13 @@ def collect(
                 path = store.frame_path(frame)
                 if path is not None:
                     images[frame] = path.read_bytes()
-    return ReportInputs(stream, events, images)
+    return ReportInputs(stream, events, images, end if end is not None else time.time())
 
 
 def render(inputs: ReportInputs, fmt: str) -> str:
     if fmt not in FORMATS:
         raise EventsError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
-    report = build_report(inputs.stream, inputs.events)
+    report = build_report(inputs.stream, inputs.events, inputs.until)
     if fmt == "html":
         return render_html(report, inputs.images)
     return render_json(report) if fmt == "json" else render_csv(report)
