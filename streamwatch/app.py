@@ -35,6 +35,7 @@ from streamwatch.errors import PolicyError, StreamwatchError, VLMError
 from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
+from streamwatch.events.session import SessionKeeper
 from streamwatch.events.store import EventStore
 from streamwatch.ingest.aio import aiter_reader
 from streamwatch.ingest.frame import Frame
@@ -71,7 +72,7 @@ class StreamPipeline:
     def _feed(self, item: Frame | HealthEvent) -> list[Output]:
         if isinstance(item, Frame):
             return self.sampler.feed(item)
-        if item.state is not None and item.state.value == "stopped":
+        if item.state is not None and item.state.value in ("stopped", "ended"):
             return [*self.sampler.finish(item.offset, item.at, item.stream), item]
         return [item]
 
@@ -126,6 +127,7 @@ class Daemon:
         self.on_analyzed = on_analyzed or (lambda _s, _l: None)  # (stream, seconds since the frame arrived)
         self.metrics = Metrics()
         self.offsets: dict[str, float] = {}
+        self.states: dict[str, StreamState] = {}  # the last state published per stream
         self.latest: dict[str, AnalyzedFrame] = {}  # last analysed frame per stream (live Q&A)
         self.stopping = asyncio.Event()
         self.server: EventServer | None = None
@@ -245,9 +247,11 @@ class Daemon:
     async def _stream(self, cfg: StreamConfig) -> None:
         pipeline = build_pipeline(cfg, self.settings)
         live = pipeline.reader.spec.live
+        keeper = await self._resume_session(pipeline) if live else None
         reason = "waiting for the publisher" if cfg.listen else "opening the source"
+        offset = pipeline.reader.offset_now()  # 0, or where a resumed session is now
         await self.bus.publish(
-            HealthEvent(stream=cfg.id, at=time.time(), offset=0.0, kind=HealthKind.STATE, state=StreamState.CONNECTING, reason=reason)
+            HealthEvent(stream=cfg.id, at=time.time(), offset=offset, kind=HealthKind.STATE, state=StreamState.CONNECTING, reason=reason)
         )
         queue: asyncio.Queue[Sample | None] = asyncio.Queue(self.settings.analysis.queue_size)
         try:
@@ -255,7 +259,7 @@ class Daemon:
                 producer = tg.create_task(self._produce(pipeline, queue, live))
                 self._producers.append(producer)
                 consumer = tg.create_task(self._consume(cfg.id, queue))
-                ticker = tg.create_task(self._tick(cfg.id))
+                ticker = tg.create_task(self._tick(cfg.id, pipeline, keeper))
                 consumer.add_done_callback(lambda _t: ticker.cancel())
                 consumer.add_done_callback(lambda _t: self.escalations.close(cfg.id))
                 tg.create_task(self._comply(cfg.id))
@@ -272,6 +276,9 @@ class Daemon:
                     reason=str(eg.exceptions[0]),
                 )
             )
+            keeper = None  # the session stays open: a restart continues it
+        if keeper is not None:  # stopped on purpose, or the source finished: the session ends
+            await self._end_session(pipeline, keeper)
 
     async def _produce(self, pipeline: StreamPipeline, queue: asyncio.Queue[Sample | None], live: bool) -> None:
         sid = pipeline.stream.id
@@ -279,6 +286,7 @@ class Daemon:
         try:
             async for out in pipeline.arun(self.settings.ingest.queue_size):
                 if isinstance(out, HealthEvent):
+                    self.states[sid] = out.state or self.states.get(sid, StreamState.CONNECTING)
                     self.engine_for(sid).on_health(out)
                     await self.bus.publish(out)
                     continue
@@ -287,7 +295,7 @@ class Daemon:
                 await self._health_alerts(sid, out.offset)
                 if not out.kept:
                     continue
-                if live and queue.full():  # analysis is behind: drop the oldest kept frame
+                if pipeline.reader.live and queue.full():  # analysis is behind: drop the oldest kept frame
                     queue.get_nowait()
                     self.metrics.queue_drops.labels("analysis").inc()
                 await queue.put(out)
@@ -378,10 +386,41 @@ class Daemon:
             )
             await self.bus.publish(scene)
 
-    async def _tick(self, sid: str) -> None:
+    async def _tick(self, sid: str, pipeline: StreamPipeline, keeper: SessionKeeper | None) -> None:
+        loop = asyncio.get_running_loop()
         while True:  # outages produce no samples: health rules are also checked once a second
             await asyncio.sleep(1.0)
             await self._health_alerts(sid, None)
+            if keeper is not None:  # the heartbeat that bounds a monitoring gap after a crash
+                await loop.run_in_executor(None, keeper.beat, pipeline.reader.session_start, pipeline.reader.offset_now())
+
+    async def _resume_session(self, pipeline: StreamPipeline) -> SessionKeeper:
+        """Continue the stream's open session (after a crash): same offsets, and a monitoring gap."""
+        keeper = SessionKeeper(self.store, pipeline.stream.id)
+        started, gap = await asyncio.get_running_loop().run_in_executor(None, keeper.restore)
+        if started is not None and gap is not None:
+            pipeline.reader.resume_session(started)
+            logger.warning("stream %s: session continues; %s", pipeline.stream.id, gap.describe())
+            self.engine_for(gap.stream).on_health(gap)
+            await self.bus.publish(gap)
+        return keeper
+
+    async def _end_session(self, pipeline: StreamPipeline, keeper: SessionKeeper) -> None:
+        reader = pipeline.reader
+        if self.stopping.is_set() and self.states.get(pipeline.stream.id) not in (StreamState.STOPPED, StreamState.ENDED):
+            ev = HealthEvent(
+                stream=pipeline.stream.id,
+                at=time.time(),
+                offset=reader.offset_now(),
+                kind=HealthKind.STATE,
+                state=StreamState.ENDED,
+                reason="stopped by the operator",
+            )
+            self.engine_for(ev.stream).on_health(ev)
+            await self.bus.publish(ev)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, functools.partial(keeper.beat, reader.session_start, reader.offset_now(), force=True))
+        await loop.run_in_executor(None, keeper.end)
 
     async def _health_alerts(self, sid: str, offset: float | None) -> None:
         for began, draft in self.engine_for(sid).tick(sid, time.time(), offset):

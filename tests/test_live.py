@@ -140,7 +140,7 @@ def hls_dir_server(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     httpd.shutdown()
 
 
-def test_hls_from_a_plain_http_server_treats_end_as_disconnect(hls_dir_server: tuple[Path, int], short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
+def test_hls_live_playlist_that_gets_its_endlist_is_finished(hls_dir_server: tuple[Path, int], short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
     require_media_tools()
     d, port = hls_dir_server
     seg = subprocess.Popen(
@@ -172,12 +172,14 @@ def test_hls_from_a_plain_http_server_treats_end_as_disconnect(hls_dir_server: t
             every_s=0.5,
         )
         c.wait_for(lambda: len(c.frames) >= 6, 30, "HLS frames")
-        seg.wait(30)  # the publisher finishes its 12 s clip
-        c.wait_for(lambda: any(s.state is StreamState.STALLED for s in c.states), 30, "a stall after the playlist ends")
+        seg.wait(30)  # the publisher finishes its 12 s clip and appends #EXT-X-ENDLIST
+        c.wait_for(lambda: any(s.state is StreamState.STOPPED for s in c.states), 30, "the end of the playlist")
     finally:
         stop(seg)
     assert_continuous(c.frames)
     assert c.frames[-1].offset >= 6
+    assert "EXT-X-ENDLIST" in c.states[-1].reason  # finished, not an outage
+    assert StreamState.STALLED not in [s.state for s in c.states]
 
 
 def test_listen_mode_accepts_publishers_one_after_another(short_clip: Clip, collect) -> None:  # type: ignore[no-untyped-def]
@@ -211,7 +213,8 @@ def test_unreachable_source_retries_with_backoff_then_clear_error(caplog: pytest
         for item in reader:
             assert isinstance(item, HealthEvent)
             seen.append(item)
-    assert [s.state for s in seen] == [StreamState.RECONNECTING] * 3 + [StreamState.STOPPED]
+    # nothing was ever received: waiting for the show to start (connecting), not an outage
+    assert [s.state for s in seen] == [StreamState.CONNECTING] * 3 + [StreamState.STOPPED]
     assert [s.attempt for s in seen[:3]] == [1, 2, 3]
     assert time.monotonic() - t0 < 10
     assert "gave up after 4 attempts" in str(e.value)
@@ -301,3 +304,39 @@ def test_rtsp_pull_reconnects_after_the_server_restarts(rtsp_clip: Path, collect
     assert_continuous(c.frames)
     assert c.frames[0].width == 320 and c.frames[0].height == 180
     assert c.reader.stats.reconnects >= 1
+
+
+def test_sample_log_of_a_live_run_is_written_as_it_goes_and_survives_kill_9(nginx: Nginx, short_clip: Clip, tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import sys
+
+    url = nginx.rtmp("livelog")
+    pub = publish(short_clip.path, url, loop=True)
+    out = tmp_path / "out"
+    log = out / "samples.jsonl"
+    cmd = [sys.executable, "-m", "streamwatch", "sample", url, "--every", "1", "--out", str(out), "--quiet", "--read-timeout", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # records reach the file while the run goes on (a block-buffered log would hold ~30 of them)
+        deadline = time.monotonic() + 25
+        lines = 0
+        while time.monotonic() < deadline and lines < 5:
+            time.sleep(0.25)
+            lines = log.read_text().count('"type": "sample"') if log.exists() else 0
+        assert proc.poll() is None, "the run is still going"
+        assert lines >= 5, f"only {lines} samples reached the file during the run"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop(pub)
+    text = log.read_text()
+    assert text.endswith("\n")
+    recs = [json.loads(line) for line in text.splitlines()]  # every line is whole, valid JSON
+    samples = [r for r in recs if r["type"] == "sample"]
+    assert len(samples) >= 5
+    assert all((out / r["file"]).is_file() for r in samples if "file" in r)

@@ -169,7 +169,7 @@ def test_health_rules_fire_once_when_the_condition_has_lasted() -> None:
     assert eng.tick("s1", t0 + 2) == []
     assert eng.tick("s1", t0 + 0.1, offset=12) == []  # stream time when given (a file analysed fast)
     hit = eng.tick("s1", t0 + 0.2, offset=13.5)
-    assert [(off, a.rule, a.message) for off, a in hit] == [(10, "stream_black", "Picture black for 3.5s")]
+    assert [(off, a.rule, a.message) for off, a in hit] == [(10, "stream_black", "Picture black since 00:00:10 (at least 3s so far)")]
     assert eng.tick("s1", t0 + 10) == []  # once per period
     eng.on_health(HealthEvent(stream="s1", at=t0 + 12, offset=22, kind=HealthKind.BLACK, active=False, duration_s=12))
     eng.on_health(HealthEvent(stream="s1", at=t0 + 20, offset=30, kind=HealthKind.STATE, state=StreamState.STALLED))

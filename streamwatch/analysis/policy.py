@@ -34,7 +34,10 @@ class When(_Strict):
     allow_domains: Annotated[list[str], Field(description="Domains (and their subdomains) a QR code may point to.")] = []
     label: Annotated[str | None, Field(description="A zero-shot label of the vision encoder (labels file).")] = None
     min_score: Annotated[float | None, Field(ge=-1, le=1, description="label: lowest score (cosine) that counts.")] = None
-    health: Annotated[Literal["black", "frozen", "outage"] | None, Field(description="A stream health condition.")] = None
+    health: Annotated[
+        Literal["black", "frozen", "outage", "monitoring_gap"] | None,
+        Field(description="A stream health condition (monitoring_gap: the daemon was not running during a stream session)."),
+    ] = None
     min_s: Annotated[float, Field(ge=0, description="How long the health condition must last.")] = 0.0
 
     @model_validator(mode="after")
@@ -49,7 +52,9 @@ class RuleSpec(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", description="Rule id (in alerts and reports).")]
     when: When
     severity: Severity
-    message: Annotated[str, Field(min_length=1, description="Alert text; {text} {label} {payload} {confidence} {duration} {rule}.")]
+    message: Annotated[
+        str, Field(min_length=1, description="Alert text; {text} {label} {payload} {confidence} {duration} {rule} {started} {min_s}.")
+    ]
     cooldown_s: Annotated[float, Field(ge=0, description="No repeat for the same evidence while it persists or within this time.")] = 60.0
     escalate: Annotated[bool, Field(description="Send to the VLM tier for a second opinion when one is configured.")] = False
 
@@ -61,7 +66,16 @@ class PolicySpec(_Strict):
     rule: Annotated[list[RuleSpec], Field(min_length=1, description="The rules.")]
 
 
-TEMPLATE_FIELDS = {"text": "t", "label": "l", "payload": "p", "confidence": 0.5, "duration": 1.0, "rule": "r"}
+TEMPLATE_FIELDS = {
+    "text": "t",
+    "label": "l",
+    "payload": "p",
+    "confidence": 0.5,
+    "duration": 1.0,
+    "rule": "r",
+    "started": "00:00:00",
+    "min_s": "3",
+}
 
 
 class Policy:

@@ -15,7 +15,12 @@ from streamwatch.analysis.policy import Policy, RuleSpec
 from streamwatch.analysis.text import normalize
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 
-_DEFAULTS: dict[str, object] = {"text": "", "label": "", "payload": "", "confidence": 1.0, "duration": 0.0}
+_DEFAULTS: dict[str, object] = {"text": "", "label": "", "payload": "", "confidence": 1.0, "duration": 0.0, "started": "", "min_s": 0}
+
+
+def _hms(offset: float) -> str:
+    s = max(0, int(offset))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class _Fields(dict[str, object]):
@@ -62,6 +67,7 @@ class _Period:
     since: float  # wall time the condition began
     offset: float  # stream offset it began at (the alert's offset)
     alerted: bool = False
+    closed: float | None = None  # the length of a period already over when reported (a monitoring gap): checked once
 
 
 @dataclass
@@ -215,15 +221,19 @@ class RuleEngine:
             key = (ev.stream, "outage")
             if ev.state in (StreamState.STALLED, StreamState.RECONNECTING):
                 self._periods.setdefault(key, _Period(ev.at, ev.offset))
-            elif ev.state in (StreamState.LIVE, StreamState.STOPPED):
+            elif ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED):
                 self._periods.pop(key, None)
+        elif ev.kind is HealthKind.MONITORING_GAP:
+            self._periods[(ev.stream, "monitoring_gap")] = _Period(ev.at, ev.offset, closed=ev.duration_s or 0.0)
 
     def tick(self, stream: str, now: float, offset: float | None = None) -> list[tuple[float, AlertDraft]]:
         """(offset where it began, alert) for health conditions of ``stream`` that have now lasted ``min_s``.
 
         Black and frozen pictures are measured in stream time (``offset``, the latest sample), so a
         recording analysed faster than real time is judged like the live show; outages, when no
-        samples arrive, in wall time (``now``).
+        samples arrive, in wall time (``now``), and monitoring gaps (already over when the daemon
+        is back) by their length. Messages may name ``{started}`` (show time the condition began,
+        HH:MM:SS) and ``{min_s}`` (the threshold: the condition has lasted at least that long).
         """
         out = []
         for rule in self.policy.rules:
@@ -233,13 +243,17 @@ class RuleEngine:
             period = self._periods.get((stream, cond))
             if period is None or period.alerted:
                 continue
-            lasted = now - period.since if cond == "outage" or offset is None else offset - period.offset
+            wall = cond in ("outage", "monitoring_gap") or offset is None  # no samples arrive
+            lasted = now - period.since if wall or offset is None else offset - period.offset
+            if period.closed is not None:
+                lasted = period.closed
             if lasted >= rule.when.min_s:
                 period.alerted = True
+                fields = {"started": _hms(period.offset), "min_s": f"{rule.when.min_s:g}"}
                 draft = AlertDraft(
                     rule.id,
                     rule.severity,
-                    _message(rule, duration=round(lasted, 1), label=cond),
+                    _message(rule, duration=round(lasted, 1), label=cond, **fields),
                     1.0,
                     "health",
                     cond,
@@ -247,4 +261,6 @@ class RuleEngine:
                     escalate=rule.escalate,
                 )
                 out.append((period.offset, draft))
+        for key in [k for k, p in self._periods.items() if k[0] == stream and p.closed is not None]:
+            del self._periods[key]  # checked once against every rule
         return out

@@ -20,14 +20,17 @@ class StreamState(enum.Enum):
     STALLED = "stalled"
     RECONNECTING = "reconnecting"
     STOPPED = "stopped"
+    ENDED = "ended"  # stopped on purpose (SIGTERM, a listen-mode publisher's unpublish): not an outage
 
 
+_ENDS = {StreamState.STOPPED, StreamState.ENDED}
 TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
-    StreamState.CONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, StreamState.STOPPED}),
-    StreamState.LIVE: frozenset({StreamState.STALLED, StreamState.RECONNECTING, StreamState.STOPPED}),
-    StreamState.STALLED: frozenset({StreamState.RECONNECTING, StreamState.LIVE, StreamState.STOPPED}),
-    StreamState.RECONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, StreamState.STOPPED}),
+    StreamState.CONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, *_ENDS}),
+    StreamState.LIVE: frozenset({StreamState.STALLED, StreamState.RECONNECTING, *_ENDS}),
+    StreamState.STALLED: frozenset({StreamState.RECONNECTING, StreamState.LIVE, *_ENDS}),
+    StreamState.RECONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, *_ENDS}),
     StreamState.STOPPED: frozenset(),
+    StreamState.ENDED: frozenset({StreamState.LIVE}),  # listen mode: the next publisher
 }
 
 
@@ -43,6 +46,7 @@ class HealthKind(enum.Enum):
     FROZEN = "frozen"  # a sustained frozen picture
     CONFIG = "config"  # a configuration problem noticed while running (e.g. a broken policy reload)
     MODEL = "model"  # a VLM role switched models (duration_s: load + warm-up)
+    MONITORING_GAP = "monitoring_gap"  # nobody watched (the daemon was down): offset = last heartbeat, duration_s
 
 
 class Severity(enum.Enum):
@@ -143,6 +147,8 @@ class HealthEvent(Event):
                 text += f" again after {self.gap_s:.1f}s"
         elif self.kind is HealthKind.CONFIG:
             text = "configuration"
+        elif self.kind is HealthKind.MONITORING_GAP:
+            text = f"monitoring gap of {self.duration_s or 0.0:.1f}s"
         else:
             text = f"{self.kind.value} {'started' if self.active else 'ended'}"
             if self.duration_s is not None:

@@ -51,7 +51,27 @@ CREATE TABLE IF NOT EXISTS frames (
 );
 CREATE INDEX IF NOT EXISTS frames_stream ON frames(stream, id);
 CREATE INDEX IF NOT EXISTS frames_at ON frames(at);
+CREATE TABLE IF NOT EXISTS sessions (
+    stream TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    heartbeat_offset REAL NOT NULL,
+    ended_at REAL
+);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSession:
+    """A live stream's session: ``started_at`` is the wall time of its first frame (offset 0), the
+    heartbeat the last moment the daemon was known to watch it; ``ended_at`` is set when it ended on
+    purpose (None: still on, or the daemon died)."""
+
+    stream: str
+    started_at: float
+    heartbeat_at: float
+    heartbeat_offset: float
+    ended_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +267,31 @@ class EventStore:
         with self._rlock:
             rows = self._reader.execute(sql + " ORDER BY id", args).fetchall()
         return [decode(with_id(r[0], r[1])) for r in rows]
+
+    # --- stream sessions (offsets that survive a restart) ---------------------------------------
+
+    def session(self, stream: str) -> StreamSession | None:
+        """The stream's latest session (ended or not), or None."""
+        with self._rlock:
+            row = self._reader.execute(
+                "SELECT stream, started_at, heartbeat_at, heartbeat_offset, ended_at FROM sessions WHERE stream = ?", (stream,)
+            ).fetchone()
+        return StreamSession(*row) if row else None
+
+    def heartbeat(self, stream: str, started_at: float, at: float, offset: float) -> None:
+        """Record that ``stream``'s session (begun at ``started_at``) was watched up to ``at`` / ``offset``."""
+        with self._wlock:
+            self._db.execute(
+                "INSERT INTO sessions (stream, started_at, heartbeat_at, heartbeat_offset, ended_at) VALUES (?, ?, ?, ?, NULL) "
+                "ON CONFLICT(stream) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
+                "heartbeat_offset = excluded.heartbeat_offset, ended_at = NULL",
+                (stream, started_at, at, offset),
+            )
+
+    def end_session(self, stream: str, at: float) -> None:
+        """Mark ``stream``'s session as ended on purpose: the next run starts a new one."""
+        with self._wlock:
+            self._db.execute("UPDATE sessions SET ended_at = ? WHERE stream = ? AND ended_at IS NULL", (at, stream))
 
     def streams(self) -> list[str]:
         with self._rlock:

@@ -86,8 +86,9 @@ async def aiter_reader(reader: FrameReader, *, maxsize: int = 8, policy: DropPol
     retry) are re-raised here. Cancellation stops the reader thread (it exits after the packet or
     timeout in progress) and propagates.
     """
+    fixed = policy
     if policy is None:
-        policy = DropPolicy.DROP_OLDEST if reader.spec.live else DropPolicy.WAIT
+        policy = DropPolicy.DROP_OLDEST if reader.live else DropPolicy.WAIT
     loop = asyncio.get_running_loop()
     queue = FrameQueue(loop, maxsize, policy, reader.stats)
     stop = threading.Event()
@@ -98,6 +99,8 @@ async def aiter_reader(reader: FrameReader, *, maxsize: int = 8, policy: DropPol
             for item in reader:
                 if stop.is_set():
                     break
+                if fixed is None and not isinstance(item, Frame):  # an HLS recording turns out file-like
+                    queue.policy = DropPolicy.DROP_OLDEST if reader.live else DropPolicy.WAIT
                 queue.put_threadsafe(item, stop)
         except BaseException as e:  # handed to the consumer, which re-raises it
             error = e
@@ -117,5 +120,8 @@ async def aiter_reader(reader: FrameReader, *, maxsize: int = 8, policy: DropPol
     finally:
         stop.set()
         reader.stop()
+        # wait (bounded: the packet or read timeout in progress) for the decoder thread to leave
+        # FFmpeg: a process that exits with it still inside can crash in native teardown
+        await asyncio.to_thread(thread.join, reader.cfg.read_timeout_s + 2.0)
         if queue.dropped:
             logger.info("[%s] %d frames dropped (consumer behind)", reader.stream_id, queue.dropped)

@@ -9,6 +9,7 @@ import av.error
 
 from streamwatch.config import IngestConfig
 from streamwatch.errors import NoVideoStream, SourceCorrupt
+from streamwatch.ingest.frame import display_rotation
 from streamwatch.ingest.reader import open_container
 from streamwatch.ingest.url import SourceSpec
 
@@ -26,6 +27,12 @@ class ProbeResult:
     keyframe_interval_s: float | None
     duration_s: float | None
     bitrate: int | None
+    rotation: int = 0  # display rotation (degrees counter-clockwise) frames are turned by
+
+    @property
+    def displayed(self) -> tuple[int, int]:
+        """(width, height) as displayed: the coded size turned by ``rotation``."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
     def lines(self) -> list[str]:
         kf = f"{self.keyframe_interval_s:.2f}s" if self.keyframe_interval_s is not None else "unknown"
@@ -33,7 +40,10 @@ class ProbeResult:
             f"source:    {self.source}",
             f"format:    {self.format}",
             f"codec:     {self.codec}" + (f" ({self.profile})" if self.profile else ""),
-            f"size:      {self.width}x{self.height}" + (f" {self.pix_fmt}" if self.pix_fmt else ""),
+            f"size:      {self.displayed[0]}x{self.displayed[1]}" + (f" {self.pix_fmt}" if self.pix_fmt else ""),
+            f"rotation:  {self.rotation}° (coded {self.width}x{self.height}, frames are turned upright)"
+            if self.rotation
+            else "rotation:  none",
             f"fps:       {self.fps:.3f}" if self.fps else "fps:       unknown",
             f"keyframes: every {kf}",
             f"duration:  {self.duration_s:.2f}s" if self.duration_s else "duration:  live/unknown",
@@ -42,7 +52,10 @@ class ProbeResult:
 
 
 def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> ProbeResult:
-    """Open once and read packets (no decoding) for up to ``max_seconds`` of stream time."""
+    """Open once and read packets for up to ``max_seconds`` of stream time.
+
+    Only the first picture is decoded (for its display rotation); the rest is demuxed only.
+    """
     container = open_container(spec, cfg)
     try:
         if not container.streams.video:
@@ -51,8 +64,12 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> 
         ctx = vs.codec_context
         keys: list[float] = []
         first: float | None = None
+        rotation: int | None = None
         try:
             for packet in container.demux(vs):
+                if rotation is None:
+                    for f in packet.decode():
+                        rotation = display_rotation(f) or 0
                 if packet.pts is None or vs.time_base is None:
                     continue
                 t = float(packet.pts * vs.time_base)
@@ -79,6 +96,7 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> 
             keyframe_interval_s=max(gaps) if gaps else None,
             duration_s=duration if spec.kind.value == "file" else None,
             bitrate=int(container.bit_rate) if container.bit_rate else None,
+            rotation=rotation or 0,
         )
     finally:
         container.close()

@@ -25,7 +25,8 @@ from streamwatch.events.model import HealthEvent, HealthKind, StreamState, can_t
 from streamwatch.ingest.backoff import Backoff
 from streamwatch.ingest.clock import OffsetClock
 from streamwatch.ingest.decode import DecodePlan
-from streamwatch.ingest.frame import Frame
+from streamwatch.ingest.frame import Frame, display_rotation, upright
+from streamwatch.ingest.hls import Plan, PlaylistTracker
 from streamwatch.ingest.url import SourceKind, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,12 @@ def open_options(spec: SourceSpec) -> dict[str, str]:
     return {}
 
 
-def open_container(spec: SourceSpec, cfg: IngestConfig) -> Any:
-    """``av.open`` with timeouts for live sources; errors become :class:`SourceOpenError`."""
-    kwargs: dict[str, Any] = {"options": open_options(spec)}
+def open_container(spec: SourceSpec, cfg: IngestConfig, options: dict[str, str] | None = None) -> Any:
+    """``av.open`` with timeouts for live sources; errors become :class:`SourceOpenError`.
+
+    ``options`` are added to the per-kind demuxer options (e.g. HLS ``live_start_index``).
+    """
+    kwargs: dict[str, Any] = {"options": open_options(spec) | (options or {})}
     if spec.live:
         kwargs["timeout"] = (cfg.open_timeout_s, cfg.read_timeout_s)
     if cfg.hwaccel is not HwAccel.NONE:
@@ -102,17 +106,22 @@ class FrameReader:
         every_s: float | None = None,
         keep: Callable[[float], bool] | None = None,
         rng: random.Random | None = None,
+        session_start: float | None = None,
     ) -> None:
         self.spec, self.stream_id, self.cfg = spec, stream_id, cfg
         self.every_s, self.keep = every_s, keep
         self.stats = ReaderStats()
         self.state = StreamState.CONNECTING
         self._stop = threading.Event()
+        self.live = spec.live  # False for a recording served as HLS (ENDLIST): read and paced like a file
         self._clock = OffsetClock(live=spec.live)
         self._backoff = Backoff(
             cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_multiplier, cfg.backoff_jitter, rng or random.Random()
         )
+        self.session_start: float | None = None  # live: wall time (epoch s) of the session's first frame
         self._t0 = time.monotonic()
+        if session_start is not None:
+            self.resume_session(session_start)
         self._last_offset = 0.0
         self._seq = 0
         self.keyframe_interval: float | None = None
@@ -126,14 +135,27 @@ class FrameReader:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    def resume_session(self, started_at: float) -> None:
+        """Continue a stream session that began at wall time ``started_at`` (e.g. before a restart).
+
+        Offsets of live sources then go on from ``now - started_at``, the time nobody watched included.
+        """
+        self.session_start = started_at
+        self._t0 = time.monotonic() - max(0.0, time.time() - started_at)
+
     def _elapsed(self) -> float:
-        return time.monotonic() - self._t0
+        """Seconds since the session's first frame (0 until there is one): offset 0 is the show's start."""
+        return 0.0 if self.session_start is None else time.monotonic() - self._t0
+
+    def offset_now(self) -> float:
+        """The current offset (live: the session clock; files: the last frame's offset)."""
+        return max(self._last_offset, self._elapsed()) if self.live else self._last_offset
 
     def _health(self, state: StreamState, **kw: Any) -> HealthEvent:
         if not can_transition(self.state, state):
             logger.debug("[%s] unusual transition %s -> %s", self.stream_id, self.state.value, state.value)
         self.state = state
-        offset = max(self._last_offset, self._elapsed()) if self.spec.live else self._last_offset
+        offset = self.offset_now()
         ev = HealthEvent(stream=self.stream_id, kind=HealthKind.STATE, at=time.time(), offset=offset, state=state, **kw)
         log = logger.info if state in (StreamState.LIVE, StreamState.STOPPED, StreamState.CONNECTING) else logger.warning
         log("[%s] %s %s", self.stream_id, self.spec.redacted, ev.describe())
@@ -146,7 +168,7 @@ class FrameReader:
             return
         yield from self._read_live()
 
-    def _read_file(self) -> Iterator[Item]:
+    def _read_file(self, end_reason: str = "end of file") -> Iterator[Item]:
         container = open_container(self.spec, self.cfg)
         self.stats.connections += 1
         try:
@@ -162,38 +184,66 @@ class FrameReader:
             container.close()
         if self.stats.corrupt_packets:
             logger.warning("[%s] %d undecodable packets skipped", self.stream_id, self.stats.corrupt_packets)
-        yield self._health(StreamState.STOPPED, reason="end of file")
+        if not self.stopped:
+            yield self._health(StreamState.STOPPED, reason=end_reason)
 
     def _read_live(self) -> Iterator[Item]:
         outage_since: float | None = None  # monotonic time the last outage began
         attempt = 0
+        hls = PlaylistTracker(self.spec.url, self.cfg.open_timeout_s) if self.spec.kind is SourceKind.HLS else None
         if self.spec.kind is SourceKind.LISTEN:
             logger.info("[%s] listening for a publisher on %s", self.stream_id, self.spec.redacted)
         while not self.stopped:
-            try:
-                container = open_container(self.spec, self.cfg)
-            except (SourceOpenError, SourceTimeout) as e:
-                if self.spec.kind is SourceKind.LISTEN and isinstance(e, SourceTimeout):
-                    continue  # nobody published yet: re-arm the listener
+            failure: str | None = None
+            options: dict[str, str] = {}
+            if hls is not None:  # an HLS playlist says whether there is anything (new) to read
+                try:
+                    plan = hls.plan(started=self.stats.emitted > 0)
+                except SourceOpenError as e:
+                    plan, failure = Plan("error"), str(e)
+                if plan.action == "vod":  # a recording: read once, like a file (paced only with realtime)
+                    logger.info("[%s] %s: %s", self.stream_id, self.spec.redacted, plan.reason)
+                    self.live = False
+                    self._clock = OffsetClock(live=False)
+                    yield from self._read_file(end_reason=f"end of {plan.reason}")
+                    return
+                if plan.action == "ended":
+                    yield self._health(StreamState.STOPPED, reason=plan.reason)
+                    return
+                if plan.action == "stuck":
+                    failure = plan.reason
+                options = dict(plan.options)
+            container = None
+            if failure is None:
+                try:
+                    container = open_container(self.spec, self.cfg, options)
+                except (SourceOpenError, SourceTimeout) as e:
+                    if self.spec.kind is SourceKind.LISTEN and isinstance(e, SourceTimeout):
+                        continue  # nobody published yet: re-arm the listener
+                    failure = str(e)
+            if container is None:
                 attempt += 1
                 if outage_since is None:
                     outage_since = time.monotonic()
                 if self.cfg.max_retries is not None and attempt > self.cfg.max_retries:
-                    yield self._health(StreamState.STOPPED, reason=str(e), attempt=attempt)
-                    raise SourceOpenError(f"{e} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
+                    yield self._health(StreamState.STOPPED, reason=str(failure), attempt=attempt)
+                    raise SourceOpenError(f"{failure} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})") from None
                 delay = self._backoff.next()
-                yield self._health(StreamState.RECONNECTING, reason=f"{e}; retry in {delay:.1f}s", attempt=attempt)
+                # before the show's first frame this is waiting for it to start, not an outage
+                waiting = StreamState.RECONNECTING if self.session_start is not None else StreamState.CONNECTING
+                yield self._health(waiting, reason=f"{failure}; retry in {delay:.1f}s", attempt=attempt)
                 self._stop.wait(delay)
                 continue
             self.stats.connections += 1
             self._clock.new_connection()
-            reason = "source ended"
+            reason = "source ended" if hls is None else "playlist stopped advancing"
             got_frame = False
+            had_session = self.session_start is not None  # else this is the show's start, not a return
             try:
                 for item in self._decode(container):
                     if not got_frame:
                         got_frame = True
-                        gap = None if outage_since is None else round(time.monotonic() - outage_since, 3)
+                        gap = None if outage_since is None or not had_session else round(time.monotonic() - outage_since, 3)
                         if gap is not None:
                             self.stats.reconnects += 1
                         yield self._health(StreamState.LIVE, gap_s=gap, attempt=attempt)
@@ -211,6 +261,9 @@ class FrameReader:
                 container.close()
             if self.stopped:
                 break
+            if hls is not None and (pl := hls.read_to_end()) is not None and pl.ended:
+                yield self._health(StreamState.STOPPED, reason="playlist ended (EXT-X-ENDLIST)")
+                return
             if outage_since is None:
                 outage_since = time.monotonic() - (self.cfg.read_timeout_s if reason.startswith("no data") else 0.0)
             if got_frame:
@@ -226,7 +279,7 @@ class FrameReader:
             delay = self._backoff.next()
             yield self._health(StreamState.RECONNECTING, reason=f"{reason}; retry in {delay:.1f}s", attempt=attempt)
             self._stop.wait(delay)
-        yield self._health(StreamState.STOPPED, reason="stopped")
+        yield self._health(StreamState.ENDED, reason="stopped")
 
     def _decode(self, container: Any) -> Iterator[Frame]:
         if not container.streams.video:
@@ -237,8 +290,9 @@ class FrameReader:
         ctx = vs.codec_context
         skip = "DEFAULT"
         tb = vs.time_base
-        pace = self.cfg.realtime and not self.spec.live
+        pace = self.cfg.realtime and not self.live
         start = time.monotonic()
+        rotation = 0  # display rotation of this connection (a display-orientation SEI holds until the next)
         for packet in container.demux(vs):
             if self._stop.is_set():
                 return
@@ -257,6 +311,10 @@ class FrameReader:
             for f in frames:
                 self.stats.decoded += 1
                 self._seq += 1
+                if (turn := display_rotation(f)) is not None:
+                    rotation = turn
+                if self.session_start is None and self.live:  # the show starts with its first frame
+                    self.session_start, self._t0 = time.time(), time.monotonic()
                 offset = self._clock.offset(f.time, self._elapsed())
                 self._last_offset = offset
                 if self.keep is not None and not self.keep(offset):
@@ -267,7 +325,8 @@ class FrameReader:
                         return
                 self.stats.emitted += 1
                 self.keyframe_interval = plan.keyframe_interval
-                yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), f)
+                pic = upright(f, rotation)
+                yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), pic, rotation)
 
 
 __all__ = ["FrameReader", "Item", "ReaderStats", "open_container"]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,13 +26,17 @@ class ReportInputs:
     stream: str
     events: list[Event]
     images: Mapping[str, bytes] = field(default_factory=dict)
+    until: float | None = None  # wall time the report ends at (open periods run up to it)
     summary: str = ""  # the post-ready summary section (HTML fragment), when there are frames to show
 
 
 def collect(
     store: EventStore, stream: str, start: float | None = None, end: float | None = None, *, embed_images: bool = True
 ) -> ReportInputs:
-    """Read one stream's events (and their evidence images, for HTML) from the store."""
+    """Read one stream's events (and their evidence images, for HTML) from the store.
+
+    The report ends at ``end`` or, without one, now: outages still open run up to then.
+    """
     events = store.events(stream, start=start, end=end)
     images: dict[str, bytes] = {}
     if embed_images:
@@ -46,13 +51,13 @@ def collect(
         from streamwatch.report.post import report_section
 
         summary = report_section(store, stream, events)
-    return ReportInputs(stream, events, images, summary)
+    return ReportInputs(stream, events, images, end if end is not None else time.time(), summary)
 
 
 def render(inputs: ReportInputs, fmt: str) -> str:
     if fmt not in FORMATS:
         raise EventsError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
-    report = build_report(inputs.stream, inputs.events)
+    report = build_report(inputs.stream, inputs.events, inputs.until)
     if fmt == "html":
         return render_html(report, inputs.images, inputs.summary)
     return render_json(report) if fmt == "json" else render_csv(report)

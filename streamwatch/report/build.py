@@ -33,10 +33,18 @@ def hms(offset: float) -> str:
 class Period:
     """A stretch of stream time: an outage, a black or a frozen picture."""
 
-    kind: str  # outage | black | frozen
+    kind: str  # outage | black | frozen | monitoring_gap
     start: float  # stream offset, seconds
-    duration: float | None  # None: still open at the end of the data
+    duration: float | None  # open ones: up to the report's end (None without one)
     detail: str = ""
+    open: bool = False  # still going on when the report was written
+
+    @property
+    def length(self) -> str:
+        """``12.0s``, ``open, 12.0s so far`` or ``open``."""
+        if self.duration is None:
+            return "open"
+        return f"open, {self.duration:.1f}s so far" if self.open else f"{self.duration:.1f}s"
 
     @property
     def end(self) -> float | None:
@@ -84,9 +92,25 @@ class Report:
     def outage_s(self) -> float:
         return sum(p.duration or 0.0 for p in self.outages)
 
+    @property
+    def gaps(self) -> tuple[Period, ...]:
+        """Monitoring gaps: stretches of the show nobody watched (the daemon was down)."""
+        return tuple(p for p in self.periods if p.kind == "monitoring_gap")
 
-def build_report(stream: str, events: list[Event]) -> Report:
-    """Summarise one stream's events (in id order)."""
+    @property
+    def ended(self) -> HealthEvent | None:
+        """The ``ended`` (stopped on purpose) or ``stopped`` event that closed the stream, if the last state is one."""
+        states = [e for e in self.events if isinstance(e, HealthEvent) and e.state is not None]
+        last = states[-1] if states else None
+        return last if last is not None and last.state in (StreamState.ENDED, StreamState.STOPPED) else None
+
+
+def build_report(stream: str, events: list[Event], until: float | None = None) -> Report:
+    """Summarise one stream's events (in id order).
+
+    ``until`` is the wall time (epoch s) the report ends at (its ``--to``, or when it was written):
+    periods still open then are shown as open, with their length up to that moment.
+    """
     mine = [e for e in events if e.stream == stream]
     health = [e for e in mine if isinstance(e, HealthEvent)]
     alerts = [e for e in mine if isinstance(e, AlertEvent)]
@@ -99,14 +123,15 @@ def build_report(stream: str, events: list[Event]) -> Report:
     last = max((e.at for e in mine), default=0.0)
     # stream time covered: reviews happen later (often after the show) and do not extend it
     live = [e for e in mine if not isinstance(e, ReviewEvent)]
-    duration = max([e.offset for e in live] + [0.0])
+    periods = _periods(health, until)
+    duration = max([e.offset for e in live] + [p.start + (p.duration or 0.0) for p in periods] + [0.0])
     sev = Counter(a.severity.value for a in alerts)
     return Report(
         stream=stream,
         first_at=first,
         last_at=last,
         duration_s=duration,
-        periods=tuple(_periods(health)),
+        periods=tuple(periods),
         alerts=rows,
         by_severity={s.value: sev.get(s.value, 0) for s in Severity},
         by_rule=dict(Counter(a.rule for a in alerts).most_common()),
@@ -144,10 +169,15 @@ def _model_of(e: Event) -> str | None:
     return None
 
 
-def _periods(health: list[HealthEvent]) -> list[Period]:
+def _periods(health: list[HealthEvent], until: float | None = None) -> list[Period]:
     out: list[Period] = []
     down_since: HealthEvent | None = None
     open_: dict[HealthKind, HealthEvent] = {}
+
+    def still_open(kind: str, began: HealthEvent, detail: str = "") -> Period:
+        so_far = None if until is None else round(max(0.0, until - began.at), 3)
+        return Period(kind, began.offset, so_far, detail, open=True)
+
     for e in health:
         if e.kind is HealthKind.STATE and e.state is not None:
             if e.state in DOWN_STATES and down_since is None:
@@ -156,9 +186,11 @@ def _periods(health: list[HealthEvent]) -> list[Period]:
                 gap = e.gap_s if e.gap_s is not None else e.offset - down_since.offset
                 out.append(Period("outage", down_since.offset, round(gap, 3), down_since.reason))
                 down_since = None
-            elif e.state is StreamState.STOPPED and down_since is not None:
+            elif e.state in (StreamState.STOPPED, StreamState.ENDED) and down_since is not None:
                 out.append(Period("outage", down_since.offset, round(e.offset - down_since.offset, 3), down_since.reason))
                 down_since = None
+        elif e.kind is HealthKind.MONITORING_GAP:
+            out.append(Period("monitoring_gap", e.offset, e.duration_s, e.reason))
         elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN):
             if e.active:
                 open_[e.kind] = e
@@ -167,6 +199,6 @@ def _periods(health: list[HealthEvent]) -> list[Period]:
                 start = began.offset if began else e.offset - (e.duration_s or 0.0)
                 out.append(Period(e.kind.value, start, e.duration_s if e.duration_s is not None else e.offset - start))
     if down_since is not None:
-        out.append(Period("outage", down_since.offset, None, down_since.reason))
-    out.extend(Period(k.value, e.offset, None) for k, e in open_.items())
+        out.append(still_open("outage", down_since, down_since.reason))
+    out.extend(still_open(k.value, e) for k, e in open_.items())
     return sorted(out, key=lambda p: p.start)

@@ -10,7 +10,7 @@ from streamwatch.events.codec import iso
 from streamwatch.report.build import Report, hms
 
 SEVERITY_COLORS = {"low": "#4c8bf5", "medium": "#f2b01e", "high": "#f26b1d", "critical": "#d7263d"}
-PERIOD_COLORS = {"outage": "#d7263d", "black": "#222222", "frozen": "#3aa0c8"}
+PERIOD_COLORS = {"outage": "#d7263d", "black": "#222222", "frozen": "#3aa0c8", "monitoring_gap": "#8e44ad"}
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
@@ -50,7 +50,7 @@ def timeline_svg(report: Report, width: int = 1000) -> str:
     for p in report.periods:
         end = p.end if p.end is not None else span
         w = max(x(end) - x(p.start), 2.0)
-        title = f"{p.kind} at {hms(p.start)}" + (f" for {p.duration:.1f}s" if p.duration is not None else " (open)")
+        title = f"{p.kind} at {hms(p.start)}: {p.length}"
         parts.append(
             f'<rect x="{x(p.start):.1f}" y="24" width="{w:.1f}" height="{lane - 6}" fill="{PERIOD_COLORS.get(p.kind, "#888")}"'
             f' opacity="0.8"><title>{escape(title)}</title></rect>'
@@ -79,7 +79,9 @@ def render_html(report: Report, images: Mapping[str, bytes], extra: str = "") ->
         ("alerts", str(len(r.alerts))),
         ("reviewed", str(r.reviewed)),
         ("pending", str(r.pending)),
-        ("outages", f"{len(r.outages)} ({r.outage_s:.0f}s)"),
+        ("outages", f"{len(r.outages)} ({r.outage_s:.0f}s{', open' if any(p.open for p in r.outages) else ''})"),
+        ("not watched", f"{len(r.gaps)} ({sum(p.duration or 0.0 for p in r.gaps):.0f}s)"),
+        ("end", r.ended.state.value if r.ended is not None and r.ended.state is not None else "open"),
         ("replies", str(r.replies)),
         ("rejected", str(r.rejected)),
     ]
@@ -101,8 +103,7 @@ def render_html(report: Report, images: Mapping[str, bytes], extra: str = "") ->
         timeline_svg(r),
         "<h2>Health periods</h2><table><tr><th>offset</th><th>kind</th><th>duration</th><th>detail</th></tr>",
         *(
-            f"<tr><td>{hms(p.start)}</td><td>{p.kind}</td><td class='num'>"
-            f"{'open' if p.duration is None else f'{p.duration:.1f}s'}</td><td>{escape(p.detail)}</td></tr>"
+            f"<tr><td>{hms(p.start)}</td><td>{p.kind}</td><td class='num'>{p.length}</td><td>{escape(p.detail)}</td></tr>"
             for p in r.periods
         ),
         "</table><h2>Alerts</h2><table id='alerts'><tr><th>#</th><th>wall time (UTC)</th><th>offset</th><th>rule</th>"

@@ -30,6 +30,9 @@ def report_dict(r: Report) -> dict[str, Any]:
             "pending": r.pending,
             "outages": len(r.outages),
             "outage_s": round(r.outage_s, 3),
+            "monitoring_gaps": len(r.gaps),
+            "monitoring_gap_s": round(sum(p.duration or 0.0 for p in r.gaps), 3),
+            "end": r.ended.state.value if r.ended is not None and r.ended.state is not None else None,
             "replies": r.replies,
             "rejected": r.rejected,
             "answers": r.answers,
@@ -39,7 +42,14 @@ def report_dict(r: Report) -> dict[str, Any]:
             "reply_feedback": r.feedback,
         },
         "periods": [
-            {"kind": p.kind, "start_s": round(p.start, 3), "start": hms(p.start), "duration_s": p.duration, "detail": p.detail}
+            {
+                "kind": p.kind,
+                "start_s": round(p.start, 3),
+                "start": hms(p.start),
+                "duration_s": p.duration,
+                "open": p.open,
+                "detail": p.detail,
+            }
             for p in r.periods
         ],
         "alerts": [

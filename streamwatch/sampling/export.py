@@ -52,7 +52,12 @@ def health_record(e: HealthEvent) -> dict[str, Any]:
 
 
 class SampleWriter:
-    """``frames/<offset>_<seq>.jpg`` for kept samples and ``samples.jsonl`` for everything."""
+    """``frames/<offset>_<seq>.jpg`` for kept samples and ``samples.jsonl`` for everything.
+
+    Each record is written as one whole line and flushed at once (after its JPEG is on disk), so the
+    log can be followed while a live run goes on, and a run that is killed leaves valid JSONL of
+    everything before the kill.
+    """
 
     def __init__(self, out_dir: Path, max_side: int = 512, quality: int = 90) -> None:
         self.dir = out_dir
@@ -73,6 +78,7 @@ class SampleWriter:
                     (self.dir / name).write_bytes(buf.tobytes())
                     rec["file"] = name
         self._log.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._log.flush()
 
     def close(self) -> None:
         self._log.close()
