@@ -338,7 +338,8 @@ class Daemon:
                 )
             elif self._thumbnail_due(sid, fa, sample):  # without the encoder: the change signal stands in (summary picks)
                 vec = signature_vector(sample.signature)  # type: ignore[arg-type]
-                await loop.run_in_executor(None, index_frame, self.store, dataclasses.replace(fa, embedding=vec), image, SIGNATURE_INDEX)
+                indexed = dataclasses.replace(fa, embedding=vec)
+                await loop.run_in_executor(None, index_frame, self.store, indexed, image, SIGNATURE_INDEX, 960)  # post-sized
             t1 = time.perf_counter()
             drafts = self.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)

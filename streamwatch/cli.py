@@ -231,11 +231,13 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
+    from streamwatch.cli_checks import report_target
     from streamwatch.config import load_settings
     from streamwatch.events.codec import parse_iso
     from streamwatch.events.store import EventStore
     from streamwatch.report import collect, render
 
+    out, fmt = report_target(a.output, a.format, Path(a.stream))  # the format from --format or -o's extension
     data_dir = a.data or load_settings(a.config).data_dir
     if not (data_dir / "events.sqlite3").is_file():
         raise EventsError(f"no event store in {data_dir} (events.sqlite3 not found)")
@@ -243,20 +245,20 @@ def _cmd_report(a: argparse.Namespace) -> int:
     try:
         start = parse_iso(a.start) if a.start else None
         end = parse_iso(a.end) if a.end else None
-        inputs = collect(store, a.stream, start, end, embed_images=a.format == "html")
+        inputs = collect(store, a.stream, start, end, embed_images=fmt == "html")
         known = ", ".join(store.streams()) or "none"
     finally:
         store.close()
     if not inputs.events:
-        raise EventsError(f"no events for stream {a.stream!r} in {data_dir} (streams: {known})")
-    text = render(inputs, a.format)
-    out: Path = a.output or Path(f"{a.stream}-report.{a.format}")
+        window = f" between {a.start or 'the start'} and {a.end or 'the end'} (UTC)" if a.start or a.end else ""
+        raise EventsError(f"no events for stream {a.stream!r}{window} in {data_dir} (streams: {known})")
+    text = render(inputs, fmt)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
     except OSError as e:
         raise EventsError(f"cannot write {out}: {e.strerror or e}") from e
-    print(f"{a.format} report of {len(inputs.events)} events for {a.stream}: {out}")
+    print(f"{fmt} report of {len(inputs.events)} events for {a.stream}: {out}")
     return 0
 
 
@@ -466,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", type=Path, help="TOML config file (for data_dir)")
     r.add_argument("--from", dest="start", help="only events at or after this UTC time (ISO 8601)")
     r.add_argument("--to", dest="end", help="only events at or before this UTC time (ISO 8601)")
-    r.add_argument("--format", choices=["html", "json", "csv"], default="html", help="report format (default html)")
+    r.add_argument("--format", choices=["html", "json", "csv"], help="report format (default: -o's extension, else html)")
     r.add_argument("-o", "--output", type=Path, help="output file (default STREAM-report.FORMAT)")
     r.set_defaults(func=_cmd_report)
 

@@ -59,8 +59,11 @@ def cmd_summary(a: argparse.Namespace) -> int:
             if router is not None:
                 await router.close()
         print(result.post.text())
+        left = (
+            f" ({result.excluded} frames left out: at or near an alert, or in a black / frozen / outage period)" if result.excluded else ""
+        )
         print(
-            f"\n{len(result.frames)} frames, text by {result.post.model}, "
+            f"\n{len(result.frames)} frames{left}, text by {result.post.model}, "
             f"{'collage of ' + str(result.replied) + ' fan images' if result.collage else 'no fan images'}: {result.out.resolve()}/"
         )
 

@@ -173,6 +173,9 @@ def write_clip(c: SuiteClip, out: Path) -> dict[str, object]:
 
 
 def write_suite(out_dir: Path, only: str | None = None) -> list[tuple[Path, dict[str, object]]]:
+    names = [c.name for c in SUITE]
+    if only is not None and only not in names:
+        raise SystemExit(f"no clip {only!r} in the suite; the clips are: {', '.join(names)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     return [(out_dir / f"{c.name}.mp4", write_clip(c, out_dir / f"{c.name}.mp4")) for c in SUITE if only in (None, c.name)]
 
@@ -180,7 +183,7 @@ def write_suite(out_dir: Path, only: str | None = None) -> list[tuple[Path, dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--only", help="one clip of the suite by name")
+    ap.add_argument("--only", help="one clip of the suite: " + ", ".join(c.name for c in SUITE))
     a = ap.parse_args()
     for path, labels in write_suite(a.out, a.only):
         print(f"wrote {path} ({labels['duration']} s, {len(labels['overlays'])} overlays)")  # type: ignore[arg-type]

@@ -292,12 +292,13 @@ class EncoderTier:
         return embeds, self.labels.detect(embeds)
 
 
-def index_frame(store: EventStore, fa: FrameAnalysis, image: np.ndarray, model: str) -> int:
-    """Blocking: keep an analysed frame for search — a 320 px thumbnail and its embedding and labels."""
+def index_frame(store: EventStore, fa: FrameAnalysis, image: np.ndarray, model: str, side: int = 320) -> int:
+    """Blocking: keep an analysed frame for search and summaries — a thumbnail (long side ``side`` px) and
+    its embedding and labels."""
     import cv2
 
     h, w = image.shape[:2]
-    scale = min(1.0, 320 / max(h, w))
+    scale = min(1.0, side / max(h, w))
     small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
     thumb = store.save_image(fa.stream, buf.tobytes()) if ok else None

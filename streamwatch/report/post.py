@@ -54,6 +54,7 @@ class SummaryResult:
     frames: tuple[Path, ...]
     collage: Path | None
     replied: int  # audience images in the collage
+    excluded: int = 0  # frames left out for lying in or near an alert or a health period
 
 
 def text_is_clean(policy: Policy, stream: str, text: str) -> bool:
@@ -170,4 +171,5 @@ async def write_summary(
     (out / "summary.md").write_text(summary_markdown(post, picks, files, collage_rel), encoding="utf-8")
     page = "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><title>" + post.title + "</title></head><body>"
     (out / "summary.html").write_text(page + summary_html(post, picks, files, collage_rel) + "</body></html>", encoding="utf-8")
-    return SummaryResult(out, post, tuple(out / files[f.id] for f in picks), out / collage_rel if collage_rel else None, len(replied))
+    frames_out = tuple(out / files[f.id] for f in picks)
+    return SummaryResult(out, post, frames_out, out / collage_rel if collage_rel else None, len(replied), inputs.excluded)

@@ -24,6 +24,7 @@ from streamwatch.vlm.prompts import parse_summary
 
 ALERT_BEFORE_S = 2.0
 ALERT_AFTER_S = 3.0
+MIN_DISTANCE = 0.1  # cosine distance below which a candidate repeats a picked frame (same shot, a caption more)
 SAME_SCENE = 0.9  # cosine: a frame this close to an alert's evidence frame shows the same scene
 
 
@@ -106,7 +107,7 @@ def pick_frames(frames: tuple[IndexedFrame, ...] | list[IndexedFrame], k: int = 
     nearest = 1.0 - emb @ emb[first]  # cosine distance to the closest chosen frame
     while len(chosen) < min(k, len(pool)):
         i = int(np.argmax(nearest))
-        if nearest[i] <= 1e-4:  # everything left looks like something already chosen
+        if nearest[i] < MIN_DISTANCE:  # everything left looks like something already chosen
             break
         chosen.append(i)
         nearest = np.minimum(nearest, 1.0 - emb @ emb[i])
@@ -168,7 +169,9 @@ def summary_html(post: Post, picks: list[IndexedFrame], sources: dict[int, str],
     from html import escape
 
     out = [
-        "<section id='post-summary'><h2>Post-ready summary (图文摘要)</h2>",
+        "<section id='post-summary'><style>#post-summary .cards{display:flex;flex-wrap:wrap;gap:8px}"
+        "#post-summary figure{margin:0}#post-summary .thumb{width:320px;border-radius:4px}"
+        "#post-summary .muted{color:#667}</style><h2>Post-ready summary (图文摘要)</h2>",
         f"<h3>{escape(post.title)}</h3><p>{escape(post.body)}</p>",
         "<p class='muted'>" + escape(" ".join(f"#{t}#" for t in post.hashtags)) + f" · text by {escape(post.model)}</p><div class='cards'>",
     ]
