@@ -139,3 +139,32 @@ def test_a_hung_publisher_gives_way_to_a_new_one(clip: Path, run) -> None:  # ty
     finally:
         os.kill(hung.pid, signal.SIGCONT)
         stop(hung)
+
+
+def test_a_killed_daemon_leaves_no_relay_holding_the_port(tmp_path: Path) -> None:
+    import socket
+    import sys
+
+    from conftest import wait_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamwatch", "sample", f"rtmp://127.0.0.1:{port}/live/k", "--listen", "--out", str(tmp_path / "o")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)  # nginx listens for the publisher
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                    break  # the relay went with the process
+                except OSError:
+                    assert time.monotonic() < deadline, "nginx outlived the killed daemon and still holds the port"
+                    time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

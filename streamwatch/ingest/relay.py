@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -49,6 +50,17 @@ http {{ access_log off; client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/
 def relay_available(cfg: IngestConfig) -> bool:
     """nginx and its RTMP module are installed (for ``listen_relay = "auto"``)."""
     return shutil.which(cfg.nginx) is not None and Path(cfg.nginx_rtmp_module).is_file()
+
+
+def _die_with_parent() -> None:
+    """In the child (Linux): SIGTERM when the thread that started it dies, so a daemon killed with
+    kill -9 does not leave nginx holding the listen port for the next start."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port() -> int:
@@ -94,7 +106,9 @@ class RtmpRelay:
         (self.dir / "nginx.conf").write_text(conf)
         cmd = [self.cfg.nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")]
         try:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+            )
         except OSError as e:
             raise SourceOpenError(f"cannot start nginx for {self.redacted}: {e.strerror or e}") from None
         deadline = time.monotonic() + 10
