@@ -168,3 +168,28 @@ def test_a_killed_daemon_leaves_no_relay_holding_the_port(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_pyav_publisher_is_received_to_the_end(run) -> None:  # type: ignore[no-untyped-def]
+    import av
+    import numpy as np
+
+    url = f"rtmp://127.0.0.1:{free_port()}/live/pyav"
+    r = run(url)
+    time.sleep(1.0)
+    n = 5 * FPS
+    t0 = time.monotonic()
+    with av.open(url, "w", format="flv") as c:  # an app pushing with libavformat, paced like a camera
+        s = c.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        s.options = {"g": str(FPS), "preset": "veryfast"}
+        for i in range(n):
+            img = np.full((180, 320, 3), (i * 2) % 255, np.uint8)
+            img[:, (i * 3) % 300 : (i * 3) % 300 + 20] = 255
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+            time.sleep(max(0.0, t0 + (i + 1) / FPS - time.monotonic()))
+        for p in s.encode():
+            c.mux(p)
+    r.wait(lambda: any(s.state is StreamState.ENDED for s in r.states()), 15, "the unpublish")
+    assert len(r.frames_since(t0)) == n
