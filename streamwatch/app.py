@@ -74,6 +74,8 @@ class StreamPipeline:
             return self.sampler.feed(item)
         if item.state is not None and item.state.value in ("stopped", "ended"):
             return [*self.sampler.finish(item.offset, item.at, item.stream), item]
+        if item.state is StreamState.LIVE:  # a new connection or publisher: nothing is frozen across the break
+            return [*self.sampler.restart(item.offset, item.at, item.stream), item]
         return [item]
 
     def run(self) -> Iterator[Output]:

@@ -14,7 +14,7 @@ import enum
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -57,6 +57,17 @@ class IngestConfig(_Section):
     queue_size: Annotated[
         int, Field(ge=1, description="Frames buffered between decoder and sampler; live sources drop the oldest when full.")
     ] = 8
+    listen_relay: Annotated[
+        Literal["auto", "nginx", "ffmpeg"],
+        Field(
+            description="Listen mode's RTMP endpoint: nginx (nginx + libnginx-mod-rtmp run by streamwatch, pulled on loopback), "
+            "ffmpeg (FFmpeg's single-connection listener), auto (nginx when installed)."
+        ),
+    ] = "auto"
+    nginx: Annotated[str, Field(description="The nginx binary for the listen relay.")] = "nginx"
+    nginx_rtmp_module: Annotated[str, Field(description="Path of nginx's RTMP module (Debian: libnginx-mod-rtmp).")] = (
+        "/usr/lib/nginx/modules/ngx_rtmp_module.so"
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> IngestConfig:

@@ -122,6 +122,6 @@ async def aiter_reader(reader: FrameReader, *, maxsize: int = 8, policy: DropPol
         reader.stop()
         # wait (bounded: the packet or read timeout in progress) for the decoder thread to leave
         # FFmpeg: a process that exits with it still inside can crash in native teardown
-        await asyncio.to_thread(thread.join, reader.cfg.read_timeout_s + 2.0)
+        await asyncio.to_thread(thread.join, max(reader.cfg.open_timeout_s, reader.cfg.read_timeout_s) + 2.0)
         if queue.dropped:
             logger.info("[%s] %d frames dropped (consumer behind)", reader.stream_id, queue.dropped)

@@ -27,6 +27,7 @@ from streamwatch.ingest.clock import OffsetClock
 from streamwatch.ingest.decode import DecodePlan
 from streamwatch.ingest.frame import Frame, display_rotation, upright
 from streamwatch.ingest.hls import Plan, PlaylistTracker
+from streamwatch.ingest.relay import RtmpRelay, relay_available
 from streamwatch.ingest.url import SourceKind, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -188,9 +189,23 @@ class FrameReader:
             yield self._health(StreamState.STOPPED, reason=end_reason)
 
     def _read_live(self) -> Iterator[Item]:
+        relay = None
+        if self.spec.kind is SourceKind.LISTEN and self.cfg.listen_relay != "ffmpeg":
+            if self.cfg.listen_relay == "nginx" or relay_available(self.cfg):
+                relay = RtmpRelay(self.spec, self.cfg).start()  # SourceOpenError: nginx cannot listen there
+            else:
+                logger.warning("[%s] nginx-rtmp not installed: FFmpeg's single-connection listener", self.stream_id)
+        try:
+            yield from self._read_connections(relay)
+        finally:
+            if relay is not None:
+                relay.close()
+
+    def _read_connections(self, relay: RtmpRelay | None) -> Iterator[Item]:
         outage_since: float | None = None  # monotonic time the last outage began
         attempt = 0
         hls = PlaylistTracker(self.spec.url, self.cfg.open_timeout_s) if self.spec.kind is SourceKind.HLS else None
+        source = relay.pull if relay is not None else self.spec
         if self.spec.kind is SourceKind.LISTEN:
             logger.info("[%s] listening for a publisher on %s", self.stream_id, self.spec.redacted)
         while not self.stopped:
@@ -216,10 +231,15 @@ class FrameReader:
             container = None
             if failure is None:
                 try:
-                    container = open_container(self.spec, self.cfg, options)
+                    if relay is not None:  # a waiting player gets the publish's first packets: no need to probe long
+                        options = {"analyzeduration": "500000"}
+                    container = open_container(source, self.cfg, options)
                 except (SourceOpenError, SourceTimeout) as e:
                     if self.spec.kind is SourceKind.LISTEN and isinstance(e, SourceTimeout):
                         continue  # nobody published yet: re-arm the listener
+                    if relay is not None and not relay.publishing():
+                        self._stop.wait(0.05)
+                        continue  # the relay has no publisher yet: wait on
                     failure = str(e)
             if container is None:
                 attempt += 1
@@ -264,6 +284,10 @@ class FrameReader:
             if hls is not None and (pl := hls.read_to_end()) is not None and pl.ended:
                 yield self._health(StreamState.STOPPED, reason="playlist ended (EXT-X-ENDLIST)")
                 return
+            if relay is not None and got_frame and relay.publishing() is False:
+                yield self._health(StreamState.ENDED, reason="the publisher unpublished; waiting for the next")
+                outage_since, attempt = None, 0
+                continue  # not an outage: the next publisher starts where the show goes on
             if outage_since is None:
                 outage_since = time.monotonic() - (self.cfg.read_timeout_s if reason.startswith("no data") else 0.0)
             if got_frame:
@@ -293,22 +317,30 @@ class FrameReader:
         pace = self.cfg.realtime and not self.live
         start = time.monotonic()
         rotation = 0  # display rotation of this connection (a display-orientation SEI holds until the next)
-        for packet in container.demux(vs):
+        for packet in _demux(container, vs):
             if self._stop.is_set():
                 return
-            self.stats.packets += 1
-            if packet.pts is not None and tb is not None:
-                plan.observe_packet(float(packet.pts * tb), bool(packet.is_keyframe))
-            want = plan.skip_frame()
-            if want != skip:
-                ctx.skip_frame = skip = want
-                logger.debug("[%s] decoder skip_frame=%s", self.stream_id, want)
-            try:
-                frames = packet.decode()
-            except av.error.InvalidDataError:
-                self.stats.corrupt_packets += 1
-                continue
+            if packet is None:  # the connection failed: the decoder still holds its delayed frames
+                try:
+                    frames = ctx.decode(None)
+                except av.error.FFmpegError:
+                    frames = []
+            else:
+                self.stats.packets += 1
+                if packet.pts is not None and tb is not None:
+                    plan.observe_packet(float(packet.pts * tb), bool(packet.is_keyframe))
+                want = plan.skip_frame()
+                if want != skip:
+                    ctx.skip_frame = skip = want
+                    logger.debug("[%s] decoder skip_frame=%s", self.stream_id, want)
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    self.stats.corrupt_packets += 1
+                    continue
             for f in frames:
+                if f.time_base is None and tb is not None:
+                    f.time_base = tb  # frames drained from the decoder come without one
                 self.stats.decoded += 1
                 self._seq += 1
                 if (turn := display_rotation(f)) is not None:
@@ -327,6 +359,15 @@ class FrameReader:
                 self.keyframe_interval = plan.keyframe_interval
                 pic = upright(f, rotation)
                 yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), pic, rotation)
+
+
+def _demux(container: Any, vs: Any) -> Iterator[Any]:
+    """``container.demux(vs)``; when reading fails, ``None`` (flush the decoder) before the error."""
+    try:
+        yield from container.demux(vs)
+    except av.error.FFmpegError:
+        yield None
+        raise
 
 
 __all__ = ["FrameReader", "Item", "ReaderStats", "open_container"]

@@ -147,6 +147,14 @@ class Sampler:
         out.append(Sample(frame, decision, h, distance, q, signature, change, moved))
         return out
 
+    def restart(self, offset: float, wall: float, stream: str) -> list[HealthEvent]:
+        """A break in the picture (a new connection or publisher): open periods close, and the first
+        frame after it is not compared with the last one before it (no frozen picture across a gap)."""
+        out = self.finish(offset, wall, stream)
+        self._unchanged_since = self._prev_offset = None
+        self.gate = QualityGate(self.cfg)
+        return out
+
     def finish(self, offset: float, wall: float, stream: str) -> list[HealthEvent]:
         """Close open black/frozen periods at the end of a stream."""
         out = []
