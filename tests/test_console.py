@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import free_port, require_media_tools, stop
+from conftest import Nginx, free_port, require_media_tools, stop
 from evserver import TOKENS, EchoResponder, ServerThread, alert, health
 from make_concert_clip import write_concert_clip
 from skimage import data as skdata
@@ -327,7 +327,7 @@ def submit(port: int, token: str, stream: str, user: str, text: str) -> dict[str
         return pool.submit(asyncio.run, go()).result(60)
 
 
-def start_daemon(tmp_path: Path, rtmp: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_daemon(tmp_path: Path, rtmp: str, *, listen: bool = True) -> tuple[subprocess.Popen[bytes], int, Path]:
     idle = f"rtmp://127.0.0.1:{free_port()}/live/idle"
     tokens = "".join(
         f'[[server.tokens]]\nname = "{name}"\nrole = "{"submitter" if name == "submitter" else "moderator"}"\nsecret = "{secret}"\n'
@@ -336,7 +336,8 @@ def start_daemon(tmp_path: Path, rtmp: str) -> tuple[subprocess.Popen[bytes], in
     cfg = tmp_path / "streamwatch.toml"
     cfg.write_text(
         f'data_dir = "{tmp_path / "data"}"\n[server]\nport = 0\n{tokens}'
-        f'[[streams]]\nid = "show"\nsource = "{rtmp}"\nlisten = true\n[[streams]]\nid = "idle"\nsource = "{idle}"\nlisten = true\n'
+        f'[[streams]]\nid = "show"\nsource = "{rtmp}"\nlisten = {str(listen).lower()}\n'
+        f'[[streams]]\nid = "idle"\nsource = "{idle}"\nlisten = true\n'
     )
     log = tmp_path / "daemon.log"
     with log.open("w") as out:  # a file, not a pipe: an unread pipe would block the daemon's logging
@@ -353,13 +354,15 @@ def start_daemon(tmp_path: Path, rtmp: str) -> tuple[subprocess.Popen[bytes], in
     pytest.fail(f"the daemon did not report its port: {log.read_text()[-3000:]}")
 
 
-def test_console_with_the_daemon_over_rtmp(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_console_with_the_daemon_over_rtmp(browser, nginx: Nginx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     require_media_tools()
     ARTIFACTS.mkdir(exist_ok=True)
     clip = tmp_path / "show.mp4"
     write_concert_clip(clip, timeline=TIMELINE)
-    rtmp = f"rtmp://127.0.0.1:{free_port()}/live/show"
-    daemon, port, _log = start_daemon(tmp_path, rtmp)
+    # the daemon pulls the show from a media server: a publisher that goes away there is an outage
+    # (in listen mode a publisher's unpublish ends the stream as `ended` instead)
+    rtmp = nginx.rtmp("console-show")
+    daemon, port, _log = start_daemon(tmp_path, rtmp, listen=False)
     publishers: list[subprocess.Popen[bytes]] = []
     ff = ["ffmpeg", "-nostdin", "-loglevel", "error"]
     try:
@@ -400,7 +403,7 @@ def test_console_with_the_daemon_over_rtmp(browser, tmp_path: Path) -> None:  # 
         # the publisher stops at 12 s: outage; it comes back: live again
         a.wait_for_selector("#wall .tile[data-stream=show][data-state=outage]", timeout=30_000)
         b.wait_for_selector("#wall .tile[data-stream=show][data-state=outage]", timeout=5_000)
-        time.sleep(1.0)  # the listener re-arms
+        time.sleep(1.0)
         publishers.append(subprocess.Popen([*ff, "-ss", "12", "-re", "-i", str(clip), "-c", "copy", "-f", "flv", rtmp]))
         a.wait_for_selector("#wall .tile[data-stream=show][data-state=live]", timeout=30_000)
 
