@@ -153,6 +153,8 @@ async def write_summary(
         post = template_post(inputs, picks, None)
 
     (out / "frames").mkdir(parents=True, exist_ok=True)
+    for stale in [*(out / "frames").glob("*.jpg"), out / "collage.jpg", out / "slideshow.mp4"]:  # a summary written again
+        stale.unlink(missing_ok=True)
     files: dict[int, str] = {}
     for n, f in enumerate(picks, 1):
         rel = f"frames/{n:02d}_{hms(f.offset).replace(':', '-')}.jpg"
