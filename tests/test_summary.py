@@ -18,11 +18,12 @@ import pytest
 from chat_server import ChatServer
 
 from streamwatch.analysis.policy import load_policy
+from streamwatch.analysis.rules import text_is_clean
 from streamwatch.cli import main
 from streamwatch.config import default_policy
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent
 from streamwatch.events.store import EventStore
-from streamwatch.report.post import text_is_clean, write_summary
+from streamwatch.report.post import write_summary
 from streamwatch.report.summary import ALERT_AFTER_S, ALERT_BEFORE_S, parse_post, pick_frames
 from streamwatch.vlm.registry import Registry, RegistrySpec
 from streamwatch.vlm.router import ModelRouter

@@ -264,3 +264,10 @@ class RuleEngine:
         for key in [k for k, p in self._periods.items() if k[0] == stream and p.closed is not None]:
             del self._periods[key]  # checked once against every rule
         return out
+
+
+def text_is_clean(policy: Policy, stream: str, text: str) -> bool:
+    """No rule of ``policy`` fires on ``text`` read as on-screen text: the output check of persona replies
+    and summary posts."""
+    probe = FrameAnalysis(stream, 0.0, 0.0, 0.0, (Detection("ocr", "text", 1.0, None, text),), 0, 0)
+    return not RuleEngine(policy).evaluate(probe)

@@ -22,9 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamwatch.analysis.model import Detection, FrameAnalysis
 from streamwatch.analysis.policy import Policy
-from streamwatch.analysis.rules import RuleEngine
+from streamwatch.analysis.rules import text_is_clean
 from streamwatch.errors import EventsError
 from streamwatch.events.model import AlertEvent, Event, ReplyEvent
 from streamwatch.events.store import EventStore, IndexedFrame
@@ -55,12 +54,6 @@ class SummaryResult:
     collage: Path | None
     replied: int  # audience images in the collage
     excluded: int = 0  # frames left out for lying in or near an alert or a health period
-
-
-def text_is_clean(policy: Policy, stream: str, text: str) -> bool:
-    """No content rule of ``policy`` fires on ``text`` read as on-screen text (the replies' output check)."""
-    probe = FrameAnalysis(stream, 0.0, 0.0, 0.0, (Detection("ocr", "text", 1.0, None, text),), 0, 0)
-    return not RuleEngine(policy).evaluate(probe)
 
 
 def _read_rgb(store: EventStore, rel: str | None) -> np.ndarray | None:

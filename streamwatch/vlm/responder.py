@@ -19,9 +19,9 @@ import numpy as np
 
 from streamwatch.analysis.cache import PHashCache
 from streamwatch.analysis.cascade import Cascade
-from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, Detection, FrameAnalysis
+from streamwatch.analysis.model import AlertDraft, AnalyzedFrame
 from streamwatch.analysis.policy import Policy
-from streamwatch.analysis.rules import RuleEngine
+from streamwatch.analysis.rules import RuleEngine, text_is_clean
 from streamwatch.errors import VLMError
 from streamwatch.events.model import AnswerEvent, RejectedEvent, ReplyEvent
 from streamwatch.sampling.phash import PHash, phash_luma
@@ -99,10 +99,10 @@ class AudienceResponder:
     async def _persona_reply(self, rgb: np.ndarray, evidence: ImageEvidence, fan_text: str, key: str, stream: str) -> Reply:
         """The reply model's answer, checked against the word lists: regenerated once, then a safe template."""
         reply = await self._reply(rgb, evidence, fan_text, key)
-        if not self._text_is_clean(stream, reply.text):
+        if not text_is_clean(self.policy_for(stream), stream, reply.text):
             logger.warning("reply by %s failed the output check; regenerating once", reply.model)
             reply = await self._reply(rgb, evidence, fan_text, key)
-            if not self._text_is_clean(stream, reply.text):
+            if not text_is_clean(self.policy_for(stream), stream, reply.text):
                 reply = Reply(self.local.safe_reply(self.persona), "local")
         return reply
 
@@ -138,10 +138,6 @@ class AudienceResponder:
             except VLMError as e:
                 logger.error("no model could answer %s, using the local evidence: %s", key, e)
         return Reply(await self.local.answer(question, evidence), "local")
-
-    def _text_is_clean(self, stream: str, text: str) -> bool:
-        probe = FrameAnalysis(stream, 0.0, 0.0, 0.0, (Detection("ocr", "text", 1.0, None, text),), 0, 0)
-        return not RuleEngine(self.policy_for(stream)).evaluate(probe)
 
     async def answer(self, q: Question) -> AnswerEvent:
         latest = self.latest(q.stream)
