@@ -171,3 +171,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit_status[-1])
+
+
+# --- NATS JetStream (cluster mode) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def nats3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-node JetStream cluster on 127.0.0.1 (tests/nats_cluster.py); nodes restarted if a test stopped them."""
+    from nats_cluster import make_cluster
+
+    cluster = make_cluster(tmp_path_factory.mktemp("nats3"), 3)
+    cluster.start()
+    cluster.wait_ready()
+    yield cluster
+    cluster.stop()
