@@ -295,6 +295,44 @@ class StoreConfig(_Section):
     ] = 20.0
 
 
+class ClusterConfig(_Section):
+    nats: Annotated[
+        list[str],
+        Field(description="NATS server URLs (nats://host:port) of the JetStream cluster; empty = cluster mode off (single box, SQLite)."),
+    ] = []
+    name: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_-]{1,32}$",
+            description="Prefix of this cluster's buckets and streams (several clusters may share one NATS).",
+        ),
+    ] = "sw"
+    worker_id: Annotated[
+        str | None, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="This worker's name in leases; unset = host name and process id.")
+    ] = None
+    capacity: Annotated[int, Field(ge=0, le=1000, description="Streams this worker runs at most (0: a gateway that runs none).")] = 8
+    lease_ttl_s: Annotated[
+        float, Field(ge=1, le=120, description="A stream lease not renewed for this long expires and another worker takes the stream.")
+    ] = 4.0
+    renew_s: Annotated[float, Field(gt=0, le=30, description="How often a worker renews its leases and looks for unleased streams.")] = 1.0
+    replicas: Annotated[
+        int, Field(ge=1, le=5, description="JetStream replicas of the event stream and buckets (capped at the servers present).")
+    ] = 3
+    connect_timeout_s: Annotated[
+        float, Field(gt=0, description="At start, keep retrying an unreachable NATS this long before giving up with an error.")
+    ] = 30.0
+    dedupe_window_s: Annotated[
+        float, Field(ge=1, le=86400, description="JetStream publish dedupe window: a retried event within it is stored once.")
+    ] = 120.0
+    max_age_days: Annotated[
+        float, Field(gt=0, description="Events older than this leave the JetStream stream (gateways keep their own copy).")
+    ] = 30.0
+    vlm_budget: Annotated[
+        dict[str, int],
+        Field(description="Model id → VLM requests in flight across the whole cluster (unset model: its registry concurrency)."),
+    ] = {}
+
+
 class Settings(BaseSettings):
     """The whole streamwatch configuration."""
 
@@ -311,6 +349,7 @@ class Settings(BaseSettings):
     store: Annotated[StoreConfig, Field(description="Event store retention.")] = StoreConfig()
     analysis: Annotated[AnalysisConfig, Field(description="Local analyzers, policy and result cache.")] = AnalysisConfig()
     vlm: Annotated[VLMConfig, Field(description="Vision-language tier: persona and audience replies.")] = VLMConfig()
+    cluster: Annotated[ClusterConfig, Field(description="Cluster mode on NATS JetStream (off by default).")] = ClusterConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:

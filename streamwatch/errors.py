@@ -32,7 +32,9 @@ Tree::
     │                                         the model cannot take, or an error for this request while the
     │                                         model answers others): reported against the request only
     ├── EventsError                           event store and bus
-    └── ServerError                           WebSocket / HTTP server
+    ├── ServerError                           WebSocket / HTTP server
+    └── ClusterError                          cluster mode: NATS / JetStream
+        └── LeaseLost                         a stream lease could not be renewed: the stream stops at once
 """
 
 from __future__ import annotations
@@ -130,3 +132,11 @@ class EventsError(StreamwatchError):
 
 class ServerError(StreamwatchError):
     """The WebSocket/HTTP server failed."""
+
+
+class ClusterError(StreamwatchError):
+    """Cluster mode failed: NATS unreachable, a JetStream call refused, a lease lost."""
+
+
+class LeaseLost(ClusterError):
+    """A stream lease could not be renewed (expired, or taken by another worker): stop the stream now."""
