@@ -292,9 +292,11 @@ class EncoderTier:
         return embeds, self.labels.detect(embeds)
 
 
-def index_frame(store: EventStore, fa: FrameAnalysis, image: np.ndarray, model: str, side: int = 320) -> int:
-    """Blocking: keep an analysed frame for search and summaries — a thumbnail (long side ``side`` px) and
-    its embedding and labels."""
+def thumbnail_record(
+    store: EventStore, fa: FrameAnalysis, image: np.ndarray, model: str, side: int = 320
+) -> tuple[str, float, float, str | None, str, tuple[str, ...], np.ndarray]:
+    """Blocking: save a thumbnail (long side ``side`` px) of an analysed frame in ``store``; return the
+    search-index row (stream, offset, at, thumb path, model, labels, embedding) without adding it."""
     import cv2
 
     h, w = image.shape[:2]
@@ -304,4 +306,10 @@ def index_frame(store: EventStore, fa: FrameAnalysis, image: np.ndarray, model: 
     thumb = store.save_image(fa.stream, buf.tobytes()) if ok else None
     labels = tuple(dict.fromkeys(d.label for d in fa.by("encoder")))
     assert fa.embedding is not None
-    return store.add_frame(fa.stream, fa.offset, fa.at, thumb, model, labels, fa.embedding)
+    return fa.stream, fa.offset, fa.at, thumb, model, labels, fa.embedding
+
+
+def index_frame(store: EventStore, fa: FrameAnalysis, image: np.ndarray, model: str, side: int = 320) -> int:
+    """Blocking: keep an analysed frame for search and summaries — a thumbnail (long side ``side`` px) and
+    its embedding and labels."""
+    return store.add_frame(*thumbnail_record(store, fa, image, model, side))

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from streamwatch.analysis.encoder import index_frame
+from streamwatch.analysis.encoder import thumbnail_record
 from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, FrameAnalysis
 from streamwatch.config import StreamConfig
 from streamwatch.errors import StreamwatchError, VLMError
@@ -70,6 +70,7 @@ class StreamRunner:
         self._producer: asyncio.Task[None] | None = None
         self._thumbnailed: float | None = None  # offset of the last frame kept as a thumbnail
         self.pipeline: StreamPipeline | None = None
+        self._session: SessionKeeping | None = None  # the keeper of a live stream's session
 
     def stop(self) -> None:
         """End on purpose: ingest stops, queued frames are still analysed, then ``ended``."""
@@ -81,7 +82,7 @@ class StreamRunner:
         svc, cfg = self.svc, self.cfg
         self.pipeline = pipeline = build_pipeline(cfg, svc.settings)
         live = pipeline.reader.spec.live
-        keeper = self.keeper if live else None
+        keeper = self._session = self.keeper if live else None
         if keeper is not None:
             await self._resume_session(pipeline, keeper)
         reason = "waiting for the publisher" if cfg.listen else "opening the source"
@@ -193,12 +194,17 @@ class StreamRunner:
         svc = self.svc
         loop = asyncio.get_running_loop()
         if fa.embedding is not None and not fa.cached and svc.settings.analysis.encoder.index:
-            model = svc.cascade.encoder.model if svc.cascade.encoder else ""
-            await loop.run_in_executor(None, index_frame, svc.store, fa, image, model)
+            model, side = (svc.cascade.encoder.model if svc.cascade.encoder else ""), 320
         elif self._thumbnail_due(fa, sample):  # without the encoder: the change signal stands in (summary picks)
-            vec = signature_vector(sample.signature)  # type: ignore[arg-type]
-            indexed = dataclasses.replace(fa, embedding=vec)
-            await loop.run_in_executor(None, index_frame, svc.store, indexed, image, SIGNATURE_INDEX, 960)  # post-sized
+            fa = dataclasses.replace(fa, embedding=signature_vector(sample.signature))  # type: ignore[arg-type]
+            model, side = SIGNATURE_INDEX, 960  # post-sized
+        else:
+            return
+        row = await loop.run_in_executor(None, thumbnail_record, svc.store, fa, image, model, side)
+        if svc.frames is not None:
+            await svc.frames(*row)
+        else:
+            await loop.run_in_executor(None, svc.store.add_frame, *row)
 
     def _thumbnail_due(self, fa: FrameAnalysis, sample: Sample) -> bool:
         """A newly analysed frame that starts a new scene (half the tiles changed; 2 s apart at least), or
@@ -288,6 +294,13 @@ class StreamRunner:
         for ev in events:
             await svc.bus.publish(ev)
             svc.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
+        if events and self._session is not None and self.pipeline is not None:  # the cooldowns reach the next owner now
+            await self._session.beat(self.pipeline.reader.session_start, self.pipeline.reader.offset_now(), force=True)
+
+    async def handover(self) -> None:
+        """After the task was cancelled (drain): a last heartbeat, so the next owner's gap starts now."""
+        if self._session is not None and self.pipeline is not None:
+            await self._session.beat(self.pipeline.reader.session_start, self.pipeline.reader.offset_now(), force=True)
 
 
 class LocalSession:

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from streamwatch.analysis.base import create
 from streamwatch.analysis.cascade import Cascade
 from streamwatch.analysis.detectors import AnalyzerSettings
@@ -42,6 +44,15 @@ class Publisher(Protocol):
     async def publish(self, event: Event) -> StoredEvent: ...
 
 
+class FrameIndexer(Protocol):
+    """Where indexed frames go when not into the local store: (stream, offset s, wall time, thumbnail path,
+    encoder name, labels, embedding) → frame id (a cluster worker publishes them)."""
+
+    async def __call__(
+        self, stream: str, offset: float, at: float, thumb: str | None, model: str, tags: tuple[str, ...], embedding: np.ndarray
+    ) -> int: ...
+
+
 def _nothing(_stream: str, _value: float) -> None:
     return None
 
@@ -62,6 +73,7 @@ class StreamServices:
     escalations: EscalationQueue
     persona: Persona
     search: FrameSearch | None = None
+    frames: FrameIndexer | None = None  # None: indexed frames go into ``store``
     on_sample: Callable[[str, float], None] = _nothing  # (stream, offset) for every sample (progress bars)
     on_analyzed: Callable[[str, float], None] = _nothing  # (stream, seconds since the frame arrived)
     offsets: dict[str, float] = field(default_factory=dict)  # latest offset per stream
