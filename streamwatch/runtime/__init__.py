@@ -1,0 +1,1 @@
+"""Per-stream work and the set of streams a process runs."""
