@@ -1,1 +1,1 @@
-"""Per-stream work and the set of streams a process runs."""
+"""Per-stream work and the set of streams a process runs (the single box and a cluster worker alike)."""
