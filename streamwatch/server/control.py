@@ -120,7 +120,7 @@ class StreamAdmin:
             raise
         self.streams.add(cfg.id)
         self.status.setdefault(cfg.id, {"state": "unknown"})
-        logger.info("stream %s added by %s (%s)", cfg.id, by, redact_url(cfg.source))
+        logger.debug("stream %s added by %s (%s)", cfg.id, by, redact_url(cfg.source))
         listed = next((s for s in control.list_streams() if s.get("id") == cfg.id), None)
         return listed or stream_json(cfg, origin="runtime")
 
@@ -149,4 +149,4 @@ class StreamAdmin:
             raise
         self.streams.discard(stream_id)
         self.status.pop(stream_id, None)
-        logger.info("stream %s removed by %s", stream_id, by)
+        logger.debug("stream %s removed by %s", stream_id, by)
