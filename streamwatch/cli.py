@@ -289,8 +289,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     settings = load_settings(a.config, _run_overrides(a))
     _setup_logging(settings.log_level)
-    if not settings.streams:
-        raise ConfigError("no streams: give --source URL or a config file with [[streams]]")
+    if not settings.streams and not (settings.data_dir / "streams.json").exists():
+        logger.warning("no streams configured: add some with `streamwatch streams add ID SOURCE` (admin token)")
     if not settings.server.tokens:
         logger.warning("no tokens configured: every WebSocket client will be refused (use --token ROLE:SECRET)")
 

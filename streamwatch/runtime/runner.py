@@ -1,0 +1,306 @@
+"""One stream's work: produce (ingest + sampling), analyse, escalate to the VLM, health ticks.
+
+The single box (:class:`~streamwatch.app.Daemon`) and a cluster worker both run a
+:class:`StreamRunner` per stream, over the same :class:`~streamwatch.runtime.services.StreamServices`;
+what differs is where events go (a :class:`Publisher`: the SQLite bus, or JetStream) and where the
+session clock survives a crash (a :class:`SessionKeeping`: SQLite, or the cluster's carried state).
+
+A runner's TaskGroup: a producer (decoder thread → sampler; health events straight to the
+publisher), a bounded queue of kept frames (live: drop the oldest, counted; files: wait), a consumer
+(cascade → policy → alerts), the compliance loop and a one-second ticker for health rules and
+session heartbeats. :meth:`StreamRunner.stop` ends the stream on purpose (queued frames are still
+analysed, an ``ended`` event, the session closed); cancelling the task abandons it (a lost cluster
+lease): nothing more is published and the session stays open for the next owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from typing import Protocol
+
+import numpy as np
+
+from streamwatch.analysis.encoder import index_frame
+from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, FrameAnalysis
+from streamwatch.config import StreamConfig
+from streamwatch.errors import StreamwatchError, VLMError
+from streamwatch.events.alerts import build_alerts, build_scene
+from streamwatch.events.model import HealthEvent, HealthKind, StreamState
+from streamwatch.events.session import SessionKeeper
+from streamwatch.events.store import EventStore
+from streamwatch.runtime.pipeline import StreamPipeline, build_pipeline
+from streamwatch.runtime.services import StreamServices
+from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_vector
+from streamwatch.sampling.sampler import Sample
+from streamwatch.vlm.local import ImageEvidence
+from streamwatch.vlm.registry import LOCAL, Capability
+
+logger = logging.getLogger(__name__)
+
+
+class SessionKeeping(Protocol):
+    """Where a live stream's session clock and heartbeat survive the process (see events/session.py)."""
+
+    async def restore(self) -> tuple[float | None, HealthEvent | None]:
+        """(start of the open session to continue, its monitoring gap), or (None, None) for a new one."""
+        ...
+
+    async def beat(self, started_at: float | None, offset: float, *, force: bool = False) -> None:
+        """Record that the session was watched up to now / ``offset`` (rate-limited unless ``force``)."""
+        ...
+
+    async def end(self) -> None:
+        """The session ended on purpose: the next start begins a new one."""
+        ...
+
+
+class StreamRunner:
+    """Runs one stream until it ends, is stopped (:meth:`stop`) or its task is cancelled."""
+
+    def __init__(self, cfg: StreamConfig, svc: StreamServices, keeper: SessionKeeping | None) -> None:
+        self.cfg = cfg
+        self.sid = cfg.id
+        self.svc = svc
+        self.keeper = keeper  # None: no session kept (files)
+        self.stopping = False
+        self._producer: asyncio.Task[None] | None = None
+        self._thumbnailed: float | None = None  # offset of the last frame kept as a thumbnail
+        self.pipeline: StreamPipeline | None = None
+
+    def stop(self) -> None:
+        """End on purpose: ingest stops, queued frames are still analysed, then ``ended``."""
+        self.stopping = True
+        if self._producer is not None:
+            self._producer.cancel()
+
+    async def run(self) -> None:
+        svc, cfg = self.svc, self.cfg
+        self.pipeline = pipeline = build_pipeline(cfg, svc.settings)
+        live = pipeline.reader.spec.live
+        keeper = self.keeper if live else None
+        if keeper is not None:
+            await self._resume_session(pipeline, keeper)
+        reason = "waiting for the publisher" if cfg.listen else "opening the source"
+        await svc.bus.publish(
+            HealthEvent(
+                stream=cfg.id,
+                at=time.time(),
+                offset=pipeline.reader.offset_now(),  # 0, or where a resumed session is now
+                kind=HealthKind.STATE,
+                state=StreamState.CONNECTING,
+                reason=reason,
+            )
+        )
+        queue: asyncio.Queue[Sample | None] = asyncio.Queue(svc.settings.analysis.queue_size)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._producer = tg.create_task(self._produce(pipeline, queue, live))
+                if self.stopping:
+                    self._producer.cancel()
+                consumer = tg.create_task(self._consume(queue))
+                ticker = tg.create_task(self._tick(pipeline, keeper))
+                consumer.add_done_callback(lambda _t: ticker.cancel())
+                consumer.add_done_callback(lambda _t: svc.escalations.close(cfg.id))
+                tg.create_task(self._comply())
+        except* StreamwatchError as eg:
+            for e in eg.exceptions:
+                logger.error("stream %s stopped: %s", cfg.id, e)
+            await svc.bus.publish(
+                HealthEvent(
+                    stream=cfg.id,
+                    at=time.time(),
+                    offset=svc.offsets.get(cfg.id, 0.0),
+                    kind=HealthKind.STATE,
+                    state=StreamState.STOPPED,
+                    reason=str(eg.exceptions[0]),
+                )
+            )
+            keeper = None  # the session stays open: a restart continues it
+        if keeper is not None:  # stopped on purpose, or the source finished: the session ends
+            await self._end_session(pipeline, keeper)
+
+    # --- the tasks -------------------------------------------------------------------------------
+
+    async def _produce(self, pipeline: StreamPipeline, queue: asyncio.Queue[Sample | None], live: bool) -> None:
+        svc, sid = self.svc, self.sid
+        ended = False
+        try:
+            async for out in pipeline.arun(svc.settings.ingest.queue_size):
+                if isinstance(out, HealthEvent):
+                    svc.states[sid] = out.state or svc.states.get(sid, StreamState.CONNECTING)
+                    svc.engines.engine_for(sid).on_health(out)
+                    await svc.bus.publish(out)
+                    continue
+                svc.offsets[sid] = out.offset
+                svc.on_sample(sid, out.offset)
+                await self._health_alerts(out.offset)
+                if not out.kept:
+                    continue
+                if pipeline.reader.live and queue.full():  # analysis is behind: drop the oldest kept frame
+                    queue.get_nowait()
+                    svc.metrics.queue_drops.labels("analysis").inc()
+                await queue.put(out)
+            ended = True
+        finally:
+            if ended and not live:  # a file that ended: its last frames are analysed, nothing is dropped
+                await queue.put(None)
+            else:  # stopped or live: the end marker without waiting; if the queue is full it replaces the oldest frame
+                try:
+                    queue.put_nowait(None)
+                except asyncio.QueueFull:
+                    queue.get_nowait()
+                    svc.metrics.queue_drops.labels("analysis").inc()
+                    queue.put_nowait(None)
+
+    async def _consume(self, queue: asyncio.Queue[Sample | None]) -> None:
+        svc, sid = self.svc, self.sid
+        loop = asyncio.get_running_loop()
+        lat = svc.metrics.stage_latency
+        while (sample := await queue.get()) is not None:
+            frame = sample.frame
+            lat.labels("queued").observe(max(0.0, time.time() - frame.wall))
+            t0 = time.perf_counter()
+            image = await loop.run_in_executor(svc.pool, frame.rgb, svc.settings.analysis.max_side)
+            fa = await svc.cascade.analyze(
+                sid,
+                image,
+                sample.phash,
+                offset=frame.offset,
+                at=frame.wall,
+                received_at=frame.wall,
+                signature=sample.signature,
+                source=frame.rgb,
+            )
+            lat.labels("analyze").observe(time.perf_counter() - t0)
+            svc.metrics.cache.labels("hit" if fa.cached else "miss").inc()
+            svc.latest[sid] = AnalyzedFrame(fa, image)
+            await self._index(fa, image, sample)
+            t1 = time.perf_counter()
+            drafts = svc.engines.engine_for(sid).evaluate(fa)
+            lat.labels("policy").observe(time.perf_counter() - t1)
+            svc.on_analyzed(sid, time.time() - frame.wall)
+            if drafts:
+                await self._publish_alerts(drafts, fa, image)
+            if svc.router.primary(Capability.COMPLIANCE) != LOCAL:  # stream time, so files are checked like live shows
+                svc.escalations.offer(sid, svc.latest[sid], [d.rule for d in drafts if d.escalate], frame.offset)
+
+    async def _index(self, fa: FrameAnalysis, image: np.ndarray, sample: Sample) -> None:
+        """Keep the frame for search / the summary: with its encoder embedding, or its change signature."""
+        svc = self.svc
+        loop = asyncio.get_running_loop()
+        if fa.embedding is not None and not fa.cached and svc.settings.analysis.encoder.index:
+            model = svc.cascade.encoder.model if svc.cascade.encoder else ""
+            await loop.run_in_executor(None, index_frame, svc.store, fa, image, model)
+        elif self._thumbnail_due(fa, sample):  # without the encoder: the change signal stands in (summary picks)
+            vec = signature_vector(sample.signature)  # type: ignore[arg-type]
+            indexed = dataclasses.replace(fa, embedding=vec)
+            await loop.run_in_executor(None, index_frame, svc.store, indexed, image, SIGNATURE_INDEX, 960)  # post-sized
+
+    def _thumbnail_due(self, fa: FrameAnalysis, sample: Sample) -> bool:
+        """A newly analysed frame that starts a new scene (half the tiles changed; 2 s apart at least), or
+        one per ``store.thumbnail_every_s`` of stream time."""
+        every = self.svc.settings.store.thumbnail_every_s
+        last = self._thumbnailed
+        if fa.cached or sample.signature is None or every is None:
+            return False
+        cut = sample.change is not None and sample.change.fraction >= 0.5
+        if last is not None and fa.offset - last < (2.0 if cut else every):
+            return False
+        self._thumbnailed = fa.offset
+        return True
+
+    async def _comply(self) -> None:
+        """The compliance model's second look at escalated and periodic frames → alerts and scene tags."""
+        svc, sid = self.svc, self.sid
+        loop = asyncio.get_running_loop()
+        deadline = svc.settings.vlm.compliance_deadline_s
+        while (item := await svc.escalations.get(sid)) is not None:
+            fa, image = item.frame.analysis, item.frame.image
+            try:
+                answer = await svc.vlm.compliance(image, ImageEvidence.from_detections(fa.width, fa.height, fa.detections))
+            except VLMError as e:
+                logger.error("stream %s: no compliance answer for the frame at %.1fs (%s): %s", sid, fa.offset, item.reason, e)
+                continue
+            if answer is None:
+                continue
+            late = time.time() - fa.received_at > deadline
+            if late:
+                svc.metrics.vlm_late.inc()
+            vlm_fa = FrameAnalysis(sid, fa.offset, fa.at, fa.received_at, answer.detections(), fa.width, fa.height)
+            drafts = svc.engines.engine_for(sid).evaluate(vlm_fa)
+            if drafts:
+                await self._publish_alerts(drafts, vlm_fa, image, late=late)
+            scene = await loop.run_in_executor(
+                None, functools.partial(build_scene, fa, image, answer.tags, answer.model, svc.store, late=late)
+            )
+            await svc.bus.publish(scene)
+
+    async def _tick(self, pipeline: StreamPipeline, keeper: SessionKeeping | None) -> None:
+        while True:  # outages produce no samples: health rules are also checked once a second
+            await asyncio.sleep(1.0)
+            await self._health_alerts(None)
+            if keeper is not None:  # the heartbeat that bounds a monitoring gap after a crash
+                await keeper.beat(pipeline.reader.session_start, pipeline.reader.offset_now())
+
+    # --- session ---------------------------------------------------------------------------------
+
+    async def _resume_session(self, pipeline: StreamPipeline, keeper: SessionKeeping) -> None:
+        """Continue the stream's open session (after a crash or a takeover): same offsets, and a monitoring gap."""
+        started, gap = await keeper.restore()
+        if started is not None and gap is not None:
+            pipeline.reader.resume_session(started)
+            logger.warning("stream %s: session continues; %s", self.sid, gap.describe())
+            self.svc.engines.engine_for(gap.stream).on_health(gap)
+            await self.svc.bus.publish(gap)
+
+    async def _end_session(self, pipeline: StreamPipeline, keeper: SessionKeeping) -> None:
+        svc, reader = self.svc, pipeline.reader
+        if self.stopping and svc.states.get(self.sid) not in (StreamState.STOPPED, StreamState.ENDED):
+            ev = HealthEvent(
+                stream=self.sid,
+                at=time.time(),
+                offset=reader.offset_now(),
+                kind=HealthKind.STATE,
+                state=StreamState.ENDED,
+                reason="stopped by the operator",
+            )
+            svc.states[self.sid] = StreamState.ENDED
+            svc.engines.engine_for(self.sid).on_health(ev)
+            await svc.bus.publish(ev)
+        await keeper.beat(reader.session_start, reader.offset_now(), force=True)
+        await keeper.end()
+
+    # --- alerts ----------------------------------------------------------------------------------
+
+    async def _health_alerts(self, offset: float | None) -> None:
+        for began, draft in self.svc.engines.engine_for(self.sid).tick(self.sid, time.time(), offset):
+            now = time.time()
+            await self._publish_alerts([draft], FrameAnalysis(self.sid, began, now, now, (), 0, 0), None)
+
+    async def _publish_alerts(self, drafts: list[AlertDraft], fa: FrameAnalysis, image: np.ndarray | None, *, late: bool = False) -> None:
+        svc = self.svc
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(None, lambda: build_alerts(drafts, fa, image, svc.store, late=late))
+        for ev in events:
+            await svc.bus.publish(ev)
+            svc.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
+
+
+class LocalSession:
+    """:class:`SessionKeeping` in the local SQLite store (the single box), blocking calls in the default executor."""
+
+    def __init__(self, store: EventStore, stream: str) -> None:
+        self.keeper = SessionKeeper(store, stream)
+
+    async def restore(self) -> tuple[float | None, HealthEvent | None]:
+        return await asyncio.get_running_loop().run_in_executor(None, self.keeper.restore)
+
+    async def beat(self, started_at: float | None, offset: float, *, force: bool = False) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, functools.partial(self.keeper.beat, started_at, offset, force=force))
+
+    async def end(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.keeper.end)

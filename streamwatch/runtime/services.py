@@ -1,0 +1,151 @@
+"""What every stream of one process shares: the analysis cascade, VLM router, policies, store, publisher.
+
+:func:`build_services` loads the models and policies (blocking work in executors) and returns a
+:class:`StreamServices`; the single box and a cluster worker build it the same way and differ only in
+the :class:`Publisher` they pass (the SQLite event bus, or the JetStream event log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streamwatch.analysis.base import create
+from streamwatch.analysis.cascade import Cascade
+from streamwatch.analysis.detectors import AnalyzerSettings
+from streamwatch.analysis.encoder import Encoder, EncoderTier, load_labels
+from streamwatch.analysis.model import AnalyzedFrame
+from streamwatch.analysis.search import FrameSearch
+from streamwatch.config import Settings
+from streamwatch.events.model import Event, StreamState
+from streamwatch.events.store import EventStore, StoredEvent
+from streamwatch.runtime.policies import Engines
+from streamwatch.server.metrics import Metrics
+from streamwatch.vlm.escalation import EscalationQueue
+from streamwatch.vlm.persona import Persona, load_persona
+from streamwatch.vlm.prompts import DEFAULT_QUESTIONS, ComplianceQuestion
+from streamwatch.vlm.registry import load_registry
+from streamwatch.vlm.router import ModelRouter
+from streamwatch.vlm.service import VLMService
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Where a stream's events go: stored durably, then delivered. Returns the event with its id."""
+
+    async def publish(self, event: Event) -> StoredEvent: ...
+
+
+def _nothing(_stream: str, _value: float) -> None:
+    return None
+
+
+@dataclass(slots=True)
+class StreamServices:
+    """Shared by every :class:`~streamwatch.runtime.runner.StreamRunner` of a process."""
+
+    settings: Settings
+    pool: ThreadPoolExecutor  # analysis threads (decoding to RGB, detectors)
+    store: EventStore  # local: evidence images, thumbnails and the search index
+    bus: Publisher
+    metrics: Metrics
+    engines: Engines
+    cascade: Cascade
+    router: ModelRouter
+    vlm: VLMService
+    escalations: EscalationQueue
+    persona: Persona
+    search: FrameSearch | None = None
+    on_sample: Callable[[str, float], None] = _nothing  # (stream, offset) for every sample (progress bars)
+    on_analyzed: Callable[[str, float], None] = _nothing  # (stream, seconds since the frame arrived)
+    offsets: dict[str, float] = field(default_factory=dict)  # latest offset per stream
+    states: dict[str, StreamState] = field(default_factory=dict)  # the last state published per stream
+    latest: dict[str, AnalyzedFrame] = field(default_factory=dict)  # last analysed frame per stream (live Q&A)
+
+    async def close(self) -> None:
+        await self.cascade.close()
+        await self.router.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_encoder(settings: Settings) -> EncoderTier | None:
+    """Blocking: the encoder tier when ``analysis.encoder.path`` is set (else None)."""
+    cfg = settings.analysis.encoder
+    if cfg.path is None:
+        return None
+    encoder = Encoder(cfg.path, device=settings.analysis.device, variant=cfg.variant)
+    labels = load_labels(cfg.labels, encoder) if cfg.labels is not None and cfg.labels.is_file() else None
+    logger.info("vision encoder %s on %s (%d labels)", encoder.manifest.name, encoder.providers[0], len(labels.labels) if labels else 0)
+    return EncoderTier(encoder, labels)
+
+
+async def build_services(settings: Settings, store: EventStore, bus: Publisher, metrics: Metrics) -> StreamServices:
+    """Load policies, analyzers, the encoder and the VLM router. Raises ConfigError/PolicyError/ModelLoadError."""
+    s = settings
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(s.analysis.threads or os.cpu_count() or 2, thread_name_prefix="analysis")
+    engines = Engines(s.analysis.policy)
+    await engines.load(s.analysis.policy)
+    for c in s.streams:  # a bad policy of a configured stream fails at start, as before
+        await engines.assign(c.id, c.policy)
+    a_settings = AnalyzerSettings(device=s.analysis.device)
+    analyzers = [await loop.run_in_executor(None, create, name, a_settings) for name in s.analysis.analyzers]
+    for a in analyzers:
+        logger.info("analyzer %s on %s", a.name, ", ".join(a.providers))
+    tier = await loop.run_in_executor(None, load_encoder, s)
+    enc = s.analysis.encoder
+    cascade = Cascade(
+        analyzers,
+        pool,
+        cache_radius=s.analysis.cache_radius,
+        cache_ttl_s=s.analysis.cache_ttl_s,
+        cache_size=s.analysis.cache_size,
+        max_batch=s.analysis.max_batch,
+        observe=lambda name, sec: metrics.stage_latency.labels(f"analyzer_{name}").observe(sec),
+        encoder=tier,
+        semantic_threshold=enc.semantic_threshold,
+        encoder_wait_s=enc.batch_wait_s,
+        region_level=s.sampling.region_level,
+        region_min=s.sampling.region_min,
+        regional=s.analysis.regional,
+        region_max_area=s.analysis.region_max_area,
+    )
+    persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
+    registry = await loop.run_in_executor(None, load_registry, s.vlm.registry, s.vlm.roles)
+    router = ModelRouter(
+        registry,
+        breaker_failures=s.vlm.breaker_failures,
+        breaker_cooldown_s=s.vlm.breaker_cooldown_s,
+        min_switch_interval_s=s.vlm.min_switch_interval_s,
+        observe=metrics.on_vlm,
+    )
+    router.start()
+    for role, chain in router.chains.items():
+        logger.info("VLM role %s: %s", role.value, " → ".join(chain))
+    questions = DEFAULT_QUESTIONS
+    if s.vlm.questions is not None:
+        questions = tuple(ComplianceQuestion(q.id, q.question, q.kind, tuple(q.options)) for q in s.vlm.questions)  # type: ignore[arg-type]
+    escalations = EscalationQueue(
+        s.vlm.pending_per_stream, s.vlm.compliance_every_s, on_drop=lambda _sid: metrics.queue_drops.labels("vlm").inc()
+    )
+    search = FrameSearch(tier.encoder, store) if tier is not None else None
+    return StreamServices(
+        settings=s,
+        pool=pool,
+        store=store,
+        bus=bus,
+        metrics=metrics,
+        engines=engines,
+        cascade=cascade,
+        router=router,
+        vlm=VLMService(router, questions=questions),
+        escalations=escalations,
+        persona=persona,
+        search=search,
+    )
