@@ -408,6 +408,34 @@ def test_http_api_manages_streams_with_json_errors(tmp_path: Path) -> None:
     assert [c.id for c in d.streams()] == ["s1", "cam2"]
 
 
+def test_the_console_wall_gains_and_loses_a_stream_managed_at_run_time(tmp_path: Path) -> None:
+    """Real Chromium on /console: a tile appears for an added stream and leaves when it is removed."""
+    from test_overlay import CHROMIUM, FLAGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: apt-get install chromium (the .ci/run script does)")
+    from playwright.sync_api import sync_playwright
+
+    with ControlledServer(tmp_path / "data", streams=("s1",)) as srv, sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = b.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(f"http://127.0.0.1:{srv.port}/console?token={TOKENS['moderator']}&lang=en")
+            page.wait_for_selector("#wall .tile[data-stream=s1]", timeout=15_000)
+            body = {"id": "room5", "source": "rtmp://127.0.0.1/live/k5"}
+            assert http_json(srv.api_port, "POST", "/streams", body=body)[0] == 201
+            page.wait_for_selector("#wall .tile[data-stream=room5][data-state=live]", timeout=10_000)
+            assert http_json(srv.api_port, "DELETE", "/streams/room5")[0] == 200
+            page.wait_for_selector("#wall .tile[data-stream=room5]", state="detached", timeout=10_000)
+            time.sleep(2.5)  # the wall's periodic re-render and late events do not bring it back
+            assert page.locator("#wall .tile[data-stream=room5]").count() == 0
+            assert page.locator("#wall .tile[data-stream=s1]").count() == 1
+            assert http_json(srv.api_port, "POST", "/streams", body=body)[0] == 201  # added again: back on the wall
+            page.wait_for_selector("#wall .tile[data-stream=room5][data-state=live]", timeout=10_000)
+        finally:
+            b.close()
+
+
 # --- the CLI, as a subprocess ---------------------------------------------------------------------
 
 
