@@ -87,6 +87,24 @@ def test_desired_set_refuses_duplicates_and_unknown_ids(tmp_path: Path) -> None:
     assert [c.id for c in DesiredFile(tmp_path / FILE_NAME, [cfg("a")]).streams()] == ["a"]
 
 
+def test_concurrent_adds_of_one_id_have_one_winner(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = DesiredFile(tmp_path / FILE_NAME, [])
+
+    def add(n: int) -> str:
+        try:
+            d.add(cfg(f"s{n % 4}", f"rtmp://127.0.0.1/live/k{n}"))
+        except DuplicateStream:
+            return "dup"
+        return "ok"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(add, range(40)))
+    assert results.count("ok") == 4 and results.count("dup") == 36
+    assert sorted(c.id for c in DesiredFile(tmp_path / FILE_NAME, []).streams()) == ["s0", "s1", "s2", "s3"]
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [
@@ -359,6 +377,25 @@ def test_stream_requests_are_refused_with_the_right_codes(tmp_path: Path) -> Non
 
         srv.call(go())
         assert srv.server.streams == {"s1"} and srv.control is not None and srv.control.log == []
+
+
+def test_two_admins_adding_the_same_id_at_once_get_one_stream(tmp_path: Path) -> None:
+    with ControlledServer(tmp_path / "data", streams=("s1",)) as srv:
+
+        async def go() -> list[dict[str, Any]]:
+            clients = [await connect(srv.ws_url("admin")) for _ in range(4)]
+            for ws in clients:
+                await ws.recv()
+            stream = {"id": "race", "source": "rtmp://127.0.0.1/live/race"}
+            answers = await asyncio.gather(*(ask(ws, None, type="add_stream", stream=stream) for ws in clients))
+            for ws in clients:
+                await ws.close()
+            return answers
+
+        answers = srv.call(go())
+        kinds = sorted(a["type"] if a["type"] != "error" else a["code"] for a in answers)
+        assert kinds == ["duplicate_stream"] * 3 + ["stream_added"]
+        assert srv.control is not None and [c.id for c in srv.control.desired.streams()] == ["s1", "race"]
 
 
 def test_a_server_without_stream_control_says_so(tmp_path: Path) -> None:

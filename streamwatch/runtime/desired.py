@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -73,8 +74,9 @@ def _dump(cfg: StreamConfig) -> dict[str, Any]:
 class DesiredFile:
     """The desired set of one process, backed by ``path`` (``data_dir/streams.json``).
 
-    ``configured`` is the config file's ``[[streams]]`` at start. Not thread-safe: call from one thread
-    (the daemon's event loop); each change writes the file (a few hundred bytes) before it returns.
+    ``configured`` is the config file's ``[[streams]]`` at start. Each change writes the file (a few
+    hundred bytes, fsynced) before it returns, so call it from an executor; a lock makes concurrent
+    calls (two clients adding the same id at once) take turns: one wins, the other gets DuplicateStream.
     """
 
     def __init__(self, path: Path, configured: list[StreamConfig]) -> None:
@@ -82,6 +84,7 @@ class DesiredFile:
         self._configured = {c.id: c for c in configured}
         self._added: dict[str, StreamConfig] = {}
         self._removed: set[str] = set()
+        self._lock = threading.RLock()
         self._load()
 
     @classmethod
@@ -124,19 +127,17 @@ class DesiredFile:
     def streams(self) -> list[StreamConfig]:
         """The desired streams: config order first (each possibly replaced by a run-time definition), then
         the streams added at run time in the order they were added."""
-        out = []
-        for sid, cfg in self._configured.items():
-            if sid in self._removed:
-                continue
-            out.append(self._added.get(sid, cfg))
-        out.extend(cfg for sid, cfg in self._added.items() if sid not in self._configured)
-        return out
+        with self._lock:
+            out = [self._added.get(sid, cfg) for sid, cfg in self._configured.items() if sid not in self._removed]
+            out.extend(cfg for sid, cfg in self._added.items() if sid not in self._configured)
+            return out
 
     def get(self, stream_id: str) -> StreamConfig:
         """The desired stream ``stream_id``; UnknownStream when it is not desired."""
-        cfg = self._added.get(stream_id)
-        if cfg is None and stream_id not in self._removed:
-            cfg = self._configured.get(stream_id)
+        with self._lock:
+            cfg = self._added.get(stream_id)
+            if cfg is None and stream_id not in self._removed:
+                cfg = self._configured.get(stream_id)
         if cfg is None:
             raise UnknownStream(f"no stream {stream_id!r}; known: {', '.join(sorted(self.ids())) or 'none'}")
         return cfg
@@ -146,13 +147,18 @@ class DesiredFile:
 
     def origin(self, stream_id: str) -> Origin:
         """``"config"`` for a config file stream (as configured), ``"runtime"`` for one added at run time."""
-        self.get(stream_id)
-        return "runtime" if stream_id in self._added else "config"
+        with self._lock:
+            self.get(stream_id)
+            return "runtime" if stream_id in self._added else "config"
 
     # --- changing ------------------------------------------------------------------------------
 
     def add(self, cfg: StreamConfig) -> None:
         """Add ``cfg`` to the desired set and persist it; DuplicateStream when its id is already desired."""
+        with self._lock:
+            self._add(cfg)
+
+    def _add(self, cfg: StreamConfig) -> None:
         if cfg.id in self.ids():
             raise DuplicateStream(f"stream {cfg.id!r} is already watched; remove it first to change it")
         removed = cfg.id in self._removed
@@ -169,6 +175,10 @@ class DesiredFile:
 
     def remove(self, stream_id: str) -> StreamConfig:
         """Remove ``stream_id`` from the desired set and persist it; UnknownStream when not desired."""
+        with self._lock:
+            return self._remove(stream_id)
+
+    def _remove(self, stream_id: str) -> StreamConfig:
         cfg = self.get(stream_id)
         added = self._added.pop(stream_id, None)
         configured = stream_id in self._configured

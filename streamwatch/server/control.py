@@ -118,6 +118,7 @@ class StreamAdmin:
             if isinstance(e, ConfigError):
                 raise ProtocolError("bad_request", str(e), ref) from e
             raise
+        self.removed.discard(cfg.id)  # again: a concurrent, refused add of the same id may have put it back
         self.streams.add(cfg.id)
         self.status.setdefault(cfg.id, {"state": "unknown"})
         logger.debug("stream %s added by %s (%s)", cfg.id, by, redact_url(cfg.source))
@@ -147,6 +148,7 @@ class StreamAdmin:
             if isinstance(e, ConfigError):
                 raise ProtocolError("bad_request", str(e), ref) from e
             raise
+        self.removed.add(stream_id)
         self.streams.discard(stream_id)
         self.status.pop(stream_id, None)
         logger.debug("stream %s removed by %s", stream_id, by)
