@@ -154,34 +154,25 @@ def _cmd_models_list(a: argparse.Namespace) -> int:
 
 
 def _cmd_models_switch(a: argparse.Namespace) -> int:
-    import json
-    import os
+    from streamwatch.cli_admin import AdminRefused, AdminUnreachable, admin_request, admin_token
 
-    from websockets.exceptions import WebSocketException
-    from websockets.sync.client import connect
-
-    token = a.token or os.environ.get("STREAMWATCH_TOKEN")
-    if not token:
-        raise ConfigError("an admin token is needed: --token SECRET or STREAMWATCH_TOKEN")
     try:
-        with connect(a.url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10) as ws:
-            ws.send(json.dumps({"type": "switch_model", "role": a.role, "model": a.model, "ref": "cli-switch"}))
-            while True:
-                msg = json.loads(ws.recv(timeout=a.timeout))
-                if msg.get("ref") != "cli-switch":
-                    continue
-                if msg["type"] == "error":
-                    print(f"streamwatch: switch refused: {msg['message']}", file=sys.stderr)
-                    return 1
-                if msg["type"] == "switched":
-                    print(f"{msg['role']}: {msg['old']} → {msg['model']} in {msg['seconds']:.1f}s")
-                    return 0
+        token = admin_token(a.token)
+    except AdminRefused as e:
+        raise ConfigError(e.message) from e
+    try:
+        msg = admin_request(a.url, token, {"type": "switch_model", "role": a.role, "model": a.model}, frozenset({"switched"}), a.timeout)
+    except AdminRefused as e:
+        print(f"streamwatch: switch refused: {e.message}", file=sys.stderr)
+        return 1
     except TimeoutError:
         print(f"streamwatch: no answer within {a.timeout:g}s (the switch may still finish)", file=sys.stderr)
         return 1
-    except (OSError, WebSocketException) as e:
-        print(f"streamwatch: cannot talk to {a.url}: {e}", file=sys.stderr)
+    except AdminUnreachable as e:
+        print(f"streamwatch: {e}", file=sys.stderr)
         return 1
+    print(f"{msg['role']}: {msg['old']} → {msg['model']} in {msg['seconds']:.1f}s")
+    return 0
 
 
 def _cmd_export_encoder(a: argparse.Namespace) -> int:
@@ -472,8 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", type=Path, help="output file (default STREAM-report.FORMAT)")
     r.set_defaults(func=_cmd_report)
 
+    from streamwatch.cli_admin import add_streams_parser
     from streamwatch.cli_post import add_summary_parser
 
+    add_streams_parser(sub)
     add_summary_parser(sub)
     return p
 

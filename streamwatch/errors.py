@@ -11,7 +11,9 @@ Tree::
 
     StreamwatchError
     ├── ConfigError (ValueError)              bad config file, env var or CLI option
-    │   └── PolicyError                       bad policy file or word list (file + line)
+    │   ├── PolicyError                       bad policy file or word list (file + line)
+    │   ├── DuplicateStream                   a stream added at run time whose id is already watched
+    │   └── UnknownStream (KeyError)          a stream id that is not in the desired set
     ├── IngestError                           anything about getting frames out of a source
     │   ├── SourceOpenError (ConnectionError) could not open / connect (after retries, if any)
     │   ├── SourceTimeout (TimeoutError)      no data within the read timeout
@@ -46,6 +48,17 @@ class StreamwatchError(Exception):
 
 class ConfigError(StreamwatchError, ValueError):
     """A config file, environment variable or command-line option is invalid."""
+
+
+class DuplicateStream(ConfigError):
+    """A stream added at run time has the id of a stream already in the desired set."""
+
+
+class UnknownStream(ConfigError, KeyError):
+    """A stream id (to remove, or to look up) that is not in the desired set."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; the message is for people
+        return str(self.args[0]) if self.args else ""
 
 
 class IngestError(StreamwatchError):

@@ -1,9 +1,14 @@
-"""The HTTP API port (``server.api_port``): ``POST /vlm/infer`` and ``GET /healthz``.
+"""The HTTP API port (``server.api_port``): ``POST /vlm/infer``, stream management and ``GET /healthz``.
 
 A separate port because the WebSocket server's HTTP parser takes no request bodies. HTTP/1.1 with
 keep-alive via ``h11``. ``POST /vlm/infer {"image": base64, "question": "…"}`` → ``{"answer": …,
 "model": …}``: the same token roles, size and pixel limits, per-token rate limit and image checks as
 WebSocket submissions; the image passes the local detectors and policy before any model sees it.
+
+Streams at run time (admin token; see :mod:`streamwatch.server.control`): ``GET /streams`` → ``{"streams":
+[…]}``; ``POST /streams {"id", "source", "listen"?, "every_s"?, "policy"?}`` → 201 + the stream as listed;
+``DELETE /streams/{id}`` → 200 ``{"removed": id}``.
+
 Errors are ``{"error": {"code": …, "message": …}}`` with a fitting status.
 """
 
@@ -22,7 +27,8 @@ import h11
 
 from streamwatch.config import Role, ServerConfig
 from streamwatch.errors import ServerError
-from streamwatch.server.auth import RateLimiter, TokenTable, token_from_request
+from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
+from streamwatch.server.control import HTTP_STATUS, StreamAdmin
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.protocol import ProtocolError
 from streamwatch.server.submit import InferRequest, Inferrer, check_image, decode_base64
@@ -34,6 +40,7 @@ INFER_TIMEOUT_S = 120.0
 INFER_ROLES = frozenset({Role.SUBMITTER, Role.MODERATOR, Role.ADMIN})
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed"}
 _REASONS |= {413: b"Content Too Large", 415: b"Unsupported Media Type", 422: b"Unprocessable Content", 429: b"Too Many Requests"}
+_REASONS |= {201: b"Created", 409: b"Conflict"}
 _REASONS |= {500: b"Internal Server Error", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
 
 
@@ -56,6 +63,7 @@ class ApiServer:
         limiter: Callable[[str], RateLimiter],
         metrics: Metrics,
         streams: set[str],
+        stream_admin: StreamAdmin | None = None,
     ) -> None:
         self.cfg = cfg
         self.tokens = tokens
@@ -63,6 +71,7 @@ class ApiServer:
         self.limiter = limiter
         self.metrics = metrics
         self.streams = streams
+        self.stream_admin = stream_admin
         self.max_body = int(cfg.max_submission_mb * 1024 * 1024)
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
@@ -151,12 +160,15 @@ class ApiServer:
         method = request.method.decode()
         if route == "/healthz" and method == "GET":
             return _Reply(200, {"ok": True})
-        if route != "/vlm/infer":
+        streams = route == "/streams" or route.startswith("/streams/")
+        if route != "/vlm/infer" and not streams:
             return _error(404, "not_found", f"no route {route}")
-        if method != "POST":
-            return _error(405, "method_not_allowed", "use POST")
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         principal = self.tokens.lookup(token_from_request(path, headers.get("authorization")))
+        if streams:
+            return await self._streams(conn, reader, request, route, method, headers, principal)
+        if method != "POST":
+            return _error(405, "method_not_allowed", "use POST")
         if principal is None:
             return _error(401, "unauthorized", "a valid token is required (Authorization: Bearer …)")
         if principal.role not in INFER_ROLES:
@@ -185,6 +197,48 @@ class ApiServer:
         if result.answer is None:
             return _error(422, "rejected", result.message or "the image was refused", reason=result.rejected)
         return _Reply(200, {"id": req.id, "answer": result.answer, "model": result.model})
+
+    async def _streams(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        request: h11.Request,
+        route: str,
+        method: str,
+        headers: dict[str, str],
+        principal: Principal | None,
+    ) -> _Reply:
+        """``GET``/``POST /streams``, ``DELETE /streams/{id}`` (admin)."""
+        allowed = "GET, POST" if route == "/streams" else "DELETE"
+        if method not in allowed.split(", "):
+            return _error(405, "method_not_allowed", f"{route} takes {allowed}")
+        if principal is None:
+            return _error(401, "unauthorized", "a valid admin token is required (Authorization: Bearer …)")
+        if principal.role is not Role.ADMIN:
+            return _error(403, "forbidden", f"role {principal.role.value!r} may not manage streams")
+        if self.stream_admin is None:
+            return _error(503, "no_control", "this server does not manage streams at run time")
+        try:
+            if method == "GET":
+                return _Reply(200, {"streams": self.stream_admin.list()})
+            if method == "DELETE":
+                sid = route[len("/streams/") :]
+                await self.stream_admin.remove(sid, principal.name)
+                return _Reply(200, {"removed": sid})
+            if "json" not in headers.get("content-type", "application/json"):
+                return _error(415, "bad_content_type", "send application/json")
+            body = await self._body(conn, reader, request)
+            if isinstance(body, _Reply):
+                return body
+            try:
+                d = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+                return _error(400, "bad_json", f"not valid JSON: {e}")
+            if isinstance(d, dict) and set(d) == {"stream"}:  # the WebSocket message's shape is taken too
+                d = d["stream"]
+            return _Reply(201, {"stream": await self.stream_admin.add(d, principal.name)})
+        except ProtocolError as e:
+            return _error(HTTP_STATUS.get(e.code, 400), e.code, e.message)
 
     async def _parse(self, body: bytes, who: str) -> InferRequest:
         try:

@@ -32,7 +32,7 @@ ACTIONS: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset(),
     Role.MODERATOR: frozenset({"ack", "ask", "feedback"}),
     Role.SUBMITTER: frozenset({"submit", "feedback"}),
-    Role.ADMIN: frozenset({"ack", "ask", "submit", "switch_model", "feedback"}),
+    Role.ADMIN: frozenset({"ack", "ask", "submit", "switch_model", "feedback", "add_stream", "remove_stream", "list_streams"}),
 }
 
 

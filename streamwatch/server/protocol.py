@@ -78,9 +78,26 @@ class FeedbackMsg:
     ref: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AddStream:
+    stream: dict[str, Any]  # the stream object, validated by server.control (like a config [[streams]] entry)
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveStream:
+    stream: str  # stream id
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListStreams:
+    ref: str | None = None
+
+
 MODEL_ROLES = ("compliance", "reply", "qa", "summary")
 
-ClientMessage = Subscribe | Ack | SubmitMsg | AskMsg | Ping | SwitchModel | FeedbackMsg
+ClientMessage = Subscribe | Ack | SubmitMsg | AskMsg | Ping | SwitchModel | FeedbackMsg | AddStream | RemoveStream | ListStreams
 
 
 def _str(d: dict[str, Any], key: str, ref: str | None, *, required: bool = True, max_len: int = 1000) -> str:
@@ -160,6 +177,15 @@ def parse(text: str | bytes | dict[str, Any]) -> ClientMessage:
         if role not in MODEL_ROLES:
             raise ProtocolError("bad_field", f"'role' must be one of {', '.join(MODEL_ROLES)}", ref)
         return SwitchModel(role, _str(d, "model", ref, max_len=64), ref)
+    if kind == "add_stream":
+        stream = d.get("stream")
+        if not isinstance(stream, dict):
+            raise ProtocolError("bad_request", "'stream' must be an object: {id, source, listen?, every_s?, policy?}", ref)
+        return AddStream(stream, ref)
+    if kind == "remove_stream":
+        return RemoveStream(_str(d, "stream", ref, max_len=64), ref)
+    if kind == "list_streams":
+        return ListStreams(ref)
     raise ProtocolError("unknown_type", f"unknown message type {kind!r}", ref)
 
 

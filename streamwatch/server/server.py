@@ -26,6 +26,7 @@ from streamwatch.events.store import StoredEvent
 from streamwatch.server import console, http
 from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
+from streamwatch.server.control import StreamAdmin, StreamControl
 from streamwatch.server.feedback import VoteBook
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.submit import Inferrer, ModelSwitcher, Responder
@@ -53,6 +54,7 @@ class EventServer:
         offsets: Callable[[str], float] | None = None,
         latest: console.Latest | None = None,
         models_info: console.ModelsInfo | None = None,
+        control: StreamControl | None = None,
     ) -> None:
         self.cfg = cfg
         self.bus = bus
@@ -60,14 +62,17 @@ class EventServer:
         self.votes = VoteBook()  # feedback on persona replies: one vote per voter and reply
         self.metrics = metrics or Metrics()
         self.tokens = TokenTable(cfg.tokens)
+        # the known streams: shared (mutated in place on add/remove) with the console, the API and the sessions
         self.streams = set(streams)
+        self.status: dict[str, dict[str, Any]] = {s: {"state": "unknown"} for s in self.streams}
+        self.removed: set[str] = set()  # removed at run time: off the wall, their stored events still readable
+        self.stream_admin = StreamAdmin(control, self.streams, self.status, self.removed)
         self.responder = responder
         self.models = models
         self.api: ApiServer | None = None
         if cfg.api_port is not None:
-            self.api = ApiServer(cfg, self.tokens, inferrer, self.limiter, self.metrics, self.streams)
+            self.api = ApiServer(cfg, self.tokens, inferrer, self.limiter, self.metrics, self.streams, self.stream_admin)
         self.offsets = offsets or (lambda _stream: 0.0)
-        self.status: dict[str, dict[str, Any]] = {s: {"state": "unknown"} for s in self.streams}
         self.started = time.time()
         self._limits: dict[str, RateLimiter] = {}
         self._user_limits: dict[str, RateLimiter] = {}
@@ -133,7 +138,7 @@ class EventServer:
 
     def _on_stored(self, batch: Sequence[StoredEvent]) -> None:
         for ev in batch:
-            if ev.type != "health":
+            if ev.type != "health" or ev.stream in self.removed:
                 continue
             d = json.loads(ev.text)
             entry = self.status.setdefault(ev.stream, {"state": "unknown"})
@@ -173,7 +178,7 @@ class EventServer:
     def _wrong_method(self, method: str, target: str, host: str) -> Response:
         """The answer to a request this port cannot serve: anything but GET, or the API's paths."""
         path = target.split("?", 1)[0]
-        if not path.startswith("/vlm/"):
+        if not path.startswith(("/vlm/", "/streams")):  # POST /streams, DELETE /streams/{id} are the API's too
             pages = "/ws, /overlay, /healthz, /metrics, /report/{stream}, /search"
             return http.response(405, f"{method} is not served here: this port serves GET {pages}\n", Allow="GET")
         if self.api is None:

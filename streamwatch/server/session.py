@@ -24,7 +24,19 @@ from streamwatch.events.bus import Chunk, Subscription
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, ReviewEvent
 from streamwatch.server import protocol
 from streamwatch.server.auth import Principal, RateLimiter, resolve_channels
-from streamwatch.server.protocol import Ack, AskMsg, FeedbackMsg, Ping, ProtocolError, SubmitMsg, Subscribe, SwitchModel
+from streamwatch.server.protocol import (
+    Ack,
+    AddStream,
+    AskMsg,
+    FeedbackMsg,
+    ListStreams,
+    Ping,
+    ProtocolError,
+    RemoveStream,
+    SubmitMsg,
+    Subscribe,
+    SwitchModel,
+)
 from streamwatch.server.submit import Question, Submission, check_image, decode_base64, rejection, thumbnail_jpeg
 
 if TYPE_CHECKING:
@@ -36,6 +48,16 @@ CLOSE_LAGGING = 4001  # fell too far behind; resume with since
 CLOSE_ABUSE = 1008  # policy violation: too many bad messages
 ANSWER_TIMEOUT_S = 120.0
 BATCH_BYTES = 256 * 1024
+_ACTIONS: dict[type, str] = {
+    Ack: "ack",
+    SubmitMsg: "submit",
+    AskMsg: "ask",
+    SwitchModel: "switch_model",
+    FeedbackMsg: "feedback",
+    AddStream: "add_stream",
+    RemoveStream: "remove_stream",
+    ListStreams: "list_streams",
+}
 
 
 class ClientSession:
@@ -93,7 +115,7 @@ class ClientSession:
             now = time.monotonic()
             # every message counts against this connection; requests that cost work (submit, ask, ack)
             # also against the token, shared by all its connections
-            shared = isinstance(msg, Ack | SubmitMsg | AskMsg | SwitchModel | FeedbackMsg)
+            shared = isinstance(msg, Ack | SubmitMsg | AskMsg | SwitchModel | FeedbackMsg | AddStream | RemoveStream)
             if not self.limit.allow(now) or (shared and not self.server.limiter(self.who.name).allow(now)):
                 await self._error("rate_limited", f"more than {self.cfg.rate_per_s}/s; slow down", ref)
                 return True
@@ -126,10 +148,19 @@ class ClientSession:
         if isinstance(msg, Subscribe):
             await self._subscribe(msg)
             return
-        action = {Ack: "ack", SubmitMsg: "submit", AskMsg: "ask", SwitchModel: "switch_model", FeedbackMsg: "feedback"}[type(msg)]
+        action = _ACTIONS[type(msg)]
         if not self.who.may(action):
             raise ProtocolError("forbidden", f"role {self.who.role.value!r} may not {action}", msg.ref)
-        if isinstance(msg, Ack):
+        admin = self.server.stream_admin
+        if isinstance(msg, AddStream):
+            listed = await admin.add(msg.stream, self.who.name, msg.ref)
+            await self.ws.send(protocol.frame("stream_added", ref=msg.ref, stream=listed))
+        elif isinstance(msg, RemoveStream):
+            await admin.remove(msg.stream, self.who.name, msg.ref)
+            await self.ws.send(protocol.frame("stream_removed", ref=msg.ref, stream=msg.stream))
+        elif isinstance(msg, ListStreams):
+            await self.ws.send(protocol.frame("streams", ref=msg.ref, streams=admin.list(msg.ref)))
+        elif isinstance(msg, Ack):
             await self._ack(msg)
         elif isinstance(msg, SubmitMsg):
             await self._submit(msg)

@@ -6,6 +6,7 @@
   const VIEW = { connecting: "connecting", live: "live", stalled: "stalled", reconnecting: "outage", stopped: "ended", unknown: "unknown" };
   const tiles = new Map();
   const status = SW.status = new Map();  // stream id → the latest /streams entry
+  const gone = new Set();  // streams removed at run time: off the wall (their alerts and timeline stay)
   let polled = 0;
 
   function dur(s) {
@@ -35,6 +36,7 @@
   }
 
   function renderTile(sid) {
+    if (gone.has(sid)) return;
     const s = status.get(sid); const t = tile(sid);
     const pending = SW.pendingIn(sid);
     t.querySelector(".name").textContent = sid;
@@ -67,7 +69,13 @@
       const r = await SW.api("/streams");
       if (r.ok) {
         const body = await r.json(); polled = performance.now();
-        body.streams.forEach((s) => { status.set(s.id, s); SW.addStream(s.id); renderTile(s.id); });
+        const listed = new Set(body.streams.map((s) => s.id));
+        status.forEach((_s, sid) => {  // listed before, not now: removed at run time
+          if (listed.has(sid)) return;
+          status.delete(sid); gone.add(sid);
+          const t = tiles.get(sid); if (t) { t.remove(); tiles.delete(sid); }
+        });
+        body.streams.forEach((s) => { gone.delete(s.id); status.set(s.id, s); SW.addStream(s.id); renderTile(s.id); });
       }
     } catch (e) { /* the server is away: the header shows reconnecting */ }
     setTimeout(poll, 1000);
