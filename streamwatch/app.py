@@ -28,6 +28,7 @@ from streamwatch.runtime.pipeline import StreamPipeline, build_pipeline
 from streamwatch.runtime.runner import LocalSession, SessionKeeping
 from streamwatch.runtime.services import build_services
 from streamwatch.runtime.supervisor import StreamSet
+from streamwatch.server.control import stream_json
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.server import EventServer
 from streamwatch.server.submit import SwitchReport
@@ -48,19 +49,6 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def stream_info(cfg: StreamConfig, state: str, origin: str) -> dict[str, Any]:
-    """A stream as ``list_streams`` shows it (credentials in the source redacted)."""
-    return {
-        "id": cfg.id,
-        "source": redact_url(cfg.source),
-        "listen": cfg.listen,
-        "every_s": cfg.every_s,
-        "policy": str(cfg.policy) if cfg.policy else None,
-        "state": state,
-        "origin": origin,
-    }
 
 
 class Daemon:
@@ -163,6 +151,7 @@ class Daemon:
             offsets=lambda x: self.offsets.get(x, 0.0),
             latest=self.latest.get,
             models_info=self.models_info,
+            control=self if self.desired is not None else None,
         )
         await self.server.start()
 
@@ -230,7 +219,7 @@ class Daemon:
             state = self.svc.states.get(c.id)
             running = c.id in self.streams
             origin = self.desired.origin(c.id) if self.desired is not None else "config"
-            out.append(stream_info(c, state.value if state else ("starting" if running else "not running"), origin))
+            out.append(stream_json(c, origin=origin, state=state.value if state else ("starting" if running else "not running")))
         return out
 
     async def _config_notice(self, streams: list[str], reason: str) -> None:

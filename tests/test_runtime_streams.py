@@ -556,8 +556,7 @@ def test_a_real_daemon_adds_and_removes_streams_at_run_time_and_keeps_the_set(ng
             assert time.monotonic() < deadline and thread.is_alive(), "the daemon did not start"
             time.sleep(0.05)
         assert daemon.server is not None
-        if daemon.server.stream_admin.control is None:  # WIRING: until Daemon._serve passes control=self to EventServer
-            daemon.server.stream_admin.control = daemon
+        assert daemon.server.stream_admin.control is daemon
         return daemon, loop, thread
 
     def stop(daemon: Daemon, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
