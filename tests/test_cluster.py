@@ -1,0 +1,161 @@
+"""Cluster mode end to end: 3 workers + 2 gateways on a real 3-node NATS JetStream cluster, 360p RTMP shows.
+
+Each show has its own off-site QR code in view the whole time, so each should raise exactly one
+``qr_code`` alert for the whole test (cooldown 60 s): a second one after a takeover means the
+cooldowns were not carried; a missing one on a gateway means an alert was lost. Shows are added at
+run time; a worker is killed with ``kill -9``; a NATS node is stopped; a gateway is restarted while
+its moderator resumes with ``since``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_rig import Moderator, Rig, request, write_config
+from conftest import Nginx, publish, stop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from make_overlay_suite import Overlay, SuiteClip, write_clip
+
+SHOWS = 6
+
+
+def qr_clip(root: Path, i: int) -> Path:
+    payload = f"https://spam{i}.example.net/join?room={i}"
+    clip = SuiteClip(f"show{i}", ("coffee", "astronaut", "chelsea")[i % 3], 640, 360, 10, 12, 12.0,
+                     (Overlay(0, 12, "qr", payload, 120, "top-right", "qr_code"),))  # fmt: skip
+    out = root / f"show{i}.mp4"
+    write_clip(clip, out)
+    return out
+
+
+def alerts(evs: list[dict[str, Any]], stream: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in evs if e["type"] == "alert" and (stream is None or e["stream"] == stream)]
+
+
+def health(evs: list[dict[str, Any]], stream: str, kind: str, state: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in evs
+        if e["type"] == "health" and e["stream"] == stream and e["kind"] == kind and (state is None or e.get("state") == state)
+    ]
+
+
+@pytest.mark.timeout(600)
+def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    clips = [qr_clip(media, i) for i in range(SHOWS + 1)]
+    publishers = [publish(c, nginx.rtmp(f"show{i}"), loop=True) for i, c in enumerate(clips)]
+    rig = Rig(tmp_path, write_config(tmp_path / "cluster.toml", nats3.urls))
+    try:
+        for w in ("w1", "w2", "w3"):
+            rig.add("worker", w)
+        g1, g2 = rig.add("gateway", "g1"), rig.add("gateway", "g2")
+        mod1, mod2 = Moderator(g1.url), Moderator(g2.url)
+        mod1.start()
+        mod2.start()
+
+        # --- 6 shows added at run time (on gateway 1), bad inputs refused -----------------------------
+        for i in range(SHOWS):
+            answer = request(g1.url, {"type": "add_stream", "stream": {"id": f"show{i}", "source": nginx.rtmp(f"show{i}")}})
+            assert answer["type"] == "stream_added", answer
+        dup = request(g2.url, {"type": "add_stream", "stream": {"id": "show0", "source": nginx.rtmp("show0")}})
+        assert dup["type"] == "error" and dup["code"] == "duplicate_stream", dup
+        bad = request(g1.url, {"type": "add_stream", "stream": {"id": "bad", "source": "rtmp://"}})
+        assert bad["type"] == "error" and bad["code"] == "bad_request", bad
+        unknown = request(g2.url, {"type": "remove_stream", "stream": "nope"})
+        assert unknown["type"] == "error" and unknown["code"] == "unknown_stream", unknown
+
+        # every show alerts once, seen on gateway 2 (the shows run on all three workers)
+        def every_show_alerted(evs: list[dict[str, Any]]) -> bool:
+            return all(alerts(evs, f"show{i}") for i in range(SHOWS))
+
+        mod2.wait_for(every_show_alerted, 120, "a qr_code alert of every show")
+        listed = request(g2.url, {"type": "list_streams"})["streams"]
+        holders = {s["id"]: s.get("worker") for s in listed}
+        assert set(holders) == {f"show{i}" for i in range(SHOWS)}
+        assert set(holders.values()) == {"w1", "w2", "w3"}, f"spread over every worker: {holders}"
+
+        # --- kill -9 the worker holding the most shows -------------------------------------------------
+        victim = Counter(holders.values()).most_common(1)[0][0]
+        moved = sorted(s for s, w in holders.items() if w == victim)
+        killed_at = time.time()
+        rig.nodes[victim].kill()
+
+        def resumed(evs: list[dict[str, Any]]) -> bool:
+            return all(any(e["at"] and _ts(e["at"]) > killed_at for e in health(evs, s, "state", "live")) for s in moved)
+
+        evs = mod2.wait_for(resumed, 60, f"{moved} live again after {victim} was killed")
+        for s in moved:
+            live_again = min(_ts(e["at"]) for e in health(evs, s, "state", "live") if _ts(e["at"]) > killed_at)
+            gaps = [e for e in health(evs, s, "monitoring_gap") if _ts(e["at"]) > killed_at]
+            assert len(gaps) == 1, f"{s}: one monitoring gap for the takeover: {gaps}"
+            print(f"{s}: live again {live_again - killed_at:.1f}s after the kill; gap {gaps[0]['duration_s']}s")
+            assert live_again - killed_at <= 10.0, f"{s} resumed {live_again - killed_at:.1f}s after the kill"
+            assert gaps[0]["duration_s"] <= 10.0
+        after = {s["id"]: s.get("worker") for s in request(g1.url, {"type": "list_streams"})["streams"]}
+        assert all(after[s] not in (None, victim) for s in moved), after
+
+        # --- stop one NATS node: a show added now still alerts on both gateways --------------------------
+        nats3.nodes[0].stop()
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # the gateway may be reconnecting to another node
+                answer = request(g2.url, {"type": "add_stream", "stream": {"id": f"show{SHOWS}", "source": nginx.rtmp(f"show{SHOWS}")}})
+                if answer["type"] == "stream_added" or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert answer["type"] == "stream_added", answer
+            for mod in (mod1, mod2):
+                mod.wait_for(lambda evs: bool(alerts(evs, f"show{SHOWS}")), 90, "an alert of the show added with a NATS node down")
+
+            # --- restart gateway 2; its moderator resumes with since ---------------------------------
+            seen_before = mod2.last_id
+            g2.stop()
+            g2.start()
+            mod2.reconnect()
+            assert seen_before is not None
+        finally:
+            nats3.nodes[0].start()
+            nats3.wait_ready()
+
+        # a review on gateway 2 reaches gateway 1 under the same id
+        target = alerts(mod2.snapshot(), "show0")[0]
+        acked = request(g2.url, {"type": "ack", "id": target["id"], "action": "confirm"}, token="mod-secret")
+        assert acked["type"] == "acked", acked
+        mod1.wait_for(lambda evs: any(e["type"] == "review" and e["id"] == acked["id"] for e in evs), 30, "the review on gateway 1")
+        mod2.wait_for(lambda evs: any(e["type"] == "review" and e["id"] == acked["id"] for e in evs), 30, "the review on gateway 2")
+
+        # --- nothing lost, nothing doubled, on either gateway ------------------------------------------
+        time.sleep(2)
+        ids1 = [e["id"] for e in mod1.snapshot()]
+        ids2 = [e["id"] for e in mod2.snapshot()]
+        assert len(ids1) == len(set(ids1)) and len(ids2) == len(set(ids2)), "an event delivered twice"
+        assert ids2 == sorted(ids2) and ids1 == sorted(ids1), "events out of order"
+        a1 = {e["id"]: (e["stream"], e["rule"]) for e in alerts(mod1.snapshot())}
+        a2 = {e["id"]: (e["stream"], e["rule"]) for e in alerts(mod2.snapshot())}
+        assert a1 == a2, f"gateways disagree on alerts: {sorted(set(a1.items()) ^ set(a2.items()))}"
+        per_show = Counter(stream for stream, rule in a1.values() if rule == "qr_code")
+        assert per_show == Counter({f"show{i}": 1 for i in range(SHOWS + 1)}), f"one qr_code alert per show: {per_show}"
+    except BaseException:
+        print(rig.logs())
+        raise
+    finally:
+        for m in locals().get("mod1"), locals().get("mod2"):
+            if m is not None:
+                m.close()
+        rig.stop()
+        for p in publishers:
+            stop(p)
+
+
+def _ts(iso: str) -> float:
+    from streamwatch.events.codec import parse_iso
+
+    return parse_iso(iso)
