@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -157,45 +158,52 @@ def stream_of_key(key: str) -> str:
     return key.replace("=2E", ".")
 
 
-async def kv_bucket(js: JetStreamContext, name: str, *, ttl_s: float | None, replicas: int, history: int = 1) -> KeyValue:
-    """The KV bucket ``name``: bound if it exists (its config is left as it is), else created.
+async def kv_bucket(
+    js: JetStreamContext, name: str, *, ttl_s: float | None, replicas: int, history: int = 1, timeout_s: float = 20.0
+) -> KeyValue:
+    """The KV bucket ``name``: created, or bound if it exists (an existing config is left as it is).
 
     ``ttl_s``: entries not rewritten for this many seconds vanish (None: kept for ever).
     ``replicas`` is lowered one at a time while the cluster answers that it has too few servers, so
     a 1-node test server works with ``replicas=3``. Two processes creating the same bucket at once
-    both end up bound to it. Raises :class:`ClusterError` on any other NATS failure.
+    both end up bound to it. A JetStream API call that times out (a stream or meta leader being
+    elected) is retried until ``timeout_s`` seconds have passed. Raises :class:`ClusterError` on
+    any other NATS failure, or when it kept timing out.
     """
-    try:
-        return await js.key_value(name)
-    except nats.js.errors.BucketNotFoundError:
-        pass
-    except NATS_ERRORS as e:
-        raise ClusterError(f"cannot open KV bucket {name}: {e!r}") from e
+    deadline = time.monotonic() + timeout_s
     r = max(1, replicas)
     while True:
         try:
-            kv = await js.create_key_value(bucket=name, ttl=ttl_s, replicas=r, history=history)
-            logger.info("created KV bucket %s (replicas %s, ttl %s s)", name, r, ttl_s)
-            return kv
-        except nats.js.errors.APIError as e:
-            if e.err_code == _INSUFFICIENT_RESOURCES and r > 1:
-                r -= 1
-                continue
-            if e.err_code == _STREAM_NAME_IN_USE:
-                try:
-                    return await js.key_value(name)
-                except NATS_ERRORS as e2:
-                    raise ClusterError(f"cannot open KV bucket {name}: {e2!r}") from e2
-            raise ClusterError(f"cannot create KV bucket {name} (replicas {r}): {e!r}") from e
+            try:
+                kv = await js.create_key_value(bucket=name, ttl=ttl_s, replicas=r, history=history)
+                logger.info("KV bucket %s ready (replicas %s, ttl %s s)", name, r, ttl_s)
+                return kv
+            except nats.js.errors.APIError as e:
+                if e.err_code == _INSUFFICIENT_RESOURCES and r > 1:
+                    r -= 1
+                    continue
+                if e.err_code != _STREAM_NAME_IN_USE:  # in use: it exists with another config, bind to it
+                    raise
+            return await js.key_value(name)
+        except nats.errors.TimeoutError as e:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"cannot open KV bucket {name}: JetStream did not answer for {timeout_s:g} s") from e
+            logger.info("KV bucket %s: JetStream did not answer, retrying", name)
         except NATS_ERRORS as e:
-            raise ClusterError(f"cannot create KV bucket {name} (replicas {r}): {e!r}") from e
+            raise ClusterError(f"cannot open KV bucket {name} (replicas {r}): {e!r}") from e
 
 
 def is_wrong_sequence(e: BaseException) -> bool:
-    """Whether ``e`` says a revision-checked write found another revision (someone else wrote)."""
+    """Whether ``e`` says a revision-checked write found another revision (someone else wrote).
+
+    Includes nats-py's ``create`` failing with ``KeyNotFoundError`` raised while handling a wrong
+    sequence: its read-back went to a replica that had not seen the other writer's entry yet.
+    """
     if isinstance(e, nats.js.errors.KeyWrongLastSequenceError):
         return True
-    return isinstance(e, nats.js.errors.APIError) and e.err_code in _WRONG_LAST_SEQUENCE
+    if isinstance(e, nats.js.errors.KeyNotFoundError):
+        return isinstance(e.__context__, nats.js.errors.KeyWrongLastSequenceError)
+    return isinstance(e, nats.js.errors.APIError) and getattr(e, "err_code", None) in _WRONG_LAST_SEQUENCE
 
 
 async def kv_items(kv: KeyValue, *, timeout_s: float = 5.0) -> dict[str, KeyValue.Entry]:
