@@ -4,6 +4,7 @@ membership and carried state against a real NATS JetStream cluster on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections import Counter
@@ -199,6 +200,12 @@ def test_connect_reaches_a_server_that_comes_up_during_the_retry_window(tmp_path
             starter.cancel()
         took = time.monotonic() - t0
         assert nc.is_connected
+        # a 1-node server takes buckets configured for 3 replicas (capped to 1)
+        from streamwatch.cluster.connect import kv_bucket
+
+        kv = await kv_bucket(nc.jetstream(), "sw-leases", ttl_s=4.0, replicas=3)
+        assert (await kv.status()).stream_info.config.num_replicas == 1
+        assert (await (await kv_bucket(nc.jetstream(), "sw-leases", ttl_s=9.0, replicas=3)).status()).ttl == 4.0  # bound as it is
         await nc.close()
         return took
 
@@ -414,3 +421,69 @@ def test_carried_state_round_trips_and_ends(nats3: Any) -> None:
             await nc.close()
 
     run(go())
+
+
+# --- NATS: a node goes away ----------------------------------------------------------------------
+
+
+def test_claims_and_renewals_go_on_when_the_connected_node_stops(nats3: Any) -> None:
+    """The client is given only the URL of the node leading the lease bucket, which is then killed:
+    it reconnects to a node it discovered, and the bucket elects another leader."""
+    bucket = fresh("nodeloss")
+    # a killed leader's followers wait 4-9 s (Raft election timeout) before electing another; no
+    # lease can be written meanwhile, so a TTL shorter than that loses every lease of the bucket
+    ttl = 12.0
+    stopped: list[Any] = []
+
+    async def go() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        setup = await open_client(nats3.urls, "setup")
+        try:
+            info = await (await open_leases(setup, bucket, ttl)).kv.status()
+            leader = info.stream_info.cluster.leader
+        finally:
+            await setup.close()
+        node = next(n for n in nats3.nodes if n.name == leader)
+        nc = await open_client([node.url], "w-a")
+        try:
+            table = await open_leases(nc, bucket, ttl)
+            lease = await table.claim("s1", "w-a")
+            assert lease is not None
+            port = nc.connected_url.port
+            assert port == node.client_port
+            stopped.append(node)
+            await loop.run_in_executor(None, functools.partial(node.stop, kill=True))  # a crash, not a clean shutdown
+            t0 = time.monotonic()
+            lease = await table.renew(lease)  # retried through the reconnect / leader election
+            renewed = time.monotonic() - t0
+            assert nc.connected_url.port != port
+            t1 = time.monotonic()
+            while True:  # a claim may time out while the stream elects a new leader
+                try:
+                    assert await table.claim("s2", "w-a") is not None
+                    break
+                except ClusterError:
+                    assert time.monotonic() - t1 < 15
+            claimed = time.monotonic() - t1
+            while True:  # listing makes a consumer: that waits for a meta leader, if the killed node was it
+                try:
+                    assert set(await table.holders()) == {"s1", "s2"}
+                    break
+                except ClusterError:
+                    assert time.monotonic() - t1 < 20
+            lease = await table.renew(lease)
+            await loop.run_in_executor(None, node.start)
+            await loop.run_in_executor(None, nats3.wait_ready, 60.0)
+            stopped.clear()
+            await table.renew(lease)
+            return renewed, claimed
+        finally:
+            await nc.close()
+
+    try:
+        renewed, claimed = run(go())
+    finally:
+        for node in stopped:
+            node.start()
+        nats3.wait_ready(60.0)
+    print(f"connected node (the bucket leader) killed: renew took {renewed:.2f} s, next claim {claimed:.2f} s")

@@ -56,38 +56,63 @@ class Holder(NamedTuple):
 class LeaseTable:
     """Leases in ``kv`` (a bucket with TTL ``ttl_s`` seconds, see ``connect.kv_bucket``)."""
 
-    def __init__(self, kv: KeyValue, *, ttl_s: float) -> None:
+    def __init__(self, kv: KeyValue, *, ttl_s: float, attempt_s: float | None = None) -> None:
         self.kv = kv
         self.ttl_s = ttl_s
+        self.attempt_s = attempt_s if attempt_s is not None else max(0.5, ttl_s / 4)  # one NATS call at most, s
+        self._unsure: dict[tuple[str, str], tuple[bytes, float]] = {}  # (stream, worker) → value, sent: answer lost
+
+    async def _written(self, stream: str, value: bytes) -> int | None:
+        """The revision of ``stream``'s lease if its value is exactly ``value`` (our own write whose
+        answer was lost), else None (also when it cannot be read)."""
+        try:
+            async with asyncio.timeout(self.attempt_s):
+                entry = await self.kv.get(stream_key(stream))
+        except (TimeoutError, *NATS_ERRORS):
+            return None
+        return entry.revision if entry.value == value and entry.revision else None
 
     async def claim(self, stream: str, worker: str) -> Lease | None:
         """Take the lease of ``stream`` for ``worker``; None when someone holds it.
 
-        Raises :class:`ClusterError` when NATS fails (the claim may or may not have been written;
-        an unrenewed lease expires after the TTL either way).
+        A claim whose answer was lost (timed out after ``attempt_s``) raises :class:`ClusterError`;
+        the next claim of the same stream by the same worker writes the same value, and adopts the
+        lease if the lost write had landed. Raises :class:`ClusterError` when NATS fails.
         """
+        unsure = self._unsure.pop((stream, worker), None)
         sent = time.monotonic()
-        now = time.time()
-        value = json.dumps({"worker": worker, "claimed_at": now}).encode()
+        if unsure is not None and sent - unsure[1] > self.ttl_s:
+            unsure = None  # landed or not, it has expired by now
+        value = unsure[0] if unsure else json.dumps({"worker": worker, "claimed_at": time.time()}).encode()
+        claimed_at = float(json.loads(value)["claimed_at"])
         try:
-            rev = await self.kv.create(stream_key(stream), value)
-        except NATS_ERRORS as e:
+            async with asyncio.timeout(self.attempt_s):
+                rev = await self.kv.create(stream_key(stream), value)
+        except (TimeoutError, *NATS_ERRORS) as e:
             if is_wrong_sequence(e):
-                return None
+                mine = await self._written(stream, value) if unsure else None
+                if mine is None or unsure is None:
+                    return None
+                logger.info("stream %s: lease claimed by %s (a lost answer; revision %s)", stream, worker, mine)
+                return Lease(stream, worker, mine, claimed_at, unsure[1] + self.ttl_s)
+            if isinstance(e, TimeoutError):
+                self._unsure[(stream, worker)] = unsure or (value, sent)
             raise ClusterError(f"stream {stream}: cannot claim its lease: {e!r}") from e
         logger.info("stream %s: lease claimed by %s (revision %s)", stream, worker, rev)
-        return Lease(stream, worker, rev, now, sent + self.ttl_s)
+        return Lease(stream, worker, rev, claimed_at, sent + self.ttl_s)
 
     async def renew(self, lease: Lease) -> Lease:
         """Rewrite ``lease`` at its revision; the renewed lease (new revision and ``valid_until``).
 
-        Transient NATS errors (a node failing over, a timeout) are retried while the lease is still
-        valid. Raises :class:`LeaseLost` when the revision no longer matches (the lease expired,
-        perhaps taken by another worker), when the lease is past ``valid_until`` (this worker was
-        paused or cut off for the TTL), or when NATS kept failing until then.
+        Transient NATS errors (a node failing over, no answer within ``attempt_s``) are retried
+        while the lease is still valid; a retry that finds our own lost write adopts it. Raises
+        :class:`LeaseLost` when the revision no longer matches (the lease expired, perhaps taken
+        by another worker), when the lease is past ``valid_until`` (this worker was paused or cut
+        off for the TTL), or when NATS kept failing until then.
         """
         value = json.dumps({"worker": lease.worker, "claimed_at": lease.claimed_at}).encode()
         last: BaseException | None = None
+        unsure_sent: float | None = None  # when the first attempt whose answer was lost was sent
         while True:
             sent = time.monotonic()
             left = lease.valid_until - sent - RETRY_WAIT_S
@@ -95,14 +120,19 @@ class LeaseTable:
                 why = f"NATS failing ({last!r})" if last else "not renewed within its TTL"
                 raise LeaseLost(f"stream {lease.stream}: lease of {lease.worker} expired: {why}") from last
             try:
-                async with asyncio.timeout(left):
+                async with asyncio.timeout(min(left, self.attempt_s)):
                     rev = await self.kv.update(stream_key(lease.stream), value, last=lease.revision)
                 return replace(lease, revision=rev, valid_until=sent + self.ttl_s)
             except (TimeoutError, *NATS_ERRORS) as e:
                 if is_wrong_sequence(e):
+                    mine = await self._written(lease.stream, value) if unsure_sent is not None else None
+                    if mine is not None and unsure_sent is not None:
+                        return replace(lease, revision=mine, valid_until=unsure_sent + self.ttl_s)
                     raise LeaseLost(f"stream {lease.stream}: lease of {lease.worker} lost (expired or taken over)") from e
+                if isinstance(e, TimeoutError) and unsure_sent is None:
+                    unsure_sent = sent
                 last = e
-                logger.warning("stream %s: lease renew failed, retrying: %s", lease.stream, e)
+                logger.warning("stream %s: lease renew failed, retrying: %r", lease.stream, e)
                 await asyncio.sleep(RETRY_WAIT_S)
 
     async def release(self, lease: Lease) -> None:
