@@ -305,6 +305,36 @@ def test_an_unrenewed_lease_expires_and_is_taken_over_and_the_old_holder_is_fenc
     assert ttl <= takeover < ttl + 3.0
 
 
+def test_a_claim_whose_answer_was_lost_is_adopted_by_the_next_claim(nats3: Any) -> None:
+    bucket = fresh("lost")
+
+    async def go() -> int:
+        nc = await open_client(nats3.urls)
+        landed = 0
+        try:
+            table = await open_leases(nc, bucket, 10.0)
+            for i in range(5):
+                table.attempt_s = 0.0003  # gives up before the answer comes; the write still goes out
+                with pytest.raises(ClusterError):
+                    await table.claim(f"s{i}", "w-a")
+                await asyncio.sleep(0.2)
+                holders = await table.holders()
+                landed += holders.get(f"s{i}", ("", 0))[0] == "w-a"
+                table.attempt_s = 2.5
+                lease = await table.claim(f"s{i}", "w-a")  # without adoption: None (the key exists)
+                assert lease is not None
+                assert (await table.holders())[f"s{i}"] == (lease.worker, lease.revision)
+                await table.renew(lease)
+                assert await table.claim(f"s{i}", "w-b") is None
+        finally:
+            await nc.close()
+        return landed
+
+    landed = run(go())
+    print(f"lost-answer claims that had landed: {landed} of 5")
+    assert landed >= 1
+
+
 # --- NATS: desired streams, members, carried state ----------------------------------------------
 
 

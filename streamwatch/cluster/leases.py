@@ -12,6 +12,12 @@ A lease is the key ``stream_key(stream id)`` with JSON ``{"worker": …, "claime
 
 Clock: a lease is safe until ``sent + ttl`` where ``sent`` is when its last successful write was
 *sent* (the server wrote it later, so it expires later): :attr:`Lease.valid_until` (monotonic s).
+
+TTL and node loss (measured on a 3-node loopback cluster): when the node leading the lease bucket
+is killed, the others wait out the Raft election timeout before electing a new leader, and no
+lease can be written for 4–8 s. A lease TTL below ~10 s then expires every lease of the bucket at
+once (all workers get :class:`LeaseLost`); a clean shutdown (SIGTERM) hands leadership over in
+< 0.5 s. Takeover after a worker dies takes TTL + ~0.1–0.3 s.
 """
 
 from __future__ import annotations
