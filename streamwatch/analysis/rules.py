@@ -7,6 +7,8 @@ cooldown and comes back, that is a new alert.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -83,6 +85,28 @@ class RuleEngine:
         ids = {r.id for r in policy.rules}
         self._last_seen = {k: v for k, v in self._last_seen.items() if k[1] in ids}
         self.policy = policy
+
+    def export_cooldowns(self, stream: str) -> dict[str, float]:
+        """Cooldown state of ``stream`` for another engine to continue (a cluster takeover).
+
+        Key: ``json.dumps([rule id, evidence key])`` (any characters are safe); value: when that
+        evidence was last seen, in the clock frame rules are evaluated on, the show time
+        (``FrameAnalysis.offset``, seconds), which a resumed session keeps.
+        """
+        return {json.dumps([rule, key]): at for (s, rule, key), at in self._last_seen.items() if s == stream}
+
+    def import_cooldowns(self, stream: str, cooldowns: Mapping[str, float]) -> None:
+        """Continue the cooldowns of ``stream`` exported by :meth:`export_cooldowns` (unreadable
+        keys are skipped; a later time already known here wins)."""
+        for enc, at in cooldowns.items():
+            try:
+                rule, key = json.loads(enc)
+            except (ValueError, TypeError):
+                continue
+            if not isinstance(rule, str) or not isinstance(key, str):
+                continue
+            k = (stream, rule, key)
+            self._last_seen[k] = max(float(at), self._last_seen.get(k, float("-inf")))
 
     def _fresh(self, stream: str, rule: RuleSpec, key: str, now: float) -> bool:
         k = (stream, rule.id, key)

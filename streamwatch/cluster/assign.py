@@ -1,0 +1,134 @@
+"""Which worker runs which stream: rendezvous hashing with capacities (pure: no I/O, no clock).
+
+Every worker computes the same answer from the same view (desired streams, leases, members), so
+they rarely race for a stream; when they do, the lease's ``create`` decides (see leases.py).
+
+* :func:`rank` orders workers for a stream by highest random weight (a stable BLAKE2b hash of
+  stream and worker, not Python's salted ``hash``): when a worker leaves, only its streams move;
+  when one joins, it becomes preferred for about 1/n of the streams.
+* :func:`plan` tells one worker what to claim and release this round. Leases are sticky: a
+  healthy lease is never moved to rebalance (moving a stream interrupts it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A live worker as its membership record describes it.
+
+    ``capacity``: streams it runs at most (0: a gateway); ``draining``: it is shutting down and hands
+    its streams over; ``streams``: the ones it runs; ``rss_mb``: its resident memory (MiB); ``at``:
+    wall time (s since the epoch) of the record.
+    """
+
+    capacity: int
+    draining: bool = False
+    streams: tuple[str, ...] = ()
+    rss_mb: float = 0.0
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one worker does this round: streams to claim (best first) and to release."""
+
+    claim: tuple[str, ...] = ()
+    release: tuple[str, ...] = ()
+
+
+def weight(stream_id: str, worker: str) -> int:
+    """Stable 64-bit weight of ``worker`` for ``stream_id`` (the same in every process and run)."""
+    digest = hashlib.blake2b(f"{stream_id}\x00{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rank(stream_id: str, workers: Iterable[str]) -> list[str]:
+    """``workers`` ordered best first for ``stream_id`` (ties, practically never, broken by name)."""
+    return sorted(workers, key=lambda w: (weight(stream_id, w), w), reverse=True)
+
+
+def plan(
+    desired: set[str],
+    leases: Mapping[str, str],
+    members: Mapping[str, Member],
+    me: str,
+    *,
+    unleased_for: Mapping[str, float] | None = None,
+    grace_s: float = 10.0,
+) -> Plan:
+    """This round's claims and releases for worker ``me``.
+
+    ``desired``: stream ids that should run; ``leases``: stream id → holder; ``members``: live
+    workers (``me`` included once it has registered; absent, it claims nothing); ``unleased_for``:
+    stream id → seconds it has been seen without a lease (see :class:`UnleasedClock`).
+
+    * A draining (or unregistered) worker releases everything it holds.
+    * Streams no longer desired are released.
+    * Unleased desired streams are handed out in stream-id order, each to the best-ranked
+      non-draining member with free capacity (capacity minus the desired leases it holds), as every
+      worker would compute it; ``me`` claims those that fall to it.
+    * A stream unleased for ``grace_s`` seconds or more is claimed by ``me`` whenever it has
+      capacity left, whoever is preferred (that worker may be stuck, or see another view).
+    * ``me`` never holds more than its capacity: claims stop at it, and when its capacity was
+      lowered the surplus is released (the streams where it ranks lowest).
+    """
+    mine = sorted(s for s, holder in leases.items() if holder == me)
+    member = members.get(me)
+    if member is None or member.draining:
+        return Plan(release=tuple(mine))
+    release = [s for s in mine if s not in desired]
+    kept = [s for s in mine if s in desired]
+    if len(kept) > member.capacity:
+        kept.sort(key=lambda s: weight(s, me), reverse=True)
+        release += kept[member.capacity :]
+        kept = kept[: member.capacity]
+
+    eligible = [w for w, m in members.items() if not m.draining and m.capacity > 0]
+    free = {w: members[w].capacity for w in eligible}
+    for s, holder in leases.items():
+        if s in desired and holder in free:
+            free[holder] -= 1
+    if me in free:
+        free[me] = member.capacity - len(kept)
+
+    unleased = sorted(desired - leases.keys())
+    claim: list[str] = []
+    for s in unleased:
+        for w in rank(s, eligible):
+            if free[w] > 0:
+                free[w] -= 1
+                if w == me:
+                    claim.append(s)
+                break
+    ages = unleased_for or {}
+    left = member.capacity - len(kept) - len(claim)
+    for s in unleased:
+        if left <= 0:
+            break
+        if s not in claim and ages.get(s, 0.0) >= grace_s:
+            claim.append(s)
+            left -= 1
+    return Plan(claim=tuple(claim), release=tuple(release))
+
+
+@dataclass
+class UnleasedClock:
+    """How long each stream has been seen without a lease (pure: the caller passes the time).
+
+    ``observe(unleased, now)`` with the set of unleased desired stream ids and a monotonic time
+    (seconds) returns stream id → seconds since it was first seen unleased in an unbroken run.
+    """
+
+    _since: dict[str, float] = field(default_factory=dict)
+
+    def observe(self, unleased: Iterable[str], now: float) -> dict[str, float]:
+        current = set(unleased)
+        self._since = {s: t for s, t in self._since.items() if s in current}
+        for s in current:
+            self._since.setdefault(s, now)
+        return {s: now - t for s, t in self._since.items()}

@@ -1,0 +1,234 @@
+"""Connecting to the NATS cluster, the names of everything in it, and key-value buckets.
+
+* :func:`connect` opens one nats-py connection to all of ``cluster.nats`` (retrying until
+  ``connect_timeout_s``); after that nats-py reconnects by itself when a node goes away.
+* :class:`Names` is the one place bucket and stream names are derived from ``cluster.name``.
+* :func:`kv_bucket` creates a KV bucket or binds to the existing one; :func:`kv_items` reads a
+  bucket's current entries; :func:`stream_key` turns a stream id into a KV key / subject token.
+
+Every NATS error that leaves this package is a :class:`~streamwatch.errors.ClusterError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from streamwatch.config import ClusterConfig
+from streamwatch.errors import ClusterError
+from streamwatch.ingest.url import redact_url
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_WAIT_S: Final = 0.5  # between two tries of the same server (nats-py's reconnect_time_wait)
+NATS_ERRORS: Final = (nats.errors.Error, OSError, asyncio.TimeoutError)  # what a NATS call may raise
+_INSUFFICIENT_RESOURCES: Final = 10074  # JetStream: not enough servers for the replicas asked
+_STREAM_NAME_IN_USE: Final = 10058  # JetStream: the stream exists with another config (a racing creator)
+_WRONG_LAST_SEQUENCE: Final = (10071, 10164)  # JetStream: expected-last-subject-sequence not met
+
+
+async def connect(cfg: ClusterConfig, *, name: str) -> Client:
+    """A connection to the NATS servers ``cfg.nats`` (client name ``name``, shown by the server).
+
+    The first connection is retried (each server every ~0.5 s, TCP connect timeout 1–2 s) until
+    ``cfg.connect_timeout_s`` seconds have passed. Once connected, nats-py reconnects for ever after
+    a node loss (``max_reconnect_attempts=-1``), trying the configured and discovered servers;
+    disconnects and reconnects are logged. Raises :class:`ClusterError` naming the URLs (credentials
+    redacted) and the last error when no server answered in time, or when ``cfg.nats`` is empty.
+    """
+    if not cfg.nats:
+        raise ClusterError("cluster mode needs at least one NATS URL in cluster.nats")
+    shown = ", ".join(redact_url(u) for u in cfg.nats)
+    nc = Client()
+    last: list[BaseException] = []
+
+    async def on_error(e: Exception) -> None:
+        last[:] = [e]
+        if nc.is_connected:
+            logger.warning("NATS %s: %s", name, e)
+        else:
+            logger.debug("NATS %s: connect attempt failed: %s", name, e)
+
+    async def on_disconnect() -> None:
+        logger.warning("NATS %s: disconnected; reconnecting to %s", name, shown)
+
+    async def on_reconnect() -> None:
+        url = nc.connected_url
+        logger.info("NATS %s: reconnected to %s", name, redact_url(url.geturl()) if url else "?")
+
+    try:
+        async with asyncio.timeout(cfg.connect_timeout_s):
+            await nc.connect(
+                servers=list(cfg.nats),
+                name=name,
+                connect_timeout=max(1, min(2, int(cfg.connect_timeout_s))),  # s, per TCP connect
+                reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int, used as float seconds
+                max_reconnect_attempts=-1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+    except (TimeoutError, *NATS_ERRORS) as e:
+        cause = last[0] if last else e
+        await _close_quietly(nc)
+        raise ClusterError(f"cannot connect to NATS at {shown} within {cfg.connect_timeout_s:g} s: {cause!r}") from cause
+    url = nc.connected_url
+    logger.info("NATS %s: connected to %s", name, redact_url(url.geturl()) if url else shown)
+    return nc
+
+
+async def _close_quietly(nc: Client) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), 2.0)
+    except (TimeoutError, *NATS_ERRORS) as e:
+        logger.debug("NATS close after a failed connect: %s", e)
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Names of one cluster's buckets and streams, all derived from ``cluster.name`` (the prefix)."""
+
+    prefix: str
+
+    @classmethod
+    def from_config(cls, cfg: ClusterConfig) -> Names:
+        return cls(cfg.name)
+
+    @property
+    def desired(self) -> str:
+        """KV bucket: stream id → StreamConfig JSON (no TTL)."""
+        return f"{self.prefix}-desired"
+
+    @property
+    def leases(self) -> str:
+        """KV bucket: stream id → lease (TTL = lease_ttl_s)."""
+        return f"{self.prefix}-leases"
+
+    @property
+    def members(self) -> str:
+        """KV bucket: worker id → membership record (TTL = lease_ttl_s)."""
+        return f"{self.prefix}-members"
+
+    @property
+    def state(self) -> str:
+        """KV bucket: stream id → the state a new owner carries on (no TTL)."""
+        return f"{self.prefix}-state"
+
+    @property
+    def events_stream(self) -> str:
+        """JetStream stream holding every event of the cluster."""
+        return f"{self.prefix}-events"
+
+    @property
+    def events_subject(self) -> str:
+        """Subject prefix of events: ``<events_subject>.<stream_key(stream id)>``."""
+        return f"{self.prefix}.events"
+
+    @property
+    def objects(self) -> str:
+        """Object store: evidence frames and latest-frame JPEGs."""
+        return f"{self.prefix}-frames"
+
+    @property
+    def admission(self) -> str:
+        """KV bucket: cluster-wide VLM admission slots."""
+        return f"{self.prefix}-vlm-admission"
+
+
+def stream_key(stream_id: str) -> str:
+    """A stream id as one KV key / subject token: ``.`` (allowed in ids, a token separator) → ``=2E``.
+
+    Reversible by :func:`stream_of_key` (stream ids never contain ``=``).
+    """
+    return stream_id.replace(".", "=2E")
+
+
+def stream_of_key(key: str) -> str:
+    """The stream id of a key made by :func:`stream_key`."""
+    return key.replace("=2E", ".")
+
+
+async def kv_bucket(
+    js: JetStreamContext, name: str, *, ttl_s: float | None, replicas: int, history: int = 1, timeout_s: float = 20.0
+) -> KeyValue:
+    """The KV bucket ``name``: created, or bound if it exists (an existing config is left as it is).
+
+    ``ttl_s``: entries not rewritten for this many seconds vanish (None: kept for ever).
+    ``replicas`` is lowered one at a time while the cluster answers that it has too few servers, so
+    a 1-node test server works with ``replicas=3``. Two processes creating the same bucket at once
+    both end up bound to it. A JetStream API call that times out (a stream or meta leader being
+    elected) is retried until ``timeout_s`` seconds have passed. Raises :class:`ClusterError` on
+    any other NATS failure, or when it kept timing out.
+    """
+    deadline = time.monotonic() + timeout_s
+    r = max(1, replicas)
+    while True:
+        try:
+            try:
+                kv = await js.create_key_value(bucket=name, ttl=ttl_s, replicas=r, history=history)
+                logger.info("KV bucket %s ready (replicas %s, ttl %s s)", name, r, ttl_s)
+                return kv
+            except nats.js.errors.APIError as e:
+                if e.err_code == _INSUFFICIENT_RESOURCES and r > 1:
+                    r -= 1
+                    continue
+                if e.err_code != _STREAM_NAME_IN_USE:  # in use: it exists with another config, bind to it
+                    raise
+            return await js.key_value(name)
+        except nats.errors.TimeoutError as e:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"cannot open KV bucket {name}: JetStream did not answer for {timeout_s:g} s") from e
+            logger.info("KV bucket %s: JetStream did not answer, retrying", name)
+        except NATS_ERRORS as e:
+            raise ClusterError(f"cannot open KV bucket {name} (replicas {r}): {e!r}") from e
+
+
+def is_wrong_sequence(e: BaseException) -> bool:
+    """Whether ``e`` says a revision-checked write found another revision (someone else wrote).
+
+    Includes nats-py's ``create`` failing with ``KeyNotFoundError`` raised while handling a wrong
+    sequence: its read-back went to a replica that had not seen the other writer's entry yet.
+    """
+    if isinstance(e, nats.js.errors.KeyWrongLastSequenceError):
+        return True
+    if isinstance(e, nats.js.errors.KeyNotFoundError):
+        return isinstance(e.__context__, nats.js.errors.KeyWrongLastSequenceError)
+    return isinstance(e, nats.js.errors.APIError) and getattr(e, "err_code", None) in _WRONG_LAST_SEQUENCE
+
+
+async def kv_items(kv: KeyValue, *, timeout_s: float = 5.0) -> dict[str, KeyValue.Entry]:
+    """Every live key of ``kv`` (deleted and purged ones left out) → its latest entry.
+
+    Keys are as stored (see :func:`stream_of_key`). Raises :class:`ClusterError` on a NATS failure
+    or when the listing takes longer than ``timeout_s`` seconds.
+    """
+    out: dict[str, KeyValue.Entry] = {}
+    try:
+        async with asyncio.timeout(timeout_s):
+            watcher = await kv.watchall()
+            try:
+                while True:
+                    entry = await watcher.updates(timeout_s)  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+                    if entry is None:
+                        break
+                    if entry.operation in ("DEL", "PURGE"):
+                        out.pop(entry.key, None)
+                    else:
+                        out[entry.key] = entry
+                    if not entry.delta:
+                        break
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+    except (TimeoutError, *NATS_ERRORS) as e:
+        raise ClusterError(f"cannot list KV bucket {kv._name}: {e!r}") from e
+    return out
