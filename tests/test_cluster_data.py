@@ -7,6 +7,7 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,13 @@ from streamwatch.errors import ClusterError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import AlertEvent, Evidence
 from streamwatch.events.store import EventStore
+
+
+async def wait_for(cond: Callable[[], bool], limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
 
 
 def jpeg(seed: int) -> bytes:
@@ -126,7 +134,7 @@ def test_follower_mirrors_log_evidence_resume_and_websocket(nats3: Any, tmp_path
         a = await pub.publish(first)
         await pub.publish(health(stream="s2"))
         gw.call(start_follower())
-        ws, h = await hello(gw.ws_url())
+        ws, _ = await hello(gw.ws_url())
         await send(ws, type="subscribe", channels=["alerts", "health"], since=0)
         got = await events_until(ws, a.id + 1)
         assert got[0]["id"] == a.id and got[0]["evidence"]["frame"] == "/frames/" + (first.evidence.frame or "")
@@ -162,7 +170,8 @@ def test_follower_mirrors_log_evidence_resume_and_websocket(nats3: Any, tmp_path
         live = [i for k, i in enumerate(ids) if i in acked and (k < 52 or k > 100)]  # not while the follower was down
         lags = [arrived[i] - acked[i] for i in live]
         print(
-            f"\nfollow lag (ack → gateway bus): median {statistics.median(lags) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms, n={len(lags)}"
+            f"\nfollow lag (ack → gateway bus): median {statistics.median(lags) * 1000:.1f} ms, "
+            f"max {max(lags) * 1000:.1f} ms, n={len(lags)}"
         )
         await nc.close()
 
@@ -191,18 +200,21 @@ def test_publishing_and_following_survive_a_node_stop(nats3: Any, tmp_path: Path
         loop = asyncio.get_running_loop()
         ids = []
         stopping = None
+        victim = None
         for i in range(80):
             ev = with_evidence(worker, "s1", i, i) if i % 8 == 0 else alert(offset=i)
             ids.append((await pub.publish(ev)).id)
-            if i == 20:
-                stopping = loop.run_in_executor(None, nats3.nodes[0].stop)
+            if i == 20:  # stop the events stream's leader
+                info = await nc.jetstream().stream_info(names(cfg)[0])
+                assert info.cluster is not None
+                victim = next(n for n in nats3.nodes if n.name == info.cluster.leader)
+                stopping = loop.run_in_executor(None, victim.stop)
             await asyncio.sleep(0.01)
-        assert stopping is not None
+        assert stopping is not None and victim is not None
         await stopping
         assert ids == sorted(ids) and len(set(ids)) == 80
-        async with asyncio.timeout(40):
-            while f.last_seq < ids[-1]:
-                await asyncio.sleep(0.1)
+        print(f"\nleader {victim.name} stopped: {pub.retries} publish retries")
+        await wait_for(lambda: f.last_seq >= ids[-1], 40)
         assert seen == ids and [e.id for e in gstore.events()] == ids
         for e in gstore.events():
             for rel in e.files():
@@ -214,7 +226,8 @@ def test_publishing_and_following_survive_a_node_stop(nats3: Any, tmp_path: Path
     try:
         asyncio.run(go())
     finally:
-        nats3.nodes[0].start()
+        for n in nats3.nodes:
+            n.start()
         nats3.wait_ready()
         worker.close()
         gstore.close()
