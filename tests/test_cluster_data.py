@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +16,13 @@ import cv2
 import nats
 import numpy as np
 import pytest
+from chat_server import ChatServer
 from evserver import ServerThread, alert, health
 from nats.aio.client import Client
 from test_server import events_until, hello, send
+from test_vlm_router import registry, spec
 
+from streamwatch.cluster.admission import Admission, AdmissionTimeout, model_key, open_admission
 from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, event_key, jetstream, names, stream_from_token, stream_token
 from streamwatch.cluster.follow import Follower
 from streamwatch.config import ClusterConfig
@@ -26,6 +30,9 @@ from streamwatch.errors import ClusterError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import AlertEvent, Evidence
 from streamwatch.events.store import EventStore
+from streamwatch.vlm.backend import VLMRequest
+from streamwatch.vlm.registry import Capability
+from streamwatch.vlm.router import ModelRouter
 
 
 async def wait_for(cond: Callable[[], bool], limit_s: float) -> None:
@@ -231,3 +238,122 @@ def test_publishing_and_following_survive_a_node_stop(nats3: Any, tmp_path: Path
         nats3.wait_ready()
         worker.close()
         gstore.close()
+
+
+# --- VLM admission ----------------------------------------------------------------------------------
+
+
+async def admissions(urls: list[str], name: str, n: int, **kw: Any) -> tuple[list[Client], list[Admission]]:
+    cfg = ClusterConfig(nats=urls, name=name, replicas=3, vlm_budget={"qwen/vl:7b": 2})
+    conns = [await nats.connect(servers=urls) for _ in range(n)]
+    return conns, [await open_admission(jetstream(nc), cfg, f"w{i}", servers=3, **kw) for i, nc in enumerate(conns)]
+
+
+def test_admission_budget_holds_across_workers_and_dead_holders_expire(nats3: Any) -> None:
+    assert model_key("qwen/vl:7b") == "qwen_2fvl_3a7b" and model_key("a.b") == "a_2eb"
+
+    async def go() -> None:
+        conns, adms = await admissions(nats3.urls, "ad", 3, ttl_s=2.0)
+        assert adms[0].budget("qwen/vl:7b") == 2 and adms[0].budget("other") == 1
+        held, peak, done = 0, 0, 0
+
+        async def work(adm: Admission) -> None:
+            nonlocal held, peak, done
+            async with adm.slot("qwen/vl:7b", 30):
+                held += 1
+                peak = max(peak, held)
+                await asyncio.sleep(0.2)
+                held -= 1
+            done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(work(adm) for adm in adms for _ in range(12)))
+        took = time.perf_counter() - t0
+        assert (peak, done, held) == (2, 36, 0)
+        assert took >= 36 * 0.2 / 2  # the budget really serialised them
+        # a short wait with both slots taken: AdmissionTimeout, which is also a TimeoutError
+        async with adms[0].slot("qwen/vl:7b", 1), adms[1].slot("qwen/vl:7b", 1):
+            with pytest.raises(AdmissionTimeout):
+                async with adms[2].slot("qwen/vl:7b", 0.3):
+                    pass
+        # a long request renews its slot past the TTL: nobody else gets in meanwhile
+        async with adms[0].slot("other", 1):
+            await asyncio.sleep(3.0)
+            with pytest.raises(TimeoutError):
+                async with adms[1].slot("other", 0.3):
+                    pass
+        # a holder that dies without releasing: its slot comes free after the TTL
+        dead = adms[2].slot("other", 1)
+        await dead.__aenter__()
+        await conns[2].close()  # the renewal dies with the connection
+        t1 = time.perf_counter()
+        async with adms[1].slot("other", 10):
+            waited = time.perf_counter() - t1
+        assert 1.0 < waited < 6.0, waited
+        print(f"\nadmission: 36 holds of 0.2 s at budget 2 took {took:.2f}s; dead holder's slot free after {waited:.2f}s")
+        for nc in conns[:2]:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def test_router_with_a_cluster_gate_never_overlaps_requests(nats3: Any) -> None:
+    lock = threading.Lock()
+    state = {"now": 0, "peak": 0}
+
+    def respond(_req: Any) -> str:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        return "fine"
+
+    with ChatServer(respond) as srv:
+        reg = registry([spec("m", srv.url, concurrency=4)], {"qa": ["m", "local"]})
+
+        async def ask(router: ModelRouter) -> str:
+            async def call(b: Any) -> str:
+                return (await b.generate(VLMRequest("q", (), "", 16, None, 0.2))).text
+
+            async def local() -> str:
+                return "local"
+
+            return (await router.run(Capability.QA, call, local=local))[1]
+
+        async def go() -> tuple[list[str], list[str], list[tuple[str, str]]]:
+            free = ModelRouter(reg)  # control: without a gate the two requests do overlap
+            await asyncio.gather(ask(free), ask(free))
+            await free.close()
+            assert state["peak"] == 2
+            state["peak"] = 0
+            cfg = ClusterConfig(nats=nats3.urls, name="rt", vlm_budget={"m": 1})
+            conns = [await nats.connect(servers=nats3.urls) for _ in range(2)]
+            seen: list[tuple[str, str]] = []
+            routers = [
+                ModelRouter(
+                    reg,
+                    admission=await open_admission(jetstream(nc), cfg, f"w{i}", servers=3, ttl_s=5),
+                    observe=lambda m, o, _s: seen.append((m, o)),
+                )
+                for i, nc in enumerate(conns)
+            ]
+            served = list(await asyncio.gather(*(ask(r) for r in routers for _ in range(2))))
+            # with a short wait, a busy model is skipped (to the local fallback) and its breaker stays closed
+            impatient = ModelRouter(reg, admission=routers[0].admission, admission_wait_s=0.2, observe=lambda m, o, _s: seen.append((m, o)))
+            holder = asyncio.create_task(ask(routers[1]))
+            await wait_for(lambda: state["now"] == 1, 10)  # routers[1] holds the only slot
+            busy = [await ask(impatient), await holder]
+            states = [impatient.state(), routers[1].state()]
+            for r in [*routers, impatient]:
+                await r.close()
+            for nc in conns:
+                await nc.close()
+            return served, busy, [(k, v) for s in states for k, v in s.items()] + seen
+
+        served, busy, rest = asyncio.run(go())
+    assert served == ["m"] * 4
+    assert state["peak"] == 1  # four requests from two workers, never two at once
+    assert busy == ["local", "m"]
+    assert ("m", "busy") in rest and ("m", "open") not in rest and ("m", "closed") in rest
