@@ -69,6 +69,24 @@ def test_stream_tokens_are_subject_safe_and_reversible() -> None:
         stream_token("a b")
 
 
+def test_append_ids_is_idempotent_in_order_and_deliver_moves_last_id(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "g")
+    first = store.append_ids([(5, alert(offset=1)), (9, health())])
+    assert [s.id for s in first] == [5, 9] and json.loads(first[0].text)["id"] == 5
+    assert store.append_ids([(5, alert(offset=1)), (9, health())]) == []  # a replayed batch
+    assert store.append_ids([(7, alert(offset=2))]) == []  # never out of order
+    assert [s.id for s in store.append_ids([(9, health()), (12, alert(offset=3))])] == [12]
+    assert [e.id for e in store.events()] == [5, 9, 12] and store.last_id() == 12
+    bus = EventBus(store)
+    assert bus.last_id == 12
+    got: list[int] = []
+    bus.add_listener(lambda b: got.extend(s.id for s in b))
+    more = store.append_ids([(13, alert(offset=4)), (20, alert(offset=5))])
+    bus.deliver(first + more)  # what it already had is not handed out again
+    assert got == [13, 20] and bus.last_id == 20
+    store.close()
+
+
 def test_publish_dedupes_and_ids_are_jetstream_sequences(nats3: Any, tmp_path: Path) -> None:
     worker = EventStore(tmp_path / "w")
 
@@ -140,10 +158,14 @@ def test_follower_mirrors_log_evidence_resume_and_websocket(nats3: Any, tmp_path
         first = with_evidence(worker, "s1", 1.0, 7)
         a = await pub.publish(first)
         await pub.publish(health(stream="s2"))
+        # evidence lost on the worker: the event still goes out, and the gateway keeps it without the file
+        ghost = await pub.publish(alert(stream="s1", offset=2.0, evidence=Evidence(kind="ocr", frame="s1/gone/lost.jpg")))
         gw.call(start_follower())
         ws, _ = await hello(gw.ws_url())
         await send(ws, type="subscribe", channels=["alerts", "health"], since=0)
-        got = await events_until(ws, a.id + 1)
+        got = await events_until(ws, ghost.id)
+        assert holder["f"].missing == 1 and gw.store.get(ghost.id) is not None
+        assert not (gw.store.frames_dir / "s1/gone/lost.jpg").exists()
         assert got[0]["id"] == a.id and got[0]["evidence"]["frame"] == "/frames/" + (first.evidence.frame or "")
         stored = gw.store.get(a.id)
         assert stored is not None and isinstance(stored, AlertEvent) and stored.evidence == first.evidence
@@ -151,7 +173,7 @@ def test_follower_mirrors_log_evidence_resume_and_websocket(nats3: Any, tmp_path
         assert (gw.store.frames_dir / rel).read_bytes() == (worker.frames_dir / rel).read_bytes()
 
         acked: dict[int, float] = {}
-        ids = [a.id, a.id + 1]
+        ids = [a.id, a.id + 1, ghost.id]
         for i in range(150):
             ev = with_evidence(worker, "s2", 10 + i, i) if i % 10 == 0 else alert(stream="s1", offset=10 + i)
             s = await pub.publish(ev)
@@ -165,15 +187,27 @@ def test_follower_mirrors_log_evidence_resume_and_websocket(nats3: Any, tmp_path
         got += await events_until(ws, ids[-1])
         assert [e["id"] for e in got] == ids  # live, no duplicate, no gap
         assert [e.id for e in gw.store.events()] == ids
-        for e in gw.store.events():
-            for rel in e.files():
-                assert (gw.store.frames_dir / rel).read_bytes() == (worker.frames_dir / rel).read_bytes()
+        files = [rel for e in gw.store.events() for rel in e.files() if e.id != ghost.id]
+        assert len(files) == 1 + 15
+        for rel in files:
+            assert (gw.store.frames_dir / rel).read_bytes() == (worker.frames_dir / rel).read_bytes()
         await ws.close()
         # a client resuming with since gets exactly what it missed
         ws2, _ = await hello(gw.ws_url())
         await send(ws2, type="subscribe", channels=["alerts", "health"], since=ids[100])
         assert [e["id"] for e in await events_until(ws2, ids[-1])] == ids[101:]
         await ws2.close()
+        # indexed frames: thumbnail + embedding, deduped on (stream, offset, model), followed into the index
+        emb = np.random.default_rng(3).normal(size=512).astype(np.float32)
+        emb /= np.linalg.norm(emb)
+        thumb = worker.save_image("s1", jpeg(99))
+        fid = await pub.publish_frame("s1", 42.0, time.time(), thumb, "clip-b32", ("setting=stage",), emb)
+        assert await pub.publish_frame("s1", 42.0, time.time(), worker.save_image("s1", jpeg(99)), "clip-b32", (), emb) == fid
+        await wait_for(lambda: bool(gw.store.frames()), 10)
+        (fr,) = gw.store.frames()
+        assert (fr.id, fr.stream, fr.offset, fr.thumb, fr.model, fr.tags) == (fid, "s1", 42.0, thumb, "clip-b32", ("setting=stage",))
+        assert np.abs(fr.embedding - emb).max() < 1e-3
+        assert (gw.store.frames_dir / thumb).read_bytes() == (worker.frames_dir / thumb).read_bytes()
         live = [i for k, i in enumerate(ids) if i in acked and (k < 52 or k > 100)]  # not while the follower was down
         lags = [arrived[i] - acked[i] for i in live]
         print(

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from streamwatch.cluster.events import reraise_cancel
 from streamwatch.config import ClusterConfig
 from streamwatch.errors import ClusterError
 
@@ -101,6 +102,7 @@ class Admission:
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue
                 except nats.errors.Error as e:  # NATS unreachable / no quorum: retried until the deadline
+                    reraise_cancel()
                     last_error = e
                     break
             self.waits += 1
@@ -113,6 +115,7 @@ class Admission:
     async def _renew(self, key: str, rev: list[int]) -> None:
         while True:
             await asyncio.sleep(self.ttl_s / 3)
+            reraise_cancel()
             try:
                 rev[0] = await self.kv.update(key, self.owner, last=rev[0])
             except nats.js.errors.KeyWrongLastSequenceError:
@@ -120,6 +123,7 @@ class Admission:
                 logger.warning("VLM slot %s expired or was taken while held; the request goes on", key)
                 return
             except nats.errors.Error as e:
+                reraise_cancel()
                 logger.warning("cannot renew VLM slot %s: %s", key, type(e).__name__)
 
     @contextlib.asynccontextmanager

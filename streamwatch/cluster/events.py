@@ -64,6 +64,14 @@ def jetstream(nc: Client, timeout_s: float = 5.0) -> JetStreamContext:
     return nc.jetstream(timeout=timeout_s)
 
 
+def reraise_cancel() -> None:
+    """Raise CancelledError when this task was asked to stop: nats-py can turn a cancellation into a
+    TimeoutError, which retry loops would otherwise swallow (and the task would never stop)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def stream_token(stream_id: str) -> str:
     """A subject-safe, reversible token for a stream id. Errors: ClusterError for an id outside the charset."""
     if not _STREAM_ID.match(stream_id):
@@ -165,6 +173,7 @@ class JetStreamPublisher:
             try:
                 return await call()
             except _RETRYABLE as e:
+                reraise_cancel()
                 if time.monotonic() + pause > deadline:
                     raise EventLogError(f"{what}: JetStream did not answer within {self.deadline_s:.0f}s ({type(e).__name__})") from e
                 self.retries += 1

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.object_store import ObjectStore
 
-from streamwatch.cluster.events import names
+from streamwatch.cluster.events import names, reraise_cancel
 from streamwatch.config import ClusterConfig
 from streamwatch.errors import EventsError
 from streamwatch.events.bus import EventBus
@@ -99,6 +99,7 @@ class Follower:
                 )
                 sub = await self.js.pull_subscribe(subject, stream=stream, config=cc)
             except (nats.errors.Error, OSError) as e:
+                reraise_cancel()
                 logger.warning("cannot follow %s from %d: %s; retrying in %.1fs", stream, next_seq, type(e).__name__, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
@@ -107,9 +108,11 @@ class Follower:
             idle_since = loop.time()
             try:
                 while True:
+                    reraise_cancel()
                     try:
                         msgs = await sub.fetch(self.batch, timeout=self.idle_s)
                     except nats.errors.TimeoutError:
+                        reraise_cancel()
                         if loop.time() - idle_since >= self.check_s:
                             await sub.consumer_info()  # raises when the consumer is gone
                             idle_since = loop.time()
@@ -119,7 +122,12 @@ class Follower:
                     if fresh:
                         await handle(fresh)
                         next_seq = fresh[-1].metadata.sequence.stream + 1
+            except EventsError:  # the local store refused the batch: read it again from next_seq
+                reraise_cancel()
+                logger.exception("cannot store what was followed from %s at %d; retrying in 1s", stream, next_seq)
+                await asyncio.sleep(1.0)
             except (nats.errors.Error, OSError) as e:
+                reraise_cancel()
                 logger.warning("following %s stopped at %d (%s); starting a new consumer", stream, next_seq, type(e).__name__)
             finally:
                 with contextlib.suppress(Exception):
