@@ -122,6 +122,10 @@ def test_publish_dedupes_and_ids_are_jetstream_sequences(nats3: Any, tmp_path: P
         assert again2 == ids2 and len(set(ids2)) == 100 and min(ids2) > max(ids)
         info = await js.stream_info(names(cfg)[0])
         assert info.state.messages == 3 + 200 and info.state.last_seq == max(ids2)
+        # set up again (a restarted worker), asking for more replicas than servers: updated, capped at 3
+        await ensure_event_stream(js, cfg.model_copy(update={"replicas": 5}), 3)
+        info = await js.stream_info(names(cfg)[0])
+        assert info.config.num_replicas == 3 and info.config.duplicate_window == 60 and info.state.messages == 203
         msg = await js.get_msg(names(cfg)[0], seq=ids[7])
         assert json.loads(msg.data)["offset"] == 7 and msg.subject == "dd.ev.s__2.alert"
         # the evidence is in the bucket under its relative path
