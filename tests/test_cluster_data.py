@@ -23,10 +23,19 @@ from test_server import events_until, hello, send
 from test_vlm_router import registry, spec
 
 from streamwatch.cluster.admission import Admission, AdmissionTimeout, model_key, open_admission
-from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, event_key, jetstream, names, stream_from_token, stream_token
+from streamwatch.cluster.events import (
+    EventLogError,
+    JetStreamPublisher,
+    ensure_event_stream,
+    event_key,
+    jetstream,
+    names,
+    stream_from_token,
+    stream_token,
+)
 from streamwatch.cluster.follow import Follower
 from streamwatch.config import ClusterConfig
-from streamwatch.errors import ClusterError
+from streamwatch.errors import ClusterError, EventsError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import AlertEvent, Evidence
 from streamwatch.events.store import EventStore
@@ -131,6 +140,12 @@ def test_publish_dedupes_and_ids_are_jetstream_sequences(nats3: Any, tmp_path: P
         # the evidence is in the bucket under its relative path
         obs = await js.object_store(names(cfg)[2])
         assert (await obs.get(first.evidence.frame or "")).data == (worker.frames_dir / (first.evidence.frame or "")).read_bytes()
+        # nobody answers (no such stream): retried for the deadline, then a loud error, never a silent drop
+        lost = JetStreamPublisher(js, worker, cfg.model_copy(update={"name": "nostream"}), deadline_s=1.0, attempt_s=0.2)
+        t0 = time.perf_counter()
+        with pytest.raises(EventLogError) as err:
+            await lost.publish(alert())
+        assert isinstance(err.value, EventsError) and lost.retries >= 2 and 0.9 < time.perf_counter() - t0 < 5
         print(f"\npublish: {rate:.0f} events/s one at a time, {rate_conc:.0f}/s 100 concurrent (half of them deduped repeats)")
         await nc.close()
 
@@ -343,7 +358,7 @@ def test_router_with_a_cluster_gate_never_overlaps_requests(nats3: Any) -> None:
         with lock:
             state["now"] += 1
             state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.3)
+        time.sleep(0.5)
         with lock:
             state["now"] -= 1
         return "fine"

@@ -174,11 +174,12 @@ class JetStreamPublisher:
                 return await call()
             except _RETRYABLE as e:
                 reraise_cancel()
-                if time.monotonic() + pause > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise EventLogError(f"{what}: JetStream did not answer within {self.deadline_s:.0f}s ({type(e).__name__})") from e
                 self.retries += 1
                 logger.warning("%s: %s; retrying in %.2fs", what, type(e).__name__, pause)
-                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+                await asyncio.sleep(min(left, pause * random.uniform(0.8, 1.2)))  # the last try is at the deadline
                 pause = min(pause * 2, 1.0)
             except (nats.errors.Error, nats.js.errors.Error) as e:
                 raise EventLogError(f"{what}: {e}") from e
