@@ -93,6 +93,9 @@ def test_append_ids_is_idempotent_in_order_and_deliver_moves_last_id(tmp_path: P
     more = store.append_ids([(13, alert(offset=4)), (20, alert(offset=5))])
     bus.deliver(first + more)  # what it already had is not handed out again
     assert got == [13, 20] and bus.last_id == 20
+    # local retention removed everything: the high-water mark stays, so nothing old comes back
+    assert store.prune(now=time.time() + 400 * 86400) == 5 and store.last_id() == 0
+    assert store.high_water() == 20 and store.append_ids([(20, alert()), (21, alert())])[0].id == 21
     store.close()
 
 

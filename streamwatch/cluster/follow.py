@@ -1,8 +1,9 @@
 """A gateway's materialised view of the cluster's event log (:mod:`streamwatch.cluster.events`).
 
-:class:`Follower` reads the events stream from ``local_store.last_id() + 1`` (so a restarted gateway
-resumes where its SQLite ends), fetches the evidence objects each event names into the local frames
-folder, commits each fetched batch in one transaction with the JetStream sequences as ids
+:class:`Follower` reads the events stream from ``local_store.high_water() + 1`` (so a restarted
+gateway resumes where its SQLite ends, even after local retention pruned its newest rows), fetches
+the evidence objects each event names into the local frames folder, commits each fetched batch in
+one transaction with the JetStream sequences as ids
 (:meth:`EventStore.append_ids`), then hands it to the bus's WebSocket subscribers
 (:meth:`EventBus.deliver`). The frames stream goes the same way into the search index. Sequences
 missing from the log (aged out) are simply gaps; nothing is ever inserted out of order.
@@ -78,10 +79,12 @@ class Follower:
     async def run(self) -> None:
         """Follow both streams until cancelled."""
         loop = asyncio.get_running_loop()
-        self.last_seq = await loop.run_in_executor(None, self.store.last_id)
+        self.last_seq = await loop.run_in_executor(None, self.store.high_water)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._consume(self.events_stream, f"{self.cfg.name}.ev.>", self.store.last_id, self._on_events))
-            tg.create_task(self._consume(self.frames_stream, f"{self.cfg.name}.fr.>", self.store.last_frame_id, self._on_frames))
+            tg.create_task(self._consume(self.events_stream, f"{self.cfg.name}.ev.>", self.store.high_water, self._on_events))
+            tg.create_task(
+                self._consume(self.frames_stream, f"{self.cfg.name}.fr.>", lambda: self.store.high_water("frames"), self._on_frames)
+            )
 
     async def _consume(self, stream: str, subject: str, last: Callable[[], int], handle: Handler) -> None:
         loop = asyncio.get_running_loop()

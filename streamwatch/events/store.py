@@ -153,15 +153,17 @@ class EventStore:
     def append_ids(self, items: Sequence[tuple[int, Event]]) -> list[StoredEvent]:
         """Commit events whose ids were assigned elsewhere (a cluster's JetStream sequence), in one transaction.
 
-        ``items`` are ``(id, event)`` in increasing id order. An id not above the newest stored one is
-        skipped (already here, or it would land out of order), so a replayed batch is a no-op. Returns the
+        ``items`` are ``(id, event)`` in increasing id order. An id not above the largest ever stored
+        (:meth:`high_water`) is skipped (already here, pruned, or it would land out of order), so a
+        replayed batch is a no-op. Returns the
         events actually inserted, in order. Errors: :class:`EventsError` on an SQLite failure (nothing kept).
         """
         out: list[StoredEvent] = []
         with self._wlock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                top = int(self._db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
+                row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+                top = int(row[0]) if row else 0  # the largest id ever stored, even if pruned since
                 for eid, ev in items:
                     if eid <= top:
                         continue
@@ -257,10 +259,13 @@ class EventStore:
             row = self._reader.execute("SELECT max(id) FROM events").fetchone()
         return int(row[0] or 0)
 
-    def last_frame_id(self) -> int:
+    def high_water(self, table: str = "events") -> int:
+        """Largest id ever stored in ``table`` (``events`` or ``frames``), even if retention deleted it since."""
+        if table not in ("events", "frames"):
+            raise EventsError(f"no table {table!r}")
         with self._rlock:
-            row = self._reader.execute("SELECT max(id) FROM frames").fetchone()
-        return int(row[0] or 0)
+            row = self._reader.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        return int(row[0]) if row else 0
 
     def read(
         self,
