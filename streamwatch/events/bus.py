@@ -183,6 +183,18 @@ class EventBus:
                     fut.set_result(st)
             self._fan_out(stored)
 
+    def deliver(self, stored: Sequence[StoredEvent]) -> None:
+        """Fan out events committed by someone else with their own ids (a cluster gateway's follower).
+
+        Call on the event loop right after the commit, without an await in between, in id order; events
+        at or below :attr:`last_id` are ignored. Do not mix with :meth:`publish` on the same store (both
+        would assign ids). Replays read the store up to :attr:`last_id`, which moves only here, after the
+        commit: a client never misses or doubles an event at the replay/live seam.
+        """
+        fresh = [s for s in stored if s.id > self.last_id]
+        if fresh:
+            self._fan_out(fresh)
+
     async def _housekeep(self) -> None:
         """WAL checkpoints every ``checkpoint_s`` and retention every ``retention_s``, off the loop."""
         loop = asyncio.get_running_loop()

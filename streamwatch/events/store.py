@@ -150,25 +150,68 @@ class EventStore:
                 raise EventsError(f"cannot store events: {e}") from e
         return out
 
+    def append_ids(self, items: Sequence[tuple[int, Event]]) -> list[StoredEvent]:
+        """Commit events whose ids were assigned elsewhere (a cluster's JetStream sequence), in one transaction.
+
+        ``items`` are ``(id, event)`` in increasing id order. An id not above the largest ever stored
+        (:meth:`high_water`) is skipped (already here, pruned, or it would land out of order), so a
+        replayed batch is a no-op. Returns the
+        events actually inserted, in order. Errors: :class:`EventsError` on an SQLite failure (nothing kept).
+        """
+        out: list[StoredEvent] = []
+        with self._wlock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+                top = int(row[0]) if row else 0  # the largest id ever stored, even if pruned since
+                for eid, ev in items:
+                    if eid <= top:
+                        continue
+                    body = encode_body(ev)
+                    self._db.execute(
+                        "INSERT INTO events(id, type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?,?)",
+                        (eid, ev.TYPE, ev.stream, ev.owner, ev.at, " ".join(ev.files()), body),
+                    )
+                    out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, body)))
+                    top = eid
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise EventsError(f"cannot store events: {e}") from e
+        return out
+
     def add(self, event: Event) -> Event:
         """Store one event and return it with its id (convenience for tools and tests)."""
         stored = self.append([event])[0]
         return replace(event, id=stored.id)
 
     def add_frame(
-        self, stream: str, offset: float, at: float, thumb: str | None, model: str, tags: tuple[str, ...], embedding: np.ndarray
+        self,
+        stream: str,
+        offset: float,
+        at: float,
+        thumb: str | None,
+        model: str,
+        tags: tuple[str, ...],
+        embedding: np.ndarray,
+        *,
+        frame_id: int | None = None,
     ) -> int:
-        """Index one kept frame for search (its embedding stored as float16: 1 KiB per 512-d frame)."""
+        """Index one kept frame for search (its embedding stored as float16: 1 KiB per 512-d frame).
+
+        ``frame_id`` gives the id (a cluster's JetStream sequence); an id already present is left as is.
+        """
         blob = np.asarray(embedding, np.float16).tobytes()
         with self._wlock:
             try:
                 cur = self._db.execute(
-                    "INSERT INTO frames(stream, offset, at, thumb, model, tags, embedding) VALUES (?,?,?,?,?,?,?)",
-                    (stream, offset, at, thumb, model, " ".join(tags), blob),
+                    "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding) VALUES (?,?,?,?,?,?,?,?)",
+                    (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob),
                 )
             except sqlite3.Error as e:
                 raise EventsError(f"cannot index a frame: {e}") from e
-        return int(cur.lastrowid or 0)
+        return int(frame_id if frame_id is not None else cur.lastrowid or 0)
 
     def frames(self, *, stream: str | None = None, model: str | None = None, after: int = 0) -> list[IndexedFrame]:
         """Indexed frames with id > ``after``, in id order (incremental loading for the search index)."""
@@ -215,6 +258,14 @@ class EventStore:
         with self._rlock:
             row = self._reader.execute("SELECT max(id) FROM events").fetchone()
         return int(row[0] or 0)
+
+    def high_water(self, table: str = "events") -> int:
+        """Largest id ever stored in ``table`` (``events`` or ``frames``), even if retention deleted it since."""
+        if table not in ("events", "frames"):
+            raise EventsError(f"no table {table!r}")
+        with self._rlock:
+            row = self._reader.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        return int(row[0]) if row else 0
 
     def read(
         self,

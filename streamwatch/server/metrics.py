@@ -28,7 +28,7 @@ class Metrics:
         self.cache = Counter("streamwatch_cache_lookups", "Analysis cache lookups, by result (hit|miss).", ["result"], registry=r)
         self.vlm_requests = Counter(
             "streamwatch_vlm_requests",
-            "VLM attempts by model and outcome (ok|error|timeout|bad_output|skipped).",
+            "VLM attempts by model and outcome (ok|error|timeout|bad_output|refused|skipped|busy).",
             ["model", "outcome"],
             registry=r,
         )
@@ -39,7 +39,7 @@ class Metrics:
 
     def on_vlm(self, model: str, outcome: str, seconds: float) -> None:
         self.vlm_requests.labels(model, outcome).inc()
-        if outcome != "skipped":
+        if outcome not in ("skipped", "busy"):  # no attempt was made
             self.vlm_latency.labels(model).observe(seconds)
 
     def on_stored(self, batch: Sequence[StoredEvent]) -> None:

@@ -12,6 +12,11 @@ other model is asked. A request answered twice with a server error
 known-good probe (the backend's ``warm``): if the model answers it, the failure is this input's
 (raised as ``VLMInputError``); if not, the model's breaker records the failure and the chain goes on.
 
+With an :class:`AdmissionGate` (cluster mode: one in-flight budget per model across all workers) each
+model's attempts run inside one of its slots. A model whose slots stay busy for ``admission_wait_s``
+(default: the model's ``timeout_s``) is *busy*, not failing: observed as ``busy``, no breaker change,
+and the request goes down the chain as if the model were unavailable.
+
 ``switch(role, model)`` loads and warms the new model *before* the chain changes (one assignment,
 so no request sees a half-loaded model); requests already running finish on the old backend, which
 is closed once it is idle and no chain uses it. Switches per role are rate-limited.
@@ -20,11 +25,13 @@ is closed once it is idle and no chain uses it. Switches per role are rate-limit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from streamwatch.errors import VLMError, VLMInputError, VLMServerError, VLMUnavailable
 from streamwatch.vlm.backend import VLMBackend
@@ -35,7 +42,17 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Factory = Callable[[ModelSpec], VLMBackend]
-Observer = Callable[[str, str, float], None]  # (model, outcome, seconds); outcome: ok | error | timeout | bad_output | refused | skipped
+# (model, outcome, seconds); outcome: ok | error | timeout | bad_output | refused | skipped | busy
+Observer = Callable[[str, str, float], None]
+
+
+class AdmissionGate(Protocol):
+    """Admission to a model shared with other processes (e.g. :class:`streamwatch.cluster.admission.Admission`)."""
+
+    def slot(self, model_id: str, timeout_s: float) -> AbstractAsyncContextManager[None]:
+        """Hold one of ``model_id``'s slots for the ``async with`` body; entering raises TimeoutError when none
+        came free within ``timeout_s`` seconds."""
+        ...
 
 
 class SwitchRefused(VLMError):
@@ -86,6 +103,8 @@ class ModelRouter:
         min_switch_interval_s: float = 120.0,
         observe: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        admission: AdmissionGate | None = None,
+        admission_wait_s: float | None = None,
     ) -> None:
         self.registry = registry
         self.factory = factory
@@ -94,6 +113,8 @@ class ModelRouter:
         self.min_switch_interval_s = min_switch_interval_s
         self.observe = observe or (lambda _m, _o, _s: None)
         self.clock = clock
+        self.admission = admission
+        self.admission_wait_s = admission_wait_s
         self.chains: dict[Capability, list[str]] = {r: list(c) for r, c in registry.roles.items()}
         self._slots: dict[str, _Slot] = {}
         self._last_switch: dict[Capability, float] = {}
@@ -152,45 +173,66 @@ class ModelRouter:
         slot.idle.clear()
         server_errors: list[VLMServerError] = []
         try:
-            for attempt in (1, 2):
-                t0 = time.perf_counter()
-                try:
-                    value = await task(slot.backend)
-                except VLMInputError as e:  # this request's input: no retry, no breaker, no failover
-                    self.observe(mid, "refused", time.perf_counter() - t0)
-                    logger.warning("%s refused the request's input: %s", mid, e)
-                    slot.breaker.release()
-                    raise
-                except VLMError as e:
-                    if isinstance(e, VLMServerError):
-                        server_errors.append(e)
-                    outcome = "timeout" if isinstance(e, TimeoutError) else "bad_output" if isinstance(e, ValueError) else "error"
-                    self.observe(mid, outcome, time.perf_counter() - t0)
-                    logger.warning("%s attempt %d failed: %s", mid, attempt, e)
-                    errors.append(f"{mid}: {e}")
-                    continue
-                except asyncio.CancelledError:
-                    slot.breaker.release()
-                    raise
-                except Exception as e:  # a backend bug must fail over, not take the stream down
-                    logger.exception("%s attempt %d crashed", mid, attempt)
-                    self.observe(mid, "error", time.perf_counter() - t0)
-                    errors.append(f"{mid}: {type(e).__name__}")
-                    continue
-                self.observe(mid, "ok", time.perf_counter() - t0)
-                slot.breaker.success()
-                return value
-            if len(server_errors) == 2 and await self._answers_probe(slot):
-                self.observe(mid, "refused", 0.0)
-                slot.breaker.release()
-                raise VLMInputError(f"{mid} failed this request twice but answers a probe, so its input is refused: {server_errors[-1]}")
-            if slot.breaker.failure(self.clock()):
-                logger.error("%s failed twice: circuit open for %.0fs, the next model in the chain serves", mid, slot.breaker.cooldown_s)
-            return _FAILED
+            async with contextlib.AsyncExitStack() as admitted:
+                if self.admission is not None:
+                    wait = self.admission_wait_s if self.admission_wait_s is not None else slot.spec.timeout_s
+                    t0 = time.perf_counter()
+                    try:
+                        await admitted.enter_async_context(self.admission.slot(mid, wait))
+                    except TimeoutError as e:  # busy across the cluster: not the model's fault
+                        self.observe(mid, "busy", 0.0)
+                        logger.info("%s busy: no cluster slot within %.1fs", mid, time.perf_counter() - t0)
+                        errors.append(f"{mid}: busy ({e})")
+                        slot.breaker.release()
+                        return _FAILED
+                    except asyncio.CancelledError:
+                        slot.breaker.release()
+                        raise
+                return await self._attempts(slot, task, errors, server_errors)
         finally:
             slot.inflight -= 1
             if slot.inflight == 0:
                 slot.idle.set()
+
+    async def _attempts(
+        self, slot: _Slot, task: Callable[[VLMBackend], Awaitable[T]], errors: list[str], server_errors: list[VLMServerError]
+    ) -> T | object:
+        mid = slot.spec.id
+        for attempt in (1, 2):
+            t0 = time.perf_counter()
+            try:
+                value = await task(slot.backend)
+            except VLMInputError as e:  # this request's input: no retry, no breaker, no failover
+                self.observe(mid, "refused", time.perf_counter() - t0)
+                logger.warning("%s refused the request's input: %s", mid, e)
+                slot.breaker.release()
+                raise
+            except VLMError as e:
+                if isinstance(e, VLMServerError):
+                    server_errors.append(e)
+                outcome = "timeout" if isinstance(e, TimeoutError) else "bad_output" if isinstance(e, ValueError) else "error"
+                self.observe(mid, outcome, time.perf_counter() - t0)
+                logger.warning("%s attempt %d failed: %s", mid, attempt, e)
+                errors.append(f"{mid}: {e}")
+                continue
+            except asyncio.CancelledError:
+                slot.breaker.release()
+                raise
+            except Exception as e:  # a backend bug must fail over, not take the stream down
+                logger.exception("%s attempt %d crashed", mid, attempt)
+                self.observe(mid, "error", time.perf_counter() - t0)
+                errors.append(f"{mid}: {type(e).__name__}")
+                continue
+            self.observe(mid, "ok", time.perf_counter() - t0)
+            slot.breaker.success()
+            return value
+        if len(server_errors) == 2 and await self._answers_probe(slot):
+            self.observe(mid, "refused", 0.0)
+            slot.breaker.release()
+            raise VLMInputError(f"{mid} failed this request twice but answers a probe, so its input is refused: {server_errors[-1]}")
+        if slot.breaker.failure(self.clock()):
+            logger.error("%s failed twice: circuit open for %.0fs, the next model in the chain serves", mid, slot.breaker.cooldown_s)
+        return _FAILED
 
     async def _answers_probe(self, slot: _Slot) -> bool:
         """Does the model answer a known-good request (its ``warm``) within its timeout?"""
