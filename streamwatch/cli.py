@@ -404,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--realtime", action="store_true", help="pace file sources in real time, like a live show (ingest.realtime)")
     ru.set_defaults(func=_cmd_run, open_timeout_s=None, read_timeout_s=None, max_retries=None, decode=None, hwaccel=None)
 
+    from streamwatch.cli_cluster import add_parsers as add_cluster_parsers
+
+    add_cluster_parsers(sub)
+
     an = sub.add_parser("analyze", help="run the analysis cascade on a recording as fast as possible, then write a report")
     an.add_argument("file", type=Path, help="video file")
     an.add_argument("-o", "--output", type=Path, help="report file (.html, .json or .csv; default: FILE-report.html beside FILE)")

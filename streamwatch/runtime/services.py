@@ -32,7 +32,7 @@ from streamwatch.vlm.escalation import EscalationQueue
 from streamwatch.vlm.persona import Persona, load_persona
 from streamwatch.vlm.prompts import DEFAULT_QUESTIONS, ComplianceQuestion
 from streamwatch.vlm.registry import load_registry
-from streamwatch.vlm.router import ModelRouter
+from streamwatch.vlm.router import AdmissionGate, ModelRouter
 from streamwatch.vlm.service import VLMService
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ def load_encoder(settings: Settings) -> EncoderTier | None:
     return EncoderTier(encoder, labels)
 
 
-async def build_services(settings: Settings, store: EventStore, bus: Publisher, metrics: Metrics) -> StreamServices:
+async def build_services(
+    settings: Settings, store: EventStore, bus: Publisher, metrics: Metrics, *, admission: AdmissionGate | None = None
+) -> StreamServices:
     """Load policies, analyzers, the encoder and the VLM router. Raises ConfigError/PolicyError/ModelLoadError."""
     s = settings
     loop = asyncio.get_running_loop()
@@ -136,6 +138,7 @@ async def build_services(settings: Settings, store: EventStore, bus: Publisher, 
         breaker_cooldown_s=s.vlm.breaker_cooldown_s,
         min_switch_interval_s=s.vlm.min_switch_interval_s,
         observe=metrics.on_vlm,
+        admission=admission,
     )
     router.start()
     for role, chain in router.chains.items():

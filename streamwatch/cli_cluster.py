@@ -1,0 +1,95 @@
+"""``streamwatch worker`` and ``streamwatch gateway``: the two roles of cluster mode (see README "Cluster")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from streamwatch.errors import ConfigError
+
+logger = logging.getLogger("streamwatch")
+
+
+def _overrides(a: argparse.Namespace) -> dict[str, Any]:
+    from streamwatch.cli import _run_overrides
+
+    over = _run_overrides(a)
+    cluster: dict[str, Any] = {}
+    if a.nats:
+        cluster["nats"] = [u for item in a.nats for u in item.split(",") if u]
+    if getattr(a, "worker_id", None):
+        cluster["worker_id"] = a.worker_id
+    if getattr(a, "capacity", None) is not None:
+        cluster["capacity"] = a.capacity
+    if cluster:
+        over["cluster"] = cluster
+    return over
+
+
+def _serve(role: Any, a: argparse.Namespace) -> int:
+    from streamwatch.cli import _setup_logging
+    from streamwatch.config import load_settings
+
+    settings = load_settings(a.config, _overrides(a))
+    _setup_logging(settings.log_level)
+    if not settings.cluster.nats:
+        raise ConfigError("cluster mode needs NATS: give --nats nats://host:4222 or [cluster] nats = [...] in the config")
+    if settings.streams:
+        logger.warning("[[streams]] in the config are ignored in cluster mode: add them with `streamwatch streams add` on a gateway")
+    node = role(settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        task = asyncio.create_task(node.run())
+        ready = asyncio.create_task(node.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if node.ready.is_set():
+            where = f" serving {node.server.url}" if getattr(node, "server", None) is not None else f" ({node.id})"
+            print(f"streamwatch: {a.role} ready{where}", file=sys.stderr, flush=True)
+        await task
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from streamwatch.cluster.worker import ClusterWorker
+
+    return _serve(ClusterWorker, a)
+
+
+def cmd_gateway(a: argparse.Namespace) -> int:
+    from streamwatch.cluster.gateway import Gateway
+
+    return _serve(Gateway, a)
+
+
+def add_parsers(sub: Any) -> None:
+    """``worker`` and ``gateway`` subcommands on the main parser's ``sub``."""
+    for role, text in (
+        ("worker", "cluster worker: claim streams (leases in NATS JetStream), analyse them, publish events"),
+        ("gateway", "cluster gateway: follow the cluster's events and serve /ws, the overlay, console and reports"),
+    ):
+        p = sub.add_parser(role, help=text)
+        p.add_argument("-c", "--config", type=Path, help="TOML config file ([cluster], [analysis], [server], …)")
+        p.add_argument("--nats", action="append", metavar="URL[,URL]", help="NATS server URL(s) (cluster.nats; repeatable)")
+        p.add_argument("--data", type=Path, help="data directory (this process's own store)")
+        p.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
+        if role == "worker":
+            p.add_argument("--worker-id", help="this worker's name (default: host name and pid)")
+            p.add_argument("--capacity", type=int, help="streams this worker runs at most (default 8)")
+            p.set_defaults(func=cmd_worker)
+        else:
+            p.add_argument("--host", help="server address (default 127.0.0.1)")
+            p.add_argument("--port", type=int, help="server port (default 8765)")
+            p.add_argument("--api-port", type=int, help="HTTP API port (POST /streams, …; default: off)")
+            p.add_argument("--token", action="append", metavar="ROLE:SECRET", help="accept this token for ROLE (repeatable)")
+            p.set_defaults(func=cmd_gateway)
+        p.set_defaults(role=role, open_timeout_s=None, read_timeout_s=None, max_retries=None, decode=None, hwaccel=None)

@@ -1,0 +1,158 @@
+"""``streamwatch gateway``: serve ``/ws``, the overlay, the console and reports for every stream of the cluster.
+
+A gateway follows the JetStream event log into its own SQLite store (a materialised view whose ids
+are the JetStream sequences, resumable from the last one it holds: see
+:class:`~streamwatch.cluster.follow.Follower`), so ``since`` resume, replay and reports work the same
+on every gateway and across gateway restarts. What clients publish here (reviews, votes) goes to the
+log too (:class:`GatewayBus`) and comes back through the follower, so every gateway has it under
+the same id. Streams are added and removed in the cluster's desired set (KV); workers pick them up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from streamwatch.cluster.connect import Names, connect, kv_bucket
+from streamwatch.cluster.desired import DesiredStreams
+from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, jetstream
+from streamwatch.cluster.follow import Follower
+from streamwatch.cluster.leases import LeaseTable
+from streamwatch.config import Settings, StreamConfig
+from streamwatch.errors import ClusterError, EventsError
+from streamwatch.events.bus import EventBus
+from streamwatch.events.model import Event
+from streamwatch.events.store import EventStore, StoredEvent
+from streamwatch.server.control import stream_json
+from streamwatch.server.metrics import Metrics
+from streamwatch.server.server import EventServer
+
+logger = logging.getLogger(__name__)
+
+FOLLOW_WAIT_S = 15.0  # how long a client's publish waits to see its event come back through the follower
+
+
+class GatewayBus(EventBus):
+    """The bus of a gateway: :meth:`publish` appends to the cluster log and returns once the follower
+    has stored and delivered the event locally (so a client's own review is in the store it reads)."""
+
+    def __init__(self, store: EventStore, publisher: JetStreamPublisher) -> None:
+        super().__init__(store)
+        self.publisher = publisher
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+
+    async def publish(self, event: Event) -> StoredEvent:
+        stored = await self.publisher.publish(event)
+        if stored.id > self.last_id:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(stored.id, []).append(fut)
+            try:
+                async with asyncio.timeout(FOLLOW_WAIT_S):
+                    await fut
+            except TimeoutError as e:
+                raise EventsError(f"event {stored.id} was stored in the cluster but not followed here within {FOLLOW_WAIT_S:g}s") from e
+        return stored
+
+    def deliver(self, stored: Sequence[StoredEvent]) -> None:
+        super().deliver(stored)
+        for seq in [s for s in self._waiting if s <= self.last_id]:
+            for fut in self._waiting.pop(seq):
+                if not fut.done():
+                    fut.set_result(None)
+
+
+class Gateway:
+    """One gateway. :meth:`run` until :meth:`stop`. Implements the server's StreamControl over the desired set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.cluster
+        self.metrics = Metrics()
+        self.server: EventServer | None = None
+        self.ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self._desired: dict[str, StreamConfig] = {}
+        self._holders: dict[str, str] = {}
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        s, c = self.settings, self.cfg
+        nc = await connect(c, name="streamwatch-gateway")
+        try:
+            js = jetstream(nc)
+            names = Names.from_config(c)
+            self.desired = DesiredStreams(await kv_bucket(js, names.desired, ttl_s=None, replicas=c.replicas))
+            self.leases = LeaseTable(await kv_bucket(js, names.leases, ttl_s=c.lease_ttl_s, replicas=c.replicas), ttl_s=c.lease_ttl_s)
+            await ensure_event_stream(js, c, max(1, len(nc.servers)))
+            self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
+            bus = self.bus = GatewayBus(self.store, JetStreamPublisher(js, self.store, c))
+            follower = self.follower = Follower(js, self.store, bus, c)
+            await bus.start()
+            follower.start()
+            try:
+                await self._refresh()
+                self.server = EventServer(s.server, bus, metrics=self.metrics, streams=list(self._desired), control=self)
+                await self.server.start()
+                self.ready.set()
+                while not self.stopping.is_set():
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), c.renew_s)
+                    except TimeoutError:
+                        pass
+                    try:
+                        await self._refresh()
+                    except ClusterError as e:
+                        logger.warning("gateway: cannot read the desired set: %s", e)
+            finally:
+                if self.server is not None:
+                    await self.server.stop()
+                await follower.stop()
+                await bus.stop()
+                self.store.close()
+        finally:
+            try:
+                await asyncio.wait_for(nc.drain(), 5)
+            except Exception as e:
+                logger.warning("gateway: NATS drain failed: %s", e)
+
+    async def _refresh(self) -> None:
+        """The desired set and lease holders; streams added or removed elsewhere join or leave this server's view."""
+        self._desired = await self.desired.all()
+        self._holders = {sid: h.worker for sid, h in (await self.leases.holders()).items()}
+        if self.server is not None:
+            known = self.server.streams
+            for sid in set(self._desired) - known:
+                known.add(sid)
+                self.server.removed.discard(sid)
+                self.server.status.setdefault(sid, {"state": "unknown"})
+            for sid in known - set(self._desired):
+                known.discard(sid)
+                self.server.removed.add(sid)
+                self.server.status.pop(sid, None)
+
+    # --- StreamControl ------------------------------------------------------------------------------
+
+    async def add_stream(self, cfg: StreamConfig, by: str) -> None:
+        await self.desired.add(cfg)
+        self._desired[cfg.id] = cfg
+        logger.info("stream %s added to the cluster by %s", cfg.id, by)
+
+    async def remove_stream(self, stream_id: str, by: str) -> None:
+        await self.desired.remove(stream_id)
+        self._desired.pop(stream_id, None)
+        logger.info("stream %s removed from the cluster by %s", stream_id, by)
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        status = self.server.status if self.server is not None else {}
+        return [
+            stream_json(cfg, origin="cluster", state=str(status.get(sid, {}).get("state", "unknown")), worker=self._holders.get(sid))
+            for sid, cfg in sorted(self._desired.items())
+        ]
+
+    def health(self) -> dict[str, Any]:
+        return {"followed": self.follower.last_seq, "at": time.time()}

@@ -1,0 +1,66 @@
+"""A cluster stream's session clock and cooldowns, carried over JetStream KV to the next owner.
+
+The owner writes the carried state (session start, heartbeat, the rule cooldowns) about once a
+second; a worker that takes the stream over (the owner died, drained, or its lease was lost) reads
+it: offsets continue from the same session start, alerts still in cooldown are not raised again,
+and the unwatched window between the last heartbeat and the takeover is a ``monitoring_gap``
+health event with its length. Implements :class:`~streamwatch.runtime.runner.SessionKeeping`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from streamwatch.analysis.rules import RuleEngine
+from streamwatch.cluster.carry import CarryTable, StreamCarry
+from streamwatch.errors import ClusterError
+from streamwatch.events.codec import iso
+from streamwatch.events.model import HealthEvent, HealthKind
+
+logger = logging.getLogger(__name__)
+
+
+def takeover_gap(stream: str, carry: StreamCarry, now: float, worker: str) -> HealthEvent:
+    """The window nobody watched ``stream`` before ``worker`` took it over at ``now`` (pure).
+
+    ``offset``: show time of the last heartbeat (s); ``duration_s``: from that heartbeat to now.
+    """
+    return HealthEvent(
+        stream=stream,
+        at=now,
+        offset=carry.heartbeat_offset,
+        kind=HealthKind.MONITORING_GAP,
+        duration_s=round(max(0.0, now - carry.heartbeat_at), 3),
+        reason=f"taken over by worker {worker}: nobody watched from {iso(carry.heartbeat_at)} to {iso(now)}",
+    )
+
+
+class CarriedSession:
+    """:class:`SessionKeeping` of one stream in the cluster's carried state (``table``)."""
+
+    def __init__(self, table: CarryTable, stream: str, engine: Callable[[], RuleEngine], worker: str) -> None:
+        self.table = table
+        self.stream = stream
+        self.engine = engine
+        self.worker = worker
+
+    async def restore(self) -> tuple[float | None, HealthEvent | None]:
+        carry = await self.table.load(self.stream)
+        if carry is None or carry.session_started_at is None:
+            return None, None
+        self.engine().import_cooldowns(self.stream, carry.cooldowns)
+        return carry.session_started_at, takeover_gap(self.stream, carry, time.time(), self.worker)
+
+    async def beat(self, started_at: float | None, offset: float, *, force: bool = False) -> None:
+        if started_at is None:
+            return
+        carry = StreamCarry(started_at, time.time(), offset, self.engine().export_cooldowns(self.stream))
+        try:
+            await self.table.save(self.stream, carry, force=force)
+        except ClusterError as e:  # the next beat tries again; a lost lease is noticed by the renewals
+            logger.warning("stream %s: %s", self.stream, e)
+
+    async def end(self) -> None:
+        await self.table.end(self.stream)

@@ -1,0 +1,205 @@
+"""``streamwatch worker``: run the streams this worker holds leases on, publish their events to JetStream.
+
+Every ``cluster.renew_s`` a round: renew the leases held (a renewal that fails drops that stream at
+once: another worker may already own it), write this worker's membership, read the desired set and
+the leases, and follow :func:`~streamwatch.cluster.assign.plan`: claim unleased streams that fall to
+this worker (rendezvous hashing over the live workers, with capacity), release the ones no longer
+desired (ended on purpose) or over capacity (handed over). SIGTERM drains: the worker says it is
+draining, hands every stream over (a last heartbeat, the lease released) and exits; the next owner
+continues each session with a short ``monitoring_gap``. A worker killed with ``kill -9`` stops
+renewing: its leases expire after ``cluster.lease_ttl_s`` and its streams are claimed within a round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from streamwatch.cluster.assign import UnleasedClock, plan
+from streamwatch.cluster.carry import CarryTable
+from streamwatch.cluster.connect import Names, connect, kv_bucket
+from streamwatch.cluster.desired import DesiredStreams
+from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, jetstream
+from streamwatch.cluster.leases import Lease, LeaseTable
+from streamwatch.cluster.members import Members
+from streamwatch.cluster.session import CarriedSession
+from streamwatch.config import Settings, StreamConfig
+from streamwatch.errors import ClusterError, LeaseLost, PolicyError
+from streamwatch.events.model import HealthEvent, HealthKind
+from streamwatch.events.store import EventStore
+from streamwatch.runtime.runner import SessionKeeping
+from streamwatch.runtime.services import build_services
+from streamwatch.runtime.supervisor import StreamSet
+from streamwatch.server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+def worker_name(settings: Settings) -> str:
+    """``cluster.worker_id``, else host name and process id."""
+    return settings.cluster.worker_id or f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+class ClusterWorker:
+    """One worker of the cluster. :meth:`run` until :meth:`stop` (drain) or cancelled."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.cluster
+        self.id = worker_name(settings)
+        self.metrics = Metrics()
+        self.leases: dict[str, Lease] = {}
+        self.draining = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.clock = UnleasedClock()
+        self.rounds = 0
+
+    def stop(self) -> None:
+        """Drain: hand every stream over, then return from :meth:`run`."""
+        self.draining.set()
+
+    async def run(self) -> None:
+        s, c = self.settings, self.cfg
+        nc = await connect(c, name=f"streamwatch-worker-{self.id}")
+        try:
+            js = jetstream(nc)
+            names = Names.from_config(c)
+            servers = max(1, len(nc.servers))
+            self.desired = DesiredStreams(await kv_bucket(js, names.desired, ttl_s=None, replicas=c.replicas))
+            self.lease_table = LeaseTable(await kv_bucket(js, names.leases, ttl_s=c.lease_ttl_s, replicas=c.replicas), ttl_s=c.lease_ttl_s)
+            self.members = Members(await kv_bucket(js, names.members, ttl_s=c.lease_ttl_s, replicas=c.replicas))
+            self.carry = CarryTable(await kv_bucket(js, names.state, ttl_s=None, replicas=c.replicas))
+            await ensure_event_stream(js, c, servers)
+            self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
+            self.publisher = JetStreamPublisher(js, self.store, c)
+            admission = await _admission(js, s, self.id, servers)
+            svc = self.svc = await build_services(s, self.store, self.publisher, self.metrics, admission=admission)
+            svc.frames = self.publisher.publish_frame
+            self.streams = StreamSet(svc, self._keeper)
+            logger.info("worker %s: capacity %d streams, lease %.1fs", self.id, c.capacity, c.lease_ttl_s)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    watcher = tg.create_task(svc.engines.watch(s.analysis.reload_s, self._config_notice))
+                    await self._loop()
+                    watcher.cancel()
+            finally:
+                await self._drain()
+                await svc.close()
+                self.store.close()
+        finally:
+            try:
+                await asyncio.wait_for(nc.drain(), 5)
+            except Exception as e:  # closing is best effort: the leases expire anyway
+                logger.warning("worker %s: NATS drain failed: %s", self.id, e)
+
+    def _keeper(self, cfg: StreamConfig) -> SessionKeeping | None:
+        return CarriedSession(self.carry, cfg.id, lambda: self.svc.engines.engine_for(cfg.id), self.id)
+
+    async def _loop(self) -> None:
+        while not self.draining.is_set():
+            t0 = time.monotonic()
+            try:
+                await self._round()
+            except ClusterError as e:  # NATS away for a moment: the leases are still renewed next round
+                logger.warning("worker %s: round failed: %s", self.id, e)
+            self.rounds += 1
+            self.ready.set()
+            wait = max(0.05, self.cfg.renew_s - (time.monotonic() - t0))
+            try:
+                await asyncio.wait_for(self.draining.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def _round(self) -> None:
+        await self._renew()
+        want = await self.desired.all()
+        await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases))
+        holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
+        holders.update({sid: self.id for sid in self.leases})  # ours, even if the listing lags
+        members = await self.members.live()
+        ages = self.clock.observe(set(want) - holders.keys(), time.monotonic())
+        todo = plan(set(want), holders, members, self.id, unleased_for=ages, grace_s=max(2.0, 2 * self.cfg.renew_s))
+        for sid in todo.release:
+            await self._release(sid, ended=sid not in want)
+        for sid in todo.claim:
+            if sid in want:
+                await self._claim(want[sid])
+
+    async def _renew(self) -> None:
+        for sid, lease in list(self.leases.items()):
+            try:
+                self.leases[sid] = await self.lease_table.renew(lease)
+            except LeaseLost as e:
+                logger.error("worker %s: stream %s dropped at once: %s", self.id, sid, e)
+                del self.leases[sid]
+                await self.streams.abandon(sid)
+
+    async def _claim(self, cfg: StreamConfig) -> None:
+        lease = await self.lease_table.claim(cfg.id, self.id)
+        if lease is None:
+            return  # another worker was quicker
+        self.leases[cfg.id] = lease
+        try:
+            await self.svc.engines.assign(cfg.id, cfg.policy)
+        except PolicyError as e:
+            logger.error("worker %s: stream %s not started, its policy cannot be loaded: %s", self.id, cfg.id, e)
+            return  # kept leased so no worker loops on it; fix the policy and re-add the stream
+        logger.info("worker %s: stream %s claimed", self.id, cfg.id)
+        self.streams.start(cfg)
+
+    async def _release(self, sid: str, *, ended: bool) -> None:
+        """Give ``sid`` up: removed from the desired set (ended on purpose) or handed over."""
+        if ended:
+            await self.streams.stop(sid)
+        else:
+            runner = self.streams.runners.get(sid)
+            await self.streams.abandon(sid)
+            if runner is not None:
+                await runner.handover()
+        self.svc.engines.forget(sid)
+        lease = self.leases.pop(sid, None)
+        if lease is not None:
+            await self.lease_table.release(lease)
+        logger.info("worker %s: stream %s %s", self.id, sid, "ended" if ended else "handed over")
+
+    async def _drain(self) -> None:
+        """Hand every stream over and leave the membership (SIGTERM)."""
+        if not hasattr(self, "streams"):
+            return
+        try:
+            await self.members.put(self.id, capacity=self.cfg.capacity, draining=True, streams=tuple(self.leases))
+        except ClusterError as e:
+            logger.warning("worker %s: %s", self.id, e)
+        for sid in list(self.leases):
+            try:
+                await self._release(sid, ended=False)
+            except ClusterError as e:
+                logger.warning("worker %s: stream %s: %s (its lease expires instead)", self.id, sid, e)
+        await self.streams.abandon_all()
+        try:
+            await self.members.leave(self.id)
+        except ClusterError as e:
+            logger.warning("worker %s: %s", self.id, e)
+
+    async def _config_notice(self, streams: list[str], reason: str) -> None:
+        for sid in streams:
+            ev = HealthEvent(stream=sid, at=time.time(), offset=self.svc.offsets.get(sid, 0.0), kind=HealthKind.CONFIG, reason=reason)
+            await self.publisher.publish(ev)
+
+    def status(self) -> dict[str, Any]:
+        return {"worker": self.id, "streams": sorted(self.leases), "rounds": self.rounds}
+
+
+async def _admission(js: Any, settings: Settings, owner: str, servers: int) -> Any:
+    """The cluster-wide VLM admission gate: per model ``cluster.vlm_budget``, else its registry concurrency."""
+    from streamwatch.cluster.admission import open_admission
+    from streamwatch.vlm.registry import load_registry
+
+    registry = await asyncio.get_running_loop().run_in_executor(None, load_registry, settings.vlm.registry, settings.vlm.roles)
+    budgets = {mid: spec.concurrency for mid, spec in registry.models.items()} | dict(settings.cluster.vlm_budget)
+    cfg = settings.cluster.model_copy(update={"vlm_budget": budgets})
+    return await open_admission(js, cfg, owner, default_budget=4, servers=servers)
