@@ -164,7 +164,7 @@ class Moderator:
             return max((e["id"] for e in self.events), default=None)
 
     def start(self, since: int | None = None) -> None:
-        ws = connect(self.url, additional_headers={"Authorization": f"Bearer {MODERATOR}"}, open_timeout=30, max_size=None)
+        ws = connect(self.url, additional_headers={"Authorization": f"Bearer {MODERATOR}"}, open_timeout=30, max_size=None).__enter__()
         ws.recv(30)  # hello
         sub: dict[str, Any] = {"type": "subscribe", "channels": list(self.channels), "ref": "sub"}
         if since is not None:

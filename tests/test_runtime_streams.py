@@ -626,3 +626,9 @@ def test_a_real_daemon_adds_and_removes_streams_at_run_time_and_keeps_the_set(ng
     finally:
         for p in pubs:
             stop_proc(p)
+
+
+@pytest.mark.parametrize("source", ["rtmp://", "rtmp:///live/x", "http://:80/a.m3u8", "rtmp://h:abc/x", "rtsp://cam:99999/x"])
+def test_a_network_source_without_a_host_or_with_a_bad_port_is_refused(source: str) -> None:
+    with pytest.raises(ConfigError, match="no host or a bad port"):
+        validate_stream({"id": "x", "source": source})

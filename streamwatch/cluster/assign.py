@@ -70,8 +70,9 @@ def plan(
     * A draining (or unregistered) worker releases everything it holds.
     * Streams no longer desired are released.
     * Unleased desired streams are handed out in stream-id order, each to the best-ranked
-      non-draining member with free capacity (capacity minus the desired leases it holds), as every
-      worker would compute it; ``me`` claims those that fall to it.
+      non-draining member with room, as every worker would compute it; ``me`` claims those that
+      fall to it. Room = min(capacity, an even share: desired streams / eligible members, rounded
+      up) minus the desired leases it holds (consistent hashing with bounded loads).
     * A stream unleased for ``grace_s`` seconds or more is claimed by ``me`` whenever it has
       capacity left, whoever is preferred (that worker may be stuck, or see another view).
     * ``me`` never holds more than its capacity: claims stop at it, and when its capacity was
@@ -89,12 +90,15 @@ def plan(
         kept = kept[: member.capacity]
 
     eligible = [w for w, m in members.items() if not m.draining and m.capacity > 0]
-    free = {w: members[w].capacity for w in eligible}
+    # bounded load: nobody is handed more than an even share (rounded up) while others have room,
+    # so 6 streams on 3 workers are 2 + 2 + 2, not whatever the hash happens to give
+    share = -(-len(desired) // max(1, len(eligible)))
+    free = {w: min(members[w].capacity, share) for w in eligible}
     for s, holder in leases.items():
         if s in desired and holder in free:
             free[holder] -= 1
     if me in free:
-        free[me] = member.capacity - len(kept)
+        free[me] = min(member.capacity, share) - len(kept)
 
     unleased = sorted(desired - leases.keys())
     claim: list[str] = []

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from streamwatch.cluster.connect import NATS_ERRORS, is_wrong_sequence, kv_items, stream_key, stream_of_key
 from streamwatch.config import StreamConfig
-from streamwatch.errors import ClusterError, ConfigError
+from streamwatch.errors import ClusterError, ConfigError, DuplicateStream, UnknownStream
 from streamwatch.ingest.url import parse_source
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class DesiredStreams:
             rev = await self.kv.create(stream_key(cfg.id), cfg.model_dump_json().encode())
         except NATS_ERRORS as e:
             if is_wrong_sequence(e):
-                raise ConfigError(f"stream {cfg.id} already exists") from e
+                raise DuplicateStream(f"stream {cfg.id} already exists") from e
             raise ClusterError(f"stream {cfg.id}: cannot add it: {e!r}") from e
         logger.info("stream %s: added to the desired streams", cfg.id)
         return rev
@@ -60,10 +60,10 @@ class DesiredStreams:
             entry = await self.kv.get(key)
             await self.kv.delete(key, last=entry.revision)
         except nats.js.errors.KeyNotFoundError as e:
-            raise ConfigError(f"unknown stream {stream_id}") from e
+            raise UnknownStream(f"unknown stream {stream_id}") from e
         except NATS_ERRORS as e:
             if is_wrong_sequence(e):
-                raise ConfigError(f"unknown stream {stream_id} (removed or changed meanwhile)") from e
+                raise UnknownStream(f"unknown stream {stream_id} (removed or changed meanwhile)") from e
             raise ClusterError(f"stream {stream_id}: cannot remove it: {e!r}") from e
         logger.info("stream %s: removed from the desired streams", stream_id)
 

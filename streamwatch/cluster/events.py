@@ -103,37 +103,57 @@ def event_key(event: Event) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-async def ensure_event_stream(js: JetStreamContext, cfg: ClusterConfig, servers: int) -> None:
+async def ensure_event_stream(js: JetStreamContext, cfg: ClusterConfig, servers: int, *, timeout_s: float = 30.0) -> None:
     """Create or update the events and frames streams and the evidence bucket.
 
-    Replicas: ``cfg.replicas`` capped at ``servers`` (the servers the connection knows). Errors:
-    EventLogError when JetStream refuses.
+    Replicas: ``cfg.replicas`` capped at ``servers`` (the servers the connection knows). Safe when
+    several workers and gateways start at once: creation is tried first (idempotent for the same
+    config), a stream that exists with another config is updated, and JetStream API timeouts (a
+    leader being elected, a racing creator) are retried until ``timeout_s``. Errors: EventLogError.
     """
     replicas = max(1, min(cfg.replicas, servers))
     max_age = cfg.max_age_days * 86400.0
     ev, fr, bucket = names(cfg)
-    try:
-        for name, subject in ((ev, f"{cfg.name}.ev.>"), (fr, f"{cfg.name}.fr.>")):
-            sc = StreamConfig(
-                name=name,
-                subjects=[subject],
-                num_replicas=replicas,
-                max_age=max_age,
-                duplicate_window=cfg.dedupe_window_s,
-                storage=StorageType.FILE,
-            )
-            try:
-                await js.stream_info(name)
-            except nats.js.errors.NotFoundError:
-                await js.add_stream(sc)
-            else:
-                await js.update_stream(sc)
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            await js.object_store(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            await js.create_object_store(bucket, ObjectStoreConfig(ttl=max_age, replicas=replicas, storage=StorageType.FILE))
-    except (nats.errors.Error, nats.js.errors.Error) as e:
-        raise EventLogError(f"cannot set up the JetStream event log {ev}: {e}") from e
+            for name, subject in ((ev, f"{cfg.name}.ev.>"), (fr, f"{cfg.name}.fr.>")):
+                sc = StreamConfig(
+                    name=name,
+                    subjects=[subject],
+                    num_replicas=replicas,
+                    max_age=max_age,
+                    duplicate_window=cfg.dedupe_window_s,
+                    storage=StorageType.FILE,
+                )
+                try:
+                    await js.add_stream(sc)
+                except nats.js.errors.APIError as e:
+                    if getattr(e, "err_code", None) != _NAME_IN_USE:
+                        raise
+                    info = await js.stream_info(name)
+                    have = info.config
+                    if (have.max_age, have.duplicate_window, have.num_replicas) != (sc.max_age, sc.duplicate_window, sc.num_replicas):
+                        await js.update_stream(sc)
+            try:
+                await js.object_store(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                try:
+                    await js.create_object_store(bucket, ObjectStoreConfig(ttl=max_age, replicas=replicas, storage=StorageType.FILE))
+                except nats.js.errors.APIError as e:
+                    if getattr(e, "err_code", None) != _NAME_IN_USE:
+                        raise
+            return
+        except nats.errors.TimeoutError as e:
+            if time.monotonic() > deadline:
+                raise EventLogError(f"cannot set up the JetStream event log {ev}: JetStream did not answer for {timeout_s:g}s") from e
+            logger.info("event log %s: JetStream did not answer, retrying", ev)
+            await asyncio.sleep(random.uniform(0.1, 0.5))
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            raise EventLogError(f"cannot set up the JetStream event log {ev}: {e}") from e
+
+
+_NAME_IN_USE = 10058  # JetStream: a stream with that name exists with another config
 
 
 _RETRYABLE = (

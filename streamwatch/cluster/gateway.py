@@ -22,7 +22,7 @@ from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, 
 from streamwatch.cluster.follow import Follower
 from streamwatch.cluster.leases import LeaseTable
 from streamwatch.config import Settings, StreamConfig
-from streamwatch.errors import ClusterError, EventsError
+from streamwatch.errors import ClusterError, ConfigError, EventsError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import Event
 from streamwatch.events.store import EventStore, StoredEvent
@@ -138,12 +138,18 @@ class Gateway:
     # --- StreamControl ------------------------------------------------------------------------------
 
     async def add_stream(self, cfg: StreamConfig, by: str) -> None:
-        await self.desired.add(cfg)
+        try:
+            await self.desired.add(cfg)
+        except ClusterError as e:
+            raise ConfigError(f"the cluster cannot take the change now, try again: {e}") from e
         self._desired[cfg.id] = cfg
         logger.info("stream %s added to the cluster by %s", cfg.id, by)
 
     async def remove_stream(self, stream_id: str, by: str) -> None:
-        await self.desired.remove(stream_id)
+        try:
+            await self.desired.remove(stream_id)
+        except ClusterError as e:
+            raise ConfigError(f"the cluster cannot take the change now, try again: {e}") from e
         self._desired.pop(stream_id, None)
         logger.info("stream %s removed from the cluster by %s", stream_id, by)
 

@@ -117,10 +117,11 @@ class ClusterWorker:
     async def _round(self) -> None:
         await self._renew()
         want = await self.desired.all()
-        await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases))
+        me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases))
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
         holders.update({sid: self.id for sid in self.leases})  # ours, even if the listing lags
         members = await self.members.live()
+        members[self.id] = me  # alive by definition (a listing during a NATS node loss can miss records)
         ages = self.clock.observe(set(want) - holders.keys(), time.monotonic())
         todo = plan(set(want), holders, members, self.id, unleased_for=ages, grace_s=max(2.0, 2 * self.cfg.renew_s))
         for sid in todo.release:

@@ -55,8 +55,8 @@ def _scrub(e: Exception, spec: SourceSpec) -> str:
 
 def open_options(spec: SourceSpec) -> dict[str, str]:
     """Demuxer/protocol options per source kind (see shared notes on the traps)."""
-    if spec.kind is SourceKind.RTMP:
-        return {"fpsprobesize": "0"}
+    if spec.kind is SourceKind.RTMP:  # 1 s of probing, not FFmpeg's 5 s: a video-only FLV otherwise waits for audio
+        return {"fpsprobesize": "0", "analyzeduration": "1000000"}
     if spec.kind is SourceKind.LISTEN:
         return {"listen": "1", "fpsprobesize": "0"}
     if spec.kind is SourceKind.HLS:

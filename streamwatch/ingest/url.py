@@ -70,12 +70,23 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
 
 
+def _host(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number in 0-65535
+        return parts.hostname or ""
+    except ValueError:  # a malformed port or IPv6 literal
+        return ""
+
+
 def parse_source(url: str, *, listen: bool = False) -> SourceSpec:
     """Classify ``url``. ``listen=True`` makes an ``rtmp://`` URL a listen address."""
     if not url or not url.strip():
         raise ConfigError("empty source URL")
     url = url.strip()
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme and scheme not in {"file"} and not _host(url):
+        raise ConfigError(f"source {redact_url(url)!r} has no host or a bad port: expected {scheme}://HOST[:PORT]/…")
     if listen:
         if not scheme.startswith("rtmp"):
             raise ConfigError(f"listen mode needs an rtmp:// address, got {redact_url(url)}")
