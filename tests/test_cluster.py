@@ -9,6 +9,9 @@ its moderator resumes with ``since``.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_rig import Moderator, Rig, request, write_config
+from cluster_rig import ADMIN, Moderator, Rig, request, write_config
 from conftest import Nginx, publish, stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -102,6 +105,28 @@ def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx
         after = {s["id"]: s.get("worker") for s in request(g1.url, {"type": "list_streams"})["streams"]}
         assert all(after[s] not in (None, victim) for s in moved), after
 
+        # --- the killed worker comes back; another one drains on SIGTERM (hands its shows over) ---------
+        rig.nodes[victim].start()
+        leaving = Counter(w for w in after.values() if w != victim).most_common(1)[0][0]
+        handed = sorted(s for s, w in after.items() if w == leaving)
+        drained_at = time.time()
+        assert rig.nodes[leaving].stop() == 0, rig.nodes[leaving].tail()
+
+        def handed_over(evs: list[dict[str, Any]]) -> bool:
+            return all(any(_ts(e["at"]) > drained_at for e in health(evs, s, "state", "live")) for s in handed)
+
+        evs = mod1.wait_for(handed_over, 60, f"{handed} live again after {leaving} drained")
+        for s in handed:
+            gaps = [e for e in health(evs, s, "monitoring_gap") if _ts(e["at"]) > drained_at]
+            assert len(gaps) == 1 and gaps[0]["duration_s"] < 3.0, f"{s}: a short gap on a drain: {gaps}"
+        cli = subprocess.run(
+            [sys.executable, "-m", "streamwatch", "streams", "list", "--json", "--url", g1.url, "--token", ADMIN],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        workers = {s["id"]: s["worker"] for s in json.loads(cli.stdout)}
+        assert all(workers[s] not in (None, leaving) for s in handed), workers
+
         # --- stop one NATS node: a show added now still alerts on both gateways --------------------------
         nats3.nodes[0].stop()
         try:
@@ -159,3 +184,22 @@ def _ts(iso: str) -> float:
     from streamwatch.events.codec import parse_iso
 
     return parse_iso(iso)
+
+
+@pytest.mark.parametrize("role", ["worker", "gateway"])
+def test_nats_down_at_start_is_a_clear_error_after_retrying(role: str, tmp_path: Path) -> None:
+    from nats_cluster import free_port
+
+    port = free_port()  # nothing listens there
+    env = {**os.environ, "STREAMWATCH_CLUSTER__CONNECT_TIMEOUT_S": "2"}
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "streamwatch", role, "--nats", f"nats://user:pw@127.0.0.1:{port}", "--data", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    assert r.returncode != 0
+    assert f"cannot connect to NATS at nats://***@127.0.0.1:{port} within 2 s" in r.stderr or f"127.0.0.1:{port}" in r.stderr, r.stderr
+    assert "pw" not in r.stderr, "credentials in the error"
+    assert took >= 2.0, "gave up before the connect timeout"
+    assert "Traceback" not in r.stderr, r.stderr
