@@ -202,7 +202,12 @@ def is_wrong_sequence(e: BaseException) -> bool:
     if isinstance(e, nats.js.errors.KeyWrongLastSequenceError):
         return True
     if isinstance(e, nats.js.errors.KeyNotFoundError):
-        return isinstance(e.__context__, nats.js.errors.KeyWrongLastSequenceError)
+        cause = e.__context__
+        for _ in range(4):  # raised while handling a NotFoundError, raised while handling the wrong sequence
+            if cause is None or isinstance(cause, nats.js.errors.KeyWrongLastSequenceError):
+                break
+            cause = cause.__context__
+        return isinstance(cause, nats.js.errors.KeyWrongLastSequenceError)
     return isinstance(e, nats.js.errors.APIError) and getattr(e, "err_code", None) in _WRONG_LAST_SEQUENCE
 
 
