@@ -34,6 +34,7 @@ RECONNECT_WAIT_S: Final = 0.5  # between two tries of the same server (nats-py's
 NATS_ERRORS: Final = (nats.errors.Error, OSError, asyncio.TimeoutError)  # what a NATS call may raise
 _INSUFFICIENT_RESOURCES: Final = 10074  # JetStream: not enough servers for the replicas asked
 _STREAM_NAME_IN_USE: Final = 10058  # JetStream: the stream exists with another config (a racing creator)
+_MARKER_GRACE_S: Final = 0.5  # after nats-py's end-of-values marker with nothing received yet, s
 _WRONG_LAST_SEQUENCE: Final = (10071, 10164)  # JetStream: expected-last-subject-sequence not met
 
 
@@ -214,18 +215,35 @@ def is_wrong_sequence(e: BaseException) -> bool:
 async def kv_items(kv: KeyValue, *, timeout_s: float = 5.0) -> dict[str, KeyValue.Entry]:
     """Every live key of ``kv`` (deleted and purged ones left out) → its latest entry.
 
-    Keys are as stored (see :func:`stream_of_key`). Raises :class:`ClusterError` on a NATS failure
-    or when the listing takes longer than ``timeout_s`` seconds.
+    Keys are as stored (see :func:`stream_of_key`). An empty bucket is answered from the stream's
+    state, without a consumer. Otherwise a KV watcher reads the last entry of each key until the
+    one the server had no more after (``delta == 0``); its "initial values done" marker is not
+    trusted: nats-py can put it first, before entries already received (seen here: a listing of
+    three fresh keys came back empty). Raises :class:`ClusterError` on a NATS failure or when
+    the listing takes longer than ``timeout_s`` seconds.
     """
     out: dict[str, KeyValue.Entry] = {}
     try:
         async with asyncio.timeout(timeout_s):
+            if not (await kv.status()).stream_info.state.messages:
+                return out
             watcher = await kv.watchall()
             try:
+                marker = False  # nats-py said "no more", perhaps too early
+                received = 0
                 while True:
-                    entry = await watcher.updates(timeout_s)  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+                    try:
+                        entry = await watcher.updates(_MARKER_GRACE_S if marker else timeout_s)  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+                    except nats.errors.TimeoutError:
+                        if marker:  # emptied (expired, purged) since the state was read
+                            break
+                        raise
                     if entry is None:
-                        break
+                        marker = True
+                        if received:
+                            break
+                        continue
+                    received += 1
                     if entry.operation in ("DEL", "PURGE"):
                         out.pop(entry.key, None)
                     else:
