@@ -35,6 +35,7 @@ NATS_ERRORS: Final = (nats.errors.Error, OSError, asyncio.TimeoutError)  # what 
 _INSUFFICIENT_RESOURCES: Final = 10074  # JetStream: not enough servers for the replicas asked
 _STREAM_NAME_IN_USE: Final = 10058  # JetStream: the stream exists with another config (a racing creator)
 _MARKER_GRACE_S: Final = 0.5  # after nats-py's end-of-values marker with nothing received yet, s
+_NOT_YET: Final = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
 _WRONG_LAST_SEQUENCE: Final = (10071, 10164)  # JetStream: expected-last-subject-sequence not met
 
 
@@ -173,25 +174,33 @@ async def kv_bucket(
     """
     deadline = time.monotonic() + timeout_s
     r = max(1, replicas)
+    kv: KeyValue | None = None
     while True:
         try:
-            try:
-                kv = await js.create_key_value(bucket=name, ttl=ttl_s, replicas=r, history=history)
-                logger.info("KV bucket %s ready (replicas %s, ttl %s s)", name, r, ttl_s)
+            if kv is None:
+                try:
+                    kv = await js.create_key_value(bucket=name, ttl=ttl_s, replicas=r, history=history)
+                except nats.js.errors.APIError as e:
+                    if e.err_code == _INSUFFICIENT_RESOURCES and r > 1:
+                        r -= 1
+                        continue
+                    if e.err_code != _STREAM_NAME_IN_USE:  # in use: it exists with another config, bind to it
+                        raise
+                    kv = await js.key_value(name)
+            # a new replicated bucket takes a moment to elect its leader: writes fail until then
+            info = (await kv.status()).stream_info
+            if info.cluster is None or info.cluster.leader:
+                logger.info("KV bucket %s ready (replicas %s, ttl %s s)", name, info.config.num_replicas, ttl_s)
                 return kv
-            except nats.js.errors.APIError as e:
-                if e.err_code == _INSUFFICIENT_RESOURCES and r > 1:
-                    r -= 1
-                    continue
-                if e.err_code != _STREAM_NAME_IN_USE:  # in use: it exists with another config, bind to it
-                    raise
-            return await js.key_value(name)
-        except nats.errors.TimeoutError as e:
+        except _NOT_YET as e:
             if time.monotonic() > deadline:
                 raise ClusterError(f"cannot open KV bucket {name}: JetStream did not answer for {timeout_s:g} s") from e
-            logger.info("KV bucket %s: JetStream did not answer, retrying", name)
+            logger.info("KV bucket %s: JetStream not ready (%r), retrying", name, e)
         except NATS_ERRORS as e:
             raise ClusterError(f"cannot open KV bucket {name} (replicas {r}): {e!r}") from e
+        if time.monotonic() > deadline:
+            raise ClusterError(f"cannot open KV bucket {name}: no stream leader within {timeout_s:g} s")
+        await asyncio.sleep(0.1)
 
 
 def is_wrong_sequence(e: BaseException) -> bool:
@@ -210,6 +219,13 @@ def is_wrong_sequence(e: BaseException) -> bool:
             cause = cause.__context__
         return isinstance(cause, nats.js.errors.KeyWrongLastSequenceError)
     return isinstance(e, nats.js.errors.APIError) and getattr(e, "err_code", None) in _WRONG_LAST_SEQUENCE
+
+
+def create_refused(e: BaseException) -> bool:
+    """Whether ``kv.create`` failed because the key exists: a wrong sequence, or nats-py's
+    read-back after one answered "not found" (``create`` raises ``KeyNotFoundError`` for nothing
+    else: the write itself never reads)."""
+    return is_wrong_sequence(e) or isinstance(e, nats.js.errors.KeyNotFoundError)
 
 
 async def kv_items(kv: KeyValue, *, timeout_s: float = 5.0) -> dict[str, KeyValue.Entry]:

@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from streamwatch.cluster.connect import NATS_ERRORS, is_wrong_sequence, kv_items, stream_key, stream_of_key
+from streamwatch.cluster.connect import NATS_ERRORS, create_refused, is_wrong_sequence, kv_items, stream_key, stream_of_key
 from streamwatch.config import StreamConfig
 from streamwatch.errors import ClusterError, ConfigError
 from streamwatch.ingest.url import parse_source
@@ -47,7 +47,7 @@ class DesiredStreams:
         try:
             rev = await self.kv.create(stream_key(cfg.id), cfg.model_dump_json().encode())
         except NATS_ERRORS as e:
-            if is_wrong_sequence(e):
+            if create_refused(e):
                 raise ConfigError(f"stream {cfg.id} already exists") from e
             raise ClusterError(f"stream {cfg.id}: cannot add it: {e!r}") from e
         logger.info("stream %s: added to the desired streams", cfg.id)
