@@ -201,7 +201,7 @@ def test_connect_reaches_a_server_that_comes_up_during_the_retry_window(tmp_path
         took = time.monotonic() - t0
         assert nc.is_connected
         # a 1-node server takes buckets configured for 3 replicas (capped to 1)
-        from streamwatch.cluster.connect import kv_bucket
+        from streamwatch.cluster.kv import kv_bucket
 
         kv = await kv_bucket(nc.jetstream(), "sw-leases", ttl_s=4.0, replicas=3)
         assert (await kv.status()).stream_info.config.num_replicas == 1
@@ -222,7 +222,7 @@ def test_a_create_refused_whose_read_back_hit_a_lagging_replica_counts_as_held()
     the other writer yet answers "not found", raised while handling the wrong sequence."""
     import nats.js.errors
 
-    from streamwatch.cluster.connect import is_wrong_sequence
+    from streamwatch.cluster.kv import is_wrong_sequence
 
     def chained() -> BaseException:
         try:
@@ -252,7 +252,7 @@ async def open_client(urls: list[str], name: str = "test") -> Any:
 
 
 async def open_leases(nc: Any, bucket: str, ttl_s: float) -> Any:
-    from streamwatch.cluster.connect import kv_bucket
+    from streamwatch.cluster.kv import kv_bucket
     from streamwatch.cluster.leases import LeaseTable
 
     return LeaseTable(await kv_bucket(nc.jetstream(), bucket, ttl_s=ttl_s, replicas=3), ttl_s=ttl_s)
@@ -364,8 +364,8 @@ def test_a_claim_whose_answer_was_lost_is_adopted_by_the_next_claim(nats3: Any) 
 
 
 def test_desired_streams_add_remove_and_refusals(nats3: Any) -> None:
-    from streamwatch.cluster.connect import kv_bucket
     from streamwatch.cluster.desired import DesiredStreams
+    from streamwatch.cluster.kv import kv_bucket
     from streamwatch.config import StreamConfig
     from streamwatch.errors import ConfigError
 
@@ -420,7 +420,7 @@ def test_desired_streams_add_remove_and_refusals(nats3: Any) -> None:
 
 
 def test_members_drop_out_after_the_ttl(nats3: Any) -> None:
-    from streamwatch.cluster.connect import kv_bucket
+    from streamwatch.cluster.kv import kv_bucket
     from streamwatch.cluster.members import Members
 
     bucket = fresh("members")
@@ -452,7 +452,7 @@ def test_members_drop_out_after_the_ttl(nats3: Any) -> None:
 
 def test_carried_state_round_trips_and_ends(nats3: Any) -> None:
     from streamwatch.cluster.carry import CarryTable, StreamCarry
-    from streamwatch.cluster.connect import kv_bucket
+    from streamwatch.cluster.kv import kv_bucket
 
     bucket = fresh("state")
 
@@ -485,8 +485,8 @@ def test_claims_and_renewals_go_on_when_the_connected_node_stops(nats3: Any) -> 
     """The client is given only the URL of the node leading the lease bucket, which is then killed:
     it reconnects to a node it discovered, the bucket elects another leader, and its watch of the
     desired streams goes on."""
-    from streamwatch.cluster.connect import kv_bucket
     from streamwatch.cluster.desired import DesiredStreams
+    from streamwatch.cluster.kv import kv_bucket
     from streamwatch.config import StreamConfig
 
     bucket = fresh("nodeloss")

@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from streamwatch.cluster.connect import NATS_ERRORS, create_refused, is_wrong_sequence, kv_items, stream_key, stream_of_key
+from streamwatch.cluster.kv import NATS_ERRORS, create_refused, is_wrong_sequence, kv_items, stream_key, stream_of_key
 from streamwatch.config import StreamConfig
 from streamwatch.errors import ClusterError, ConfigError
 from streamwatch.ingest.url import parse_source

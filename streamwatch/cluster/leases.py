@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from nats.js.kv import KeyValue
 
-from streamwatch.cluster.connect import NATS_ERRORS, create_refused, is_wrong_sequence, kv_items, stream_key, stream_of_key
+from streamwatch.cluster.kv import NATS_ERRORS, create_refused, is_wrong_sequence, kv_items, stream_key, stream_of_key
 from streamwatch.errors import ClusterError, LeaseLost
 
 logger = logging.getLogger(__name__)
