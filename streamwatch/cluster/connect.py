@@ -17,7 +17,15 @@ from typing import Final
 
 from nats.aio.client import Client
 
-from streamwatch.cluster.kv import NATS_ERRORS, kv_bucket, stream_key
+from streamwatch.cluster.kv import (  # re-exported: callers written before kv.py import them from here
+    NATS_ERRORS,
+    create_refused,
+    is_wrong_sequence,
+    kv_bucket,
+    kv_items,
+    stream_key,
+    stream_of_key,
+)
 from streamwatch.config import ClusterConfig
 from streamwatch.errors import ClusterError
 from streamwatch.ingest.url import redact_url
@@ -135,4 +143,14 @@ class Names:
         return f"{self.prefix}-vlm-admission"
 
 
-__all__ = ["Names", "connect", "kv_bucket", "stream_key"]
+__all__ = [
+    "NATS_ERRORS",
+    "Names",
+    "connect",
+    "create_refused",
+    "is_wrong_sequence",
+    "kv_bucket",
+    "kv_items",
+    "stream_key",
+    "stream_of_key",
+]
