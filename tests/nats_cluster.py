@@ -121,7 +121,11 @@ class NatsCluster:
 
 def make_cluster(root: Path, size: int = 3) -> NatsCluster:
     """Configure ``size`` nodes under ``root`` (not started). size 1 = a single JetStream server."""
-    ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+    drawn: list[int] = []
+    while len(drawn) < 3 * size:  # free_port() may hand out a port twice: keep them distinct
+        if (p := free_port()) not in drawn:
+            drawn.append(p)
+    ports = [(drawn[3 * i], drawn[3 * i + 1], drawn[3 * i + 2]) for i in range(size)]
     routes = ", ".join(f"nats-route://127.0.0.1:{r}" for _, _, r in ports)
     cluster = NatsCluster()
     for i, (client, monitor, route) in enumerate(ports, 1):

@@ -201,7 +201,7 @@ def test_connect_reaches_a_server_that_comes_up_during_the_retry_window(tmp_path
         took = time.monotonic() - t0
         assert nc.is_connected
         # a 1-node server takes buckets configured for 3 replicas (capped to 1)
-        from streamwatch.cluster.connect import kv_bucket
+        from streamwatch.cluster.kv import kv_bucket
 
         kv = await kv_bucket(nc.jetstream(), "sw-leases", ttl_s=4.0, replicas=3)
         assert (await kv.status()).stream_info.config.num_replicas == 1
@@ -217,6 +217,31 @@ def test_connect_reaches_a_server_that_comes_up_during_the_retry_window(tmp_path
         cluster.stop()
 
 
+def test_a_create_refused_whose_read_back_hit_a_lagging_replica_counts_as_held() -> None:
+    """nats-py's ``create`` reads the key back after a wrong sequence; a replica that has not seen
+    the other writer yet answers "not found", raised while handling the wrong sequence."""
+    import nats.js.errors
+
+    from streamwatch.cluster.kv import is_wrong_sequence
+
+    def chained() -> BaseException:
+        try:
+            try:
+                try:
+                    raise nats.js.errors.KeyWrongLastSequenceError(description="wrong last sequence")
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    raise nats.js.errors.NotFoundError(code=404, err_code=10037) from None
+            except nats.js.errors.NotFoundError:
+                raise nats.js.errors.KeyNotFoundError() from None
+        except nats.js.errors.KeyNotFoundError as e:
+            return e
+
+    assert is_wrong_sequence(chained())
+    assert not is_wrong_sequence(nats.js.errors.KeyNotFoundError())
+    assert is_wrong_sequence(nats.js.errors.BadRequestError(code=400, err_code=10071))
+    assert not is_wrong_sequence(nats.js.errors.BadRequestError(code=400, err_code=10058))
+
+
 # --- NATS: leases -------------------------------------------------------------------------------
 
 
@@ -227,7 +252,7 @@ async def open_client(urls: list[str], name: str = "test") -> Any:
 
 
 async def open_leases(nc: Any, bucket: str, ttl_s: float) -> Any:
-    from streamwatch.cluster.connect import kv_bucket
+    from streamwatch.cluster.kv import kv_bucket
     from streamwatch.cluster.leases import LeaseTable
 
     return LeaseTable(await kv_bucket(nc.jetstream(), bucket, ttl_s=ttl_s, replicas=3), ttl_s=ttl_s)
@@ -339,8 +364,8 @@ def test_a_claim_whose_answer_was_lost_is_adopted_by_the_next_claim(nats3: Any) 
 
 
 def test_desired_streams_add_remove_and_refusals(nats3: Any) -> None:
-    from streamwatch.cluster.connect import kv_bucket
     from streamwatch.cluster.desired import DesiredStreams
+    from streamwatch.cluster.kv import kv_bucket
     from streamwatch.config import StreamConfig
     from streamwatch.errors import ConfigError
 
@@ -395,7 +420,7 @@ def test_desired_streams_add_remove_and_refusals(nats3: Any) -> None:
 
 
 def test_members_drop_out_after_the_ttl(nats3: Any) -> None:
-    from streamwatch.cluster.connect import kv_bucket
+    from streamwatch.cluster.kv import kv_bucket
     from streamwatch.cluster.members import Members
 
     bucket = fresh("members")
@@ -427,7 +452,7 @@ def test_members_drop_out_after_the_ttl(nats3: Any) -> None:
 
 def test_carried_state_round_trips_and_ends(nats3: Any) -> None:
     from streamwatch.cluster.carry import CarryTable, StreamCarry
-    from streamwatch.cluster.connect import kv_bucket
+    from streamwatch.cluster.kv import kv_bucket
 
     bucket = fresh("state")
 
@@ -458,8 +483,14 @@ def test_carried_state_round_trips_and_ends(nats3: Any) -> None:
 
 def test_claims_and_renewals_go_on_when_the_connected_node_stops(nats3: Any) -> None:
     """The client is given only the URL of the node leading the lease bucket, which is then killed:
-    it reconnects to a node it discovered, and the bucket elects another leader."""
+    it reconnects to a node it discovered, the bucket elects another leader, and its watch of the
+    desired streams goes on."""
+    from streamwatch.cluster.desired import DesiredStreams
+    from streamwatch.cluster.kv import kv_bucket
+    from streamwatch.config import StreamConfig
+
     bucket = fresh("nodeloss")
+    desired_bucket = fresh("nodeloss-desired")
     # a killed leader's followers wait 4-9 s (Raft election timeout) before electing another; no
     # lease can be written meanwhile, so a TTL shorter than that loses every lease of the bucket
     ttl = 12.0
@@ -475,8 +506,23 @@ def test_claims_and_renewals_go_on_when_the_connected_node_stops(nats3: Any) -> 
             await setup.close()
         node = next(n for n in nats3.nodes if n.name == leader)
         nc = await open_client([node.url], "w-a")
+        gateway = await open_client([n.url for n in nats3.nodes if n is not node], "gw")
+        seen: list[str] = []
         try:
             table = await open_leases(nc, bucket, ttl)
+            followed = DesiredStreams(await kv_bucket(nc.jetstream(), desired_bucket, ttl_s=None, replicas=3))
+            adder = DesiredStreams(await kv_bucket(gateway.jetstream(), desired_bucket, ttl_s=None, replicas=3))
+
+            running = asyncio.Event()
+
+            async def follow() -> None:
+                async for sid, _cfg in followed.watch(resync_s=2.0):
+                    seen.append(sid)
+                    running.set()
+
+            watch = asyncio.create_task(follow())
+            await adder.add(StreamConfig(id="before", source="rtsp://127.0.0.1/a"))
+            await asyncio.wait_for(running.wait(), 10)  # the watch runs
             lease = await table.claim("s1", "w-a")
             assert lease is not None
             port = nc.connected_url.port
@@ -502,13 +548,28 @@ def test_claims_and_renewals_go_on_when_the_connected_node_stops(nats3: Any) -> 
                 except ClusterError:
                     assert time.monotonic() - t1 < 20
             lease = await table.renew(lease)
+            while True:  # the desired bucket may be electing a leader too
+                try:
+                    await adder.add(StreamConfig(id="after", source="rtsp://127.0.0.1/b"))
+                    break
+                except ClusterError:
+                    assert time.monotonic() - t1 < 20
+            t2 = time.monotonic()
+            while seen != ["before", "after"]:  # pushed, or found by the resync if the watcher stalled
+                assert time.monotonic() - t2 < 10, seen
+                lease = await table.renew(lease)
+                await asyncio.sleep(0.5)
+            watched = time.monotonic() - t2
+            watch.cancel()
             await loop.run_in_executor(None, node.start)
             await loop.run_in_executor(None, nats3.wait_ready, 60.0)
             stopped.clear()
             await table.renew(lease)
+            print(f"the watch saw a stream added after the crash {watched:.2f} s later")
             return renewed, claimed
         finally:
             await nc.close()
+            await gateway.close()
 
     try:
         renewed, claimed = run(go())

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from streamwatch.cluster.connect import NATS_ERRORS, stream_key
+from streamwatch.cluster.kv import NATS_ERRORS, stream_key
 from streamwatch.errors import ClusterError
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,9 @@
-"""Connecting to the NATS cluster, the names of everything in it, and key-value buckets.
+"""Connecting to the NATS cluster, and the names of everything in it.
 
 * :func:`connect` opens one nats-py connection to all of ``cluster.nats`` (retrying until
   ``connect_timeout_s``); after that nats-py reconnects by itself when a node goes away.
 * :class:`Names` is the one place bucket and stream names are derived from ``cluster.name``.
-* :func:`kv_bucket` creates a KV bucket or binds to the existing one; :func:`kv_items` reads a
-  bucket's current entries; :func:`stream_key` turns a stream id into a KV key / subject token.
+* :func:`kv_bucket` (from kv.py) creates a KV bucket or binds to the existing one.
 
 Every NATS error that leaves this package is a :class:`~streamwatch.errors.ClusterError`.
 """
@@ -13,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Final
 
-import nats
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
+from streamwatch.cluster.kv import (  # re-exported: callers written before kv.py import them from here
+    NATS_ERRORS,
+    create_refused,
+    is_wrong_sequence,
+    kv_bucket,
+    kv_items,
+    stream_key,
+    stream_of_key,
+)
 from streamwatch.config import ClusterConfig
 from streamwatch.errors import ClusterError
 from streamwatch.ingest.url import redact_url
@@ -31,10 +33,6 @@ from streamwatch.ingest.url import redact_url
 logger = logging.getLogger(__name__)
 
 RECONNECT_WAIT_S: Final = 0.5  # between two tries of the same server (nats-py's reconnect_time_wait)
-NATS_ERRORS: Final = (nats.errors.Error, OSError, asyncio.TimeoutError)  # what a NATS call may raise
-_INSUFFICIENT_RESOURCES: Final = 10074  # JetStream: not enough servers for the replicas asked
-_STREAM_NAME_IN_USE: Final = 10058  # JetStream: the stream exists with another config (a racing creator)
-_WRONG_LAST_SEQUENCE: Final = (10071, 10164)  # JetStream: expected-last-subject-sequence not met
 
 
 async def connect(cfg: ClusterConfig, *, name: str) -> Client:
@@ -145,90 +143,14 @@ class Names:
         return f"{self.prefix}-vlm-admission"
 
 
-def stream_key(stream_id: str) -> str:
-    """A stream id as one KV key / subject token: ``.`` (allowed in ids, a token separator) → ``=2E``.
-
-    Reversible by :func:`stream_of_key` (stream ids never contain ``=``).
-    """
-    return stream_id.replace(".", "=2E")
-
-
-def stream_of_key(key: str) -> str:
-    """The stream id of a key made by :func:`stream_key`."""
-    return key.replace("=2E", ".")
-
-
-async def kv_bucket(
-    js: JetStreamContext, name: str, *, ttl_s: float | None, replicas: int, history: int = 1, timeout_s: float = 20.0
-) -> KeyValue:
-    """The KV bucket ``name``: created, or bound if it exists (an existing config is left as it is).
-
-    ``ttl_s``: entries not rewritten for this many seconds vanish (None: kept for ever).
-    ``replicas`` is lowered one at a time while the cluster answers that it has too few servers, so
-    a 1-node test server works with ``replicas=3``. Two processes creating the same bucket at once
-    both end up bound to it. A JetStream API call that times out (a stream or meta leader being
-    elected) is retried until ``timeout_s`` seconds have passed. Raises :class:`ClusterError` on
-    any other NATS failure, or when it kept timing out.
-    """
-    deadline = time.monotonic() + timeout_s
-    r = max(1, replicas)
-    while True:
-        try:
-            try:
-                kv = await js.create_key_value(bucket=name, ttl=ttl_s, replicas=r, history=history)
-                logger.info("KV bucket %s ready (replicas %s, ttl %s s)", name, r, ttl_s)
-                return kv
-            except nats.js.errors.APIError as e:
-                if e.err_code == _INSUFFICIENT_RESOURCES and r > 1:
-                    r -= 1
-                    continue
-                if e.err_code != _STREAM_NAME_IN_USE:  # in use: it exists with another config, bind to it
-                    raise
-            return await js.key_value(name)
-        except nats.errors.TimeoutError as e:
-            if time.monotonic() > deadline:
-                raise ClusterError(f"cannot open KV bucket {name}: JetStream did not answer for {timeout_s:g} s") from e
-            logger.info("KV bucket %s: JetStream did not answer, retrying", name)
-        except NATS_ERRORS as e:
-            raise ClusterError(f"cannot open KV bucket {name} (replicas {r}): {e!r}") from e
-
-
-def is_wrong_sequence(e: BaseException) -> bool:
-    """Whether ``e`` says a revision-checked write found another revision (someone else wrote).
-
-    Includes nats-py's ``create`` failing with ``KeyNotFoundError`` raised while handling a wrong
-    sequence: its read-back went to a replica that had not seen the other writer's entry yet.
-    """
-    if isinstance(e, nats.js.errors.KeyWrongLastSequenceError):
-        return True
-    if isinstance(e, nats.js.errors.KeyNotFoundError):
-        return isinstance(e.__context__, nats.js.errors.KeyWrongLastSequenceError)
-    return isinstance(e, nats.js.errors.APIError) and getattr(e, "err_code", None) in _WRONG_LAST_SEQUENCE
-
-
-async def kv_items(kv: KeyValue, *, timeout_s: float = 5.0) -> dict[str, KeyValue.Entry]:
-    """Every live key of ``kv`` (deleted and purged ones left out) → its latest entry.
-
-    Keys are as stored (see :func:`stream_of_key`). Raises :class:`ClusterError` on a NATS failure
-    or when the listing takes longer than ``timeout_s`` seconds.
-    """
-    out: dict[str, KeyValue.Entry] = {}
-    try:
-        async with asyncio.timeout(timeout_s):
-            watcher = await kv.watchall()
-            try:
-                while True:
-                    entry = await watcher.updates(timeout_s)  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-                    if entry is None:
-                        break
-                    if entry.operation in ("DEL", "PURGE"):
-                        out.pop(entry.key, None)
-                    else:
-                        out[entry.key] = entry
-                    if not entry.delta:
-                        break
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-    except (TimeoutError, *NATS_ERRORS) as e:
-        raise ClusterError(f"cannot list KV bucket {kv._name}: {e!r}") from e
-    return out
+__all__ = [
+    "NATS_ERRORS",
+    "Names",
+    "connect",
+    "create_refused",
+    "is_wrong_sequence",
+    "kv_bucket",
+    "kv_items",
+    "stream_key",
+    "stream_of_key",
+]

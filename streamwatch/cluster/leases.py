@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from nats.js.kv import KeyValue
 
-from streamwatch.cluster.connect import NATS_ERRORS, is_wrong_sequence, kv_items, stream_key, stream_of_key
+from streamwatch.cluster.kv import NATS_ERRORS, create_refused, is_wrong_sequence, kv_items, stream_key, stream_of_key
 from streamwatch.errors import ClusterError, LeaseLost
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class LeaseTable:
             async with asyncio.timeout(self.attempt_s):
                 rev = await self.kv.create(stream_key(stream), value)
         except (TimeoutError, *NATS_ERRORS) as e:
-            if is_wrong_sequence(e):
+            if create_refused(e):
                 mine = await self._written(stream, value) if unsure else None
                 if mine is None or unsure is None:
                     return None

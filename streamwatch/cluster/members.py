@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from streamwatch.cluster.assign import Member
-from streamwatch.cluster.connect import NATS_ERRORS, kv_items
+from streamwatch.cluster.kv import NATS_ERRORS, kv_items
 from streamwatch.errors import ClusterError
 
 logger = logging.getLogger(__name__)
