@@ -66,7 +66,7 @@ def test_rank_is_stable_and_spreads_evenly() -> None:
     assert set(leases) == streams
     counts = Counter(leases.values())
     print("60 streams over 3 workers:", dict(counts))
-    assert all(14 <= counts[w] <= 26 for w in workers), counts
+    assert all(counts[w] == 20 for w in workers), counts  # bounded loads: an even share each
 
 
 def test_a_leaving_worker_moves_only_its_streams() -> None:
@@ -81,8 +81,9 @@ def test_a_leaving_worker_moves_only_its_streams() -> None:
     moved = {s for s in streams if before[s] != after[s]}
     assert moved == {s for s, w in before.items() if w == gone}
     assert set(after) == streams
-    # and the moved streams go where a fresh assignment of the remaining workers would put them
-    assert after == assign_all(streams, members)
+    # bounded loads: nobody holds more than an even share (80 streams / 3 workers, rounded up)
+    counts = Counter(after.values())
+    assert max(counts.values()) <= 27, counts
 
 
 def test_capacity_is_respected_and_overflow_goes_to_the_next_ranked() -> None:
