@@ -100,22 +100,35 @@ class ClusterWorker:
         return CarriedSession(self.carry, cfg.id, lambda: self.svc.engines.engine_for(cfg.id), self.id)
 
     async def _loop(self) -> None:
-        while not self.draining.is_set():
+        """Renewals on their own cadence (a slow listing must never delay them), planning rounds beside them."""
+        renewals = asyncio.create_task(self._renew_loop(), name=f"worker-{self.id}-renewals")
+        try:
+            while not self.draining.is_set():
+                t0 = time.monotonic()
+                try:
+                    await self._round()
+                except ClusterError as e:  # a listing needs the meta leader: skip this round, renewals go on
+                    logger.warning("worker %s: round failed: %s", self.id, e)
+                self.rounds += 1
+                self.ready.set()
+                await self._pause(t0)
+        finally:
+            renewals.cancel()
+            await asyncio.wait({renewals})
+
+    async def _pause(self, t0: float) -> None:
+        try:
+            await asyncio.wait_for(self.draining.wait(), max(0.05, self.cfg.renew_s - (time.monotonic() - t0)))
+        except TimeoutError:
+            pass
+
+    async def _renew_loop(self) -> None:
+        while True:
             t0 = time.monotonic()
-            try:
-                await self._round()
-            except ClusterError as e:  # NATS away for a moment: the leases are still renewed next round
-                logger.warning("worker %s: round failed: %s", self.id, e)
-            self.rounds += 1
-            self.ready.set()
-            wait = max(0.05, self.cfg.renew_s - (time.monotonic() - t0))
-            try:
-                await asyncio.wait_for(self.draining.wait(), wait)
-            except TimeoutError:
-                pass
+            await self._renew()
+            await self._pause(t0)
 
     async def _round(self) -> None:
-        await self._renew()
         want = await self.desired.all()
         me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases))
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
@@ -131,13 +144,21 @@ class ClusterWorker:
                 await self._claim(want[sid])
 
     async def _renew(self) -> None:
-        for sid, lease in list(self.leases.items()):
+        """Renew every held lease at once (a renewal may retry for up to the TTL through a NATS failover)."""
+
+        async def renew(sid: str, lease: Lease) -> None:
             try:
-                self.leases[sid] = await self.lease_table.renew(lease)
+                renewed = await self.lease_table.renew(lease)
             except LeaseLost as e:
-                logger.error("worker %s: stream %s dropped at once: %s", self.id, sid, e)
-                del self.leases[sid]
-                await self.streams.abandon(sid)
+                if self.leases.get(sid) is lease:
+                    logger.error("worker %s: stream %s dropped at once: %s", self.id, sid, e)
+                    del self.leases[sid]
+                    await self.streams.abandon(sid)
+                return
+            if self.leases.get(sid) is lease:  # not released meanwhile
+                self.leases[sid] = renewed
+
+        await asyncio.gather(*[renew(sid, lease) for sid, lease in list(self.leases.items())])
 
     async def _claim(self, cfg: StreamConfig) -> None:
         lease = await self.lease_table.claim(cfg.id, self.id)
