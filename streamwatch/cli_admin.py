@@ -121,9 +121,13 @@ def _cmd_list(a: argparse.Namespace) -> int:
         print("no streams")
         return 0
     w = max(2, *(len(str(s["id"])) for s in streams))
-    print(f"{'id':<{w}}  {'state':<12}  {'origin':<7}  source")
+    cluster = any("worker" in s for s in streams)  # a cluster gateway says which worker runs each
+    ww = max(6, *(len(str(s.get("worker") or "-")) for s in streams)) if cluster else 0
+    head = f"{'worker':<{ww}}  " if cluster else ""
+    print(f"{'id':<{w}}  {'state':<12}  {'origin':<7}  {head}source")
     for s in streams:
-        print(f"{s['id']:<{w}}  {s.get('state') or 'unknown':<12}  {s.get('origin', ''):<7}  {s['source']}")
+        col = f"{s.get('worker') or '-':<{ww}}  " if cluster else ""
+        print(f"{s['id']:<{w}}  {s.get('state') or 'unknown':<12}  {s.get('origin', ''):<7}  {col}{s['source']}")
     return 0
 
 
