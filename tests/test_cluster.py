@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_rig import ADMIN, Moderator, Rig, request, write_config
+from cluster_rig import ADMIN, MODERATOR, Moderator, Rig, request, write_config
 from conftest import Nginx, publish, stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -80,6 +80,15 @@ def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx
             return all(alerts(evs, f"show{i}") for i in range(SHOWS))
 
         mod2.wait_for(every_show_alerted, 120, "a qr_code alert of every show")
+        # the console of gateway 2 shows every show's latest frame, whichever worker runs it
+        deadline = time.monotonic() + 30
+        while True:
+            wall = json.loads(_get(f"http://127.0.0.1:{g2.port}/streams?token={MODERATOR}"))["streams"]
+            if (all(t["frame"] for t in wall if t["id"].startswith("show")) and len(wall) == SHOWS) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(wall) == SHOWS and all(t["frame"] for t in wall), wall
+        assert _get(f"http://127.0.0.1:{g2.port}/streams/show1/frame.jpg?token={MODERATOR}")[:2] == b"\xff\xd8"
         listed = request(g2.url, {"type": "list_streams"})["streams"]
         holders = {s["id"]: s.get("worker") for s in listed}
         assert set(holders) == {f"show{i}" for i in range(SHOWS)}
@@ -178,6 +187,13 @@ def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx
         rig.stop()
         for p in publishers:
             stop(p)
+
+
+def _get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return bytes(r.read())
 
 
 def _ts(iso: str) -> float:

@@ -16,10 +16,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from streamwatch.analysis.model import AnalyzedFrame
 from streamwatch.cluster.connect import Names, connect, kv_bucket
 from streamwatch.cluster.desired import DesiredStreams
 from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, jetstream
 from streamwatch.cluster.follow import Follower
+from streamwatch.cluster.latest import follow_latest, latest_bucket
 from streamwatch.cluster.leases import LeaseTable
 from streamwatch.config import Settings, StreamConfig
 from streamwatch.errors import ClusterError, ConfigError, EventsError
@@ -76,6 +78,7 @@ class Gateway:
         self.stopping = asyncio.Event()
         self._desired: dict[str, StreamConfig] = {}
         self._holders: dict[str, str] = {}
+        self.latest: dict[str, AnalyzedFrame] = {}  # the console's tiles: each stream's latest analysed frame
 
     def stop(self) -> None:
         self.stopping.set()
@@ -94,9 +97,18 @@ class Gateway:
             follower = self.follower = Follower(js, self.store, bus, c)
             await bus.start()
             follower.start()
+            latest = asyncio.create_task(follow_latest(await latest_bucket(js, c.name, c.replicas), self.latest))
             try:
                 await self._refresh()
-                self.server = EventServer(s.server, bus, metrics=self.metrics, streams=list(self._desired), control=self)
+                self.server = EventServer(
+                    s.server,
+                    bus,
+                    metrics=self.metrics,
+                    streams=list(self._desired),
+                    control=self,
+                    latest=self.latest.get,
+                    offsets=self._offset,
+                )
                 await self.server.start()
                 self.ready.set()
                 while not self.stopping.is_set():
@@ -109,6 +121,7 @@ class Gateway:
                     except ClusterError as e:
                         logger.warning("gateway: cannot read the desired set: %s", e)
             finally:
+                latest.cancel()
                 if self.server is not None:
                     await self.server.stop()
                 await follower.stop()
@@ -159,6 +172,10 @@ class Gateway:
             stream_json(cfg, origin="cluster", state=str(status.get(sid, {}).get("state", "unknown")), worker=self._holders.get(sid))
             for sid, cfg in sorted(self._desired.items())
         ]
+
+    def _offset(self, sid: str) -> float:
+        frame = self.latest.get(sid)
+        return frame.analysis.offset if frame is not None else 0.0
 
     def health(self) -> dict[str, Any]:
         return {"followed": self.follower.last_seq, "at": time.time()}

@@ -24,6 +24,7 @@ from streamwatch.cluster.carry import CarryTable
 from streamwatch.cluster.connect import Names, connect, kv_bucket
 from streamwatch.cluster.desired import DesiredStreams
 from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, jetstream
+from streamwatch.cluster.latest import latest_bucket, publish_latest
 from streamwatch.cluster.leases import Lease, LeaseTable
 from streamwatch.cluster.members import Members
 from streamwatch.cluster.session import CarriedSession
@@ -82,10 +83,13 @@ class ClusterWorker:
             self.streams = StreamSet(svc, self._keeper)
             logger.info("worker %s: capacity %d streams, lease %.1fs", self.id, c.capacity, c.lease_ttl_s)
             try:
+                latest_kv = await latest_bucket(js, c.name, c.replicas)
                 async with asyncio.TaskGroup() as tg:
                     watcher = tg.create_task(svc.engines.watch(s.analysis.reload_s, self._config_notice))
+                    sharer = tg.create_task(publish_latest(latest_kv, self.streams.ids, svc.latest))
                     await self._loop()
                     watcher.cancel()
+                    sharer.cancel()
             finally:
                 await self._drain()
                 await svc.close()
