@@ -43,6 +43,7 @@ _EXAMPLES: dict[str, Any] = {
     "server.allowed_origins": ["http://127.0.0.1:8765"],
     "analysis.encoder.path": "models/encoders/clip-vit-base-patch32",
     "analysis.encoder.variant": "int8",
+    "cluster.worker_id": "worker-1",
 }
 
 # list-of-table sections: (example entries, written live or commented out)
@@ -61,6 +62,7 @@ _TABLES: dict[str, tuple[list[dict[str, Any]], bool]] = {
 
 _DICT_EXAMPLES: dict[str, dict[str, Any]] = {
     "vlm.roles": {"compliance": ["qwen3-vl-8b", "qwen3-vl-4b", "local"], "reply": ["qwen3-vl-4b", "local"], "qa": ["qwen3-vl-8b", "local"]},
+    "cluster.vlm_budget": {"qwen3-vl-8b": 8},
 }
 
 

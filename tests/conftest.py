@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import make_sample_stream  # noqa: E402
+from nats_cluster import free_port, wait_port  # noqa: E402  (the tests import them from here)
 
 
 @dataclass(frozen=True)
@@ -50,22 +49,6 @@ def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Clip:
     path = tmp_path_factory.mktemp("media") / "short.flv"
     labels = make_sample_stream.write_clip(path, width=320, height=180, fps=25, gop_s=1.0, seconds=12)
     return Clip(path, labels)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
 def require_media_tools() -> None:

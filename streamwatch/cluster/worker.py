@@ -19,6 +19,8 @@ import socket
 import time
 from typing import Any
 
+from nats.js import JetStreamContext
+
 from streamwatch.cluster.assign import UnleasedClock, plan
 from streamwatch.cluster.carry import CarryTable
 from streamwatch.cluster.connect import Names, connect, kv_bucket
@@ -36,6 +38,7 @@ from streamwatch.runtime.runner import SessionKeeping
 from streamwatch.runtime.services import build_services
 from streamwatch.runtime.supervisor import StreamSet
 from streamwatch.server.metrics import Metrics
+from streamwatch.vlm.router import AdmissionGate
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +223,7 @@ class ClusterWorker:
         return {"worker": self.id, "streams": sorted(self.leases), "rounds": self.rounds}
 
 
-async def _admission(js: Any, settings: Settings, owner: str, servers: int) -> Any:
+async def _admission(js: JetStreamContext, settings: Settings, owner: str, servers: int) -> AdmissionGate:
     """The cluster-wide VLM admission gate: per model ``cluster.vlm_budget``, else its registry concurrency."""
     from streamwatch.cluster.admission import open_admission
     from streamwatch.vlm.registry import load_registry

@@ -9,13 +9,14 @@ newest rows' predecessors. Blocking calls: run them in an executor from async co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -136,19 +137,25 @@ class EventStore:
         """Commit events in one transaction; return them with their new ids, in order."""
         rows = [(e.TYPE, e.stream, e.owner, e.at, " ".join(e.files()), encode_body(e)) for e in events]
         out: list[StoredEvent] = []
+        with self._transaction():
+            for ev, row in zip(events, rows, strict=True):
+                cur = self._db.execute("INSERT INTO events(type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?)", row)
+                eid = int(cur.lastrowid or 0)
+                out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, row[5])))
+        return out
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under the write lock; an SQLite error rolls it back as EventsError."""
         with self._wlock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                for ev, row in zip(events, rows, strict=True):
-                    cur = self._db.execute("INSERT INTO events(type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?)", row)
-                    eid = int(cur.lastrowid or 0)
-                    out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, row[5])))
+                yield
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise EventsError(f"cannot store events: {e}") from e
-        return out
 
     def append_ids(self, items: Sequence[tuple[int, Event]]) -> list[StoredEvent]:
         """Commit events whose ids were assigned elsewhere (a cluster's JetStream sequence), in one transaction.
@@ -159,26 +166,19 @@ class EventStore:
         events actually inserted, in order. Errors: :class:`EventsError` on an SQLite failure (nothing kept).
         """
         out: list[StoredEvent] = []
-        with self._wlock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-                top = int(row[0]) if row else 0  # the largest id ever stored, even if pruned since
-                for eid, ev in items:
-                    if eid <= top:
-                        continue
-                    body = encode_body(ev)
-                    self._db.execute(
-                        "INSERT INTO events(id, type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?,?)",
-                        (eid, ev.TYPE, ev.stream, ev.owner, ev.at, " ".join(ev.files()), body),
-                    )
-                    out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, body)))
-                    top = eid
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise EventsError(f"cannot store events: {e}") from e
+        with self._transaction():
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            top = int(row[0]) if row else 0  # the largest id ever stored, even if pruned since
+            for eid, ev in items:
+                if eid <= top:
+                    continue
+                body = encode_body(ev)
+                self._db.execute(
+                    "INSERT INTO events(id, type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?,?)",
+                    (eid, ev.TYPE, ev.stream, ev.owner, ev.at, " ".join(ev.files()), body),
+                )
+                out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, body)))
+                top = eid
         return out
 
     def add(self, event: Event) -> Event:
