@@ -134,7 +134,7 @@ def test_every_command_and_option_the_readme_shows_exists(capsys: pytest.Capture
         words = line.split("#", 1)[0].split()
         if len(words) < 2 or words[0] != "streamwatch" or words[1].startswith("-"):
             continue
-        cmd = words[1:3] if words[1] == "models" else words[1:2]
+        cmd = words[1:3] if words[1] in ("models", "streams") else words[1:2]
         with pytest.raises(SystemExit):
             main([*cmd, "--help"])
         helptext = capsys.readouterr().out
