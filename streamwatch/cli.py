@@ -289,6 +289,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     settings = load_settings(a.config, _run_overrides(a))
     _setup_logging(settings.log_level)
+    if settings.cluster.nats:
+        raise ConfigError("cluster.nats is set: `run` is the single box; start `streamwatch worker` and `streamwatch gateway` instead")
     if not settings.streams and not (settings.data_dir / "streams.json").exists():
         logger.warning("no streams configured: add some with `streamwatch streams add ID SOURCE` (admin token)")
     if not settings.server.tokens:

@@ -72,6 +72,8 @@ def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx
         assert dup["type"] == "error" and dup["code"] == "duplicate_stream", dup
         bad = request(g1.url, {"type": "add_stream", "stream": {"id": "bad", "source": "rtmp://"}})
         assert bad["type"] == "error" and bad["code"] == "bad_request", bad
+        listen = request(g1.url, {"type": "add_stream", "stream": {"id": "pushed", "source": "rtmp://0.0.0.0:1935/live/x", "listen": True}})
+        assert listen["type"] == "error" and "cluster mode" in listen["message"], listen
         unknown = request(g2.url, {"type": "remove_stream", "stream": "nope"})
         assert unknown["type"] == "error" and unknown["code"] == "unknown_stream", unknown
 
@@ -219,3 +221,12 @@ def test_nats_down_at_start_is_a_clear_error_after_retrying(role: str, tmp_path:
     assert "pw" not in r.stderr, "credentials in the error"
     assert took >= 2.0, "gave up before the connect timeout"
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_run_refuses_a_cluster_config(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAMWATCH_CLUSTER__NATS": '["nats://127.0.0.1:4222"]'}
+    r = subprocess.run(
+        [sys.executable, "-m", "streamwatch", "run", "--source", "rtmp://127.0.0.1/live/x", "--data", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert r.returncode != 0 and "streamwatch worker" in r.stderr and "Traceback" not in r.stderr, r.stderr

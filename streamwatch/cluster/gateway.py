@@ -151,6 +151,8 @@ class Gateway:
     # --- StreamControl ------------------------------------------------------------------------------
 
     async def add_stream(self, cfg: StreamConfig, by: str) -> None:
+        if cfg.listen:
+            raise ConfigError("listen mode is not available in cluster mode: publish to a media server and add its pull URL")
         try:
             await self.desired.add(cfg)
         except ClusterError as e:
