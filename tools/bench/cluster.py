@@ -246,7 +246,7 @@ def main() -> None:
         nginx_proc.wait(10)
 
     print(f"\n=== cluster bench ({a.shows} shows, {a.rounds} kills, {a.clients} clients, {a.rate} ev/s) ===")
-    p50, mx = statistics.median(times), max(times)
+    p50, mx = statistics.median(times or [float("nan")]), max(times, default=float("nan"))
     print(f"failover  {len(times)} moved shows: p50 {p50:.1f} s  max {mx:.1f} s  = lease TTL {ttl:.0f} s + {p50 - ttl:.1f} s (p50)"
           f"  | monitoring_gap p50 {statistics.median(gaps) if gaps else float('nan'):.1f} s max {max(gaps, default=float('nan')):.1f} s"
           f" ({len(gaps)} gaps)  target max <= 10 s: {'MET' if mx <= 10 else 'NOT MET'}")  # fmt: skip
