@@ -88,13 +88,12 @@ class Nginx:
         return f"http://127.0.0.1:{self.http_port}/hls/{name}.m3u8"
 
 
-@pytest.fixture(scope="session")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    """nginx + libnginx-mod-rtmp on 127.0.0.1 ephemeral ports (RTMP in, HLS out)."""
+def start_nginx(d: Path) -> tuple[Nginx, subprocess.Popen[bytes]]:
+    """Start nginx + libnginx-mod-rtmp in folder ``d`` on ephemeral 127.0.0.1 ports (also used by tools/bench/cluster.py).
+    Errors: RuntimeError when it does not come up; the caller terminates the process."""
     require_media_tools()
-    d = tmp_path_factory.mktemp("nginx")
-    (d / "tmp").mkdir()
-    (d / "hls").mkdir()
+    (d / "tmp").mkdir(parents=True, exist_ok=True)
+    (d / "hls").mkdir(exist_ok=True)
     rtmp, http = free_port(), free_port()
     # As root, nginx's workers would run as `nobody` and could not read pytest's 0700 temp dirs.
     user = "user root root;" if os.geteuid() == 0 else ""
@@ -107,7 +106,14 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
         proc.kill()
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise RuntimeError(f"nginx did not start: {err}") from None
-    yield Nginx(rtmp, http, d)
+    return Nginx(rtmp, http, d), proc
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """nginx + libnginx-mod-rtmp on 127.0.0.1 ephemeral ports (RTMP in, HLS out)."""
+    server, proc = start_nginx(tmp_path_factory.mktemp("nginx"))
+    yield server
     proc.terminate()
     proc.wait(10)
 
