@@ -60,6 +60,10 @@ def _serve(role: Any, a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
+    if a.serve:
+        from streamwatch.cluster.serving import ServingWorker
+
+        return _serve(ServingWorker, a)
     from streamwatch.cluster.worker import ClusterWorker
 
     return _serve(ClusterWorker, a)
@@ -85,11 +89,15 @@ def add_parsers(sub: Any) -> None:
         if role == "worker":
             p.add_argument("--worker-id", help="this worker's name (default: host name and pid)")
             p.add_argument("--capacity", type=int, help="streams this worker runs at most (default 8)")
+            p.add_argument(
+                "--serve", action="store_true", help="also be a gateway (/ws, overlay, console, reports; its store in DATA/gateway)"
+            )
             p.set_defaults(func=cmd_worker)
         else:
-            p.add_argument("--host", help="server address (default 127.0.0.1)")
-            p.add_argument("--port", type=int, help="server port (default 8765)")
-            p.add_argument("--api-port", type=int, help="HTTP API port (POST /streams, …; default: off)")
-            p.add_argument("--token", action="append", metavar="ROLE:SECRET", help="accept this token for ROLE (repeatable)")
             p.set_defaults(func=cmd_gateway)
+        serving = "" if role == "gateway" else " (with --serve)"
+        p.add_argument("--host", help=f"server address{serving} (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help=f"server port{serving} (default 8765)")
+        p.add_argument("--api-port", type=int, help=f"HTTP API port{serving} (POST /streams, …; default: off)")
+        p.add_argument("--token", action="append", metavar="ROLE:SECRET", help=f"accept this token for ROLE{serving} (repeatable)")
         p.set_defaults(role=role, open_timeout_s=None, read_timeout_s=None, max_retries=None, decode=None, hwaccel=None)

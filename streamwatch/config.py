@@ -315,6 +315,16 @@ class ClusterConfig(_Section):
         float, Field(ge=1, le=120, description="A stream lease not renewed for this long expires and another worker takes the stream.")
     ] = 4.0
     renew_s: Annotated[float, Field(gt=0, le=30, description="How often a worker renews its leases and looks for unleased streams.")] = 1.0
+    rebalance: Annotated[
+        bool,
+        Field(
+            description="Move running streams to a worker below an even share (one at a time from a worker above it, each a short"
+            " monitoring_gap), so a new or returning worker gets its share; false: leases stay where they are."
+        ),
+    ] = True
+    rebalance_after_s: Annotated[
+        float, Field(ge=0, le=3600, description="A worker must have been a member this long before running streams are moved to it.")
+    ] = 15.0
     replicas: Annotated[
         int, Field(ge=1, le=5, description="JetStream replicas of the event stream and buckets (capped at the servers present).")
     ] = 3

@@ -27,7 +27,14 @@ ADMIN, MODERATOR = "adm-secret", "mod-secret"
 
 
 def write_config(
-    path: Path, nats: list[str], *, lease_ttl_s: float = 3.0, renew_s: float = 0.5, analyzers: tuple[str, ...] = ("qr",)
+    path: Path,
+    nats: list[str],
+    *,
+    lease_ttl_s: float = 3.0,
+    renew_s: float = 0.5,
+    analyzers: tuple[str, ...] = ("qr",),
+    name: str = "sw",
+    rebalance_after_s: float = 2.0,
 ) -> Path:
     """A cluster config: QR only (cheap on 2 cores), short leases, admin + moderator tokens."""
     quoted = ", ".join(json.dumps(u) for u in nats)
@@ -38,9 +45,11 @@ analyzers = {json.dumps(list(analyzers))}
 threads = 1
 [analysis.encoder]
 [cluster]
+name = "{name}"
 nats = [{quoted}]
 lease_ttl_s = {lease_ttl_s}
 renew_s = {renew_s}
+rebalance_after_s = {rebalance_after_s}
 connect_timeout_s = 20
 [[server.tokens]]
 name = "admin"
@@ -65,22 +74,37 @@ class Node:
     config: Path
     data: Path
     log: Path
-    port: int | None = None  # gateways
+    port: int | None = None  # gateways and serving workers
     proc: subprocess.Popen[bytes] | None = None
+    serve: bool = False  # a worker that is also a gateway (--serve)
+    _log_start: int = 0  # where this run's log begins
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "streamwatch", self.role, "-c", str(self.config), "--data", str(self.data)]
         if self.role == "worker":
             cmd += ["--worker-id", self.name]
-        else:
+        if self.role == "gateway" or self.serve:
+            cmd += ["--serve"] if self.serve else []
             if self.port is None:
                 self.port = free_port()
             cmd += ["--port", str(self.port)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         if self.port is not None:
             wait_port(self.port, 90)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until this run of the process has said ``streamwatch: <role> ready`` (log since its start)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            if f"streamwatch: {self.role} ready" in self.log.read_bytes()[self._log_start :].decode(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready within {timeout:g}s:\n{self.tail()}")
 
     def kill(self) -> None:
         """``kill -9``."""
@@ -117,11 +141,20 @@ class Rig:
     config: Path
     nodes: dict[str, Node] = field(default_factory=dict)
 
-    def add(self, role: str, name: str) -> Node:
-        node = Node(role, name, self.config, self.root / name, self.root / f"{name}.log")
+    def add(self, role: str, name: str, *, serve: bool = False) -> Node:
+        node = Node(role, name, self.config, self.root / name, self.root / f"{name}.log", serve=serve)
         self.nodes[name] = node
         node.start()
         return node
+
+    @property
+    def workers(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.role == "worker"]
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until every node has said it is ready (workers registered, gateways serving)."""
+        for n in self.nodes.values():
+            n.wait_ready(timeout)
 
     def stop(self) -> None:
         for n in self.nodes.values():

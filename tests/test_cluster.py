@@ -60,6 +60,7 @@ def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx
         for w in ("w1", "w2", "w3"):
             rig.add("worker", w)
         g1, g2 = rig.add("gateway", "g1"), rig.add("gateway", "g2")
+        rig.wait_ready()  # every worker a member before shows arrive (a late one would get its share by rebalancing)
         mod1, mod2 = Moderator(g1.url), Moderator(g2.url)
         mod1.start()
         mod2.start()
@@ -116,8 +117,25 @@ def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx
         after = {s["id"]: s.get("worker") for s in request(g1.url, {"type": "list_streams"})["streams"]}
         assert all(after[s] not in (None, victim) for s in moved), after
 
-        # --- the killed worker comes back; another one drains on SIGTERM (hands its shows over) ---------
+        # --- the killed worker comes back and is handed its even share again (one short gap per move) --
         rig.nodes[victim].start()
+        back_at = time.time()
+        deadline = time.monotonic() + 60
+        while True:
+            after = {s["id"]: s.get("worker") for s in request(g1.url, {"type": "list_streams"})["streams"]}
+            if sorted(Counter(after.values()).values()) == [2, 2, 2] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert sorted(Counter(after.values()).values()) == [2, 2, 2], f"rebalanced onto the returning {victim}: {after}"
+        returned = sorted(s for s, w in after.items() if w == victim)
+        evs = mod2.wait_for(
+            lambda evs: all(any(_ts(e["at"]) > back_at for e in health(evs, s, "state", "live")) for s in returned), 30, "moved shows live"
+        )
+        for s in returned:
+            gaps = [e for e in health(evs, s, "monitoring_gap") if _ts(e["at"]) > back_at]
+            assert len(gaps) == 1 and gaps[0]["duration_s"] < 3.0, f"{s}: one short gap when moved back: {gaps}"
+
+        # --- another worker drains on SIGTERM (hands its shows over) ------------------------------------
         leaving = Counter(w for w in after.values() if w != victim).most_common(1)[0][0]
         handed = sorted(s for s, w in after.items() if w == leaving)
         drained_at = time.time()

@@ -133,6 +133,73 @@ def test_grace_lets_any_worker_with_room_take_a_stream_its_preferred_worker_leav
     assert clock.observe(set(), 113.0) == {}
 
 
+def settle(
+    streams: set[str], members: dict[str, Member], leases: dict[str, str], receivers: set[str] | None, seed: int = 0
+) -> tuple[dict[str, str], Counter[str], int]:
+    """Rounds in which every worker plans on the same snapshot at once (claims applied in a random
+    order, first wins) until 5 rounds change nothing; the leases, moves per stream, rounds taken."""
+    import random
+
+    rnd = random.Random(seed)
+    leases = dict(leases)
+    moves: Counter[str] = Counter()
+    quiet = 0
+    for n in range(200):
+        snapshot = dict(leases)
+        plans = {w: plan(streams, snapshot, members, w, receivers=receivers) for w in members}
+        for p in plans.values():
+            for sid in p.release:
+                leases.pop(sid, None)
+                moves[sid] += sid in p.rebalance
+        order = list(plans)
+        rnd.shuffle(order)
+        for w in order:
+            for sid in plans[w].claim:
+                leases.setdefault(sid, w)
+        quiet = quiet + 1 if leases == snapshot else 0
+        if quiet >= 5:
+            return leases, moves, n
+    raise AssertionError(f"never settled: {Counter(leases.values())}")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_worker_that_joins_gets_its_even_share_each_stream_moving_once(seed: int) -> None:
+    streams = {f"s{i}" for i in range(60)}
+    members = {w: Member(capacity=100) for w in ("w-a", "w-b", "w-c")}
+    before = assign_all(streams, members)
+    members["w-d"] = Member(capacity=100)
+    after, moves, rounds = settle(streams, members, before, receivers=set(members), seed=seed)
+    counts = Counter(after.values())
+    print(f"seed {seed}: 60 streams, a 4th worker joins: {dict(counts)} after {rounds} rounds, {sum(moves.values())} moves")
+    assert set(after) == streams
+    assert counts == Counter({w: 15 for w in members}), counts
+    assert max(moves.values()) == 1, "a stream moved more than once"
+    assert sum(moves.values()) == 15, "only what the new worker needs moves"
+    assert {s for s in streams if before[s] != after[s]} == {s for s, w in after.items() if w == "w-d"}
+
+
+def test_no_rebalancing_when_off_too_soon_not_calm_or_already_within_a_share() -> None:
+    streams = {f"s{i}" for i in range(6)}
+    two = {"w-a": Member(capacity=8), "w-b": Member(capacity=8)}
+    held = assign_all(streams, two)  # 3 + 3
+    members = {**two, "w-c": Member(capacity=8)}
+    heavy = Counter(held.values()).most_common(1)[0][0]
+    assert plan(streams, held, members, heavy, receivers=set(members)).rebalance  # above the share of 2, w-c has room
+    assert not plan(streams, held, members, heavy, receivers=None).release, "rebalancing off: leases are sticky"
+    assert not plan(streams, held, members, heavy, receivers={"w-a", "w-b"}).release, "w-c not settled yet"
+    unleased = dict(held)
+    unleased.pop(next(s for s, w in held.items() if w != heavy))
+    assert not plan(streams, unleased, members, heavy, receivers=set(members)).rebalance, "a stream is unleased: not calm"
+    draining = {**members, "w-b" if heavy == "w-a" else "w-a": Member(capacity=8, draining=True)}
+    assert not plan(streams, held, draining, heavy, receivers=set(members)).rebalance, "someone drains: not calm"
+    full = {**two, "w-c": Member(capacity=0)}
+    assert not plan(streams, held, full, heavy, receivers=set(members)).release, "nobody with room"
+    seven = {f"s{i}" for i in range(7)}
+    uneven = {**{f"s{i}": "w-a" for i in range(3)}, **{f"s{i}": "w-b" for i in range(3, 6)}, "s6": "w-c"}
+    for w in members:  # 3 + 3 + 1 with an even share of 3: nobody is above it, nothing moves
+        assert not plan(seven, uneven, members, w, receivers=set(members)).release
+
+
 # --- cooldowns carried to a new owner (pure) ---------------------------------------------------
 
 

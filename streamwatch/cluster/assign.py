@@ -6,14 +6,15 @@ they rarely race for a stream; when they do, the lease's ``create`` decides (see
 * :func:`rank` orders workers for a stream by highest random weight (a stable BLAKE2b hash of
   stream and worker, not Python's salted ``hash``): when a worker leaves, only its streams move;
   when one joins, it becomes preferred for about 1/n of the streams.
-* :func:`plan` tells one worker what to claim and release this round. Leases are sticky: a
-  healthy lease is never moved to rebalance (moving a stream interrupts it).
+* :func:`plan` tells one worker what to claim and release this round. Leases are sticky, with one
+  exception: when rebalancing is on, a worker above an even share hands one stream per round to a
+  settled worker below it (a joined or returned worker gets its share; each move is a short gap).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -23,7 +24,7 @@ class Member:
 
     ``capacity``: streams it runs at most (0: a gateway); ``draining``: it is shutting down and hands
     its streams over; ``streams``: the ones it runs; ``rss_mb``: its resident memory (MiB); ``at``:
-    wall time (s since the epoch) of the record.
+    wall time (s since the epoch) of the record; ``since``: wall time it joined (its first record).
     """
 
     capacity: int
@@ -31,6 +32,7 @@ class Member:
     streams: tuple[str, ...] = ()
     rss_mb: float = 0.0
     at: float = 0.0
+    since: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class Plan:
 
     claim: tuple[str, ...] = ()
     release: tuple[str, ...] = ()
+    rebalance: tuple[str, ...] = ()  # the part of ``release`` handed over to even the load
 
 
 def weight(stream_id: str, worker: str) -> int:
@@ -60,6 +63,7 @@ def plan(
     *,
     unleased_for: Mapping[str, float] | None = None,
     grace_s: float = 10.0,
+    receivers: Collection[str] | None = None,
 ) -> Plan:
     """This round's claims and releases for worker ``me``.
 
@@ -77,6 +81,11 @@ def plan(
       capacity left, whoever is preferred (that worker may be stuck, or see another view).
     * ``me`` never holds more than its capacity: claims stop at it, and when its capacity was
       lowered the surplus is released (the streams where it ranks lowest).
+    * Rebalancing (``receivers``: workers settled long enough to be handed running streams; None:
+      off). Only in a calm view (every desired stream leased, nobody draining): when ``me`` holds
+      more than its even share and a receiver has room below its own, ``me`` releases one stream
+      (where it ranks lowest). Its own room is then none, so the stream goes to a worker below its
+      share; a worker at or under its share never releases, so streams do not swing back and forth.
     """
     mine = sorted(s for s, holder in leases.items() if holder == me)
     member = members.get(me)
@@ -117,7 +126,13 @@ def plan(
         if s not in claim and ages.get(s, 0.0) >= grace_s:
             claim.append(s)
             left -= 1
-    return Plan(claim=tuple(claim), release=tuple(release))
+    moved: tuple[str, ...] = ()
+    calm = not unleased and not any(m.draining for m in members.values())
+    above = bool(kept) and len(kept) > min(member.capacity, share)
+    if receivers is not None and calm and above and any(free[w] > 0 for w in eligible if w != me and w in receivers):
+        moved = (min(kept, key=lambda s: (weight(s, me), s)),)
+        release += moved
+    return Plan(claim=tuple(claim), release=tuple(release), rebalance=moved)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Worker membership: each worker writes its record every renew into a KV bucket with a TTL, so a
 worker that stops writing (crashed, cut off) drops out of :meth:`Members.live` after the TTL.
 
-Key: the worker id; value JSON ``{"capacity", "draining", "streams", "rss_mb", "at"}``
-(``at``: wall time in seconds since the epoch; ``rss_mb``: resident memory in MiB).
+Key: the worker id; value JSON ``{"capacity", "draining", "streams", "rss_mb", "at", "since"}``
+(``at``: wall time of the record in seconds since the epoch; ``since``: when the worker joined;
+``rss_mb``: resident memory in MiB).
 """
 
 from __future__ import annotations
@@ -39,18 +40,22 @@ class Members:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
-    async def put(self, worker: str, *, capacity: int, draining: bool = False, streams: tuple[str, ...] = ()) -> Member:
-        """Write ``worker``'s record now (call every renew); the record written.
-
-        Raises :class:`ClusterError` when NATS fails.
+    async def put(
+        self, worker: str, *, capacity: int, draining: bool = False, streams: tuple[str, ...] = (), since: float | None = None
+    ) -> Member:
+        """Write ``worker``'s record now (call every renew; ``since``: when it joined, default now);
+        the record written. Raises :class:`ClusterError` when NATS fails.
         """
-        member = Member(capacity=capacity, draining=draining, streams=tuple(sorted(streams)), rss_mb=rss_mb(), at=time.time())
+        now = time.time()
+        joined = now if since is None else since
+        member = Member(capacity=capacity, draining=draining, streams=tuple(sorted(streams)), rss_mb=rss_mb(), at=now, since=joined)
         value = {
             "capacity": member.capacity,
             "draining": member.draining,
             "streams": list(member.streams),
             "rss_mb": member.rss_mb,
             "at": member.at,
+            "since": member.since,
         }
         try:
             await self.kv.put(worker, json.dumps(value).encode())
@@ -80,6 +85,7 @@ class Members:
                     streams=tuple(str(s) for s in d.get("streams", ())),
                     rss_mb=float(d.get("rss_mb", 0.0)),
                     at=float(d.get("at", 0.0)),
+                    since=float(d.get("since", d.get("at", 0.0))),
                 )
             except (ValueError, KeyError, TypeError) as e:
                 logger.warning("member %s: unreadable record, ignored: %s", key, e)

@@ -21,7 +21,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from streamwatch.cluster.assign import UnleasedClock, plan
+from streamwatch.cluster.assign import Member, UnleasedClock, plan
 from streamwatch.cluster.carry import CarryTable
 from streamwatch.cluster.connect import Names, connect, kv_bucket
 from streamwatch.cluster.desired import DesiredStreams
@@ -61,6 +61,7 @@ class ClusterWorker:
         self.ready = asyncio.Event()
         self.clock = UnleasedClock()
         self.rounds = 0
+        self.joined = time.time()
 
     def stop(self) -> None:
         """Drain: hand every stream over, then return from :meth:`run`."""
@@ -137,18 +138,28 @@ class ClusterWorker:
 
     async def _round(self) -> None:
         want = await self.desired.all()
-        me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases))
+        me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined)
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
         holders.update({sid: self.id for sid in self.leases})  # ours, even if the listing lags
         members = await self.members.live()
         members[self.id] = me  # alive by definition (a listing during a NATS node loss can miss records)
         ages = self.clock.observe(set(want) - holders.keys(), time.monotonic())
-        todo = plan(set(want), holders, members, self.id, unleased_for=ages, grace_s=max(2.0, 2 * self.cfg.renew_s))
+        grace = max(2.0, 2 * self.cfg.renew_s)
+        todo = plan(set(want), holders, members, self.id, unleased_for=ages, grace_s=grace, receivers=self._receivers(members))
+        for sid in todo.rebalance:
+            logger.info("worker %s: stream %s handed over to even the load (%d streams, %d workers)", self.id, sid, len(want), len(members))
         for sid in todo.release:
             await self._release(sid, ended=sid not in want)
         for sid in todo.claim:
             if sid in want:
                 await self._claim(want[sid])
+
+    def _receivers(self, members: dict[str, Member]) -> set[str] | None:
+        """Workers that may be handed running streams: members for ``cluster.rebalance_after_s`` (None: rebalancing off)."""
+        if not self.cfg.rebalance:
+            return None
+        now = time.time()
+        return {w for w, m in members.items() if now - m.since >= self.cfg.rebalance_after_s}
 
     async def _renew(self) -> None:
         """Renew every held lease at once (a renewal may retry for up to the TTL through a NATS failover)."""
@@ -200,7 +211,7 @@ class ClusterWorker:
         if not hasattr(self, "streams"):
             return
         try:
-            await self.members.put(self.id, capacity=self.cfg.capacity, draining=True, streams=tuple(self.leases))
+            await self.members.put(self.id, capacity=self.cfg.capacity, draining=True, streams=tuple(self.leases), since=self.joined)
         except ClusterError as e:
             logger.warning("worker %s: %s", self.id, e)
         for sid in list(self.leases):

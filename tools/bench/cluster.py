@@ -87,7 +87,13 @@ def failover(rig: Rig, mod: Moderator, url: str, shows: list[str], rounds: int) 
         print(f"  round {r + 1}: killed {victim} ({len(moved)} shows): live again after "
               + ", ".join(f"{live[s] - killed_at:.1f}s" for s in moved), flush=True)  # fmt: skip
         rig.nodes[victim].start()
-        time.sleep(4)  # the restarted worker joins (members record) before the next kill
+        rig.nodes[victim].wait_ready()
+        deadline = time.monotonic() + 60  # the restarted worker is handed its even share back (rebalancing)
+        while time.monotonic() < deadline:
+            counts = Counter(w for w in holders(url).values() if w)
+            if len(counts) == len(rig.workers) and max(counts.values()) - min(counts.values()) <= 1:
+                break
+            time.sleep(0.5)
     return times, gaps
 
 
@@ -209,6 +215,7 @@ def main() -> None:
     try:
         workers = [rig.add("worker", w) for w in ("w1", "w2", "w3")]
         g1 = rig.add("gateway", "g1")
+        rig.wait_ready()
         mod = Moderator(g1.url)
         mod.start()
         t_add = time.time()
