@@ -194,6 +194,9 @@ def test_no_rebalancing_when_off_too_soon_not_calm_or_already_within_a_share() -
     assert not plan(streams, held, draining, heavy, receivers=set(members)).rebalance, "someone drains: not calm"
     full = {**two, "w-c": Member(capacity=0)}
     assert not plan(streams, held, full, heavy, receivers=set(members)).release, "nobody with room"
+    assert not plan(streams, held, members, heavy, receivers=set(members), pinned=set(held)).release, "files and ended streams stay"
+    mine = sorted(s for s, w in held.items() if w == heavy)
+    assert plan(streams, held, members, heavy, receivers=set(members), pinned=set(mine[1:])).rebalance == (mine[0],)
     seven = {f"s{i}" for i in range(7)}
     uneven = {**{f"s{i}": "w-a" for i in range(3)}, **{f"s{i}": "w-b" for i in range(3, 6)}, "s6": "w-c"}
     for w in members:  # 3 + 3 + 1 with an even share of 3: nobody is above it, nothing moves

@@ -64,6 +64,7 @@ def plan(
     unleased_for: Mapping[str, float] | None = None,
     grace_s: float = 10.0,
     receivers: Collection[str] | None = None,
+    pinned: Collection[str] = (),
 ) -> Plan:
     """This round's claims and releases for worker ``me``.
 
@@ -84,7 +85,8 @@ def plan(
     * Rebalancing (``receivers``: workers settled long enough to be handed running streams; None:
       off). Only in a calm view (every desired stream leased, nobody draining): when ``me`` holds
       more than its even share and a receiver has room below its own, ``me`` releases one stream
-      (where it ranks lowest). Its own room is then none, so the stream goes to a worker below its
+      (where it ranks lowest) that is not ``pinned`` (a file, or a stream that has ended: moving it
+      would read it again from the start). Its own room is then none, so the stream goes to a worker below its
       share; a worker at or under its share never releases, so streams do not swing back and forth.
     """
     mine = sorted(s for s, holder in leases.items() if holder == me)
@@ -128,9 +130,10 @@ def plan(
             left -= 1
     moved: tuple[str, ...] = ()
     calm = not unleased and not any(m.draining for m in members.values())
-    above = bool(kept) and len(kept) > min(member.capacity, share)
+    movable = [s for s in kept if s not in pinned]
+    above = bool(movable) and len(kept) > min(member.capacity, share)
     if receivers is not None and calm and above and any(free[w] > 0 for w in eligible if w != me and w in receivers):
-        moved = (min(kept, key=lambda s: (weight(s, me), s)),)
+        moved = (min(movable, key=lambda s: (weight(s, me), s)),)
         release += moved
     return Plan(claim=tuple(claim), release=tuple(release), rebalance=moved)
 

@@ -31,9 +31,10 @@ from streamwatch.cluster.leases import Lease, LeaseTable
 from streamwatch.cluster.members import Members
 from streamwatch.cluster.session import CarriedSession
 from streamwatch.config import Settings, StreamConfig
-from streamwatch.errors import ClusterError, LeaseLost, PolicyError
+from streamwatch.errors import ClusterError, LeaseLost, PolicyError, StreamwatchError
 from streamwatch.events.model import HealthEvent, HealthKind
 from streamwatch.events.store import EventStore
+from streamwatch.ingest.url import parse_source
 from streamwatch.runtime.runner import SessionKeeping
 from streamwatch.runtime.services import build_services
 from streamwatch.runtime.supervisor import StreamSet
@@ -145,7 +146,10 @@ class ClusterWorker:
         members[self.id] = me  # alive by definition (a listing during a NATS node loss can miss records)
         ages = self.clock.observe(set(want) - holders.keys(), time.monotonic())
         grace = max(2.0, 2 * self.cfg.renew_s)
-        todo = plan(set(want), holders, members, self.id, unleased_for=ages, grace_s=grace, receivers=self._receivers(members))
+        pinned = {sid for sid in self.leases if sid not in self.streams or sid not in want or not _live(want[sid])}
+        todo = plan(
+            set(want), holders, members, self.id, unleased_for=ages, grace_s=grace, receivers=self._receivers(members), pinned=pinned
+        )
         for sid in todo.rebalance:
             logger.info("worker %s: stream %s handed over to even the load (%d streams, %d workers)", self.id, sid, len(want), len(members))
         for sid in todo.release:
@@ -232,6 +236,14 @@ class ClusterWorker:
 
     def status(self) -> dict[str, Any]:
         return {"worker": self.id, "streams": sorted(self.leases), "rounds": self.rounds}
+
+
+def _live(cfg: StreamConfig) -> bool:
+    """Whether ``cfg`` is a live source (one that a new owner continues; a file would start again)."""
+    try:
+        return parse_source(cfg.source, listen=cfg.listen).live
+    except StreamwatchError:
+        return False
 
 
 async def _admission(js: JetStreamContext, settings: Settings, owner: str, servers: int) -> AdmissionGate:
