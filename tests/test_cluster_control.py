@@ -203,6 +203,21 @@ def test_no_rebalancing_when_off_too_soon_not_calm_or_already_within_a_share() -
         assert not plan(seven, uneven, members, w, receivers=set(members)).release
 
 
+def test_ended_streams_count_in_no_load_share_or_capacity() -> None:
+    members = {"w-a": Member(capacity=1, since=0.0), "w-b": Member(capacity=8)}
+    leases = {"file1": "w-a", "file2": "w-a", "live": "w-a"}  # two files read to their end, one live stream
+    desired = set(leases)
+    done = {"file1", "file2"}
+    for w in members:
+        assert not plan(desired, leases, members, w, receivers=set(members), ended=done).release, "nothing to even out, room left"
+    # without knowing they ended, w-a would look over capacity and above its share
+    assert plan(desired, leases, members, "w-a", receivers=set(members)).release
+    # a new stream goes to the worker that runs less, not to the one holding the ended files
+    more = desired | {"new"}
+    assert plan(more, leases, members, "w-b", ended=done).claim == ("new",)
+    assert plan(more, leases, members, "w-a", ended=done).claim == ()
+
+
 # --- cooldowns carried to a new owner (pure) ---------------------------------------------------
 
 

@@ -4,7 +4,8 @@ Two workers on the 3-node NATS cluster, one of them serving; two 360p RTMP shows
 view, added on the serving worker. Its moderator sees the alerts of both shows (one per show, the
 other show runs on the plain worker), its report works, its gateway store is its own file; then it
 drains on SIGTERM: its show is handed over to the other worker (seen on a plain gateway, one short
-``monitoring_gap``, no second alert), and the process exits 0.
+``monitoring_gap``, no second alert), and the process exits 0. Then the last worker is killed: the
+gateway shows every show ``unwatched`` until a worker is back, and no alert is repeated after.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from conftest import Nginx, publish, stop
 from test_cluster import _get, _ts, alerts, health, qr_clip
 
 SHOWS = 2
+
+
+def _states_until(url: str, want: str, timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {s["id"]: s["state"] for s in request(url, {"type": "list_streams"})["streams"]}
+        if set(states.values()) == {want} or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 @pytest.mark.timeout(300)
@@ -70,6 +80,17 @@ def test_a_serving_worker_analyses_its_share_serves_all_and_drains(nats3: Any, n
         assert got == Counter({n: 1 for n in names}), f"one qr_code alert per show across the handover: {got}"
         served = {e["id"] for e in alerts(mod_s.snapshot())}
         assert served <= {e["id"] for e in alerts(mod_g.snapshot())}, "the serving worker and the gateway disagree on ids"
+
+        # --- the last worker dies: the gateway shows every show unwatched; back when a worker returns ----
+        rig.nodes["w2"].kill()
+        states = _states_until(g1.url, "unwatched", 30)
+        assert set(states.values()) == {"unwatched"}, states
+        rig.nodes["w2"].start()
+        states = _states_until(g1.url, "live", 60)
+        assert set(states.values()) == {"live"}, states
+        time.sleep(2)
+        got = Counter(e["stream"] for e in alerts(mod_g.snapshot()) if e["rule"] == "qr_code")
+        assert got == Counter({n: 1 for n in names}), f"cooldowns carried across a full outage: {got}"
     except BaseException:
         print(rig.logs())
         raise

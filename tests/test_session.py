@@ -225,3 +225,18 @@ def test_monitoring_gap_rule_alerts_once_when_long_enough() -> None:
     assert eng.tick("s", now + 2) == []  # once
     eng.on_health(HealthEvent(stream="s", at=now, offset=50, kind=HealthKind.MONITORING_GAP, duration_s=1.0))
     assert eng.tick("s", now + 0.1) == []  # a restart within the threshold is not worth an alert
+
+
+def test_a_resumed_session_never_steps_back_behind_the_last_watched_offset() -> None:
+    """Offsets after a takeover continue from the wall clock, or from the last offset watched plus the gap
+    when the old owner's timestamps ran ahead of the wall clock (HLS segments arrive in bursts)."""
+    from streamwatch.config import IngestConfig
+    from streamwatch.ingest.reader import FrameReader
+    from streamwatch.ingest.url import parse_source
+
+    reader = FrameReader(parse_source("rtmp://127.0.0.1:1935/live/x"), "s", IngestConfig())
+    started = time.time() - 100.0
+    reader.resume_session(started)
+    assert 99.5 <= reader.offset_now() <= 101.0
+    reader.resume_session(started, at_least=130.0)
+    assert 129.9 <= reader.offset_now() <= 131.0

@@ -24,7 +24,8 @@ class Member:
 
     ``capacity``: streams it runs at most (0: a gateway); ``draining``: it is shutting down and hands
     its streams over; ``streams``: the ones it runs; ``rss_mb``: its resident memory (MiB); ``at``:
-    wall time (s since the epoch) of the record; ``since``: wall time it joined (its first record).
+    wall time (s since the epoch) of the record; ``since``: wall time it joined (its first record);
+    ``ended``: held streams whose run is over.
     """
 
     capacity: int
@@ -33,6 +34,7 @@ class Member:
     rss_mb: float = 0.0
     at: float = 0.0
     since: float = 0.0
+    ended: tuple[str, ...] = ()  # held streams whose run is over (a file read to its end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,36 +67,40 @@ def plan(
     grace_s: float = 10.0,
     receivers: Collection[str] | None = None,
     pinned: Collection[str] = (),
+    ended: Collection[str] = (),
 ) -> Plan:
     """This round's claims and releases for worker ``me``.
 
     ``desired``: stream ids that should run; ``leases``: stream id → holder; ``members``: live
     workers (``me`` included once it has registered; absent, it claims nothing); ``unleased_for``:
-    stream id → seconds it has been seen without a lease (see :class:`UnleasedClock`).
+    stream id → seconds it has been seen without a lease (see :class:`UnleasedClock`); ``ended``:
+    leased streams whose run is over (a file read to its end): they keep their lease and cost
+    nothing, so they count in no load, share or capacity.
 
     * A draining (or unregistered) worker releases everything it holds.
     * Streams no longer desired are released.
     * Unleased desired streams are handed out in stream-id order, each to the best-ranked
       non-draining member with room, as every worker would compute it; ``me`` claims those that
-      fall to it. Room = min(capacity, an even share: desired streams / eligible members, rounded
-      up) minus the desired leases it holds (consistent hashing with bounded loads).
+      fall to it. Room = min(capacity, an even share: active desired streams / eligible members,
+      rounded up) minus the active desired leases it holds (consistent hashing with bounded loads).
     * A stream unleased for ``grace_s`` seconds or more is claimed by ``me`` whenever it has
       capacity left, whoever is preferred (that worker may be stuck, or see another view).
-    * ``me`` never holds more than its capacity: claims stop at it, and when its capacity was
+    * ``me`` never runs more than its capacity: claims stop at it, and when its capacity was
       lowered the surplus is released (the streams where it ranks lowest).
     * Rebalancing (``receivers``: workers settled long enough to be handed running streams; None:
-      off). Only in a calm view (every desired stream leased, nobody draining): when ``me`` holds
+      off). Only in a calm view (every desired stream leased, nobody draining): when ``me`` runs
       more than its even share and a receiver has room below its own, ``me`` releases one stream
-      (where it ranks lowest) that is not ``pinned`` (a file, or a stream that has ended: moving it
-      would read it again from the start). Its own room is then none, so the stream goes to a worker below its
-      share; a worker at or under its share never releases, so streams do not swing back and forth.
+      (where it ranks lowest) that is not ``pinned`` (a file: a new owner would read it from the
+      start). Its own room is then none, so the stream goes to a worker below its share; a worker
+      at or under its share never releases, so streams do not swing back and forth.
     """
+    done = set(ended)
     mine = sorted(s for s, holder in leases.items() if holder == me)
     member = members.get(me)
     if member is None or member.draining:
         return Plan(release=tuple(mine))
     release = [s for s in mine if s not in desired]
-    kept = [s for s in mine if s in desired]
+    kept = [s for s in mine if s in desired and s not in done]  # the ones running here
     if len(kept) > member.capacity:
         kept.sort(key=lambda s: weight(s, me), reverse=True)
         release += kept[member.capacity :]
@@ -103,10 +109,10 @@ def plan(
     eligible = [w for w, m in members.items() if not m.draining and m.capacity > 0]
     # bounded load: nobody is handed more than an even share (rounded up) while others have room,
     # so 6 streams on 3 workers are 2 + 2 + 2, not whatever the hash happens to give
-    share = -(-len(desired) // max(1, len(eligible)))
+    share = -(-len(desired - done) // max(1, len(eligible)))
     free = {w: min(members[w].capacity, share) for w in eligible}
     for s, holder in leases.items():
-        if s in desired and holder in free:
+        if s in desired and s not in done and holder in free:
             free[holder] -= 1
     if me in free:
         free[me] = min(member.capacity, share) - len(kept)

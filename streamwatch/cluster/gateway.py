@@ -26,6 +26,7 @@ from streamwatch.cluster.leases import LeaseTable
 from streamwatch.config import Settings, StreamConfig
 from streamwatch.errors import ClusterError, ConfigError, EventsError
 from streamwatch.events.bus import EventBus
+from streamwatch.events.codec import iso
 from streamwatch.events.model import Event
 from streamwatch.events.store import EventStore, StoredEvent
 from streamwatch.server.control import stream_json
@@ -78,6 +79,7 @@ class Gateway:
         self.stopping = asyncio.Event()
         self._desired: dict[str, StreamConfig] = {}
         self._holders: dict[str, str] = {}
+        self._unheld: dict[str, float] = {}  # stream id → monotonic time first seen without a lease
         self.latest: dict[str, AnalyzedFrame] = {}  # the console's tiles: each stream's latest analysed frame
 
     def stop(self) -> None:
@@ -137,6 +139,7 @@ class Gateway:
         """The desired set and lease holders; streams added or removed elsewhere join or leave this server's view."""
         self._desired = await self.desired.all()
         self._holders = {sid: h.worker for sid, h in (await self.leases.holders()).items()}
+        self._mark_unwatched(time.monotonic())
         if self.server is not None:
             known = self.server.streams
             for sid in set(self._desired) - known:
@@ -147,6 +150,24 @@ class Gateway:
                 known.discard(sid)
                 self.server.removed.add(sid)
                 self.server.status.pop(sid, None)
+
+    def _mark_unwatched(self, now: float) -> None:
+        """A desired stream no worker has held for ``lease_ttl_s`` shows as ``unwatched`` (all workers
+        gone, or none with room); when a worker holds it again it shows ``unknown`` until its first state event."""
+        for sid in list(self._unheld):
+            if sid in self._holders or sid not in self._desired:
+                del self._unheld[sid]
+                entry = self.server.status.get(sid) if self.server is not None else None
+                if entry is not None and entry.get("state") == "unwatched":
+                    entry.update(state="unknown", reason="a worker holds it again")
+        for sid in set(self._desired) - set(self._holders):
+            since = self._unheld.setdefault(sid, now)
+            if self.server is not None and now - since >= self.cfg.lease_ttl_s:
+                entry = self.server.status.setdefault(sid, {"state": "unknown"})
+                if entry.get("state") != "unwatched":
+                    logger.warning("stream %s: no worker holds it (for %.0fs): unwatched", sid, now - since)
+                    at = iso(time.time() - (now - since))
+                    entry.update(state="unwatched", since=at, reason="no worker holds it: every worker gone or full")
 
     # --- StreamControl ------------------------------------------------------------------------------
 

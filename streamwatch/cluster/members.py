@@ -1,7 +1,7 @@
 """Worker membership: each worker writes its record every renew into a KV bucket with a TTL, so a
 worker that stops writing (crashed, cut off) drops out of :meth:`Members.live` after the TTL.
 
-Key: the worker id; value JSON ``{"capacity", "draining", "streams", "rss_mb", "at", "since"}``
+Key: the worker id; value JSON ``{"capacity", "draining", "streams", "rss_mb", "at", "since", "ended"}``
 (``at``: wall time of the record in seconds since the epoch; ``since``: when the worker joined;
 ``rss_mb``: resident memory in MiB).
 """
@@ -41,14 +41,22 @@ class Members:
         self.kv = kv
 
     async def put(
-        self, worker: str, *, capacity: int, draining: bool = False, streams: tuple[str, ...] = (), since: float | None = None
+        self,
+        worker: str,
+        *,
+        capacity: int,
+        draining: bool = False,
+        streams: tuple[str, ...] = (),
+        since: float | None = None,
+        ended: tuple[str, ...] = (),
     ) -> Member:
         """Write ``worker``'s record now (call every renew; ``since``: when it joined, default now);
         the record written. Raises :class:`ClusterError` when NATS fails.
         """
         now = time.time()
         joined = now if since is None else since
-        member = Member(capacity=capacity, draining=draining, streams=tuple(sorted(streams)), rss_mb=rss_mb(), at=now, since=joined)
+        held, over = tuple(sorted(streams)), tuple(sorted(ended))
+        member = Member(capacity=capacity, draining=draining, streams=held, rss_mb=rss_mb(), at=now, since=joined, ended=over)
         value = {
             "capacity": member.capacity,
             "draining": member.draining,
@@ -56,6 +64,7 @@ class Members:
             "rss_mb": member.rss_mb,
             "at": member.at,
             "since": member.since,
+            "ended": list(member.ended),
         }
         try:
             await self.kv.put(worker, json.dumps(value).encode())
@@ -86,6 +95,7 @@ class Members:
                     rss_mb=float(d.get("rss_mb", 0.0)),
                     at=float(d.get("at", 0.0)),
                     since=float(d.get("since", d.get("at", 0.0))),
+                    ended=tuple(str(s) for s in d.get("ended", ())),
                 )
             except (ValueError, KeyError, TypeError) as e:
                 logger.warning("member %s: unreadable record, ignored: %s", key, e)

@@ -139,17 +139,18 @@ class ClusterWorker:
 
     async def _round(self) -> None:
         want = await self.desired.all()
-        me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined)
+        mine_ended = tuple(sid for sid in self.leases if sid not in self.streams)  # read to the end (or never started)
+        me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined, ended=mine_ended)
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
         holders.update({sid: self.id for sid in self.leases})  # ours, even if the listing lags
         members = await self.members.live()
         members[self.id] = me  # alive by definition (a listing during a NATS node loss can miss records)
         ages = self.clock.observe(set(want) - holders.keys(), time.monotonic())
         grace = max(2.0, 2 * self.cfg.renew_s)
-        pinned = {sid for sid in self.leases if sid not in self.streams or sid not in want or not _live(want[sid])}
-        todo = plan(
-            set(want), holders, members, self.id, unleased_for=ages, grace_s=grace, receivers=self._receivers(members), pinned=pinned
-        )
+        ended = {sid for w, m in members.items() if w != self.id for sid in m.ended if holders.get(sid) == w} | set(mine_ended)
+        pinned = {sid for sid in self.leases if sid in want and not _live(want[sid])}
+        receivers = self._receivers(members)
+        todo = plan(set(want), holders, members, self.id, unleased_for=ages, grace_s=grace, receivers=receivers, pinned=pinned, ended=ended)
         for sid in todo.rebalance:
             logger.info("worker %s: stream %s handed over to even the load (%d streams, %d workers)", self.id, sid, len(want), len(members))
         for sid in todo.release:

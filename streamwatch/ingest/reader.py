@@ -136,13 +136,15 @@ class FrameReader:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def resume_session(self, started_at: float) -> None:
+    def resume_session(self, started_at: float, at_least: float = 0.0) -> None:
         """Continue a stream session that began at wall time ``started_at`` (e.g. before a restart).
 
-        Offsets of live sources then go on from ``now - started_at``, the time nobody watched included.
+        Offsets of live sources then go on from ``now - started_at``, the time nobody watched included,
+        or from ``at_least`` (s: the last offset watched plus the gap) when that is later: a source
+        whose timestamps ran ahead of the wall clock (HLS hands out segments in bursts) never steps back.
         """
         self.session_start = started_at
-        self._t0 = time.monotonic() - max(0.0, time.time() - started_at)
+        self._t0 = time.monotonic() - max(0.0, time.time() - started_at, at_least)
 
     def _elapsed(self) -> float:
         """Seconds since the session's first frame (0 until there is one): offset 0 is the show's start."""

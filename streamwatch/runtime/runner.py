@@ -258,7 +258,7 @@ class StreamRunner:
         """Continue the stream's open session (after a crash or a takeover): same offsets, and a monitoring gap."""
         started, gap = await keeper.restore()
         if started is not None and gap is not None:
-            pipeline.reader.resume_session(started)
+            pipeline.reader.resume_session(started, at_least=gap.offset + (gap.duration_s or 0.0))
             logger.warning("stream %s: session continues; %s", self.sid, gap.describe())
             self.svc.engines.engine_for(gap.stream).on_health(gap)
             await self.svc.bus.publish(gap)
