@@ -5,7 +5,8 @@ view, added on the serving worker. Its moderator sees the alerts of both shows (
 other show runs on the plain worker), its report works, its gateway store is its own file; then it
 drains on SIGTERM: its show is handed over to the other worker (seen on a plain gateway, one short
 ``monitoring_gap``, no second alert), and the process exits 0. Then the last worker is killed: the
-gateway shows every show ``unwatched`` until a worker is back, and no alert is repeated after.
+gateway shows every show ``unwatched`` until a worker is back, and no alert is repeated after. A
+recording (a file) added meanwhile is read once: no new owner opens it again.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from test_cluster import _get, _ts, alerts, health, qr_clip
 SHOWS = 2
 
 
-def _states_until(url: str, want: str, timeout: float) -> dict[str, str]:
+def _states_until(url: str, want: dict[str, str], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
         states = {s["id"]: s["state"] for s in request(url, {"type": "list_streams"})["streams"]}
-        if set(states.values()) == {want} or time.monotonic() > deadline:
+        if states == want or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
 
@@ -58,6 +59,10 @@ def test_a_serving_worker_analyses_its_share_serves_all_and_drains(nats3: Any, n
         mod_s.wait_for(lambda evs: all(alerts(evs, n) for n in names), 120, "a qr_code alert of every show on the serving worker")
         holders = {s["id"]: s.get("worker") for s in request(s1.url, {"type": "list_streams"})["streams"]}
         assert sorted(holders.values()) == ["s1", "w2"], f"one show on each worker: {holders}"
+        # a recording (a file): read once to its end; it then costs nothing and no new owner reads it again
+        vod = qr_clip(media, 5)
+        assert request(s1.url, {"type": "add_stream", "stream": {"id": "vod", "source": str(vod)}})["type"] == "stream_added"
+        mod_g.wait_for(lambda evs: bool(alerts(evs, "vod") and health(evs, "vod", "state", "stopped")), 90, "the file read to its end")
         mine = next(sid for sid, w in holders.items() if w == "s1")
         report = _get(f"http://127.0.0.1:{s1.port}/report/{mine}?token={MODERATOR}").decode("utf-8", "replace")
         assert "qr_code" in report or "QR" in report, report[:500]
@@ -73,24 +78,26 @@ def test_a_serving_worker_analyses_its_share_serves_all_and_drains(nats3: Any, n
         gaps = [e for e in health(evs, mine, "monitoring_gap") if _ts(e["at"]) > drained_at]
         assert len(gaps) == 1 and gaps[0]["duration_s"] < 3.0, f"one short gap on a drain: {gaps}"
         after = {s["id"]: s.get("worker") for s in request(g1.url, {"type": "list_streams"})["streams"]}
-        assert after == {n: "w2" for n in names}, after
+        assert after == {n: "w2" for n in [*names, "vod"]}, after
 
         time.sleep(3)  # a repeated alert after the handover would show up now
         got = Counter(e["stream"] for e in alerts(mod_g.snapshot()) if e["rule"] == "qr_code")
-        assert got == Counter({n: 1 for n in names}), f"one qr_code alert per show across the handover: {got}"
+        assert got == Counter({n: 1 for n in [*names, "vod"]}), f"one qr_code alert per show across the handover: {got}"
         served = {e["id"] for e in alerts(mod_s.snapshot())}
         assert served <= {e["id"] for e in alerts(mod_g.snapshot())}, "the serving worker and the gateway disagree on ids"
 
         # --- the last worker dies: the gateway shows every show unwatched; back when a worker returns ----
         rig.nodes["w2"].kill()
-        states = _states_until(g1.url, "unwatched", 30)
-        assert set(states.values()) == {"unwatched"}, states
+        states = _states_until(g1.url, {n: "unwatched" for n in names} | {"vod": "stopped"}, 30)
+        assert states == {n: "unwatched" for n in names} | {"vod": "stopped"}, states
         rig.nodes["w2"].start()
-        states = _states_until(g1.url, "live", 60)
-        assert set(states.values()) == {"live"}, states
+        states = _states_until(g1.url, {n: "live" for n in names} | {"vod": "stopped"}, 60)
+        assert states == {n: "live" for n in names} | {"vod": "stopped"}, states
         time.sleep(2)
         got = Counter(e["stream"] for e in alerts(mod_g.snapshot()) if e["rule"] == "qr_code")
-        assert got == Counter({n: 1 for n in names}), f"cooldowns carried across a full outage: {got}"
+        assert got == Counter({n: 1 for n in [*names, "vod"]}), f"cooldowns carried across a full outage: {got}"
+        opened = [e for e in health(mod_g.snapshot(), "vod", "state") if e.get("state") == "connecting"]
+        assert len(opened) == 1, f"the file was opened again by a new owner: {opened}"
     except BaseException:
         print(rig.logs())
         raise

@@ -29,7 +29,8 @@ class StreamCarry:
     ``session_started_at``: wall time (s since the epoch) the open session began (None: no open
     session); ``heartbeat_at``: wall time the owner last knew it was watching, at show time
     ``heartbeat_offset`` (s); ``cooldowns``: rule key → last seen time, from
-    ``RuleEngine.export_cooldowns``; ``latest_frame_jpeg_key``: object-store key of the latest frame.
+    ``RuleEngine.export_cooldowns``; ``latest_frame_jpeg_key``: object-store key of the latest frame;
+    ``finished_at``: wall time a file source was read to its end (a new owner does not read it again).
     """
 
     session_started_at: float | None
@@ -37,6 +38,7 @@ class StreamCarry:
     heartbeat_offset: float
     cooldowns: Mapping[str, float] = field(default_factory=dict)
     latest_frame_jpeg_key: str | None = None
+    finished_at: float | None = None
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -50,12 +52,14 @@ class StreamCarry:
             d = json.loads(data)
             started = d["session_started_at"]
             frame = d.get("latest_frame_jpeg_key")
+            finished = d.get("finished_at")
             return cls(
                 session_started_at=None if started is None else float(started),
                 heartbeat_at=float(d["heartbeat_at"]),
                 heartbeat_offset=float(d["heartbeat_offset"]),
                 cooldowns={str(k): float(v) for k, v in (d.get("cooldowns") or {}).items()},
                 latest_frame_jpeg_key=None if frame is None else str(frame),
+                finished_at=None if finished is None else float(finished),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a stream carry record: {e!r}") from e

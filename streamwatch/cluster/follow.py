@@ -132,7 +132,7 @@ class Follower:
             except (nats.errors.Error, OSError) as e:
                 reraise_cancel()
                 # a timeout (a busy or re-electing server) is routine: the new consumer resumes at next_seq
-                level = logging.INFO if isinstance(e, nats.errors.TimeoutError) else logging.WARNING
+                level = logging.INFO if isinstance(e, TimeoutError) else logging.WARNING
                 logger.log(level, "following %s stopped at %d (%s); starting a new consumer", stream, next_seq, type(e).__name__)
             finally:
                 with contextlib.suppress(Exception):

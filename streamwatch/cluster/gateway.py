@@ -164,7 +164,7 @@ class Gateway:
             since = self._unheld.setdefault(sid, now)
             if self.server is not None and now - since >= self.cfg.lease_ttl_s:
                 entry = self.server.status.setdefault(sid, {"state": "unknown"})
-                if entry.get("state") != "unwatched":
+                if entry.get("state") not in ("unwatched", "stopped", "ended"):  # a finished file stays finished
                     logger.warning("stream %s: no worker holds it (for %.0fs): unwatched", sid, now - since)
                     at = iso(time.time() - (now - since))
                     entry.update(state="unwatched", since=at, reason="no worker holds it: every worker gone or full")

@@ -40,15 +40,16 @@ def takeover_gap(stream: str, carry: StreamCarry, now: float, worker: str) -> He
 class CarriedSession:
     """:class:`SessionKeeping` of one stream in the cluster's carried state (``table``)."""
 
-    def __init__(self, table: CarryTable, stream: str, engine: Callable[[], RuleEngine], worker: str) -> None:
+    def __init__(self, table: CarryTable, stream: str, engine: Callable[[], RuleEngine], worker: str, *, live: bool = True) -> None:
         self.table = table
         self.stream = stream
         self.engine = engine
         self.worker = worker
+        self.live = live  # False: a file, whose end is recorded so that no new owner reads it again
 
     async def restore(self) -> tuple[float | None, HealthEvent | None]:
         carry = await self.table.load(self.stream)
-        if carry is None or carry.session_started_at is None:
+        if carry is None or carry.session_started_at is None or carry.finished_at is not None:
             return None, None
         self.engine().import_cooldowns(self.stream, carry.cooldowns)
         return carry.session_started_at, takeover_gap(self.stream, carry, time.time(), self.worker)
@@ -63,4 +64,9 @@ class CarriedSession:
             logger.warning("stream %s: %s", self.stream, e)
 
     async def end(self) -> None:
-        await self.table.end(self.stream)
+        if self.live:
+            await self.table.end(self.stream)
+            return
+        now = time.time()  # a file read to its end (or stopped: the worker then forgets the record)
+        done = StreamCarry(None, now, 0.0, self.engine().export_cooldowns(self.stream), finished_at=now)
+        await self.table.save(self.stream, done, force=True)

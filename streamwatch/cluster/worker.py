@@ -106,7 +106,7 @@ class ClusterWorker:
                 logger.warning("worker %s: NATS drain failed: %s", self.id, e)
 
     def _keeper(self, cfg: StreamConfig) -> SessionKeeping | None:
-        return CarriedSession(self.carry, cfg.id, lambda: self.svc.engines.engine_for(cfg.id), self.id)
+        return CarriedSession(self.carry, cfg.id, lambda: self.svc.engines.engine_for(cfg.id), self.id, live=_live(cfg))
 
     async def _loop(self) -> None:
         """Renewals on their own cadence (a slow listing must never delay them), planning rounds beside them."""
@@ -193,13 +193,28 @@ class ClusterWorker:
         except PolicyError as e:
             logger.error("worker %s: stream %s not started, its policy cannot be loaded: %s", self.id, cfg.id, e)
             return  # kept leased so no worker loops on it; fix the policy and re-add the stream
+        if not _live(cfg) and await self._finished(cfg.id):
+            logger.info("worker %s: stream %s claimed; its file was read to the end before: not read again", self.id, cfg.id)
+            return  # held, not run: it counts as ended
         logger.info("worker %s: stream %s claimed", self.id, cfg.id)
         self.streams.start(cfg)
+
+    async def _finished(self, sid: str) -> bool:
+        try:
+            carry = await self.carry.load(sid)
+        except ClusterError as e:
+            logger.warning("worker %s: stream %s: %s (read as not finished)", self.id, sid, e)
+            return False
+        return carry is not None and carry.finished_at is not None
 
     async def _release(self, sid: str, *, ended: bool) -> None:
         """Give ``sid`` up: removed from the desired set (ended on purpose) or handed over."""
         if ended:
             await self.streams.stop(sid)
+            try:
+                await self.carry.end(sid)  # removed: a file added again later is read again
+            except ClusterError as e:
+                logger.warning("worker %s: stream %s: %s", self.id, sid, e)
         else:
             runner = self.streams.runners.get(sid)
             await self.streams.abandon(sid)

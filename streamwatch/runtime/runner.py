@@ -97,6 +97,7 @@ class StreamRunner:
             )
         )
         queue: asyncio.Queue[Sample | None] = asyncio.Queue(svc.settings.analysis.queue_size)
+        failed = False
         try:
             async with asyncio.TaskGroup() as tg:
                 self._producer = tg.create_task(self._produce(pipeline, queue, live))
@@ -108,6 +109,7 @@ class StreamRunner:
                 consumer.add_done_callback(lambda _t: svc.escalations.close(cfg.id))
                 tg.create_task(self._comply())
         except* StreamwatchError as eg:
+            failed = True
             for e in eg.exceptions:
                 logger.error("stream %s stopped: %s", cfg.id, e)
             await svc.bus.publish(
@@ -123,6 +125,8 @@ class StreamRunner:
             keeper = None  # the session stays open: a restart continues it
         if keeper is not None:  # stopped on purpose, or the source finished: the session ends
             await self._end_session(pipeline, keeper)
+        elif not live and not failed and not self.stopping and self.keeper is not None:
+            await self.keeper.end()  # a file read to its end (a cluster records it: no new owner reads it again)
 
     # --- the tasks -------------------------------------------------------------------------------
 
