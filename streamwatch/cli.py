@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -298,18 +299,31 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     async def main() -> None:
         daemon = Daemon(settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, daemon.stop)
-        runner = asyncio.create_task(daemon.run())
-        ready = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if daemon.server is not None and daemon.ready.is_set():
-            print(f"streamwatch: serving {daemon.server.url} (/ws, /overlay, /healthz, /metrics)", file=sys.stderr, flush=True)
-        await runner
+
+        def announce() -> str | None:
+            return None if daemon.server is None else f"serving {daemon.server.url} (/ws, /overlay, /healthz, /metrics)"
+
+        await run_until_stopped(daemon, announce)
 
     asyncio.run(main())
     return 0
+
+
+async def run_until_stopped(node: Any, announce: Callable[[], str | None]) -> None:
+    """Run ``node`` (``run()``, ``stop()``, ``ready`` event) until it returns; SIGINT/SIGTERM call
+    ``stop``. Once ready, ``streamwatch: <announce()>`` goes to stderr (nothing when it gives None)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, node.stop)
+    task = asyncio.create_task(node.run())
+    ready = asyncio.create_task(node.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if node.ready.is_set() and (line := announce()) is not None:
+        print(f"streamwatch: {line}", file=sys.stderr, flush=True)
+    await task
 
 
 def _cmd_analyze(a: argparse.Namespace) -> int:

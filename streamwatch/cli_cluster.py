@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve(role: Any, a: argparse.Namespace) -> int:
-    from streamwatch.cli import _setup_logging
+    from streamwatch.cli import _setup_logging, run_until_stopped
     from streamwatch.config import load_settings
 
     settings = load_settings(a.config, _overrides(a))
@@ -43,19 +41,11 @@ def _serve(role: Any, a: argparse.Namespace) -> int:
         logger.warning("[[streams]] in the config are ignored in cluster mode: add them with `streamwatch streams add` on a gateway")
     node = role(settings)
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, node.stop)
-        task = asyncio.create_task(node.run())
-        ready = asyncio.create_task(node.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if node.ready.is_set():
-            where = f" serving {node.server.url}" if getattr(node, "server", None) is not None else f" ({node.id})"
-            print(f"streamwatch: {a.role} ready{where}", file=sys.stderr, flush=True)
-        await task
+    def announce() -> str:
+        where = f" serving {node.server.url}" if getattr(node, "server", None) is not None else f" ({node.id})"
+        return f"{a.role} ready{where}"
 
-    asyncio.run(main())
+    asyncio.run(run_until_stopped(node, announce))
     return 0
 
 

@@ -199,6 +199,3 @@ class Gateway:
     def _offset(self, sid: str) -> float:
         frame = self.latest.get(sid)
         return frame.analysis.offset if frame is not None else 0.0
-
-    def health(self) -> dict[str, Any]:
-        return {"followed": self.follower.last_seq, "at": time.time()}

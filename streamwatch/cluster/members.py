@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 
 import nats.js.errors
 from nats.js.kv import KeyValue
@@ -57,17 +58,8 @@ class Members:
         joined = now if since is None else since
         held, over = tuple(sorted(streams)), tuple(sorted(ended))
         member = Member(capacity=capacity, draining=draining, streams=held, rss_mb=rss_mb(), at=now, since=joined, ended=over)
-        value = {
-            "capacity": member.capacity,
-            "draining": member.draining,
-            "streams": list(member.streams),
-            "rss_mb": member.rss_mb,
-            "at": member.at,
-            "since": member.since,
-            "ended": list(member.ended),
-        }
         try:
-            await self.kv.put(worker, json.dumps(value).encode())
+            await self.kv.put(worker, json.dumps(asdict(member)).encode())  # tuples become JSON lists
         except NATS_ERRORS as e:
             raise ClusterError(f"worker {worker}: cannot write its membership: {e!r}") from e
         return member

@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -61,7 +60,6 @@ class ClusterWorker:
         self.draining = asyncio.Event()
         self.ready = asyncio.Event()
         self.clock = UnleasedClock()
-        self.rounds = 0
         self.joined = time.time()
 
     def stop(self) -> None:
@@ -118,7 +116,6 @@ class ClusterWorker:
                     await self._round()
                 except ClusterError as e:  # a listing needs the meta leader: skip this round, renewals go on
                     logger.warning("worker %s: round failed: %s", self.id, e)
-                self.rounds += 1
                 self.ready.set()
                 await self._pause(t0)
         finally:
@@ -249,9 +246,6 @@ class ClusterWorker:
         for sid in streams:
             ev = HealthEvent(stream=sid, at=time.time(), offset=self.svc.offsets.get(sid, 0.0), kind=HealthKind.CONFIG, reason=reason)
             await self.publisher.publish(ev)
-
-    def status(self) -> dict[str, Any]:
-        return {"worker": self.id, "streams": sorted(self.leases), "rounds": self.rounds}
 
 
 def _live(cfg: StreamConfig) -> bool:

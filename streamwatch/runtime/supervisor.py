@@ -84,9 +84,3 @@ class StreamSet:
 
     async def abandon_all(self) -> None:
         await asyncio.gather(*[self.abandon(s) for s in list(self.tasks)])
-
-    async def wait_empty(self) -> None:
-        """Until no stream runs."""
-        while self.tasks:
-            self.changed.clear()
-            await self.changed.wait()

@@ -111,13 +111,9 @@ class StreamAdmin:
         except BaseException as e:
             if was_removed:
                 self.removed.add(cfg.id)
-            if isinstance(e, TimeoutError):
-                raise ProtocolError("timeout", f"the stream did not start within {CONTROL_TIMEOUT_S:g}s", ref) from e
-            if isinstance(e, DuplicateStream):
-                raise ProtocolError("duplicate_stream", str(e), ref) from e
-            if isinstance(e, ConfigError):
-                raise ProtocolError("bad_request", str(e), ref) from e
-            raise
+            if (refused := _refusal(e, "start", ref)) is None:
+                raise
+            raise refused from e
         self.removed.discard(cfg.id)  # again: a concurrent, refused add of the same id may have put it back
         self.streams.add(cfg.id)
         self.status.setdefault(cfg.id, {"state": "unknown"})
@@ -141,14 +137,24 @@ class StreamAdmin:
         except BaseException as e:
             if not was_removed:
                 self.removed.discard(stream_id)
-            if isinstance(e, TimeoutError):
-                raise ProtocolError("timeout", f"the stream did not stop within {CONTROL_TIMEOUT_S:g}s", ref) from e
-            if isinstance(e, UnknownStream):
-                raise ProtocolError("unknown_stream", str(e), ref) from e
-            if isinstance(e, ConfigError):
-                raise ProtocolError("bad_request", str(e), ref) from e
-            raise
+            if (refused := _refusal(e, "stop", ref)) is None:
+                raise
+            raise refused from e
         self.removed.add(stream_id)
         self.streams.discard(stream_id)
         self.status.pop(stream_id, None)
         logger.debug("stream %s removed by %s", stream_id, by)
+
+
+def _refusal(e: BaseException, verb: str, ref: str | None) -> ProtocolError | None:
+    """The ProtocolError a client gets for a control call that failed with ``e``; None when it is not
+    a refusal (cancellation and unexpected errors go on as they are)."""
+    if isinstance(e, TimeoutError):
+        return ProtocolError("timeout", f"the stream did not {verb} within {CONTROL_TIMEOUT_S:g}s", ref)
+    if isinstance(e, DuplicateStream):  # before ConfigError: it may be one
+        return ProtocolError("duplicate_stream", str(e), ref)
+    if isinstance(e, UnknownStream):
+        return ProtocolError("unknown_stream", str(e), ref)
+    if isinstance(e, ConfigError):
+        return ProtocolError("bad_request", str(e), ref)
+    return None
