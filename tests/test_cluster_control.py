@@ -221,6 +221,34 @@ def test_ended_streams_count_in_no_load_share_or_capacity() -> None:
 # --- cooldowns carried to a new owner (pure) ---------------------------------------------------
 
 
+def test_a_new_owner_retries_reading_the_carried_state_then_starts_afresh() -> None:
+    """During a NATS leader election the carried state cannot be read for seconds: the new owner
+    retries, and if it still cannot, starts a new session instead of leaving the stream dead."""
+    from streamwatch.analysis.policy import load_policy
+    from streamwatch.analysis.rules import RuleEngine
+    from streamwatch.cluster.carry import CarryTable, StreamCarry
+    from streamwatch.cluster.session import CarriedSession
+
+    class Flaky(CarryTable):
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+            self.reads = 0
+
+        async def load(self, stream: str) -> StreamCarry | None:
+            self.reads += 1
+            if self.reads <= self.failures:
+                raise ClusterError(f"stream {stream}: cannot load its carried state: TimeoutError()")
+            return StreamCarry(time.time() - 60, time.time() - 2, 58.0)
+
+    engine = RuleEngine(load_policy(Path(__file__).resolve().parent.parent / "models" / "policy.toml"))
+    table = Flaky(failures=2)
+    started, gap = run(CarriedSession(table, "s1", lambda: engine, "w1").restore(patience_s=10))
+    assert table.reads == 3 and started is not None and gap is not None and gap.offset == 58.0
+    down = Flaky(failures=10**6)
+    assert run(CarriedSession(down, "s1", lambda: engine, "w1").restore(patience_s=1.0)) == (None, None)
+    assert down.reads >= 2
+
+
 def test_a_takeover_engine_keeps_the_cooldown_of_an_alert_already_raised() -> None:
     from streamwatch.analysis.model import Detection, FrameAnalysis
     from streamwatch.analysis.policy import load_policy

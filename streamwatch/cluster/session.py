@@ -9,6 +9,7 @@ health event with its length. Implements :class:`~streamwatch.runtime.runner.Ses
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from streamwatch.events.codec import iso
 from streamwatch.events.model import HealthEvent, HealthKind
 
 logger = logging.getLogger(__name__)
+
+RESTORE_PATIENCE_S = 20.0  # how long a new owner retries reading the carried state (a NATS leader election: 4-8 s)
 
 
 def takeover_gap(stream: str, carry: StreamCarry, now: float, worker: str) -> HealthEvent:
@@ -47,8 +50,23 @@ class CarriedSession:
         self.worker = worker
         self.live = live  # False: a file, whose end is recorded so that no new owner reads it again
 
-    async def restore(self) -> tuple[float | None, HealthEvent | None]:
-        carry = await self.table.load(self.stream)
+    async def restore(self, *, patience_s: float = RESTORE_PATIENCE_S) -> tuple[float | None, HealthEvent | None]:
+        """The carried session start and the takeover's monitoring gap (None, None: a new session).
+
+        A read that fails (NATS electing a leader after a node loss takes 4-8 s) is retried for
+        ``patience_s``; after that the stream starts a new session rather than not run at all.
+        """
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                carry = await self.table.load(self.stream)
+                break
+            except ClusterError as e:
+                if time.monotonic() >= deadline:
+                    logger.error("stream %s: %s; starting a new session (cooldowns not carried)", self.stream, e)
+                    return None, None
+                logger.warning("stream %s: %s; retrying", self.stream, e)
+                await asyncio.sleep(0.5)
         if carry is None or carry.session_started_at is None or carry.finished_at is not None:
             return None, None
         self.engine().import_cooldowns(self.stream, carry.cooldowns)
