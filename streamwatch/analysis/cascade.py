@@ -225,10 +225,11 @@ class Cascade:
             t0 = time.perf_counter()
             try:
                 embeds, labels = await loop.run_in_executor(self.executor, encoder.encode, [img for img, _ in batch])
-            except AnalysisError as e:
+            except Exception as e:  # a failed batch fails its frames only; the batcher goes on for every stream
+                err = _wrapped(e, f"encoder {encoder.name}")
                 for _, f in batch:
                     if not f.done():
-                        f.set_exception(e)
+                        f.set_exception(err)
                 continue
             self.observe(encoder.name, time.perf_counter() - t0)
             for i, (_, f) in enumerate(batch):
@@ -267,16 +268,17 @@ class Cascade:
                     else:
                         jobs.append(self._per_image(loop, a, images))
                 results = await asyncio.gather(*jobs)
-            except AnalysisError as e:
+                found: list[list[Detection]] = [[] for _ in batch]
+                for a, per_input in zip(self.analyzers, results, strict=True):
+                    for inp, dets in zip(inputs[a.name], per_input, strict=True):
+                        found[inp.index].extend(_placed(d, inp) for d in dets)
+            except Exception as e:  # a failed batch fails its frames only; the batcher goes on for every stream
+                err = _wrapped(e, "analysis")
                 for r in batch:
                     if not r.future.done():
-                        r.future.set_exception(e)
+                        r.future.set_exception(err)
                 continue
             self.frames += len(batch)
-            found: list[list[Detection]] = [[] for _ in batch]
-            for a, per_input in zip(self.analyzers, results, strict=True):
-                for inp, dets in zip(inputs[a.name], per_input, strict=True):
-                    found[inp.index].extend(_placed(d, inp) for d in dets)
             for r, per_request in zip(batch, found, strict=True):
                 if not r.future.done():
                     r.future.set_result(tuple(per_request))
@@ -318,7 +320,13 @@ class Cascade:
         if not images:
             return []
         t0 = time.perf_counter()
-        out = analyzer.analyze(images)
+        try:
+            out = analyzer.analyze(images)
+        except AnalysisError:
+            raise
+        except Exception as e:  # a library or analyzer bug on these frames: named, with the frame sizes
+            sizes = ", ".join(f"{i.shape[1]}x{i.shape[0]}" for i in images[:4])
+            raise AnalysisError(f"analyzer {analyzer.name} failed on {len(images)} frame(s) ({sizes}): {type(e).__name__}: {e}") from e
         took = time.perf_counter() - t0
         self.observe(analyzer.name, took)
         self.busy[analyzer.name] = self.busy.get(analyzer.name, 0.0) + took
@@ -337,3 +345,11 @@ def _placed(d: Detection, inp: _Input) -> Detection:
     x1, y1, x2, y2 = d.bbox
     bbox = (int((x1 + ox) * s), int((y1 + oy) * s), int((x2 + ox) * s), int((y2 + oy) * s))
     return Detection(d.source, d.label, d.confidence, bbox, d.text)
+
+
+def _wrapped(e: Exception, what: str) -> AnalysisError:
+    """``e`` as the AnalysisError the waiting frames get; anything not already one is logged with its traceback."""
+    if isinstance(e, AnalysisError):
+        return e
+    logger.error("%s failed on a batch: %s: %s", what, type(e).__name__, e, exc_info=e)
+    return AnalysisError(f"{what} failed: {type(e).__name__}: {e}")

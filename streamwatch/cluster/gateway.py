@@ -114,8 +114,9 @@ class Gateway:
                 await self.server.start()
                 self.ready.set()
                 while not self.stopping.is_set():
-                    try:
-                        await asyncio.wait_for(self.stopping.wait(), c.renew_s)
+                    try:  # (asyncio.timeout: on 3.11 wait_for can swallow a cancel that comes as the event is set)
+                        async with asyncio.timeout(c.renew_s):
+                            await self.stopping.wait()
                     except TimeoutError:
                         pass
                     try:

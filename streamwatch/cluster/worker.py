@@ -34,6 +34,7 @@ from streamwatch.errors import ClusterError, LeaseLost, PolicyError, Streamwatch
 from streamwatch.events.model import HealthEvent, HealthKind
 from streamwatch.events.store import EventStore
 from streamwatch.ingest.url import parse_source
+from streamwatch.runtime.faults import RestartBackoff
 from streamwatch.runtime.runner import SessionKeeping
 from streamwatch.runtime.services import build_services
 from streamwatch.runtime.supervisor import StreamSet
@@ -41,6 +42,9 @@ from streamwatch.server.metrics import Metrics
 from streamwatch.vlm.router import AdmissionGate
 
 logger = logging.getLogger(__name__)
+
+GIVE_UP_AFTER = 3  # a stream that fails on an unexpected error this many times in a row here goes to another worker
+AVOID_S = 30.0  # and this worker does not claim it again for this long (s)
 
 
 def worker_name(settings: Settings) -> str:
@@ -61,6 +65,7 @@ class ClusterWorker:
         self.ready = asyncio.Event()
         self.clock = UnleasedClock()
         self.joined = time.time()
+        self.avoid: dict[str, float] = {}  # stream → monotonic time until which this worker does not claim it
 
     def stop(self) -> None:
         """Drain: hand every stream over, then return from :meth:`run`."""
@@ -83,7 +88,9 @@ class ClusterWorker:
             admission = await _admission(js, s, self.id, servers)
             svc = self.svc = await build_services(s, self.store, self.publisher, self.metrics, admission=admission)
             svc.frames = self.publisher.publish_frame
-            self.streams = StreamSet(svc, self._keeper)
+            self.streams = StreamSet(
+                svc, self._keeper, backoff=lambda: RestartBackoff(give_up_after=GIVE_UP_AFTER), on_give_up=self._gave_up
+            )
             logger.info("worker %s: capacity %d streams, lease %.1fs", self.id, c.capacity, c.lease_ttl_s)
             try:
                 latest_kv = await latest_bucket(js, c.name, c.replicas)
@@ -123,19 +130,32 @@ class ClusterWorker:
             await asyncio.wait({renewals})
 
     async def _pause(self, t0: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes as the event is set
         try:
-            await asyncio.wait_for(self.draining.wait(), max(0.05, self.cfg.renew_s - (time.monotonic() - t0)))
+            async with asyncio.timeout(max(0.05, self.cfg.renew_s - (time.monotonic() - t0))):
+                await self.draining.wait()
         except TimeoutError:
             pass
 
     async def _renew_loop(self) -> None:
-        while True:
+        while not self.draining.is_set():
             t0 = time.monotonic()
             await self._renew()
             await self._pause(t0)
 
+    def _gave_up(self, sid: str) -> None:
+        """``sid`` failed here :data:`GIVE_UP_AFTER` times in a row: released next round, not claimed for :data:`AVOID_S`."""
+        self.avoid[sid] = time.monotonic() + AVOID_S
+
     async def _round(self) -> None:
-        want = await self.desired.all()
+        now = time.monotonic()
+        for sid, until in list(self.avoid.items()):
+            if sid in self.leases and sid not in self.streams:
+                await self._release(sid, ended=False)
+            if now >= until:
+                del self.avoid[sid]
+        desired = await self.desired.all()
+        want = {sid: cfg for sid, cfg in desired.items() if sid not in self.avoid}
         mine_ended = tuple(sid for sid in self.leases if sid not in self.streams)  # read to the end (or never started)
         me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined, ended=mine_ended)
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
@@ -151,7 +171,7 @@ class ClusterWorker:
         for sid in todo.rebalance:
             logger.info("worker %s: stream %s handed over to even the load (%d streams, %d workers)", self.id, sid, len(want), len(members))
         for sid in todo.release:
-            await self._release(sid, ended=sid not in want)
+            await self._release(sid, ended=sid not in desired)
         for sid in todo.claim:
             if sid in want:
                 await self._claim(want[sid])

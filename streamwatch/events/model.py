@@ -47,6 +47,7 @@ class HealthKind(enum.Enum):
     CONFIG = "config"  # a configuration problem noticed while running (e.g. a broken policy reload)
     MODEL = "model"  # a VLM role switched models (duration_s: load + warm-up)
     MONITORING_GAP = "monitoring_gap"  # nobody watched (the daemon was down): offset = last heartbeat, duration_s
+    ANALYSIS = "analysis"  # active: frames in a row skipped because their analysis failed; inactive: it works again
 
 
 class Severity(enum.Enum):
@@ -149,6 +150,8 @@ class HealthEvent(Event):
             text = "configuration"
         elif self.kind is HealthKind.MONITORING_GAP:
             text = f"monitoring gap of {self.duration_s or 0.0:.1f}s"
+        elif self.kind is HealthKind.ANALYSIS:
+            text = "analysis failing" if self.active else "analysis works again"
         else:
             text = f"{self.kind.value} {'started' if self.active else 'ended'}"
             if self.duration_s is not None:

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 from av.sidedata.sidedata import Type
 
+from streamwatch.errors import IngestError
+
 _DISPLAYMATRIX = Type.DISPLAYMATRIX
 
 # Pixel formats whose first plane is 8-bit luma at full resolution.
@@ -119,8 +121,11 @@ class Frame:
     def rgb(self, max_side: int | None = None) -> np.ndarray:
         """RGB (height, width, 3) uint8, downscaled so the long side is at most ``max_side``."""
         w, h = self.width, self.height
-        if max_side and max(w, h) > max_side:
-            scale = max_side / max(w, h)
-            w, h = max(2, round(w * scale)), max(2, round(h * scale))
-            return self.picture.reformat(w, h, "rgb24", interpolation="AREA").to_ndarray()
-        return self.picture.to_ndarray(format="rgb24")
+        try:
+            if max_side and max(w, h) > max_side:
+                scale = max_side / max(w, h)
+                w, h = max(2, round(w * scale)), max(2, round(h * scale))
+                return self.picture.reformat(w, h, "rgb24", interpolation="AREA").to_ndarray()
+            return self.picture.to_ndarray(format="rgb24")
+        except (av.FFmpegError, ValueError) as e:  # a pixel format or size swscale cannot convert
+            raise IngestError(f"cannot convert a {self.width}x{self.height} {self.picture.format.name} frame to RGB: {e}") from e

@@ -22,6 +22,7 @@ from streamwatch.events.model import (
 )
 
 DOWN_STATES = (StreamState.STALLED, StreamState.RECONNECTING)
+_PERIOD = {HealthKind.ANALYSIS: "analysis_failing"}  # period kinds named otherwise than their health kind
 
 
 def hms(offset: float) -> str:
@@ -33,7 +34,7 @@ def hms(offset: float) -> str:
 class Period:
     """A stretch of stream time: an outage, a black or a frozen picture."""
 
-    kind: str  # outage | black | frozen | monitoring_gap
+    kind: str  # outage | black | frozen | monitoring_gap | analysis_failing (frames skipped: their analysis failed)
     start: float  # stream offset, seconds
     duration: float | None  # open ones: up to the report's end (None without one)
     detail: str = ""
@@ -191,14 +192,17 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
                 down_since = None
         elif e.kind is HealthKind.MONITORING_GAP:
             out.append(Period("monitoring_gap", e.offset, e.duration_s, e.reason))
-        elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN):
+        elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.ANALYSIS):
             if e.active:
-                open_[e.kind] = e
+                open_.setdefault(e.kind, e)
             else:
                 began = open_.pop(e.kind, None)
                 start = began.offset if began else e.offset - (e.duration_s or 0.0)
-                out.append(Period(e.kind.value, start, e.duration_s if e.duration_s is not None else e.offset - start))
+                detail = began.reason if began is not None and e.kind is HealthKind.ANALYSIS else ""
+                out.append(
+                    Period(_PERIOD.get(e.kind, e.kind.value), start, e.duration_s if e.duration_s is not None else e.offset - start, detail)
+                )
     if down_since is not None:
         out.append(still_open("outage", down_since, down_since.reason))
-    out.extend(still_open(k.value, e) for k, e in open_.items())
+    out.extend(still_open(_PERIOD.get(k, k.value), e, e.reason if k is HealthKind.ANALYSIS else "") for k, e in open_.items())
     return sorted(out, key=lambda p: p.start)

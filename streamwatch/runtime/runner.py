@@ -27,11 +27,12 @@ import numpy as np
 from streamwatch.analysis.encoder import thumbnail_record
 from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, FrameAnalysis
 from streamwatch.config import StreamConfig
-from streamwatch.errors import StreamwatchError, VLMError
+from streamwatch.errors import AnalysisError, IngestError, StreamwatchError, VLMError
 from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 from streamwatch.events.session import SessionKeeper
 from streamwatch.events.store import EventStore
+from streamwatch.runtime.faults import FailureStreak, describe
 from streamwatch.runtime.pipeline import StreamPipeline, build_pipeline
 from streamwatch.runtime.services import StreamServices
 from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_vector
@@ -71,6 +72,7 @@ class StreamRunner:
         self._thumbnailed: float | None = None  # offset of the last frame kept as a thumbnail
         self.pipeline: StreamPipeline | None = None
         self._session: SessionKeeping | None = None  # the keeper of a live stream's session
+        self._streak = FailureStreak()  # frames in a row whose analysis failed
 
     def stop(self) -> None:
         """End on purpose: ingest stops, queued frames are still analysed, then ``ended``."""
@@ -169,17 +171,23 @@ class StreamRunner:
             frame = sample.frame
             lat.labels("queued").observe(max(0.0, time.time() - frame.wall))
             t0 = time.perf_counter()
-            image = await loop.run_in_executor(svc.pool, frame.rgb, svc.settings.analysis.max_side)
-            fa = await svc.cascade.analyze(
-                sid,
-                image,
-                sample.phash,
-                offset=frame.offset,
-                at=frame.wall,
-                received_at=frame.wall,
-                signature=sample.signature,
-                source=frame.rgb,
-            )
+            try:
+                image = await loop.run_in_executor(svc.pool, frame.rgb, svc.settings.analysis.max_side)
+                fa = await svc.cascade.analyze(
+                    sid,
+                    image,
+                    sample.phash,
+                    offset=frame.offset,
+                    at=frame.wall,
+                    received_at=frame.wall,
+                    signature=sample.signature,
+                    source=frame.rgb,
+                )
+            except (AnalysisError, IngestError) as e:  # this frame is skipped; the stream goes on
+                await self._frame_failed(frame.offset, e)
+                continue
+            if (streak := self._streak.ok()) is not None:
+                await self._notice(frame.offset, False, f"after {streak} skipped frames")
             lat.labels("analyze").observe(time.perf_counter() - t0)
             svc.metrics.cache.labels("hit" if fa.cached else "miss").inc()
             svc.latest[sid] = AnalyzedFrame(fa, image)
@@ -192,6 +200,20 @@ class StreamRunner:
                 await self._publish_alerts(drafts, fa, image)
             if svc.router.primary(Capability.COMPLIANCE) != LOCAL:  # stream time, so files are checked like live shows
                 svc.escalations.offer(sid, svc.latest[sid], [d.rule for d in drafts if d.escalate], frame.offset)
+
+    async def _frame_failed(self, offset: float, e: StreamwatchError) -> None:
+        """A frame whose decode or analysis failed: skipped and counted; a streak of them is said once."""
+        self.svc.metrics.frames_failed.inc()
+        if self._streak.failing == 0:
+            logger.warning("stream %s: frame at %.1fs skipped: %s", self.sid, offset, e)
+        if self._streak.failed():
+            reason = f"{self._streak.failing} frames in a row skipped ({describe(e)})"
+            logger.error("stream %s: analysis failing: %s", self.sid, reason)
+            await self._notice(offset, True, reason)
+
+    async def _notice(self, offset: float, failing: bool, reason: str) -> None:
+        ev = HealthEvent(stream=self.sid, at=time.time(), offset=offset, kind=HealthKind.ANALYSIS, active=failing, reason=reason)
+        await self.svc.bus.publish(ev)
 
     async def _index(self, fa: FrameAnalysis, image: np.ndarray, sample: Sample) -> None:
         """Keep the frame for search / the summary: with its encoder embedding, or its change signature."""

@@ -1,17 +1,27 @@
-"""The streams one process runs right now: start, stop on purpose, abandon, wait.
+"""The streams one process runs right now: start, stop on purpose, abandon, wait, restart after a bug.
 
 Each stream runs in its own task (its :class:`~streamwatch.runtime.runner.StreamRunner` has the
-TaskGroup of that stream); a stream that fails is logged and leaves the others running. Streams can
-be added and removed while the process runs (runtime management, cluster leases).
+TaskGroup of that stream); a stream that fails leaves the others running. Streams can be added and
+removed while the process runs (runtime management, cluster leases).
+
+A runner that fails on an unexpected error (a bug, not a source error: those reconnect in ingest, and
+a source given up on is ``stopped`` by the runner itself) is never left silent: a ``stopped`` state
+event names the error, and a live stream is restarted with back-off (:class:`RestartBackoff`). The
+restart continues the open session, so the time nobody watched is a ``monitoring_gap`` in the
+report. A file is not restarted (its alerts would be repeated). In a cluster, ``give_up_after``
+crashes in a row hand the stream to another worker (``on_give_up``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from streamwatch.config import StreamConfig
+from streamwatch.events.model import HealthEvent, HealthKind, StreamState
+from streamwatch.runtime.faults import RestartBackoff, describe
 from streamwatch.runtime.runner import SessionKeeping, StreamRunner
 from streamwatch.runtime.services import StreamServices
 
@@ -21,13 +31,25 @@ KeeperFactory = Callable[[StreamConfig], SessionKeeping | None]
 
 
 class StreamSet:
-    """Running streams by id. ``keepers`` gives each stream its session keeping (None: no session)."""
+    """Running streams by id. ``keepers`` gives each stream its session keeping (None: no session);
+    ``backoff`` makes each stream's :class:`RestartBackoff`; ``on_give_up(sid)`` is called when a
+    stream crashed ``give_up_after`` times in a row (it is then no longer run here)."""
 
-    def __init__(self, svc: StreamServices, keepers: KeeperFactory) -> None:
+    def __init__(
+        self,
+        svc: StreamServices,
+        keepers: KeeperFactory,
+        *,
+        backoff: Callable[[], RestartBackoff] = RestartBackoff,
+        on_give_up: Callable[[str], None] | None = None,
+    ) -> None:
         self.svc = svc
         self.keepers = keepers
+        self.backoff = backoff
+        self.on_give_up = on_give_up
         self.runners: dict[str, StreamRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop: dict[str, asyncio.Event] = {}
         self.changed = asyncio.Event()  # set whenever a stream starts or finishes
 
     def __contains__(self, sid: object) -> bool:
@@ -40,31 +62,85 @@ class StreamSet:
         """Start watching ``cfg`` (its policy must be assigned already). A running id is left alone."""
         if cfg.id in self.tasks:
             return
-        runner = StreamRunner(cfg, self.svc, self.keepers(cfg))
-        task = asyncio.create_task(self._run(runner), name=f"stream-{cfg.id}")
-        self.runners[cfg.id] = runner
-        self.tasks[cfg.id] = task
+        self._stop[cfg.id] = asyncio.Event()
+        self.tasks[cfg.id] = asyncio.create_task(self._supervise(cfg), name=f"stream-{cfg.id}")
         self.changed.set()
 
-    async def _run(self, runner: StreamRunner) -> None:
+    async def _supervise(self, cfg: StreamConfig) -> None:
+        sid, backoff = cfg.id, self.backoff()
+        stop = self._stop[sid]
         try:
-            await runner.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("stream %s failed", runner.sid)
+            while not stop.is_set():
+                runner = self.runners[sid] = StreamRunner(cfg, self.svc, self.keepers(cfg))
+                began = time.monotonic()
+                try:
+                    await runner.run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    delay = backoff.crashed(time.monotonic() - began)
+                    logger.error("stream %s failed on an unexpected error", sid, exc_info=e)
+                    live = runner.pipeline is None or runner.pipeline.reader.spec.live
+                    if not await self._crashed(runner, describe(e), delay, backoff, live=live):
+                        if runner.stopping and live:  # it failed while being stopped on purpose: the session still ends
+                            await self._end_session(cfg)
+                        return
+                try:  # stopped on purpose during the wait: nothing more to watch
+                    async with asyncio.timeout(delay):  # (not wait_for: on 3.11 it can swallow an abandon's cancel)
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+            await self._ended_while_down(cfg)
         finally:
-            if self.runners.get(runner.sid) is runner:
-                del self.runners[runner.sid]
-                del self.tasks[runner.sid]
+            if self.tasks.get(sid) is asyncio.current_task():
+                del self.tasks[sid]
+                self._stop.pop(sid, None)
+            self.runners.pop(sid, None)
             self.changed.set()
+
+    async def _crashed(self, runner: StreamRunner, error: str, delay: float, backoff: RestartBackoff, *, live: bool) -> bool:
+        """Say that ``runner`` failed (a ``stopped`` state event with the error and what comes next); True: restart it."""
+        sid, restarts = runner.sid, self.svc.metrics.stream_restarts
+        if runner.stopping or not live:
+            outcome, then = "stopped", "stopped by the operator" if runner.stopping else "the file is not read again"
+        elif backoff.give_up and self.on_give_up is not None:
+            outcome, then = "handed_over", "handed to another worker"
+        else:
+            outcome, then = "restarted", f"watching again in {delay:g} s"
+        restarts.labels(outcome).inc()
+        await self._publish(sid, StreamState.STOPPED, f"internal error ({error}); {then}")
+        if outcome == "handed_over" and self.on_give_up is not None:
+            logger.warning("stream %s: failed %d times in a row here; handed to another worker", sid, backoff.crashes)
+            self.on_give_up(sid)
+        return outcome == "restarted"
+
+    async def _ended_while_down(self, cfg: StreamConfig) -> None:
+        """Stopped on purpose while waiting to restart: the stream ends as ``ended`` and its session closes."""
+        await self._publish(cfg.id, StreamState.ENDED, "stopped by the operator")
+        await self._end_session(cfg)
+
+    async def _end_session(self, cfg: StreamConfig) -> None:
+        keeper = self.keepers(cfg)
+        if keeper is not None:
+            await keeper.end()
+
+    async def _publish(self, sid: str, state: StreamState, reason: str) -> None:
+        svc = self.svc
+        ev = HealthEvent(stream=sid, at=time.time(), offset=svc.offsets.get(sid, 0.0), kind=HealthKind.STATE, state=state, reason=reason)
+        svc.states[sid] = state
+        svc.engines.engine_for(sid).on_health(ev)
+        await svc.bus.publish(ev)
 
     async def stop(self, sid: str) -> None:
         """End ``sid`` on purpose and wait until its queued frames are analysed and its session closed."""
-        runner, task = self.runners.get(sid), self.tasks.get(sid)
-        if runner is None or task is None:
+        task, event = self.tasks.get(sid), self._stop.get(sid)
+        if task is None or event is None:
             return
-        runner.stop()
+        event.set()
+        runner = self.runners.get(sid)
+        if runner is not None:
+            runner.stop()
         await asyncio.shield(task)
 
     async def abandon(self, sid: str) -> None:
@@ -77,8 +153,11 @@ class StreamSet:
 
     async def stop_all(self) -> None:
         """End every stream on purpose, concurrently."""
-        for runner in list(self.runners.values()):
-            runner.stop()
+        for sid in list(self.tasks):
+            self._stop[sid].set()
+            runner = self.runners.get(sid)
+            if runner is not None:
+                runner.stop()
         if self.tasks:
             await asyncio.gather(*[asyncio.shield(t) for t in list(self.tasks.values())], return_exceptions=True)
 

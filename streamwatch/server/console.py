@@ -92,6 +92,7 @@ class ConsoleData:
                     "reason": st.get("reason", ""),
                     "black": bool(st.get("black")),
                     "frozen": bool(st.get("frozen")),
+                    "analysis_failing": bool(st.get("analysis_failing")),
                     "offset": round(self.offsets(sid), 3),
                     "frame": None if frame is None else {"offset": round(frame.analysis.offset, 3), "at": iso(frame.analysis.at)},
                 }

@@ -25,6 +25,15 @@ class Metrics:
         self.stage_latency = Histogram(
             "streamwatch_stage_latency_seconds", "Per-stage latency, by stage.", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.frames_failed = Counter(
+            "streamwatch_frames_failed", "Frames skipped because their analysis failed (an analyzer or model error).", registry=r
+        )
+        self.stream_restarts = Counter(
+            "streamwatch_stream_failures",
+            "Streams whose work failed on an unexpected error, by what followed (restarted|handed_over|stopped).",
+            ["outcome"],
+            registry=r,
+        )
         self.cache = Counter("streamwatch_cache_lookups", "Analysis cache lookups, by result (hit|miss).", ["result"], registry=r)
         self.vlm_requests = Counter(
             "streamwatch_vlm_requests",

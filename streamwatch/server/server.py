@@ -146,6 +146,8 @@ class EventServer:
                 entry.update(state=d.get("state"), since=d.get("at"), reason=d.get("reason", ""))
             elif d.get("kind") in ("black", "frozen"):
                 entry[d["kind"]] = bool(d.get("active"))
+            elif d.get("kind") == "analysis":
+                entry["analysis_failing"] = bool(d.get("active"))
 
     def health(self) -> dict[str, Any]:
         return {

@@ -3,7 +3,10 @@
 "use strict";
 (function () {
   const SW = window.SW; const $ = SW.$; const el = SW.el; const state = SW.state;
-  const VIEW = { connecting: "connecting", live: "live", stalled: "stalled", reconnecting: "outage", stopped: "ended", unknown: "unknown" };
+  // stopped: the stream's work stopped on an error (its reason says what follows); unwatched: no worker holds it (cluster)
+  const VIEW = { connecting: "connecting", live: "live", stalled: "stalled", reconnecting: "outage", stopped: "stopped", ended: "ended",
+                 unwatched: "unwatched", unknown: "unknown" };
+  const NOT_WATCHED = new Set(["stopped", "ended", "unwatched"]);  // a "not monitored" period on the timeline
   const tiles = new Map();
   const status = SW.status = new Map();  // stream id → the latest /streams entry
   const gone = new Set();  // streams removed at run time: off the wall (their alerts and timeline stay)
@@ -54,6 +57,7 @@
     if (view !== "live") badge.push(SW.t("st_" + view) + (forS == null ? "" : " " + dur(forS)));
     if (s.black) badge.push(SW.t("black"));
     if (s.frozen) badge.push(SW.t("frozen"));
+    if (s.analysis_failing) badge.push(SW.t("analysis_failing"));
     if (!s.frame && view === "live") badge.push(SW.t("no_picture"));
     t.querySelector(".badge").textContent = badge.join(" · ");
     t.title = s.reason || "";
@@ -115,9 +119,9 @@
         const view = VIEW[h.state];
         if (view !== "outage") close("outage", h.offset);
         if (view !== "stalled") close("stalled", h.offset);
-        if (view !== "ended") close("gap", h.offset);
+        if (!NOT_WATCHED.has(view)) close("gap", h.offset);
         if (view === "outage" || view === "stalled") begin(view, h);
-        else if (view === "ended") begin("gap", h);
+        else if (NOT_WATCHED.has(view)) begin("gap", h);
       }
     });
     // still open: the stream offset stands still in an outage, so it lasts by the wall clock
