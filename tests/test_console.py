@@ -244,6 +244,25 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
         s.publish(health("s2", 25.0, StreamState.RECONNECTING, reason="publisher gone"))
         a.wait_for_selector("#wall .tile[data-stream=s2][data-state=outage]", timeout=3_000)
         assert "中断" in a.inner_text("#wall .tile[data-stream=s2] .badge")
+        # a third stream: its analysis fails for a while, its work stops on a bug and restarts, then it ends
+        s.publish(health("s3", 0.0, StreamState.LIVE))
+        a.wait_for_selector("#wall .tile[data-stream=s3][data-state=live]", timeout=3_000)
+        s.publish(health("s3", 2.0, None, kind=HealthKind.ANALYSIS, active=True, reason="5 frames in a row skipped"))
+        a.wait_for_function("document.querySelector('#wall .tile[data-stream=s3] .badge').textContent.includes('分析失败')", timeout=3_000)
+        b.wait_for_function("document.querySelector('#wall .tile[data-stream=s3] .badge').textContent.includes('分析失败')", timeout=3_000)
+        s.publish(health("s3", 4.0, None, kind=HealthKind.ANALYSIS, active=False, reason="after 9 skipped frames"))
+        s.publish(health("s3", 5.0, StreamState.STOPPED, reason="internal error (ValueError: x); watching again in 1 s"))
+        a.wait_for_selector("#wall .tile[data-stream=s3][data-state=stopped]", timeout=3_000)
+        assert "已停止" in a.inner_text("#wall .tile[data-stream=s3] .badge")
+        assert "watching again" in (a.get_attribute("#wall .tile[data-stream=s3]", "title") or "")
+        assert "分析失败" not in a.inner_text("#wall .tile[data-stream=s3] .badge")
+        s.publish(health("s3", 7.0, StreamState.LIVE))
+        s.publish(health("s3", 9.0, StreamState.ENDED, reason="stopped by the operator"))
+        a.wait_for_selector("#wall .tile[data-stream=s3][data-state=ended]", timeout=3_000)
+        b.click("#tabs button[data-tab=timeline]")
+        b.select_option("#tl-stream", "s3")
+        b.wait_for_selector("#tl-body svg[data-stream=s3] .tl-period[data-kind=gap]", timeout=5_000)  # 5-7 s: not watched
+        b.click("#tabs button[data-tab=queue]")
 
         # a submitter's image and its reply in the Audience panel
         reply = submit_image(port, "小明", "看我的猫")
