@@ -11,6 +11,7 @@ recording (a file) added meanwhile is read once: no new owner opens it again.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -86,13 +87,35 @@ def test_a_serving_worker_analyses_its_share_serves_all_and_drains(nats3: Any, n
         served = {e["id"] for e in alerts(mod_s.snapshot())}
         assert served <= {e["id"] for e in alerts(mod_g.snapshot())}, "the serving worker and the gateway disagree on ids"
 
-        # --- the last worker dies: the gateway shows every show unwatched; back when a worker returns ----
+        # --- the last worker dies: both gateways show every show unwatched, and it is in the log once -----
+        g2 = rig.add("gateway", "g2")
+        g2.wait_ready()
+        mod_2 = Moderator(g2.url)
+        mods.append(mod_2)
+        mod_2.start()
         rig.nodes["w2"].kill()
-        states = _states_until(g1.url, {n: "unwatched" for n in names} | {"vod": "stopped"}, 30)
-        assert states == {n: "unwatched" for n in names} | {"vod": "stopped"}, states
+        for url in (g1.url, g2.url):
+            states = _states_until(url, {n: "unwatched" for n in names} | {"vod": "stopped"}, 30)
+            assert states == {n: "unwatched" for n in names} | {"vod": "stopped"}, states
+        for m in (mod_g, mod_2):
+            m.wait_for(lambda evs: all(health(evs, n, "state", "unwatched") for n in names), 30, "unwatched in the log")
         rig.nodes["w2"].start()
         states = _states_until(g1.url, {n: "live" for n in names} | {"vod": "stopped"}, 60)
         assert states == {n: "live" for n in names} | {"vod": "stopped"}, states
+        said = {}
+        for m in (mod_g, mod_2):
+            evs = m.wait_for(lambda evs: all(health(evs, n, "monitoring_gap") for n in names), 30, "the takeover's gaps")
+            for n in names:
+                unwatched = health(evs, n, "state", "unwatched")
+                assert len(unwatched) == 1, f"{n}: said unwatched once for the cluster (two gateways saw it): {unwatched}"
+                said[n] = said.get(n, unwatched[0]["id"])
+                assert unwatched[0]["id"] == said[n] and "no worker holds it" in unwatched[0]["reason"]
+            assert not health(evs, "vod", "state", "unwatched"), "a finished file is not unwatched"
+        for n in names:  # the report: not watched from the last heartbeat until the takeover (its monitoring gap)
+            rep = json.loads(_get(f"http://127.0.0.1:{g2.port}/report/{n}?format=json&token={MODERATOR}"))
+            gaps = [p for p in rep["periods"] if p["kind"] == "monitoring_gap"]
+            outage_gap = max(gaps, key=lambda p: p["duration_s"] or 0)
+            assert outage_gap["duration_s"] >= 3.0 and not any(p["duration_s"] is None for p in gaps), rep["periods"]
         time.sleep(2)
         got = Counter(e["stream"] for e in alerts(mod_g.snapshot()) if e["rule"] == "qr_code")
         assert got == Counter({n: 1 for n in [*names, "vod"]}), f"cooldowns carried across a full outage: {got}"

@@ -104,3 +104,41 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no events for stream 'nope'" in capsys.readouterr().err and "show" in capsys.readouterr().err + "show"
     assert main(["report", "show", "--data", str(tmp_path / "empty")]) == 1
     assert "no event store" in capsys.readouterr().err
+
+
+def _ids(events: list) -> list:  # type: ignore[type-arg]
+    return [dataclasses.replace(e, id=i + 1) for i, e in enumerate(events)]
+
+
+def test_unwatched_and_analysis_periods() -> None:
+    """Cluster ``unwatched`` (from the last heartbeat): superseded by the takeover's monitoring gap, measured by
+    the wall clock when a new session starts without one, still open at the end otherwise; an outage in
+    progress ends where nobody watched any more. ``analysis`` failing/works again is a period with its error."""
+    t0 = 1_000_000.0
+
+    def h(offset: float, state: StreamState | None = None, **kw):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(health("show", offset, state, **kw), at=t0 + offset)
+
+    def periods(events: list) -> list:  # type: ignore[type-arg]
+        return [(p.kind, p.start, p.duration, p.open) for p in build_report("show", _ids(events), until=t0 + 100).periods]
+
+    live = h(0.0, StreamState.LIVE)
+    gone = h(10.0, StreamState.UNWATCHED, reason="no worker holds it")
+    gap = h(10.0, None, kind=HealthKind.MONITORING_GAP, duration_s=7.5)
+    # superseded by the next owner's gap
+    assert periods([live, gone, gap, h(17.5, StreamState.CONNECTING), h(17.6, StreamState.LIVE)]) == [("monitoring_gap", 10.0, 7.5, False)]
+    # no gap (the carried state was lost: a new session): by the wall clock
+    fresh = dataclasses.replace(h(0.0, StreamState.CONNECTING), at=t0 + 40.0)
+    assert periods([live, gone, fresh]) == [("monitoring_gap", 10.0, 30.0, False)]
+    # nobody came back: open up to the report's end, and an outage in progress ends there
+    down = h(5.0, StreamState.RECONNECTING, reason="read timeout")
+    assert periods([live, down, gone]) == [("outage", 5.0, 5.0, False), ("monitoring_gap", 10.0, 90.0, True)]
+    report = build_report("show", _ids([live, gone]), until=t0 + 100)
+    assert report.ended is None and report.gaps[0].open
+    # analysis failing for a while, with the error
+    bad = h(20.0, None, kind=HealthKind.ANALYSIS, active=True, reason="5 frames in a row skipped (RuntimeError: CUDA error)")
+    ok = h(26.0, None, kind=HealthKind.ANALYSIS, active=False, reason="after 20 skipped frames")
+    got = build_report("show", _ids([live, bad, ok]), until=t0 + 100).periods
+    assert [(p.kind, p.start, p.duration) for p in got] == [("analysis_failing", 20.0, 6.0)] and "CUDA error" in got[0].detail
+    still = build_report("show", _ids([live, bad]), until=t0 + 100).periods
+    assert still[0].kind == "analysis_failing" and still[0].open and "CUDA" in still[0].detail

@@ -11,12 +11,14 @@ the same id. Streams are added and removed in the cluster's desired set (KV); wo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from streamwatch.analysis.model import AnalyzedFrame
+from streamwatch.cluster.carry import CarryTable
 from streamwatch.cluster.connect import Names, connect, kv_bucket
 from streamwatch.cluster.desired import DesiredStreams
 from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, jetstream
@@ -27,13 +29,15 @@ from streamwatch.config import Settings, StreamConfig
 from streamwatch.errors import ClusterError, ConfigError, EventsError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.codec import iso
-from streamwatch.events.model import Event
+from streamwatch.events.model import Event, HealthEvent, HealthKind, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
 from streamwatch.server.control import stream_json
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.server import EventServer
 
 logger = logging.getLogger(__name__)
+
+UNWATCHED_REASON = "no worker holds it: every worker gone or full"
 
 FOLLOW_WAIT_S = 15.0  # how long a client's publish waits to see its event come back through the follower
 
@@ -93,6 +97,7 @@ class Gateway:
             names = Names.from_config(c)
             self.desired = DesiredStreams(await kv_bucket(js, names.desired, ttl_s=None, replicas=c.replicas))
             self.leases = LeaseTable(await kv_bucket(js, names.leases, ttl_s=c.lease_ttl_s, replicas=c.replicas), ttl_s=c.lease_ttl_s)
+            self.carry = CarryTable(await kv_bucket(js, names.state, ttl_s=None, replicas=c.replicas))
             await ensure_event_stream(js, c, max(1, len(nc.servers)))
             self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
             bus = self.bus = GatewayBus(self.store, JetStreamPublisher(js, self.store, c))
@@ -140,7 +145,8 @@ class Gateway:
         """The desired set and lease holders; streams added or removed elsewhere join or leave this server's view."""
         self._desired = await self.desired.all()
         self._holders = {sid: h.worker for sid, h in (await self.leases.holders()).items()}
-        self._mark_unwatched(time.monotonic())
+        for sid in self._mark_unwatched(time.monotonic()):
+            await self._say_unwatched(sid)
         if self.server is not None:
             known = self.server.streams
             for sid in set(self._desired) - known:
@@ -152,9 +158,11 @@ class Gateway:
                 self.server.removed.add(sid)
                 self.server.status.pop(sid, None)
 
-    def _mark_unwatched(self, now: float) -> None:
+    def _mark_unwatched(self, now: float) -> list[str]:
         """A desired stream no worker has held for ``lease_ttl_s`` shows as ``unwatched`` (all workers
-        gone, or none with room); when a worker holds it again it shows ``unknown`` until its first state event."""
+        gone, or none with room); when a worker holds it again it shows ``unknown`` until its first state event.
+        Returns the streams that have just become unwatched."""
+        newly: list[str] = []
         for sid in list(self._unheld):
             if sid in self._holders or sid not in self._desired:
                 del self._unheld[sid]
@@ -168,7 +176,38 @@ class Gateway:
                 if entry.get("state") not in ("unwatched", "stopped", "ended"):  # a finished file stays finished
                     logger.warning("stream %s: no worker holds it (for %.0fs): unwatched", sid, now - since)
                     at = iso(time.time() - (now - since))
-                    entry.update(state="unwatched", since=at, reason="no worker holds it: every worker gone or full")
+                    entry.update(state="unwatched", since=at, reason=UNWATCHED_REASON)
+                    newly.append(sid)
+        return newly
+
+    async def _say_unwatched(self, sid: str) -> None:
+        """Put ``unwatched`` in the log, once for the cluster: the event is built from the carried state
+        (the last heartbeat: when and where in the show nobody watched any more), so every gateway builds
+        the same one and JetStream keeps the first (Nats-Msg-Id). Nothing is said for a stream never
+        watched, a finished file, or one already said unwatched from that heartbeat (a restarted gateway)."""
+        try:
+            carry = await self.carry.load(sid)
+        except ClusterError as e:
+            logger.warning("stream %s: unwatched, but its carried state cannot be read: %s", sid, e)
+            return
+        if carry is None or carry.finished_at is not None or carry.session_started_at is None:
+            return
+        ev = HealthEvent(
+            stream=sid,
+            at=carry.heartbeat_at,
+            offset=carry.heartbeat_offset,
+            kind=HealthKind.STATE,
+            state=StreamState.UNWATCHED,
+            reason=UNWATCHED_REASON,
+        )
+        loop = asyncio.get_running_loop()
+        since = await loop.run_in_executor(None, functools.partial(self.store.events, sid, start=carry.heartbeat_at - 1.0))
+        if any(isinstance(e, HealthEvent) and e.state is StreamState.UNWATCHED and abs(e.at - ev.at) < 0.01 for e in since):
+            return
+        try:
+            await self.bus.publisher.publish(ev)
+        except ClusterError as e:
+            logger.warning("stream %s: unwatched, not put in the log: %s", sid, e)
 
     # --- StreamControl ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ class StreamState(enum.Enum):
     RECONNECTING = "reconnecting"
     STOPPED = "stopped"
     ENDED = "ended"  # stopped on purpose (SIGTERM, a listen-mode publisher's unpublish): not an outage
+    UNWATCHED = "unwatched"  # cluster: no worker holds the stream (all gone or full); said by gateways, from the last heartbeat
 
 
 _ENDS = {StreamState.STOPPED, StreamState.ENDED}
@@ -31,6 +32,7 @@ TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
     StreamState.RECONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, *_ENDS}),
     StreamState.STOPPED: frozenset(),
     StreamState.ENDED: frozenset({StreamState.LIVE}),  # listen mode: the next publisher
+    StreamState.UNWATCHED: frozenset(),  # never a reader's state
 }
 
 

@@ -179,8 +179,17 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
         so_far = None if until is None else round(max(0.0, until - began.at), 3)
         return Period(kind, began.offset, so_far, detail, open=True)
 
+    unwatched: HealthEvent | None = None  # cluster: no worker held the stream from here (a gateway said so)
     for e in health:
-        if e.kind is HealthKind.STATE and e.state is not None:
+        if e.kind is HealthKind.STATE and e.state is StreamState.UNWATCHED:
+            if down_since is not None:  # what the source did from here is not known
+                out.append(Period("outage", down_since.offset, round(max(0.0, e.offset - down_since.offset), 3), down_since.reason))
+                down_since = None
+            unwatched = unwatched or e
+        elif e.kind is HealthKind.STATE and e.state is not None:
+            if unwatched is not None:  # watched again without a monitoring gap (a new session): the gap by the wall clock
+                out.append(Period("monitoring_gap", unwatched.offset, round(max(0.0, e.at - unwatched.at), 3), unwatched.reason))
+                unwatched = None
             if e.state in DOWN_STATES and down_since is None:
                 down_since = e
             elif e.state is StreamState.LIVE and down_since is not None:
@@ -191,6 +200,7 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
                 out.append(Period("outage", down_since.offset, round(e.offset - down_since.offset, 3), down_since.reason))
                 down_since = None
         elif e.kind is HealthKind.MONITORING_GAP:
+            unwatched = None  # the next owner's gap measures the unwatched window exactly
             out.append(Period("monitoring_gap", e.offset, e.duration_s, e.reason))
         elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.ANALYSIS):
             if e.active:
@@ -204,5 +214,7 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
                 )
     if down_since is not None:
         out.append(still_open("outage", down_since, down_since.reason))
+    if unwatched is not None:
+        out.append(still_open("monitoring_gap", unwatched, unwatched.reason))
     out.extend(still_open(_PERIOD.get(k, k.value), e, e.reason if k is HealthKind.ANALYSIS else "") for k, e in open_.items())
     return sorted(out, key=lambda p: p.start)
