@@ -119,8 +119,12 @@ def test_a_serving_worker_analyses_its_share_serves_all_and_drains(nats3: Any, n
         time.sleep(2)
         got = Counter(e["stream"] for e in alerts(mod_g.snapshot()) if e["rule"] == "qr_code")
         assert got == Counter({n: 1 for n in [*names, "vod"]}), f"cooldowns carried across a full outage: {got}"
-        opened = [e for e in health(mod_g.snapshot(), "vod", "state") if e.get("state") == "connecting"]
-        assert len(opened) == 1, f"the file was opened again by a new owner: {opened}"
+        # (a read cut short, its lease lost in a NATS election, is read again by the next owner: the claim is
+        # that a file read to its end is never opened again)
+        vod = health(mod_g.snapshot(), "vod", "state")
+        finished = min(e["id"] for e in vod if e.get("state") == "stopped")
+        reopened = [e for e in vod if e.get("state") == "connecting" and e["id"] > finished]
+        assert not reopened, f"the file was opened again after it was read to its end: {vod}"
     except BaseException:
         print(rig.logs())
         raise

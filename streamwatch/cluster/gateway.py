@@ -84,6 +84,7 @@ class Gateway:
         self._desired: dict[str, StreamConfig] = {}
         self._holders: dict[str, str] = {}
         self._unheld: dict[str, float] = {}  # stream id → monotonic time first seen without a lease
+        self._saying: set[asyncio.Task[None]] = set()  # `unwatched` events being put in the log
         self.latest: dict[str, AnalyzedFrame] = {}  # the console's tiles: each stream's latest analysed frame
 
     def stop(self) -> None:
@@ -130,6 +131,8 @@ class Gateway:
                         logger.warning("gateway: cannot read the desired set: %s", e)
             finally:
                 latest.cancel()
+                for task in list(self._saying):
+                    task.cancel()
                 if self.server is not None:
                     await self.server.stop()
                 await follower.stop()
@@ -146,7 +149,9 @@ class Gateway:
         self._desired = await self.desired.all()
         self._holders = {sid: h.worker for sid, h in (await self.leases.holders()).items()}
         for sid in self._mark_unwatched(time.monotonic()):
-            await self._say_unwatched(sid)
+            task = asyncio.create_task(self._say_unwatched(sid), name=f"unwatched-{sid}")  # (a NATS election must not hold the refresh)
+            self._saying.add(task)
+            task.add_done_callback(self._saying.discard)
         if self.server is not None:
             known = self.server.streams
             for sid in set(self._desired) - known:
