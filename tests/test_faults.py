@@ -24,7 +24,7 @@ from streamwatch.analysis.cascade import Cascade
 from streamwatch.analysis.detectors import AnalyzerSettings, QRReader
 from streamwatch.analysis.model import Detection
 from streamwatch.config import Settings, load_settings
-from streamwatch.errors import AnalysisError
+from streamwatch.errors import AnalysisError, EventsError
 from streamwatch.events.model import Event, HealthEvent, HealthKind, StreamState
 from streamwatch.events.store import EventStore
 from streamwatch.report.build import build_report
@@ -113,12 +113,16 @@ class Switch:
     def __init__(self) -> None:
         self.analysis_fails = False
         self.crashes_left = 0
+        self.own_failure = False
         self.analysed = 0
 
     def on_analyzed(self, _sid: str, _latency: float) -> None:
         self.analysed += 1
         if self.crashes_left > 0:
             self.crashes_left -= 1
+            if self.own_failure:  # streamwatch's own side failed (the store, the event log), not the source
+                self.own_failure = False
+                raise EventsError("cannot write the event store: disk full")
             raise ValueError("injected bug")
 
 
@@ -212,10 +216,10 @@ def test_a_live_stream_skips_failed_frames_and_restarts_after_a_bug(nginx: Nginx
 
             # 2. the stream's work fails on a bug, twice in a row: restarted after 1 s, then 2 s
             crashed_at = time.time()
-            switch.crashes_left = 2
+            switch.crashes_left, switch.own_failure = 2, True
             await _until(
                 lambda evs: (
-                    sum("internal error" in e.reason for e in _health(evs, HealthKind.STATE) if e.at > crashed_at) == 2
+                    sum("error (" in e.reason for e in _health(evs, HealthKind.STATE) if e.at > crashed_at) == 2
                     and any(e.state is StreamState.LIVE and e.at > crashed_at + 3 for e in _health(evs, HealthKind.STATE))
                 ),
                 data,
@@ -240,7 +244,7 @@ def test_a_live_stream_skips_failed_frames_and_restarts_after_a_bug(nginx: Nginx
     states = _health(events, HealthKind.STATE)
     crashes = [e for e in states if e.state is StreamState.STOPPED]
     assert [e.reason for e in crashes] == [
-        "internal error (ValueError: injected bug); watching again in 1 s",
+        "error (EventsError: cannot write the event store: disk full); watching again in 1 s",
         "internal error (ValueError: injected bug); watching again in 2 s",
     ], [e.describe() for e in states]
     assert states[-1].state is StreamState.ENDED

@@ -110,7 +110,7 @@ class StreamRunner:
                 consumer.add_done_callback(lambda _t: ticker.cancel())
                 consumer.add_done_callback(lambda _t: svc.escalations.close(cfg.id))
                 tg.create_task(self._comply())
-        except* StreamwatchError as eg:
+        except* IngestError as eg:  # the source is gone for good (retries exhausted, unreadable file); other errors go to the supervisor
             failed = True
             for e in eg.exceptions:
                 logger.error("stream %s stopped: %s", cfg.id, e)

@@ -4,9 +4,10 @@ Each stream runs in its own task (its :class:`~streamwatch.runtime.runner.Stream
 TaskGroup of that stream); a stream that fails leaves the others running. Streams can be added and
 removed while the process runs (runtime management, cluster leases).
 
-A runner that fails on an unexpected error (a bug, not a source error: those reconnect in ingest, and
-a source given up on is ``stopped`` by the runner itself) is never left silent: a ``stopped`` state
-event names the error, and a live stream is restarted with back-off (:class:`RestartBackoff`). The
+A runner that fails on an unexpected error (a bug) or on a failure of streamwatch's own side (the
+event log, the store; not the source: those reconnect in ingest, and a source given up on is
+``stopped`` by the runner itself) is never left silent: a ``stopped`` state event names the error,
+and a live stream is restarted with back-off (:class:`RestartBackoff`). The
 restart continues the open session, so the time nobody watched is a ``monitoring_gap`` in the
 report. A file is not restarted (its alerts would be repeated). In a cluster, ``give_up_after``
 crashes in a row hand the stream to another worker (``on_give_up``).
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from streamwatch.config import StreamConfig
+from streamwatch.errors import StreamwatchError
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 from streamwatch.runtime.faults import RestartBackoff, describe
 from streamwatch.runtime.runner import SessionKeeping, StreamRunner
@@ -80,9 +82,11 @@ class StreamSet:
                     raise
                 except Exception as e:
                     delay = backoff.crashed(time.monotonic() - began)
-                    logger.error("stream %s failed on an unexpected error", sid, exc_info=e)
+                    logger.error("stream %s failed: %s", sid, describe(e), exc_info=e)
                     live = runner.pipeline is None or runner.pipeline.reader.spec.live
-                    if not await self._crashed(runner, describe(e), delay, backoff, live=live):
+                    # a bug, or a failure of streamwatch's own side (the event log, the store): not the source
+                    what = "error" if _ours(e) else "internal error"
+                    if not await self._crashed(runner, f"{what} ({describe(e)})", delay, backoff, live=live):
                         if runner.stopping and live:  # it failed while being stopped on purpose: the session still ends
                             await self._end_session(cfg)
                         return
@@ -91,7 +95,10 @@ class StreamSet:
                         await stop.wait()
                 except TimeoutError:
                     pass
-            await self._ended_while_down(cfg)
+            try:
+                await self._ended_while_down(cfg)
+            except StreamwatchError as e:
+                logger.error("stream %s: its end could not be recorded: %s", sid, e)
         finally:
             if self.tasks.get(sid) is asyncio.current_task():
                 del self.tasks[sid]
@@ -109,7 +116,10 @@ class StreamSet:
         else:
             outcome, then = "restarted", f"watching again in {delay:g} s"
         restarts.labels(outcome).inc()
-        await self._publish(sid, StreamState.STOPPED, f"internal error ({error}); {then}")
+        try:
+            await self._publish(sid, StreamState.STOPPED, f"{error}; {then}")
+        except StreamwatchError as e:  # the event log itself may be what failed: what follows still happens
+            logger.error("stream %s: the failure could not be put in the log: %s", sid, e)
         if outcome == "handed_over" and self.on_give_up is not None:
             logger.warning("stream %s: failed %d times in a row here; handed to another worker", sid, backoff.crashes)
             self.on_give_up(sid)
@@ -163,3 +173,10 @@ class StreamSet:
 
     async def abandon_all(self) -> None:
         await asyncio.gather(*[self.abandon(s) for s in list(self.tasks)])
+
+
+def _ours(e: BaseException) -> bool:
+    """True when the first error of ``e`` (a group: its first) is a StreamwatchError (a named failure, not a bug)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return isinstance(e, StreamwatchError)
