@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Clip, Nginx, publish, stop
+from test_hls_shapes import playlist, segments, web  # noqa: F401  (web: the HTTP server fixture)
 
 from streamwatch.analysis.base import REGISTRY
 from streamwatch.analysis.cascade import Cascade
@@ -253,6 +254,7 @@ def test_a_live_stream_skips_failed_frames_and_restarts_after_a_bug(nginx: Nginx
     assert "RuntimeError: CUDA error: out of memory" in analysis[0].reason and "flaky" in analysis[0].reason
     gaps = _health(events, HealthKind.MONITORING_GAP)
     assert len(gaps) == 2 and all(0.5 <= (g.duration_s or 0) <= 6.0 for g in gaps), [g.describe() for g in gaps]
+    assert gaps[1].offset >= gaps[0].offset + (gaps[0].duration_s or 0) - 0.1, "crashes in a row: gaps that do not overlap"
     assert daemon.metrics.stream_restarts.labels("restarted")._value.get() == 2
     assert daemon.metrics.frames_failed._value.get() >= 5
     report = build_report("show", events, until=time.time())
@@ -276,6 +278,22 @@ def test_a_file_that_fails_on_a_bug_is_stopped_and_not_read_again(short_clip: Cl
     assert [e.state for e in states] == [StreamState.CONNECTING, StreamState.LIVE, StreamState.STOPPED], [e.describe() for e in states]
     assert states[-1].reason == "internal error (ValueError: injected bug); the file is not read again"
     assert daemon.metrics.stream_restarts.labels("stopped")._value.get() == 1
+
+
+def test_an_hls_recording_that_fails_on_a_bug_is_not_read_again(web: tuple[Path, str], short_clip: Clip, tmp_path: Path) -> None:  # noqa: F811
+    from streamwatch.app import Daemon
+
+    root, base = web
+    segs = segments(short_clip.path, root, "rec", seconds=6.0)
+    (root / "rec.m3u8").write_text(playlist(segs, ended=True))  # ENDLIST: a recording, though served over HTTP
+    switch = Switch()
+    switch.crashes_left = 1
+    data = tmp_path / "d"
+    daemon = Daemon(_settings(data, f"{base}/rec.m3u8", ["qr"]), serve=False, on_analyzed=switch.on_analyzed)
+    asyncio.run(asyncio.wait_for(daemon.run(), 60))  # ends: nothing left to watch (before: re-read every few seconds, forever)
+    states = _health(_events(data), HealthKind.STATE)
+    assert [e.state for e in states] == [StreamState.CONNECTING, StreamState.LIVE, StreamState.STOPPED], [e.describe() for e in states]
+    assert states[-1].reason.endswith("the file is not read again")
 
 
 # --- the cluster: a stream that keeps failing on one worker goes to another ----------------------
@@ -334,3 +352,83 @@ def test_a_stream_failing_on_one_worker_is_handed_to_another(nats3: Any, nginx: 
         asyncio.run(scenario())
     finally:
         stop(pub)
+
+
+# --- messy files through the daemon: odd frames are skipped or taken, never the stream's end ---------
+
+
+def _file_states(data: Path, source: Path, every_s: float = 0.5) -> tuple[list[HealthEvent], list[Event], Any]:
+    from streamwatch.app import Daemon
+
+    settings = _settings(data, str(source), ["qr"])
+    settings = settings.model_copy(update={"sampling": settings.sampling.model_copy(update={"every_s": every_s})})
+    daemon = Daemon(settings, serve=False)
+    asyncio.run(asyncio.wait_for(daemon.run(), 90))
+    events = _events(data)
+    return _health(events, HealthKind.STATE), events, daemon.metrics
+
+
+def _encode(path: Path, frames: list[np.ndarray], rate: Any, pix_fmt: str = "yuv420p", **options: str) -> Path:
+    import av
+
+    with av.open(str(path), "w", options=options) as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.height, s.width = frames[0].shape[:2]
+        s.pix_fmt = pix_fmt
+        for img in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("shape", [(1, 640), (1, 1921), (640, 1)], ids=["640x1", "1921x1", "1x640"])
+def test_one_pixel_strips_are_sampled_and_the_file_ends_normally(tmp_path: Path, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    frames = [np.repeat(rng.integers(0, 255, (1, *shape, 3), np.uint8), 1, axis=0)[0] for _ in range(50)]
+    clip = _encode(tmp_path / "strip.mp4", frames, 25, "yuv444p")
+    states, _, metrics = _file_states(tmp_path / "d", clip)
+    assert [e.state for e in states] == [StreamState.CONNECTING, StreamState.LIVE, StreamState.STOPPED], [e.describe() for e in states]
+    assert states[-1].reason == "end of file" and states[-1].offset >= 1.9
+    assert metrics.stream_restarts.labels("stopped")._value.get() == 0
+
+
+def test_a_slow_slideshow_keeps_its_timeline_and_alerts_where_the_qr_code_is(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    import cv2
+    from skimage import data
+
+    clip = tmp_path / "qr.mp4"
+    from test_cluster import qr_clip  # a real QR code overlaid on a photo
+
+    qr_clip(tmp_path, 1).rename(clip)
+    import av
+
+    with av.open(str(clip)) as c:
+        qr_frame = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    photos = [cv2.resize(p, (640, 360)) for p in (data.coffee(), data.chelsea(), data.astronaut())]
+    slides = [photos[0], photos[1], qr_frame, photos[2], photos[0]]  # 10 s each: the QR code from 20 s to 30 s
+    show = _encode(tmp_path / "slides.mp4", slides, Fraction(1, 10))
+    states, events, _ = _file_states(tmp_path / "d", show, every_s=1.0)
+    assert states[-1].reason == "end of file" and states[-1].offset >= 39.0, [e.describe() for e in states]
+    alerts = [e for e in events if type(e).__name__ == "AlertEvent" and getattr(e, "rule", "") == "qr_code"]
+    assert alerts and 19.0 <= alerts[0].offset <= 31.0, [(a.rule, a.offset) for a in alerts]
+
+
+def test_a_damaged_recording_says_so_in_its_end_event(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 255, (180, 320, 3), np.uint8)
+    frames = [np.roll(base, i * 3, axis=1) for i in range(25 * 12)]
+    clip = _encode(tmp_path / "ok.mp4", frames, 25, movflags="+faststart")  # the index first, as web videos are
+    raw = clip.read_bytes()
+    cut = len(raw) // 3
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(raw[:cut] + raw[cut + 50_000 :])
+    states, events, _ = _file_states(tmp_path / "d", damaged)
+    end = states[-1]
+    assert end.state is StreamState.STOPPED, [e.describe() for e in states]
+    assert "undecodable packets skipped" in end.reason or "unreadable data" in end.reason, end.reason
+    report = build_report("show", events, until=time.time())
+    assert report.ended is not None and report.ended.reason == end.reason

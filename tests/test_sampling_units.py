@@ -85,6 +85,16 @@ def test_offset_clock_never_goes_backwards() -> None:
     assert all(b > a for a, b in itertools.pairwise(vals))
 
 
+def test_offset_clock_keeps_slow_files_real_and_cuts_discontinuities() -> None:
+    slides = OffsetClock(live=False)  # a 0.1 fps slideshow: 10 s between frames is real stream time
+    assert [round(slides.offset(p, 0.0), 3) for p in (3.0, 13.0, 23.0, 33.0)] == [0.0, 10.0, 20.0, 30.0]
+    ts = OffsetClock(live=False)  # a recording whose timestamps jump by hours (an MPEG-TS discontinuity)
+    vals = [ts.offset(p, 0.0) for p in (0.0, 0.04, 7200.0, 7200.04)]
+    assert vals[2] - vals[1] < 0.01 and vals[3] - vals[2] == pytest.approx(0.04, abs=1e-4)
+    live = OffsetClock(live=True)  # live: a forward jump past 5 s follows the wall clock
+    assert live.offset(0.0, 0.0) == 0.0 and live.offset(100.0, 1.0) == pytest.approx(1.0)
+
+
 def test_decode_plan_picks_keyframes_reference_or_full() -> None:
     plan = DecodePlan(DecodeMode.AUTO, every_s=2.0)
     assert plan.skip_frame() == "NONREF"  # nothing measured yet

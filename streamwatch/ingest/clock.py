@@ -16,11 +16,16 @@ class OffsetClock:
     """
 
     live: bool
-    jump_s: float = 5.0
+    jump_s: float = 5.0  # live: a forward PTS step past this is a jump (re-anchored to the wall clock)
+    file_jump_s: float = 600.0  # files: only this is a discontinuity; shorter steps are real (a 0.1 fps slideshow)
     _anchor_offset: float | None = None
     _anchor_pts: float = 0.0
     _last_pts: float | None = None
     _last_offset: float = -1.0
+
+    @property
+    def _jump(self) -> float:
+        return self.jump_s if self.live else self.file_jump_s
 
     def new_connection(self) -> None:
         """Forget the PTS anchor: the next frame is anchored to the wall clock."""
@@ -37,7 +42,7 @@ class OffsetClock:
             if self._anchor_offset is None:
                 self._anchor_offset = elapsed if self.live else 0.0
                 self._anchor_pts = pts
-            elif self._last_pts is not None and (pts < self._last_pts - 0.5 or pts > self._last_pts + self.jump_s):
+            elif self._last_pts is not None and (pts < self._last_pts - 0.5 or pts > self._last_pts + self._jump):
                 # PTS reset or jump: continue from where we are in wall time (live) or stream time.
                 self._anchor_offset = max(elapsed, self._last_offset) if self.live else self._last_offset
                 self._anchor_pts = pts

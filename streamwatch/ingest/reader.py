@@ -185,8 +185,9 @@ class FrameReader:
                 ) from None
         finally:
             container.close()
-        if self.stats.corrupt_packets:
+        if self.stats.corrupt_packets:  # said in the end event too, so the report shows the file was damaged
             logger.warning("[%s] %d undecodable packets skipped", self.stream_id, self.stats.corrupt_packets)
+            end_reason = f"{end_reason}; {self.stats.corrupt_packets} undecodable packets skipped"
         if not self.stopped:
             yield self._health(StreamState.STOPPED, reason=end_reason)
 
@@ -339,6 +340,8 @@ class FrameReader:
                     frames = packet.decode()
                 except av.error.InvalidDataError:
                     self.stats.corrupt_packets += 1
+                    if self.live and self.stats.corrupt_packets % 100 == 1:  # the 1st, 101st…: damaged data is not silent
+                        logger.warning("[%s] undecodable packets skipped: %d so far", self.stream_id, self.stats.corrupt_packets)
                     continue
             for f in frames:
                 if f.time_base is None and tb is not None:

@@ -6,7 +6,8 @@ in its own thread behind a bounded queue (:meth:`StreamPipeline.arun`, the daemo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from streamwatch.config import Settings, StreamConfig
@@ -15,10 +16,22 @@ from streamwatch.ingest.aio import aiter_reader
 from streamwatch.ingest.frame import Frame
 from streamwatch.ingest.reader import FrameReader
 from streamwatch.ingest.url import parse_source
+from streamwatch.runtime.faults import describe
 from streamwatch.sampling.interval import IntervalSampler
 from streamwatch.sampling.sampler import Sample, Sampler
 
-Output = Sample | HealthEvent
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFrame:
+    """A decoded frame the sampler could not take (a bug or an odd frame): skipped, the stream goes on."""
+
+    offset: float  # s, show time
+    error: Exception
+
+
+Output = Sample | HealthEvent | SkippedFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,19 +42,26 @@ class StreamPipeline:
     reader: FrameReader
     sampler: Sampler
 
-    def _feed(self, item: Frame | HealthEvent) -> list[Output]:
+    def _feed(self, item: Frame | HealthEvent) -> Sequence[Output]:
         if isinstance(item, Frame):
-            return self.sampler.feed(item)
+            try:
+                return self.sampler.feed(item)
+            except Exception as e:  # one frame's fault; never the stream's (logged and counted by the consumer)
+                return [SkippedFrame(item.offset, e)]
         if item.state is not None and item.state.value in ("stopped", "ended"):
             return [*self.sampler.finish(item.offset, item.at, item.stream), item]
         if item.state is StreamState.LIVE:  # a new connection or publisher: nothing is frozen across the break
             return [*self.sampler.restart(item.offset, item.at, item.stream), item]
         return [item]
 
-    def run(self) -> Iterator[Output]:
+    def run(self) -> Iterator[Sample | HealthEvent]:
         """Blocking: samples and health events as they come (files, CLI, benchmarks)."""
         for item in self.reader:
-            yield from self._feed(item)
+            for out in self._feed(item):
+                if isinstance(out, SkippedFrame):
+                    logger.warning("[%s] frame at %.2fs skipped: %s", self.stream.id, out.offset, describe(out.error))
+                else:
+                    yield out
 
     async def arun(self, maxsize: int) -> AsyncIterator[Output]:
         """The same on the event loop, the decoder in its own thread behind a bounded queue."""

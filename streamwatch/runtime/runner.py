@@ -27,13 +27,13 @@ import numpy as np
 from streamwatch.analysis.encoder import thumbnail_record
 from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, FrameAnalysis
 from streamwatch.config import StreamConfig
-from streamwatch.errors import AnalysisError, IngestError, StreamwatchError, VLMError
+from streamwatch.errors import AnalysisError, IngestError, VLMError
 from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 from streamwatch.events.session import SessionKeeper
 from streamwatch.events.store import EventStore
 from streamwatch.runtime.faults import FailureStreak, describe
-from streamwatch.runtime.pipeline import StreamPipeline, build_pipeline
+from streamwatch.runtime.pipeline import SkippedFrame, StreamPipeline, build_pipeline
 from streamwatch.runtime.services import StreamServices
 from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_vector
 from streamwatch.sampling.sampler import Sample
@@ -137,6 +137,9 @@ class StreamRunner:
         ended = False
         try:
             async for out in pipeline.arun(svc.settings.ingest.queue_size):
+                if isinstance(out, SkippedFrame):  # the sampler could not take this frame
+                    await self._frame_failed(out.offset, out.error)
+                    continue
                 if isinstance(out, HealthEvent):
                     svc.states[sid] = out.state or svc.states.get(sid, StreamState.CONNECTING)
                     svc.engines.engine_for(sid).on_health(out)
@@ -201,8 +204,8 @@ class StreamRunner:
             if svc.router.primary(Capability.COMPLIANCE) != LOCAL:  # stream time, so files are checked like live shows
                 svc.escalations.offer(sid, svc.latest[sid], [d.rule for d in drafts if d.escalate], frame.offset)
 
-    async def _frame_failed(self, offset: float, e: StreamwatchError) -> None:
-        """A frame whose decode or analysis failed: skipped and counted; a streak of them is said once."""
+    async def _frame_failed(self, offset: float, e: Exception) -> None:
+        """A frame whose conversion, sampling or analysis failed: skipped and counted; a streak of them is said once."""
         self.svc.metrics.frames_failed.inc()
         if self._streak.failing == 0:
             logger.warning("stream %s: frame at %.1fs skipped: %s", self.sid, offset, e)

@@ -83,7 +83,8 @@ class StreamSet:
                 except Exception as e:
                     delay = backoff.crashed(time.monotonic() - began)
                     logger.error("stream %s failed: %s", sid, describe(e), exc_info=e)
-                    live = runner.pipeline is None or runner.pipeline.reader.spec.live
+                    live = runner.pipeline is None or runner.pipeline.reader.live  # (an HLS recording is not live)
+                    await self._last_beat(cfg, runner, live)
                     # a bug, or a failure of streamwatch's own side (the event log, the store): not the source
                     what = "error" if _ours(e) else "internal error"
                     if not await self._crashed(runner, f"{what} ({describe(e)})", delay, backoff, live=live):
@@ -105,6 +106,17 @@ class StreamSet:
                 self._stop.pop(sid, None)
             self.runners.pop(sid, None)
             self.changed.set()
+
+    async def _last_beat(self, cfg: StreamConfig, runner: StreamRunner, live: bool) -> None:
+        """Watched up to the crash: the restart's monitoring gap then starts here (gaps of crashes in a row never overlap)."""
+        reader = runner.pipeline.reader if runner.pipeline is not None else None
+        keeper = self.keepers(cfg) if live and reader is not None and reader.session_start is not None else None
+        if keeper is None or reader is None:
+            return
+        try:
+            await keeper.beat(reader.session_start, reader.offset_now(), force=True)
+        except StreamwatchError as e:
+            logger.warning("stream %s: no heartbeat at the failure: %s", cfg.id, e)
 
     async def _crashed(self, runner: StreamRunner, error: str, delay: float, backoff: RestartBackoff, *, live: bool) -> bool:
         """Say that ``runner`` failed (a ``stopped`` state event with the error and what comes next); True: restart it."""

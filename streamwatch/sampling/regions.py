@@ -156,6 +156,8 @@ def _tile_scores(hit: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray
 def global_shift(cur: np.ndarray, ref: np.ndarray, max_shift: int = 3 * TILE) -> tuple[int, int]:
     """Integer (dx, dy) such that ``cur[y, x] ≈ ref[y - dy, x - dx]`` (phase correlation); (0, 0) when
     the correlation is weak or the shift implausible."""
+    if min(ref.shape[:2]) < 2 or ref.shape != cur.shape:  # a 1-px strip has no shift to find (OpenCV refuses it)
+        return 0, 0
     a = ref.astype(np.float32)
     b = cur.astype(np.float32)
     window = _hann(a.shape)
