@@ -98,14 +98,18 @@ def test_offset_clock_keeps_slow_files_real_and_cuts_discontinuities() -> None:
 def test_decode_plan_picks_keyframes_reference_or_full() -> None:
     plan = DecodePlan(DecodeMode.AUTO, every_s=2.0)
     assert plan.skip_frame() == "NONREF"  # nothing measured yet
-    for i in range(8):
-        plan.observe_packet(i * 1.0, keyframe=i % 2 == 0)
+    for i in range(8 * 25):  # 25 fps, a keyframe every 2 s
+        plan.observe_packet(i * 0.04, keyframe=i % 50 == 0)
     assert plan.keyframe_interval == pytest.approx(2.0)
     assert plan.skip_frame() == "NONKEY"
     # keyframes stop arriving: fall back at once
     plan.observe_packet(7.0 + 4.0, keyframe=False)
     assert plan.skip_frame() == "NONREF"
     assert DecodePlan(DecodeMode.AUTO, every_s=0.1).skip_frame() == "DEFAULT"
+    slow = DecodePlan(DecodeMode.AUTO, every_s=1.0)  # a 0.5 fps slideshow: each frame is 2 s of picture
+    for i in range(6):
+        slow.observe_packet(i * 2.0, keyframe=i == 0)
+    assert slow.frame_step == pytest.approx(2.0) and slow.skip_frame() == "DEFAULT"
     assert DecodePlan(DecodeMode.FULL, every_s=5).skip_frame() == "DEFAULT"
     assert DecodePlan(DecodeMode.AUTO, every_s=None).skip_frame() == "DEFAULT"
     sparse = DecodePlan(DecodeMode.KEYFRAMES, every_s=1.0)

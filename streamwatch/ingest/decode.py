@@ -6,7 +6,8 @@ to decode every frame:
 - ``NONKEY`` (keyframes only) when the sampling interval covers the keyframe interval: ~17 ms per
   keyframe instead of every frame.
 - ``NONREF`` (skip non-reference frames, i.e. most B-frames) when samples are far enough apart
-  that a gap of a few frames does not matter: about a third less work on typical OBS/x264 streams.
+  that a gap of a few frames does not matter (and a frame lasts at most a quarter of the sampling
+  step: at 0.5 fps one frame is 2 s of picture): about a third less work on typical OBS/x264 streams.
 - ``DEFAULT`` (every frame) otherwise.
 
 The keyframe interval is measured from demuxed packets (cheap: no decoding). If keyframes become
@@ -32,15 +33,24 @@ class DecodePlan:
     every_s: float | None  # None: every frame is wanted (probe, full-rate consumers)
     _key_times: deque[float] = field(default_factory=lambda: deque(maxlen=6))
     _last_packet: float | None = None
+    _times: deque[float] = field(default_factory=lambda: deque(maxlen=16))  # recent packet times, for the frame step
 
     def observe_packet(self, t: float | None, keyframe: bool) -> None:
         if t is None:
             return
         if self._last_packet is not None and t < self._last_packet - 0.5:
             self._key_times.clear()  # timestamps reset: measure again
+            self._times.clear()
         self._last_packet = t
+        self._times.append(t)
         if keyframe:
             self._key_times.append(t)
+
+    @property
+    def frame_step(self) -> float | None:
+        """Mean time between recent frames (s), once 4 packets were seen (B-frame order does not matter)."""
+        t = self._times
+        return None if len(t) < 4 else (max(t) - min(t)) / (len(t) - 1)
 
     @property
     def keyframe_interval(self) -> float | None:
@@ -72,6 +82,7 @@ class DecodePlan:
             return "NONKEY"
         if self.mode is DecodeMode.KEYFRAMES and self.keyframe_interval is None and self._key_times and not self._overdue():
             return "NONKEY"  # asked for keyframes and nothing measured yet: trust the user
-        if self.every_s >= NONREF_MIN_INTERVAL_S and self.mode is not DecodeMode.KEYFRAMES:
+        step = self.frame_step  # a skipped frame must be short next to the sampling step (0.5 fps: 2 s of picture)
+        if self.every_s >= NONREF_MIN_INTERVAL_S and self.mode is not DecodeMode.KEYFRAMES and (step is None or step * 4 <= self.every_s):
             return "NONREF"
         return "DEFAULT"

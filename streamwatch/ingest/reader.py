@@ -160,7 +160,7 @@ class FrameReader:
         self.state = state
         offset = self.offset_now()
         ev = HealthEvent(stream=self.stream_id, kind=HealthKind.STATE, at=time.time(), offset=offset, state=state, **kw)
-        log = logger.info if state in (StreamState.LIVE, StreamState.STOPPED, StreamState.CONNECTING) else logger.warning
+        log = logger.info if state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED, StreamState.CONNECTING) else logger.warning
         log("[%s] %s %s", self.stream_id, self.spec.redacted, ev.describe())
         return ev
 
