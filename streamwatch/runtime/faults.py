@@ -62,9 +62,15 @@ class RestartBackoff:
         return self.give_up_after is not None and self.crashes >= self.give_up_after
 
 
-def describe(e: BaseException) -> str:
-    """``e`` for a health event's reason: the first error of a group, as ``Type: message``, bounded."""
+def first_error(e: BaseException) -> BaseException:
+    """``e``, or the first error inside it when it is an exception group (a TaskGroup's failure)."""
     while isinstance(e, BaseExceptionGroup) and e.exceptions:
         e = e.exceptions[0]
+    return e
+
+
+def describe(e: BaseException) -> str:
+    """``e`` for a health event's reason: the first error of a group, as ``Type: message``, bounded."""
+    e = first_error(e)
     text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     return text if len(text) <= 200 else text[:199] + "…"

@@ -141,9 +141,7 @@ class StreamRunner:
                     await self._frame_failed(out.offset, out.error)
                     continue
                 if isinstance(out, HealthEvent):
-                    svc.states[sid] = out.state or svc.states.get(sid, StreamState.CONNECTING)
-                    svc.engines.engine_for(sid).on_health(out)
-                    await svc.bus.publish(out)
+                    await svc.publish_health(out)
                     continue
                 svc.offsets[sid] = out.offset
                 svc.on_sample(sid, out.offset)
@@ -289,8 +287,7 @@ class StreamRunner:
         if started is not None and gap is not None:
             pipeline.reader.resume_session(started, at_least=gap.offset + (gap.duration_s or 0.0))
             logger.warning("stream %s: session continues; %s", self.sid, gap.describe())
-            self.svc.engines.engine_for(gap.stream).on_health(gap)
-            await self.svc.bus.publish(gap)
+            await self.svc.publish_health(gap)
 
     async def _end_session(self, pipeline: StreamPipeline, keeper: SessionKeeping) -> None:
         svc, reader = self.svc, pipeline.reader
@@ -303,9 +300,7 @@ class StreamRunner:
                 state=StreamState.ENDED,
                 reason="stopped by the operator",
             )
-            svc.states[self.sid] = StreamState.ENDED
-            svc.engines.engine_for(self.sid).on_health(ev)
-            await svc.bus.publish(ev)
+            await svc.publish_health(ev)
         await keeper.beat(reader.session_start, reader.offset_now(), force=True)
         await keeper.end()
 

@@ -24,7 +24,7 @@ from streamwatch.analysis.encoder import Encoder, EncoderTier, load_labels
 from streamwatch.analysis.model import AnalyzedFrame
 from streamwatch.analysis.search import FrameSearch
 from streamwatch.config import Settings
-from streamwatch.events.model import Event, StreamState
+from streamwatch.events.model import Event, HealthEvent, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
 from streamwatch.runtime.policies import Engines
 from streamwatch.server.metrics import Metrics
@@ -79,6 +79,13 @@ class StreamServices:
     offsets: dict[str, float] = field(default_factory=dict)  # latest offset per stream
     states: dict[str, StreamState] = field(default_factory=dict)  # the last state published per stream
     latest: dict[str, AnalyzedFrame] = field(default_factory=dict)  # last analysed frame per stream (live Q&A)
+
+    async def publish_health(self, ev: HealthEvent) -> None:
+        """Publish ``ev`` of a running stream: its state becomes the stream's last, its rules see it first."""
+        if ev.state is not None:
+            self.states[ev.stream] = ev.state
+        self.engines.engine_for(ev.stream).on_health(ev)
+        await self.bus.publish(ev)
 
     async def close(self) -> None:
         await self.cascade.close()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from streamwatch.config import StreamConfig
 from streamwatch.errors import StreamwatchError
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
-from streamwatch.runtime.faults import RestartBackoff, describe
+from streamwatch.runtime.faults import RestartBackoff, describe, first_error
 from streamwatch.runtime.runner import SessionKeeping, StreamRunner
 from streamwatch.runtime.services import StreamServices
 
@@ -148,22 +148,25 @@ class StreamSet:
             await keeper.end()
 
     async def _publish(self, sid: str, state: StreamState, reason: str) -> None:
-        svc = self.svc
-        ev = HealthEvent(stream=sid, at=time.time(), offset=svc.offsets.get(sid, 0.0), kind=HealthKind.STATE, state=state, reason=reason)
-        svc.states[sid] = state
-        svc.engines.engine_for(sid).on_health(ev)
-        await svc.bus.publish(ev)
+        offset = self.svc.offsets.get(sid, 0.0)
+        await self.svc.publish_health(
+            HealthEvent(stream=sid, at=time.time(), offset=offset, kind=HealthKind.STATE, state=state, reason=reason)
+        )
 
     async def stop(self, sid: str) -> None:
         """End ``sid`` on purpose and wait until its queued frames are analysed and its session closed."""
-        task, event = self.tasks.get(sid), self._stop.get(sid)
-        if task is None or event is None:
+        task = self.tasks.get(sid)
+        if task is None:
             return
-        event.set()
+        self._request_stop(sid)
+        await asyncio.shield(task)
+
+    def _request_stop(self, sid: str) -> None:
+        """Ask ``sid`` to end on purpose: its runner stops, and a restart waiting to happen does not."""
+        self._stop[sid].set()
         runner = self.runners.get(sid)
         if runner is not None:
             runner.stop()
-        await asyncio.shield(task)
 
     async def abandon(self, sid: str) -> None:
         """Drop ``sid`` at once (its cluster lease is lost): nothing more is published, the session stays open."""
@@ -176,10 +179,7 @@ class StreamSet:
     async def stop_all(self) -> None:
         """End every stream on purpose, concurrently."""
         for sid in list(self.tasks):
-            self._stop[sid].set()
-            runner = self.runners.get(sid)
-            if runner is not None:
-                runner.stop()
+            self._request_stop(sid)
         if self.tasks:
             await asyncio.gather(*[asyncio.shield(t) for t in list(self.tasks.values())], return_exceptions=True)
 
@@ -188,7 +188,5 @@ class StreamSet:
 
 
 def _ours(e: BaseException) -> bool:
-    """True when the first error of ``e`` (a group: its first) is a StreamwatchError (a named failure, not a bug)."""
-    while isinstance(e, BaseExceptionGroup) and e.exceptions:
-        e = e.exceptions[0]
-    return isinstance(e, StreamwatchError)
+    """True when the first error of ``e`` is a StreamwatchError (a named failure, not a bug)."""
+    return isinstance(first_error(e), StreamwatchError)
