@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS events (
     owner TEXT,
     at REAL NOT NULL,
     files TEXT NOT NULL DEFAULT '',
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    stored_at REAL
 );
 CREATE INDEX IF NOT EXISTS events_stream ON events(stream, id);
 CREATE INDEX IF NOT EXISTS events_at ON events(at);
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS frames (
     thumb TEXT,
     model TEXT NOT NULL,
     tags TEXT NOT NULL DEFAULT '',
-    embedding BLOB NOT NULL
+    embedding BLOB NOT NULL,
+    stored_at REAL
 );
 CREATE INDEX IF NOT EXISTS frames_stream ON frames(stream, id);
 CREATE INDEX IF NOT EXISTS frames_at ON frames(at);
@@ -116,6 +118,7 @@ class EventStore:
             self.path = self.data_dir / "events.sqlite3"
             self._db = self._connect()
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run beside commits: checkpoint()
             self._reader = self._connect()
             self._ckpt = self._connect()
@@ -124,6 +127,13 @@ class EventStore:
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._clock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Stores written before ``stored_at`` existed get the column (NULL: their ``at`` stands in)."""
+        for table in ("events", "frames"):
+            if "stored_at" not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN stored_at REAL")
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {table}_stored ON {table}(coalesce(stored_at, at))")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -135,11 +145,12 @@ class EventStore:
 
     def append(self, events: Sequence[Event]) -> list[StoredEvent]:
         """Commit events in one transaction; return them with their new ids, in order."""
-        rows = [(e.TYPE, e.stream, e.owner, e.at, " ".join(e.files()), encode_body(e)) for e in events]
+        stored = time.time()
+        rows = [(e.TYPE, e.stream, e.owner, e.at, " ".join(e.files()), encode_body(e), stored) for e in events]
         out: list[StoredEvent] = []
         with self._transaction():
             for ev, row in zip(events, rows, strict=True):
-                cur = self._db.execute("INSERT INTO events(type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?)", row)
+                cur = self._db.execute("INSERT INTO events(type, stream, owner, at, files, body, stored_at) VALUES (?,?,?,?,?,?,?)", row)
                 eid = int(cur.lastrowid or 0)
                 out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, row[5])))
         return out
@@ -174,8 +185,8 @@ class EventStore:
                     continue
                 body = encode_body(ev)
                 self._db.execute(
-                    "INSERT INTO events(id, type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?,?)",
-                    (eid, ev.TYPE, ev.stream, ev.owner, ev.at, " ".join(ev.files()), body),
+                    "INSERT INTO events(id, type, stream, owner, at, files, body, stored_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (eid, ev.TYPE, ev.stream, ev.owner, ev.at, " ".join(ev.files()), body, time.time()),
                 )
                 out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, body)))
                 top = eid
@@ -206,8 +217,9 @@ class EventStore:
         with self._wlock:
             try:
                 cur = self._db.execute(
-                    "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding) VALUES (?,?,?,?,?,?,?,?)",
-                    (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob),
+                    "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding, stored_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob, time.time()),
                 )
             except sqlite3.Error as e:
                 raise EventsError(f"cannot index a frame: {e}") from e
@@ -355,12 +367,18 @@ class EventStore:
         return total + sum(p.stat().st_size for p in self.frames_dir.rglob("*") if p.is_file())
 
     def prune(self, now: float | None = None) -> int:
-        """Delete events older than the retention age, then oldest ones while over the size cap."""
+        """Delete events stored longer ago than the retention age, then oldest ones while over the size cap.
+
+        The age counts from when a row was stored (``stored_at``), not from the picture's own time: a
+        recording of last year's show analysed today, or a frame whose clock is off, is kept as long
+        as anything else (rows from stores older than ``stored_at`` fall back to ``at``).
+        """
         removed = 0
         if self.retention_days is not None:
             cutoff = (now if now is not None else time.time()) - self.retention_days * 86400
-            removed += self._delete("SELECT id, files FROM events WHERE at < ? ORDER BY id", (cutoff,))
-            self._delete("SELECT id, coalesce(thumb, '') FROM frames WHERE at < ? ORDER BY id", (cutoff,), table="frames")
+            age = "coalesce(stored_at, at) < ?"
+            removed += self._delete(f"SELECT id, files FROM events WHERE {age} ORDER BY id", (cutoff,))
+            self._delete(f"SELECT id, coalesce(thumb, '') FROM frames WHERE {age} ORDER BY id", (cutoff,), table="frames")
         if self.retention_mb is not None:
             excess = self.size_bytes() - int(self.retention_mb * 1024 * 1024)
             if excess > 0:  # the search index goes first: alerts and their evidence are worth more
