@@ -3,6 +3,7 @@ with secrets of several alphabets in every position, alone and quoted inside lib
 
 from __future__ import annotations
 
+import doctest
 import io
 import json
 import logging
@@ -13,6 +14,8 @@ from urllib.parse import quote, unquote
 
 import pytest
 
+import streamwatch.ingest.url
+import streamwatch.redact
 from streamwatch.errors import SourceOpenError, SourceTimeout
 from streamwatch.events.codec import decode, encode_body, with_id
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
@@ -203,3 +206,9 @@ def test_log_filter_leaves_plain_records_alone() -> None:
     log, out = _logger_with_masking()
     log.info("stream %s live at %.1fs (%d%%)", "s1", 2.0, 50)
     assert out.getvalue() == "sw-redact-test INFO stream s1 live at 2.0s (50%)\n"
+
+
+def test_docstring_examples() -> None:
+    for module in (streamwatch.redact, streamwatch.ingest.url):
+        result = doctest.testmod(module)
+        assert result.attempted and not result.failed

@@ -101,6 +101,7 @@ def leaks(text: str, values: list[str]) -> list[str]:
     return [v for v in values if v in text or v in decoded]
 
 
+@pytest.mark.media_server
 def test_ffmpeg_log_lines_with_segment_secrets_are_masked_by_the_cli_logging(hls_site: HlsSite) -> None:
     """FFmpeg logs every segment URL it opens (``Opening '….ts?auth_key=…' for reading``): with PyAV's
     logging switched on, those lines go through the filter the CLI installs, like every other record."""
@@ -185,6 +186,7 @@ def all_files_text(folder: Path) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.media_server
 def test_no_planted_secret_in_anything_the_cli_writes(nginx: Nginx, short_clip: Clip, hls_site: HlsSite, tmp_path: Path) -> None:
     p = plant(nginx, hls_site)
     inputs, out, data = tmp_path / "in", tmp_path / "out", tmp_path / "out" / "data"
