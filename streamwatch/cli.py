@@ -19,10 +19,11 @@ logger = logging.getLogger("streamwatch")
 
 
 def _setup_logging(level: str) -> None:
-    from streamwatch.redact import install_log_masking
+    from streamwatch.redact import install_log_masking, install_uncaught_masking
 
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     install_log_masking()  # every URL in every record masked, whoever logs it (PyAV/FFmpeg included)
+    install_uncaught_masking()  # and in the traceback of an error that escapes
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per VLM request otherwise
 
 

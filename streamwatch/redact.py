@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import threading
+import traceback
+from types import TracebackType
 
 MASK = "***"
 
@@ -125,4 +129,22 @@ def install_log_masking(logger: logging.Logger | None = None) -> None:
             handler.addFilter(MaskingFilter())
 
 
-__all__ = ["MASK", "MaskingFilter", "install_log_masking", "mask_text", "mask_url"]
+def _print_masked(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(mask_text("".join(traceback.format_exception(kind, value, tb))))
+
+
+def _thread_hook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+        name = args.thread.name if args.thread is not None else "?"
+        sys.stderr.write(f"Exception in thread {name}:\n")
+        _print_masked(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def install_uncaught_masking() -> None:
+    """Tracebacks of uncaught exceptions (main thread and threads) are printed with their URLs masked:
+    a library error that escapes quotes the URL it failed on."""
+    sys.excepthook = _print_masked
+    threading.excepthook = _thread_hook
+
+
+__all__ = ["MASK", "MaskingFilter", "install_log_masking", "install_uncaught_masking", "mask_text", "mask_url"]

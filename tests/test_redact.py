@@ -212,3 +212,29 @@ def test_docstring_examples() -> None:
     for module in (streamwatch.redact, streamwatch.ingest.url):
         result = doctest.testmod(module)
         assert result.attempted and not result.failed
+
+
+def test_uncaught_errors_in_the_cli_process_print_masked_tracebacks() -> None:
+    """An error that escapes (main thread or a thread) after the CLI's logging setup: the traceback
+    is still printed, with the URL it quotes masked."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for case in CASES[:12]:
+        script = (
+            "import sys, threading\n"
+            "from streamwatch.cli import _setup_logging\n"
+            "_setup_logging('INFO')\n"
+            "def boom(): raise OSError(5, 'Input/output error', sys.argv[1])\n"
+            "t = threading.Thread(target=boom, name='reader'); t.start(); t.join()\n"
+            "boom()\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        r = subprocess.run([sys.executable, "-c", script, case.url], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1
+        assert r.stderr.count("Traceback") == 2 and "Exception in thread reader" in r.stderr and "OSError" in r.stderr
+        _assert_hidden(r.stderr, case)
+        assert mask_url(case.url) in r.stderr
