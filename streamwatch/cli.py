@@ -19,7 +19,11 @@ logger = logging.getLogger("streamwatch")
 
 
 def _setup_logging(level: str) -> None:
+    from streamwatch.redact import install_log_masking, install_uncaught_masking
+
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    install_log_masking()  # every URL in every record masked, whoever logs it (PyAV/FFmpeg included)
+    install_uncaught_masking()  # and in the traceback of an error that escapes
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per VLM request otherwise
 
 
@@ -500,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(a.func(a))
     except StreamwatchError as e:
-        print(f"streamwatch: error: {e}", file=sys.stderr)
+        from streamwatch.redact import mask_text
+
+        print(f"streamwatch: error: {mask_text(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

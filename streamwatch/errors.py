@@ -5,7 +5,8 @@ pipeline stage. Where a matching builtin exists the error inherits it too (as Py
 can catch either way: ``except SourceTimeout`` or ``except TimeoutError``.
 
 Library errors (PyAV, OpenCV, pydantic, …) are wrapped at the stage boundary with ``raise … from e``
-and never carry credentials: URLs in messages are always redacted.
+and never carry credentials: URLs in messages are always redacted (an :class:`IngestError` masks
+every URL in its message itself, see :mod:`streamwatch.redact`, whatever the call site passed).
 
 Tree::
 
@@ -62,7 +63,12 @@ class UnknownStream(ConfigError, KeyError):
 
 
 class IngestError(StreamwatchError):
-    """Getting frames out of a source failed."""
+    """Getting frames out of a source failed. URLs in the message are masked (FFmpeg quotes them)."""
+
+    def __init__(self, *args: object) -> None:
+        from streamwatch.redact import mask_text
+
+        super().__init__(*(mask_text(a) if isinstance(a, str) else a for a in args))
 
 
 class SourceOpenError(IngestError, ConnectionError):

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from streamwatch.errors import ConfigError
+from streamwatch.redact import mask_url
 
-# Query parameters that carry secrets (stream keys, tokens, signatures).
-_SECRET_PARAMS = re.compile(
-    r"^(key|token|secret|sig|signature|auth|password|pass|pwd|passwd|streamkey|stream_key|access_token|api_key|apikey)$", re.I
-)
 _FILE_SUFFIXES = {".mp4", ".flv", ".ts", ".mkv", ".mov", ".m4v", ".webm", ".m3u8"}
 
 
@@ -42,32 +38,14 @@ class SourceSpec:
 
 
 def redact_url(url: str) -> str:
-    """Hide user:password, secret query values and RTMP stream keys in ``url``.
+    """``url`` for logs and errors: every query value, userinfo, fragment and RTMP stream key masked.
+
+    The one rule lives in :func:`streamwatch.redact.mask_url`:
 
     >>> redact_url("rtmp://bob:hunter2@host/live/abc?key=s3cret&x=1")
-    'rtmp://***@host/live/***?key=***&x=1'
+    'rtmp://***@host/live/***?key=***&x=***'
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    path = parts.path
-    if parts.scheme.lower() in {"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"}:
-        # rtmp://host/app/STREAM_KEY: the last path element is the publish key.
-        segs = path.split("/")
-        if len(segs) >= 3 and segs[-1]:
-            segs[-1] = "***"
-            path = "/".join(segs)
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+    return mask_url(url)
 
 
 def _host(url: str) -> str:
