@@ -147,16 +147,23 @@ def _cmd_models_list(a: argparse.Namespace) -> int:
 
     settings = load_settings(a.config)
     registry = load_registry(settings.vlm.registry, settings.vlm.roles)
-    print(f"{'id':<26} {'backend':<7} {'params':>7}  {'mode':<8} {'capabilities':<22} where")
+    rows: list[tuple[str, ...]] = [("id", "backend", "params", "mode", "capabilities", "where")]
     for m in registry.models.values():
         where = m.endpoint or m.path or "templates from the local evidence"
         params = f"{m.params_b:g}B" if m.params_b else "-"
-        caps = ",".join(c.value for c in m.capabilities)
-        print(f"{m.id:<26} {m.backend:<7} {params:>7}  {m.mode:<8} {caps:<22} {where}")
+        rows.append((m.id, m.backend, params, m.mode, ",".join(c.value for c in m.capabilities), str(where)))
+    print("\n".join(table(rows, right=frozenset({2}))))
     print()
     for role, chain in registry.roles.items():
         print(f"{role.value:<11} {' → '.join(chain)}")
     return 0
+
+
+def table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows as aligned text columns, each as wide as its widest cell (``right``: right-aligned columns)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    cells = [[c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))] for r in rows]
+    return ["  ".join(r).rstrip() for r in cells]
 
 
 def _cmd_models_switch(a: argparse.Namespace) -> int:
