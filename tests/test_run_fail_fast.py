@@ -220,3 +220,28 @@ def test_analyze_refuses_a_live_source_and_names_a_bad_one_as_probe_does(tmp_pat
     assert r.returncode == 1 and "is a live source" in r.stderr and "run --source" in r.stderr and "Traceback" not in r.stderr
     r = sw("analyze", "rtmpp://x", cwd=tmp_path)
     assert r.returncode == 2 and "'rtmpp'" in one_line(r) and "rtmpp:/x" not in r.stderr
+
+
+@pytest.mark.parametrize("source", ["rtmpp://x", "srt://127.0.0.1:9000?mode=caller", "udp://127.0.0.1:1234", "C:\\Users\\主播\\a.mp4"])
+def test_a_running_stream_whose_source_is_refused_is_stopped_not_retried(source: str, tmp_path: Path) -> None:
+    """Past the CLI's check (a desired set written by hand, a library caller): one stopped event, no restart loop."""
+    import asyncio
+
+    from streamwatch.app import Daemon
+    from streamwatch.events.model import HealthEvent, HealthKind, StreamState
+    from streamwatch.events.store import EventStore
+
+    data = tmp_path / "d"
+    over = {"data_dir": data, "streams": [{"id": "show", "source": source}], "analysis": {"analyzers": ["qr"], "threads": 1}}
+    daemon = Daemon(load_settings(None, over), serve=False)
+    asyncio.run(asyncio.wait_for(daemon.run(), 60))  # the daemon ends: nothing left to watch
+    assert daemon.all_failed() == ["show"]
+    assert daemon.metrics.stream_restarts.labels("stopped")._value.get() == 1
+    assert daemon.metrics.stream_restarts.labels("restarted")._value.get() == 0
+    store = EventStore(data)
+    try:
+        states = [e for e in store.events("show") if isinstance(e, HealthEvent) and e.kind is HealthKind.STATE]
+    finally:
+        store.close()
+    assert [e.state for e in states] == [StreamState.STOPPED]
+    assert "not retried: fix the source" in (states[0].reason or "")
