@@ -12,6 +12,7 @@ Tree::
 
     StreamwatchError
     ├── ConfigError (ValueError)              bad config file, env var or CLI option
+    │   ├── BadSource                         a source streamwatch cannot read (scheme, host, path, missing file)
     │   ├── PolicyError                       bad policy file or word list (file + line)
     │   ├── DuplicateStream                   a stream added at run time whose id is already watched
     │   └── UnknownStream (KeyError)          a stream id that is not in the desired set
@@ -49,6 +50,13 @@ class StreamwatchError(Exception):
 
 class ConfigError(StreamwatchError, ValueError):
     """A config file, environment variable or command-line option is invalid."""
+
+
+class BadSource(ConfigError):
+    """A source streamwatch cannot read: an unsupported scheme, no host, a Windows path, a missing file.
+
+    Refused before anything starts (the CLI exits 2); retrying cannot help, so a running stream whose
+    source is refused is stopped, not restarted."""
 
 
 class DuplicateStream(ConfigError):

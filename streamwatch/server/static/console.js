@@ -158,6 +158,9 @@
     const ev = a.ev; const evid = ev.evidence || {};
     const img = $("ev-img");
     $("ev-noframe").hidden = !!evid.frame; img.hidden = !evid.frame; $("ev-svg").style.display = evid.frame ? "" : "none";
+    const cond = evid.kind === "health" ? evid.text || (evid.labels || [])[0] : null;  // black, frozen, outage, monitoring_gap
+    const noframe = $("ev-noframe"); noframe.dataset.i18n = cond && SW.STRINGS.zh["no_frame_" + cond] ? "no_frame_" + cond : "no_frame";
+    noframe.textContent = SW.t(noframe.dataset.i18n);
     const src = evid.frame ? SW.frameUrl(evid.frame) : "";
     if (img.dataset.src !== src) { img.dataset.src = src; $("ev-box").setAttribute("width", "0"); img.removeAttribute("src"); if (src) img.src = src; }
     else drawBox();
