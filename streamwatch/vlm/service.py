@@ -1,26 +1,32 @@
 """The three VLM tasks on top of the router: compliance, persona reply, live Q&A.
 
 Each task builds its prompt (:mod:`streamwatch.vlm.prompts`), sends it down the role's failover chain
-and validates the answer there, so malformed output counts as a failed attempt (retried once, then
-the next model). ``local`` in a chain answers from templates and the local evidence.
+and validates the answer there, so malformed output counts as a failed attempt (retried once with a
+changed request, then the next model). A cut-off answer is never a judgment: a compliance answer cut
+off fails the attempt; a reply or Q&A answer still cut off on the retry is kept only up to its last
+full sentence (logged), and fails when there is none. ``local`` in a chain answers from templates and
+the local evidence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from streamwatch.errors import VLMOutputError
-from streamwatch.vlm.backend import VLMBackend, fitted_jpegs
+from streamwatch.errors import VLMOutputError, VLMTruncated
+from streamwatch.vlm.backend import VLMBackend, VLMRequest, fitted_jpegs
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
+from streamwatch.vlm.output import complete_sentences
 from streamwatch.vlm.persona import Persona
 from streamwatch.vlm.prompts import (
     DEFAULT_QUESTIONS,
     ComplianceAnswer,
     ComplianceQuestion,
+    clean_answer,
     clean_reply,
     compliance_request,
     parse_compliance,
@@ -30,7 +36,10 @@ from streamwatch.vlm.prompts import (
     summary_request,
 )
 from streamwatch.vlm.registry import Capability
+from streamwatch.vlm.retry import attempt_of
 from streamwatch.vlm.router import ModelRouter
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +92,8 @@ class VLMService:
 
         async def ask(backend: VLMBackend) -> str:
             image = await self._encode(backend, rgb)
-            result = await backend.generate(reply_request(persona, evidence, fan_text, image, self.reply_tokens))
-            return clean_reply(result.text, limit)
+            request = reply_request(persona, evidence, fan_text, image, self.reply_tokens)
+            return clean_reply(await _text_or_whole_sentences(backend, request), limit)
 
         async def template() -> str:
             return await self.local.reply(persona, evidence, fan_text, key)
@@ -95,8 +104,8 @@ class VLMService:
     async def answer(self, question: str, rgb: np.ndarray | None, evidence: ImageEvidence) -> Reply:
         async def ask(backend: VLMBackend) -> str:
             image = await self._encode(backend, rgb) if rgb is not None else ()
-            result = await backend.generate(qa_request(question, evidence, image, self.answer_tokens))
-            return result.text.strip()
+            request = qa_request(question, evidence, image, self.answer_tokens)
+            return clean_answer(await _text_or_whole_sentences(backend, request))
 
         async def template() -> str:
             return await self.local.answer(question, evidence)
@@ -133,3 +142,22 @@ class VLMService:
             return post
 
         return await self.router.run(Capability.SUMMARY, ask, local=template)
+
+
+async def _text_or_whole_sentences(backend: VLMBackend, request: VLMRequest) -> str:
+    """The answer's text; on the last attempt, a cut-off answer's full sentences (never a half one)."""
+    try:
+        return (await backend.generate(request)).text
+    except VLMTruncated as e:
+        attempt = attempt_of(backend)
+        whole = complete_sentences(e.partial)
+        if attempt is None or not attempt.last or not whole:
+            raise
+        logger.warning(
+            "%s: the %s answer was cut off again; kept up to its last full sentence (%d of %d characters)",
+            backend.model,
+            request.role.value if request.role else "",
+            len(whole),
+            len(e.partial),
+        )
+        return whole
