@@ -114,6 +114,7 @@ def test_thinking_output_is_stripped(tmp_path: Path) -> None:
 
 def test_tiny_model_served_over_http_answers_like_in_process(tiny_models: dict[str, Path]) -> None:
     local = TransformersBackend(hf_spec(tiny_models["qwen3_vl"], max_output_tokens=24))
+
     def printable(req: VLMRequest) -> str:  # random weights emit control characters: sent escaped
         return local.generate_batch([req])[0].text.encode("unicode_escape").decode("ascii") or "…"
 

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Factory = Callable[[ModelSpec], VLMBackend]
+_TIMED_OUT = ("deadline", "no answer within", "no time left")
 __all__ = ["AdmissionGate", "ModelRouter", "Observer", "SwitchRefused", "SwitchResult", "create_backend"]
 
 
@@ -154,6 +155,7 @@ class ModelRouter:
         Each model has its ``timeout_s`` from the moment it is asked; ``deadline_s`` bounds the whole chain
         (models after it are not asked; ``local`` still answers)."""
         loop = asyncio.get_running_loop()
+        asked: float | None = loop.time()  # the first model asked has its timeout from this moment
         end = loop.time() + deadline_s if deadline_s is not None else float("inf")
         errors: list[str] = []
         chain = list(self.chains[role])  # a copy: a switch during this call does not reorder it
@@ -164,19 +166,22 @@ class ModelRouter:
                     return await local(), LOCAL
                 continue
             slot = self._slot(mid)
-            now = loop.time()
-            if end - now <= 0:
-                errors.append(f"{mid}: not asked, the request's deadline has passed")
-                continue
             breaker = self.tracker.breaker(mid, role)
             if not breaker.allow(self.clock()):
                 self.observe(mid, "skipped", 0.0)
                 errors.append(f"{mid}: circuit open for {role.value}")
                 continue
+            start = asked if asked is not None else loop.time()
+            asked = None
+            deadline = min(end, start + slot.spec.timeout_s)
+            if deadline <= loop.time():
+                breaker.release()
+                errors.append(f"{mid}: not asked, the request's deadline has passed")
+                continue
             slot.inflight += 1
             slot.idle.clear()
             try:
-                result = await self._turn.serve(slot, role, task, errors, min(end, now + slot.spec.timeout_s))
+                result = await self._turn.serve(slot, role, task, errors, deadline)
             finally:
                 slot.inflight -= 1
                 if slot.inflight == 0:
@@ -184,13 +189,16 @@ class ModelRouter:
             if result is not FAILED:
                 self._served(role, chain, mid, errors)
                 return result, mid  # type: ignore[return-value]
-        kind = VLMTimeout if errors and all("deadline" in e or "no answer within" in e for e in errors) else VLMUnavailable
+        kind = VLMTimeout if errors and all(any(w in e for w in _TIMED_OUT) for e in errors) else VLMUnavailable
         raise kind(f"no model could serve {role.value}: " + "; ".join(errors or ["empty chain"]))
 
     def _served(self, role: Capability, chain: list[str], model: str, errors: list[str]) -> None:
         reason = "; ".join(errors)[:500] if model != chain[0] else ""
-        if reason:
+        before = self.tracker.last_served(role)
+        if reason and before != model:  # a change of who serves, not every request
             logger.warning("%s served by %s instead of %s: %s", role.value, model, chain[0], reason)
+        elif not reason and before not in (None, model):
+            logger.info("%s served by %s again", role.value, model)
         self.tracker.served(role, model, reason)
 
     # --- hot switch ------------------------------------------------------------------------------

@@ -82,6 +82,10 @@ class RouteTracker:
     def served(self, role: Capability, model: str, fallback_reason: str) -> None:
         self._served[role] = (model, fallback_reason)
 
+    def last_served(self, role: Capability) -> str | None:
+        served = self._served.get(role)
+        return served[0] if served else None
+
     def forget(self, model: str) -> None:
         for key in [k for k in self._tracks if k[0] == model]:
             del self._tracks[key]
