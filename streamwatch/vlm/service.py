@@ -20,7 +20,7 @@ import numpy as np
 from streamwatch.errors import VLMOutputError, VLMTruncated
 from streamwatch.vlm.backend import VLMBackend, VLMRequest, fitted_jpegs
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
-from streamwatch.vlm.output import complete_sentences
+from streamwatch.vlm.output import clean_text, complete_sentences
 from streamwatch.vlm.persona import Persona
 from streamwatch.vlm.prompts import (
     DEFAULT_QUESTIONS,
@@ -134,7 +134,7 @@ class VLMService:
             for img in images:
                 jpegs += await self._encode(backend, img)
             result = await backend.generate(summary_request(facts, jpegs, persona, max_tokens))
-            post = parse_summary(result.text)
+            post = parse_summary(clean_text(result.text))
             if post is None:
                 raise VLMOutputError("the summary answer has no title and body")
             if not accept("\n".join((post[0], post[1], " ".join(post[2])))):
