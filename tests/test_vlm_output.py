@@ -166,12 +166,16 @@ def test_answers_are_checked_against_the_schema_sent(seed: int) -> None:
         json.dumps({k: v for k, v in value.items() if k != gone}),  # a key missing
         json.dumps({**value, "exposure": "yes"}),  # wrong type
         json.dumps({**value, "setting": "bathroom"}),  # not in the enum
-        json.dumps({**value, "confidence": 7}),  # out of range
+        json.dumps({**value, "confidence": "high"}),  # not a number
         json.dumps({**value, "mood": "happy"}),  # additionalProperties false
     ]
     for text in broken:
         assert follows(text, schema), text
     assert extract_json(broken[1]) == value  # asked by instruction, a fence is still read
+    assert follows('{"n": 7}', '{"type": "object", "properties": {"n": {"type": "number", "maximum": 1}}}')
+    # the model's own confidence, read leniently and clamped to 0-1; none given: 0, never a made-up constant
+    for raw, conf in ((0.35, 0.35), ("80%", 0.8), (7, 0.07), (1500, 1.0), (-2, 0.0), ("high", 0.0), (None, 0.0), (True, 0.0)):
+        assert parse_compliance(json.dumps({**value, "confidence": raw}), DEFAULT_QUESTIONS, "m").confidence == pytest.approx(conf)
 
 
 # --- 4: a retry changes something ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from chat_server import Answer, ChatServer
 from streamwatch.vlm.breaker import BreakerState
 from streamwatch.vlm.local import ImageEvidence
 from streamwatch.vlm.persona import Persona
+from streamwatch.vlm.prompts import clean_answer
 from streamwatch.vlm.registry import Capability, Registry, RegistrySpec
 from streamwatch.vlm.router import ModelRouter
 from streamwatch.vlm.service import VLMService
@@ -177,6 +178,8 @@ def test_replies_reach_fans_without_control_or_replacement_characters_and_capped
     assert two.model == "local"
     assert three.model == "m" and len(three.text) <= 600 and three.text.endswith("…")
     assert srv.count == 4
+    crlf = "第一行写得很好。\r\n" * 30  # line breaks in disguise are not garbage
+    assert "\r" not in clean_answer(crlf) and clean_answer(crlf).startswith("第一行写得很好。\n")
 
 
 # --- 7: a schema the server ignores is detected and remembered ---------------------------------------------
@@ -263,6 +266,24 @@ def test_the_wait_for_a_slot_counts_against_the_deadline() -> None:
     # deadline if only the HTTP call were timed; the deadline counts the wait, so the template answers in time
     assert m1 == "local" and m2 == "local"
     assert t1 < 0.85 and t2 < 0.8, (t1, t2)
+
+
+def test_a_whole_chain_deadline_bounds_what_a_fan_waits_for() -> None:
+    with ChatServer(lambda _r: Answer("late.", delay_s=2.0)) as a, ChatServer(lambda _r: Answer("also late.", delay_s=2.0)) as b:
+        r = router([spec("a", a.url, timeout_s=0.5), spec("b", b.url, timeout_s=5.0)], {"reply": ["a", "b", "local"]})
+        r.start()
+
+        async def go() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            out = await VLMService(r, deadline_s=0.8).reply(PERSONA, picture(), EV, "", "k")
+            took = time.perf_counter() - t0
+            await r.close()
+            return out, took
+
+        out, took = asyncio.run(go())
+    # a had its 0.5 s, b only what was left of the 0.8 s (not its own 5 s): then the template
+    assert out.model == "local" and a.count == 1 and b.count == 1
+    assert took < 1.05, took
 
 
 # --- 4: a retry changes the request --------------------------------------------------------------------------

@@ -105,12 +105,8 @@ def compliance_schema(questions: tuple[ComplianceQuestion, ...]) -> str:
             props[q.id] = {"type": "array", "items": {"type": "string"}, "maxItems": 20, "description": q.question}
         else:
             props[q.id] = {"type": "string", "description": q.question}
-    props[CONFIDENCE] = {
-        "type": "number",
-        "minimum": 0,
-        "maximum": 1,
-        "description": "How sure you are of these answers, from 0 (guessing) to 1 (certain).",
-    }
+    # no minimum/maximum: not every structured-output engine takes numeric bounds (parsing clamps)
+    props[CONFIDENCE] = {"type": "number", "description": "How sure you are of these answers, from 0 (guessing) to 1 (certain)."}
     required = [q.id for q in questions] + [CONFIDENCE]
     schema = {"type": "object", "properties": props, "required": required, "additionalProperties": False}
     return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))

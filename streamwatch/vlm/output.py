@@ -78,11 +78,14 @@ def split_output(content: str, *, reasoning_field: str = "", thinks: bool = Fals
     return Output(text.strip(), "\n".join(r for r in reasoning if r), truncated, recovered, why)
 
 
+_SPACES = "\n\t\r\x0b\x0c"  # line breaks and spaces in disguise: folded, never counted as garbage
+
+
 def _bad(c: str) -> bool:
     """A control character (other than line breaks and tabs), U+FFFD, or an unassigned/private code point."""
-    if c in "\n\t":
+    if c in _SPACES or c == "\u200d":  # ZWJ joins emoji
         return False
-    return c == "\ufffd" or (unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") and c not in "\u200d")
+    return c == "\ufffd" or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")
 
 
 def clean_text(text: str, *, one_line: bool = False) -> str:
@@ -93,10 +96,11 @@ def clean_text(text: str, *, one_line: bool = False) -> str:
     bad = sum(1 for c in text if _bad(c))
     if bad > max(1, GARBLED_SHARE * len(text)):
         raise VLMOutputError(f"garbled answer: {bad} control or replacement characters in {len(text)}")
-    kept = "".join(" " if c in "\r\x0b\x0c" else c for c in text if c in "\r\x0b\x0c" or not _bad(c))
+    kept = "".join(c for c in text if not _bad(c)).replace("\r\n", "\n")
+    kept = "".join(" " if c in "\r\x0b\x0c" else c for c in kept)
     if one_line:
         return " ".join(kept.split())
-    lines = (" ".join(line.split()) for line in kept.splitlines())
+    lines = (" ".join(line.split()) for line in kept.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 

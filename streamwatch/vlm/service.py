@@ -58,6 +58,7 @@ class VLMService:
         reply_tokens: int = 128,
         answer_tokens: int = 256,
         compliance_tokens: int = 384,
+        deadline_s: float | None = None,
     ) -> None:
         self.router = router
         self.questions = questions
@@ -65,6 +66,7 @@ class VLMService:
         self.reply_tokens = reply_tokens
         self.answer_tokens = answer_tokens
         self.compliance_tokens = compliance_tokens
+        self.deadline_s = deadline_s  # replies and answers: all models of the chain together, then the template
 
     def _jpegs(self, model: str, rgb: np.ndarray) -> tuple[bytes, ...]:
         """The picture fitted to the model's image limits: one JPEG, or tiles in reading order."""
@@ -98,7 +100,7 @@ class VLMService:
         async def template() -> str:
             return await self.local.reply(persona, evidence, fan_text, key)
 
-        text, model = await self.router.run(Capability.REPLY, ask, local=template)
+        text, model = await self.router.run(Capability.REPLY, ask, local=template, deadline_s=self.deadline_s)
         return Reply(text, model)
 
     async def answer(self, question: str, rgb: np.ndarray | None, evidence: ImageEvidence) -> Reply:
@@ -110,7 +112,7 @@ class VLMService:
         async def template() -> str:
             return await self.local.answer(question, evidence)
 
-        text, model = await self.router.run(Capability.QA, ask, local=template)
+        text, model = await self.router.run(Capability.QA, ask, local=template, deadline_s=self.deadline_s)
         return Reply(text, model)
 
     async def summary(
