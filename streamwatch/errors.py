@@ -126,12 +126,14 @@ class VLMTruncated(VLMOutputError):
     """The answer was cut off (``finish_reason == "length"``, JSON or reasoning never closed).
 
     Never taken as a judgment: the router asks once more with a larger budget and thinking off, then
-    fails over. ``partial`` is what came before the cut (for logs; never shown as an answer).
+    fails over. ``partial`` is what came before the cut (for logs; never shown as an answer);
+    ``result`` the backend's whole record of it (tokens, time), when it has one (benchmarks read it).
     """
 
-    def __init__(self, message: str, partial: str = "") -> None:
+    def __init__(self, message: str, partial: str = "", result: object = None) -> None:
         super().__init__(message)
         self.partial = partial
+        self.result = result
 
 
 class VLMServerError(VLMUnavailable):

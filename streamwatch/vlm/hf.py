@@ -126,7 +126,7 @@ class TransformersBackend:
         except TimeoutError as e:
             raise VLMTimeout(f"{self.spec.id}: no answer within {self.spec.timeout_s:g}s") from e
         if result.truncated:  # never a judgment (streamwatch.vlm.output)
-            raise VLMTruncated(f"{self.spec.id}: answer cut off after {result.completion_tokens} tokens", result.text)
+            raise VLMTruncated(f"{self.spec.id}: answer cut off after {result.completion_tokens} tokens", result.text, result)
         return result
 
     async def _drain(self) -> None:

@@ -116,8 +116,19 @@ class OpenAIBackend:
         out = split_output(
             choice.content, reasoning_field=choice.reasoning, thinks=self.spec.mode == "thinking", finish_reason=choice.finish_reason
         )
+        result = VLMResult(
+            out.text,
+            mid,
+            reasoning=out.reasoning,
+            prompt_tokens=choice.prompt_tokens,
+            completion_tokens=choice.completion_tokens,
+            seconds=seconds,
+            finish_reason=choice.finish_reason,
+            truncated=out.truncated,
+            recovered=out.recovered,
+        )
         if out.truncated:
-            raise VLMTruncated(f"{mid}: answer cut off: {out.why} after {choice.completion_tokens} tokens", out.text)
+            raise VLMTruncated(f"{mid}: answer cut off: {out.why} after {choice.completion_tokens} tokens", out.text, result)
         if out.recovered:
             logger.info("%s left its answer in the reasoning (empty content): recovered", mid)
         if with_schema and request.schema is not None:
@@ -126,16 +137,8 @@ class OpenAIBackend:
                 logger.warning("%s ignored response_format (%s); asking for JSON by instruction from now on", mid, problems[0])
                 self.structured_output = False
                 raise VLMOutputError(f"{mid}: the server ignored the JSON schema: {'; '.join(problems[:3])}")
-        return VLMResult(
-            usable_text(out.text, mid),
-            mid,
-            reasoning=out.reasoning,
-            prompt_tokens=choice.prompt_tokens,
-            completion_tokens=choice.completion_tokens,
-            seconds=seconds,
-            finish_reason=choice.finish_reason,
-            recovered=out.recovered,
-        )
+        usable_text(out.text, mid)
+        return result
 
     async def warm(self) -> None:
         """Also the router's health probe: a known-good request (a fitted grey image, thinking off); an
