@@ -241,11 +241,11 @@ def test_timeout_s_is_one_deadline_from_the_moment_a_model_is_asked(shape: Answe
         out, took = asyncio.run(go())
     assert out is None  # local: no judgment
     assert srv.count == 1, "a retry was started without time left"
-    assert took < timeout_s + 0.25, took
+    assert took < timeout_s + 0.35, took
 
 
 def test_the_wait_for_a_slot_counts_against_the_deadline() -> None:
-    with ChatServer(lambda r: Answer("slow answer.", delay_s=1.5 if "first" in r.prompt else 0.3)) as srv:
+    with ChatServer(lambda r: Answer("slow answer.", delay_s=1.5 if "first" in r.prompt else 0.6)) as srv:
         r = router([spec("m", srv.url, timeout_s=0.6, concurrency=1)], {"qa": ["m", "local"]})
         r.start()
         svc = VLMService(r)
@@ -262,10 +262,10 @@ def test_the_wait_for_a_slot_counts_against_the_deadline() -> None:
             return list(got)
 
         (m1, t1), (m2, t2) = asyncio.run(go())
-    # the second waited ~0.55 s for the only slot: with its 0.3 s answer it would end 0.25 s past its
-    # deadline if only the HTTP call were timed; the deadline counts the wait, so the template answers in time
+    # the second waited ~0.55 s for the only slot: if only the HTTP call were timed it would end ~1.15 s
+    # after it was asked; the deadline counts the wait, so the template answers within its 0.6 s
     assert m1 == "local" and m2 == "local"
-    assert t1 < 0.85 and t2 < 0.8, (t1, t2)
+    assert t1 < 0.9 and t2 < 0.9, (t1, t2)
 
 
 def test_a_whole_chain_deadline_bounds_what_a_fan_waits_for() -> None:
