@@ -222,6 +222,14 @@ class VLMConfig(_Section):
     compliance_deadline_s: Annotated[
         float, Field(gt=0, description="A compliance answer arriving later than this after the frame is marked late.")
     ] = 15.0
+    answer_deadline_s: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="Most seconds a fan's reply or a moderator's answer may take, all models of the chain together "
+            "(each model also has its registry timeout_s); then the local template answers. Unset: the sum of the timeouts.",
+        ),
+    ] = 30.0
     pending_per_stream: Annotated[
         int, Field(ge=1, description="Frames waiting for the compliance model per stream; the oldest is dropped (counted).")
     ] = 2

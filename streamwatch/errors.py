@@ -32,6 +32,7 @@ Tree::
     │   │                                     failed generation): the model, or this input — the router asks
     │   ├── VLMTimeout (TimeoutError)         no answer within the backend's timeout
     │   ├── VLMOutputError (ValueError)       an answer that cannot be used (bad JSON, wrong schema, empty)
+    │   │   └── VLMTruncated                  an answer cut off (token budget, reasoning never ended): never a judgment
     │   └── VLMInputError (ValueError)        this request's input was refused (HTTP 400/413/422, an image
     │                                         the model cannot take, or an error for this request while the
     │                                         model answers others): reported against the request only
@@ -133,6 +134,20 @@ class VLMTimeout(VLMError, TimeoutError):
 
 class VLMOutputError(VLMError, ValueError):
     """A backend answered, but the answer cannot be used (malformed JSON, wrong schema, empty)."""
+
+
+class VLMTruncated(VLMOutputError):
+    """The answer was cut off (``finish_reason == "length"``, JSON or reasoning never closed).
+
+    Never taken as a judgment: the router asks once more with a larger budget and thinking off, then
+    fails over. ``partial`` is what came before the cut (for logs; never shown as an answer);
+    ``result`` the backend's whole record of it (tokens, time), when it has one (benchmarks read it).
+    """
+
+    def __init__(self, message: str, partial: str = "", result: object = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+        self.result = result
 
 
 class VLMServerError(VLMUnavailable):

@@ -8,6 +8,13 @@ tiny transformers model), with scripted faults consumed one per request:
 - ``bad_json``: answers content that is not JSON; ``400_schema``: 400 when response_format is sent;
 - ``400``: HTTP 400 for this request (a refusal of its input).
 
+``respond`` may return a :class:`Answer` instead of a string to shape the reply the way real servers
+do: ``finish_reason`` (``length``: cut by the budget), ``reasoning_content`` / ``reasoning`` fields
+(vLLM / Ollama), an empty content, a delay. With ``max_images=N`` it refuses a request with more
+images like vLLM started with ``--limit-mm-per-prompt`` (HTTP 400 ``At most N image(s) may be
+provided in one request.``). ``response_format`` is never enforced (like ``transformers serve``): the
+script decides what comes back.
+
 With ``refuse_below=N`` it checks images like a real Qwen-VL server: every data URL is decoded and an
 image whose shorter side is below N px (or that does not decode) is answered ``refuse_status`` — 500
 by default, as vLLM does for a too-small image — while other requests are answered normally.
@@ -20,6 +27,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,6 +35,17 @@ import cv2
 import numpy as np
 
 from streamwatch.vlm.backend import VLMRequest
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A scripted reply shaped like a real server's."""
+
+    content: str | None
+    finish_reason: str = "stop"
+    reasoning_content: str | None = None  # vLLM / SGLang / llama.cpp --reasoning-format deepseek
+    reasoning: str | None = None  # Ollama, newer vLLM
+    delay_s: float = 0.0
 
 
 def to_request(body: dict[str, Any]) -> VLMRequest:
@@ -64,8 +83,9 @@ def image_sizes(req: VLMRequest) -> list[tuple[int, int] | None]:
 class ChatServer:
     def __init__(
         self,
-        respond: Callable[[VLMRequest], str],
+        respond: Callable[[VLMRequest], str | Answer],
         *,
+        max_images: int = 0,
         hang_s: float = 5.0,
         slow_s: float = 0.3,
         refuse_below: int = 0,
@@ -76,6 +96,7 @@ class ChatServer:
         self.slow_s = slow_s
         self.refuse_below = refuse_below
         self.refuse_status = refuse_status
+        self.max_images = max_images
         self.sizes: list[list[tuple[int, int] | None]] = []  # images of each request, as decoded
         self.refused = 0
         self.script: list[str] = []
@@ -105,6 +126,9 @@ class ChatServer:
                 if fault == "400":
                     return self._send(400, b'{"error": {"message": "invalid request"}}')
                 request = to_request(body)
+                if server.max_images and len(request.images) > server.max_images:
+                    message = f"At most {server.max_images} image(s) may be provided in one request."
+                    return self._send(400, json.dumps({"object": "error", "message": message, "code": 400}).encode())
                 sizes = image_sizes(request)
                 with server.lock:
                     server.sizes.append(sizes)
@@ -120,13 +144,22 @@ class ChatServer:
                     time.sleep(server.hang_s)
                 if fault == "slow":
                     time.sleep(server.slow_s)
-                content = "this is not json at all" if fault == "bad_json" else server.respond(request)
+                answer = server.respond(request) if fault != "bad_json" else "this is not json at all"
+                shaped = answer if isinstance(answer, Answer) else Answer(answer)
+                if shaped.delay_s:
+                    time.sleep(shaped.delay_s)
+                message: dict[str, Any] = {"role": "assistant", "content": shaped.content}
+                if shaped.reasoning_content is not None:
+                    message["reasoning_content"] = shaped.reasoning_content
+                if shaped.reasoning is not None:
+                    message["reasoning"] = shaped.reasoning
+                n = len(shaped.content or "") + len(shaped.reasoning_content or shaped.reasoning or "")
                 payload = {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",
                     "model": body.get("model"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": len(content), "total_tokens": 100 + len(content)},
+                    "choices": [{"index": 0, "message": message, "finish_reason": shaped.finish_reason}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": n, "total_tokens": 100 + n},
                 }
                 self._send(200, json.dumps(payload).encode())
 

@@ -31,6 +31,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
+
 NODE_CONF = """server_name: {name}
 listen: 127.0.0.1:{client}
 http: 127.0.0.1:{monitor}

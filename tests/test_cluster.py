@@ -120,6 +120,7 @@ def test_cluster_failover_gateways_and_a_lost_nats_node(nats3: Any, nginx: Nginx
         # --- the killed worker comes back and is handed its even share again (one short gap per move) --
         rig.nodes[victim].start()
         back_at = time.time()
+
         def even(after: dict[str, str | None]) -> bool:
             # every show held (a show being moved has no holder for a moment; two donors may move at once)
             return None not in after.values() and sorted(Counter(after.values()).values()) == [2, 2, 2]

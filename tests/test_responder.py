@@ -137,7 +137,6 @@ def test_persona_errors_name_the_field(tmp_path: Path) -> None:
     assert load_persona(MODELS / "personas/xingmiao.toml").name == "星喵"
 
 
-
 def test_http_infer_screens_then_answers(responder_server: ServerThread) -> None:
     api = responder_server.server.api
     assert api is not None

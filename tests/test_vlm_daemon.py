@@ -40,6 +40,7 @@ def judge(req: VLMRequest) -> str:
             "text": [],
             "outfit": "stage costume",
             "objects": ["photo"],
+            "confidence": 0.62 if flagged else 0.9,
         }
     )
 
@@ -75,6 +76,10 @@ def test_escalated_and_periodic_frames_get_a_second_look(concert: tuple[Path, di
     exposure = [a for a in vlm_alerts if a.rule == "vlm_exposure"]
     assert len(exposure) == 1 and abs(exposure[0].offset - brand_at) <= 1.01
     assert exposure[0].evidence.kind == "vlm:judge" and exposure[0].evidence.frame
+    # no nudity detector ran on that frame: the model's verdict alone is not critical, and says so;
+    # its confidence is the model's own answer
+    assert exposure[0].severity.value == "high" and "model only" in exposure[0].message
+    assert exposure[0].confidence == pytest.approx(0.62)
     # the model's brand answer goes through the same text rule; the OCR alert for it came first, so the
     # cooldown keeps it to one alert for that evidence
     assert [a.rule for a in events if isinstance(a, AlertEvent)].count("unauthorized_brand") == 1

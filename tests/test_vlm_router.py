@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from chat_server import ChatServer
 
-from streamwatch.errors import RegistryError, VLMOutputError, VLMUnavailable
+from streamwatch.errors import RegistryError, VLMOutputError, VLMTruncated, VLMUnavailable
 from streamwatch.vlm.backend import VLMRequest, VLMResult, jpeg, strip_reasoning
 from streamwatch.vlm.breaker import BreakerState, CircuitBreaker
 from streamwatch.vlm.local import ImageEvidence
@@ -35,6 +35,7 @@ GOOD = json.dumps(
         "text": ["今晚见"],
         "outfit": "white dress",
         "objects": ["microphone"],
+        "confidence": 0.8,
     }
 )
 
@@ -118,7 +119,8 @@ def test_reasoning_is_stripped_from_thinking_outputs() -> None:
 def test_malformed_json_is_repaired_or_refused() -> None:
     assert extract_json('Sure! ```json\n{"exposure": false, "brands": ["A",],}\n```') == {"exposure": False, "brands": ["A"]}
     assert extract_json("Here: {'exposure': True, 'text': None} hope it helps") == {"exposure": True, "text": None}
-    assert extract_json('{"text": ["a } b"], "exposure": "no"') == {"text": ["a } b"], "exposure": "no"}  # unterminated
+    with pytest.raises(VLMTruncated):  # cut off: never completed into an answer
+        extract_json('{"text": ["a } b"], "exposure": "no"')
     for bad in ("no json here", "[1, 2]", "{exposure: maybe"):
         with pytest.raises(VLMOutputError):
             extract_json(bad)
@@ -260,7 +262,7 @@ def test_compliance_all_questions_one_call_with_schema_and_repair() -> None:
     assert two.get("text") == ("今晚见",)
     body = srv.requests[0]
     schema = body["response_format"]["json_schema"]["schema"]
-    assert set(schema["required"]) == {q.id for q in DEFAULT_QUESTIONS}
+    assert set(schema["required"]) == {q.id for q in DEFAULT_QUESTIONS} | {"confidence"}
     prompt = body["messages"][1]["content"][-1]["text"]
     assert "扫码加群" in prompt and all(q.id in prompt for q in DEFAULT_QUESTIONS)
 

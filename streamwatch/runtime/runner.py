@@ -39,6 +39,7 @@ from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_vector
 from streamwatch.sampling.sampler import Sample
 from streamwatch.vlm.local import ImageEvidence
 from streamwatch.vlm.registry import LOCAL, Capability
+from streamwatch.vlm.verdict import second_opinion
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ class StreamRunner:
             if late:
                 svc.metrics.vlm_late.inc()
             vlm_fa = FrameAnalysis(sid, fa.offset, fa.at, fa.received_at, answer.detections(), fa.width, fa.height)
-            drafts = svc.engines.engine_for(sid).evaluate(vlm_fa)
+            drafts = second_opinion(svc.engines.engine_for(sid).evaluate(vlm_fa), fa.detections)
             if drafts:
                 await self._publish_alerts(drafts, vlm_fa, image, late=late)
             scene = await loop.run_in_executor(

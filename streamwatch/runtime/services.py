@@ -166,7 +166,7 @@ async def build_services(
         engines=engines,
         cascade=cascade,
         router=router,
-        vlm=VLMService(router, questions=questions),
+        vlm=VLMService(router, questions=questions, deadline_s=s.vlm.answer_deadline_s),
         escalations=escalations,
         persona=persona,
         search=search,

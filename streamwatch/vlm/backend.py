@@ -10,7 +10,7 @@ the circuit breaker are the router's (:mod:`streamwatch.vlm.router`). Backends r
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +19,8 @@ import numpy as np
 
 from streamwatch.errors import VLMError, VLMInputError, VLMOutputError
 from streamwatch.vlm.images import ImageLimits, Tile, jpeg_size, plan, request_fits
+from streamwatch.vlm.output import strip_reasoning as _strip
+from streamwatch.vlm.registry import Capability
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,8 @@ class VLMRequest:
     max_tokens: int = 256
     schema: str | None = None  # JSON schema (JSON text) the answer must follow, when the server can enforce it
     temperature: float = 0.2
+    role: Capability | None = None  # which role asks (thinking on or off per role: ModelSpec.think)
+    thinking: bool | None = None  # force reasoning on/off (a retry of a cut-off answer turns it off); None: per role
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ class VLMResult:
     completion_tokens: int = 0
     image_tokens: int = 0  # when the backend can tell (in-process models)
     seconds: float = 0.0
+    finish_reason: str = "stop"  # the server's; "length": the token budget cut the answer off
+    truncated: bool = False  # cut off (budget, or reasoning that never ended): never a judgment
+    recovered: bool = False  # the answer was read out of the reasoning (the content was empty)
 
 
 class VLMBackend(Protocol):
@@ -61,33 +68,10 @@ class VLMBackend(Protocol):
 
 # --- shared helpers (pure) -------------------------------------------------------------------------
 
-_THINK = re.compile(r"<think>(.*?)</think>", re.S)
-_BOX = re.compile(r"<\|begin_of_box\|>(.*?)<\|end_of_box\|>", re.S)  # GLM-4.xV answer box
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)  # GLM-4.1V-Thinking
-
 
 def strip_reasoning(text: str) -> tuple[str, str]:
-    """Split a Thinking-mode output into (answer, reasoning).
-
-    Handles ``<think>…</think>`` (Qwen3-VL Thinking, GLM), a bare ``…</think>`` (chat templates that
-    open the think block in the prompt), GLM's ``<answer>`` and ``<|begin_of_box|>`` wrappers, and
-    an unterminated ``<think>`` (the model ran out of tokens while reasoning: no answer).
-    """
-    reasoning: list[str] = []
-    if "</think>" in text:
-        head, _, text = text.rpartition("</think>")
-        reasoning.append(head.replace("<think>", "").replace("</think>", "").strip())
-    elif "<think>" in text:
-        head, _, rest = text.partition("<think>")
-        reasoning.append(rest.strip())
-        text = head
-    reasoning.extend(m.strip() for m in _THINK.findall(text))
-    text = _THINK.sub("", text)
-    for pattern in (_ANSWER, _BOX):
-        m = pattern.search(text)
-        if m:
-            text = m.group(1)
-    return text.strip(), "\n".join(r for r in reasoning if r)
+    """(answer, reasoning) of a thinking model's output: see :func:`streamwatch.vlm.output.split_output`."""
+    return _strip(text)
 
 
 def usable_text(text: str, model: str) -> str:
@@ -168,4 +152,4 @@ def fit_request(request: VLMRequest, limits: ImageLimits) -> VLMRequest:
             images.extend(fitted_jpegs(cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), share))
         except ValueError as e:  # limits that cannot be met for this many images
             raise VLMInputError(f"{k} images cannot be fitted to the model's image limits: {e}") from e
-    return VLMRequest(request.prompt, tuple(images), request.system, request.max_tokens, request.schema, request.temperature)
+    return dataclasses.replace(request, images=tuple(images))

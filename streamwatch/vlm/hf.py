@@ -18,6 +18,7 @@ the image's token count, as the Qwen processors do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +28,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamwatch.errors import VLMError, VLMInputError, VLMOutputError, VLMServerError, VLMTimeout, VLMUnavailable
-from streamwatch.vlm.backend import VLMRequest, VLMResult, fit_request, fitted_jpegs, images_fit, strip_reasoning
+from streamwatch.errors import VLMError, VLMInputError, VLMOutputError, VLMServerError, VLMTimeout, VLMTruncated, VLMUnavailable
+from streamwatch.vlm.backend import VLMRequest, VLMResult, fit_request, fitted_jpegs, images_fit
+from streamwatch.vlm.output import split_output
 from streamwatch.vlm.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -120,9 +122,12 @@ class TransformersBackend:
             self._worker = asyncio.create_task(self._drain())
         try:
             async with asyncio.timeout(self.spec.timeout_s):
-                return await asyncio.shield(future)
+                result = await asyncio.shield(future)
         except TimeoutError as e:
             raise VLMTimeout(f"{self.spec.id}: no answer within {self.spec.timeout_s:g}s") from e
+        if result.truncated:  # never a judgment (streamwatch.vlm.output)
+            raise VLMTruncated(f"{self.spec.id}: answer cut off after {result.completion_tokens} tokens", result.text, result)
+        return result
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,7 +150,7 @@ class TransformersBackend:
             for p, r in zip(batch, results, strict=True):
                 if p.future.done():
                     continue
-                if r.text.strip():
+                if r.text.strip() or r.truncated:  # a cut-off answer is raised by generate()
                     p.future.set_result(r)
                 else:  # e.g. a Thinking model that used every token reasoning
                     p.future.set_exception(VLMOutputError(f"{self.spec.id}: empty answer"))
@@ -169,7 +174,7 @@ class TransformersBackend:
         for p, r in zip(batch, results, strict=True):
             if p.future.done():
                 continue
-            if isinstance(r, VLMResult) and r.text.strip():
+            if isinstance(r, VLMResult) and (r.text.strip() or r.truncated):
                 p.future.set_result(r)
             elif isinstance(r, VLMResult):
                 p.future.set_exception(VLMOutputError(f"{self.spec.id}: empty answer"))
@@ -222,19 +227,35 @@ class TransformersBackend:
             new = out[i, prompt_len:][: r.max_tokens]
             completion = int((new != m.tokenizer.pad_token_id).sum())
             raw = m.tokenizer.decode(new, skip_special_tokens=True)
-            if self.spec.mode == "thinking" and "<think>" not in raw:
+            thinks = self.spec.mode == "thinking"
+            if thinks and "<think>" not in raw:
                 raw = "<think>" + raw  # the chat template opened the think block in the prompt
-            text, reasoning = strip_reasoning(raw)
+            eos = m.tokenizer.eos_token_id
+            cut = completion >= min(r.max_tokens, max_new) and not bool((new == eos).any()) if eos is not None else False
+            split = split_output(raw, thinks=thinks, finish_reason="length" if cut else "stop")
             mask = enc["attention_mask"][i]
             n_image = int((enc["input_ids"][i] == m.image_token_id).sum()) if m.image_token_id is not None else 0
-            results.append(VLMResult(text, self.spec.id, reasoning, int(mask.sum()), completion, n_image, seconds))
+            results.append(
+                VLMResult(
+                    split.text,
+                    self.spec.id,
+                    split.reasoning,
+                    int(mask.sum()),
+                    completion,
+                    n_image,
+                    seconds,
+                    finish_reason="length" if cut else "stop",
+                    truncated=split.truncated,
+                )
+            )
         return results
 
     async def warm(self) -> None:
-        """Also the router's health probe: a known-good request (a fitted grey image)."""
-        await self.generate(
-            VLMRequest("Reply with OK.", fitted_jpegs(np.full((64, 64, 3), 128, np.uint8), self.spec.image_limits), max_tokens=4)
-        )
+        """Also the router's health probe: a known-good request (a fitted grey image); an answer cut off by
+        its tiny budget still shows the model answers."""
+        image = fitted_jpegs(np.full((64, 64, 3), 128, np.uint8), self.spec.image_limits)
+        with contextlib.suppress(VLMTruncated):
+            await self.generate(VLMRequest("Reply with OK.", image, max_tokens=4, thinking=False))
 
     async def close(self) -> None:
         for p in self._pending:  # nobody waits on a closed model until its timeout

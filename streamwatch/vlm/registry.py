@@ -27,6 +27,9 @@ class Capability(enum.Enum):
     SUMMARY = "summary"  # the post-show summary post (streamwatch summary)
 
 
+ServerFamily = Literal["vllm", "sglang", "ollama", "llamacpp", "transformers", "lmdeploy", "openai", "other"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,6 +58,23 @@ class ModelSpec(_Strict):
     image_max_tiles: Annotated[int, Field(ge=1, le=16, description="Images one long picture may be cut into.")] = 4
     image_tile_aspect: Annotated[float, Field(ge=1, description="Pictures longer than image_side and than this ratio are tiled.")] = 3.0
     image_max_aspect: Annotated[float, Field(ge=1, description="Longest aspect ratio accepted (Qwen: 200); beyond: padded.")] = 200.0
+    image_max_count: Annotated[
+        int | None,
+        Field(ge=1, le=64, description="Images one request may carry (vLLM --limit-mm-per-prompt); unset: learned from a refusal."),
+    ] = None
+    server: Annotated[
+        ServerFamily,
+        Field(
+            description="openai: the server family, for switching thinking per request: vllm/sglang send "
+            "chat_template_kwargs.enable_thinking, ollama reasoning_effort 'none', llamacpp nothing (its --reasoning-format flag)."
+        ),
+    ] = "other"
+    think: Annotated[
+        list[Capability] | None,
+        Field(
+            description="Thinking models: the roles it reasons for; thinking is switched off for the others. Unset: the server's default."
+        ),
+    ] = None
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="hf: where the model runs.")] = "auto"
     max_batch: Annotated[int, Field(ge=1, le=64, description="hf: requests generated together in one batch.")] = 4
 
@@ -86,6 +106,12 @@ class ModelSpec(_Strict):
 
     def serves(self, role: Capability) -> bool:
         return role in self.capabilities
+
+    def thinks(self, role: Capability | None) -> bool | None:
+        """Whether the model should reason for ``role`` (None: leave it to the server)."""
+        if self.mode != "thinking" or self.think is None or role is None:
+            return None
+        return role in self.think
 
 
 class RegistrySpec(_Strict):

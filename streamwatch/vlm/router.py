@@ -1,9 +1,13 @@
 """Roles → failover chains of backends: retry once, fail over, circuit breakers, hot switching.
 
-``run(role, task, local=…)`` walks the role's chain: a model whose breaker is open is skipped; a
-model that raises a :class:`~streamwatch.errors.VLMError` (unreachable, timeout, unusable output)
-is tried once more, then its breaker records a failure and the next model serves. ``local`` in a
-chain is the template fallback the caller supplies. The result says which model produced it.
+``run(role, task, local=…)`` walks the role's chain: a model whose breaker for the role is open is
+skipped; a model that raises a :class:`~streamwatch.errors.VLMError` (unreachable, timeout, unusable
+or cut-off output) is tried once more with a changed request, inside one deadline (its ``timeout_s``
+from the moment it is asked: :mod:`streamwatch.vlm.attempts`), then its breaker for the role records
+a failure and the next model serves. Breakers are per (model, role). ``local`` in a chain is the
+template fallback the caller supplies. The result says which model produced it; :meth:`status` says
+per (model, role) how the breaker stands and how many answers in a row were unusable, and per role
+which model served last and why the chain fell back (:mod:`streamwatch.vlm.routestate`).
 
 A request whose *input* the model refuses (:class:`~streamwatch.errors.VLMInputError`: HTTP 4xx, an
 image the processor rejects) fails alone: it is not retried, its breaker records nothing and no
@@ -25,34 +29,24 @@ is closed once it is idle and no chain uses it. Switches per role are rate-limit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
-from streamwatch.errors import VLMError, VLMInputError, VLMServerError, VLMUnavailable
+from streamwatch.errors import VLMError, VLMTimeout, VLMUnavailable
+from streamwatch.vlm.attempts import FAILED, AdmissionGate, ModelTurn, Observer
 from streamwatch.vlm.backend import VLMBackend
-from streamwatch.vlm.breaker import CircuitBreaker
 from streamwatch.vlm.registry import LOCAL, Capability, ModelSpec, Registry
+from streamwatch.vlm.routestate import RouterStatus, RouteTracker
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Factory = Callable[[ModelSpec], VLMBackend]
-# (model, outcome, seconds); outcome: ok | error | timeout | bad_output | refused | skipped | busy
-Observer = Callable[[str, str, float], None]
-
-
-class AdmissionGate(Protocol):
-    """Admission to a model shared with other processes (e.g. :class:`streamwatch.cluster.admission.Admission`)."""
-
-    def slot(self, model_id: str, timeout_s: float) -> AbstractAsyncContextManager[None]:
-        """Hold one of ``model_id``'s slots for the ``async with`` body; entering raises TimeoutError when none
-        came free within ``timeout_s`` seconds."""
-        ...
+_TIMED_OUT = ("deadline", "no answer within", "no time left")
+__all__ = ["AdmissionGate", "ModelRouter", "Observer", "SwitchRefused", "SwitchResult", "create_backend"]
 
 
 class SwitchRefused(VLMError):
@@ -76,7 +70,6 @@ def create_backend(spec: ModelSpec) -> VLMBackend:
 class _Slot:
     spec: ModelSpec
     backend: VLMBackend
-    breaker: CircuitBreaker
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -116,6 +109,8 @@ class ModelRouter:
         self.admission = admission
         self.admission_wait_s = admission_wait_s
         self.chains: dict[Capability, list[str]] = {r: list(c) for r, c in registry.roles.items()}
+        self.tracker = RouteTracker(breaker_failures, breaker_cooldown_s)
+        self._turn = ModelTurn(self.tracker, lambda m, o, s: self.observe(m, o, s), clock, admission, admission_wait_s)
         self._slots: dict[str, _Slot] = {}
         self._last_switch: dict[Capability, float] = {}
         self._switch_lock = asyncio.Lock()
@@ -125,7 +120,7 @@ class ModelRouter:
         slot = self._slots.get(model_id)
         if slot is None:
             spec = self.registry.get(model_id)
-            slot = _Slot(spec, self.factory(spec), CircuitBreaker(self.breaker_failures, self.breaker_cooldown_s))
+            slot = _Slot(spec, self.factory(spec))
             self._slots[model_id] = slot
         return slot
 
@@ -140,8 +135,12 @@ class ModelRouter:
         return self.chains[role][0]
 
     def state(self) -> dict[str, str]:
-        """Breaker state per loaded model (closed | open | half_open)."""
-        return {mid: s.breaker.state.value for mid, s in self._slots.items()}
+        """Breaker state per model, the most open over its roles (closed | open | half_open)."""
+        return {mid: state for mid, state in self.tracker.worst().items() if mid in self._slots}
+
+    def status(self) -> RouterStatus:
+        """Per (model, role): breaker, unusable answers in a row, last failure; per role: who served last and why not the first."""
+        return self.tracker.status(self.chains)
 
     async def run(
         self,
@@ -149,105 +148,58 @@ class ModelRouter:
         task: Callable[[VLMBackend], Awaitable[T]],
         *,
         local: Callable[[], Awaitable[T]] | None = None,
+        deadline_s: float | None = None,
     ) -> tuple[T, str]:
-        """The first answer down the role's chain, and the id of the model that gave it."""
+        """The first answer down the role's chain, and the id of the model that gave it.
+
+        Each model has its ``timeout_s`` from the moment it is asked; ``deadline_s`` bounds the whole chain
+        (models after it are not asked; ``local`` still answers)."""
+        loop = asyncio.get_running_loop()
+        asked: float | None = loop.time()  # the first model asked has its timeout from this moment
+        end = loop.time() + deadline_s if deadline_s is not None else float("inf")
         errors: list[str] = []
-        for mid in list(self.chains[role]):  # a copy: a switch during this call does not reorder it
+        chain = list(self.chains[role])  # a copy: a switch during this call does not reorder it
+        for mid in chain:
             if mid == LOCAL:
                 if local is not None:
+                    self._served(role, chain, LOCAL, errors)
                     return await local(), LOCAL
                 continue
             slot = self._slot(mid)
-            if not slot.breaker.allow(self.clock()):
+            breaker = self.tracker.breaker(mid, role)
+            if not breaker.allow(self.clock()):
                 self.observe(mid, "skipped", 0.0)
-                errors.append(f"{mid}: circuit open")
+                errors.append(f"{mid}: circuit open for {role.value}")
                 continue
-            result = await self._try(slot, task, errors)
-            if result is not _FAILED:
-                return result, mid  # type: ignore[return-value]
-        raise VLMUnavailable(f"no model could serve {role.value}: " + "; ".join(errors or ["empty chain"]))
-
-    async def _try(self, slot: _Slot, task: Callable[[VLMBackend], Awaitable[T]], errors: list[str]) -> T | object:
-        mid = slot.spec.id
-        slot.inflight += 1
-        slot.idle.clear()
-        server_errors: list[VLMServerError] = []
-        try:
-            async with contextlib.AsyncExitStack() as admitted:
-                if self.admission is not None:
-                    wait = self.admission_wait_s if self.admission_wait_s is not None else slot.spec.timeout_s
-                    t0 = time.perf_counter()
-                    try:
-                        await admitted.enter_async_context(self.admission.slot(mid, wait))
-                    except TimeoutError as e:  # busy across the cluster: not the model's fault
-                        self.observe(mid, "busy", 0.0)
-                        logger.info("%s busy: no cluster slot within %.1fs", mid, time.perf_counter() - t0)
-                        errors.append(f"{mid}: busy ({e})")
-                        slot.breaker.release()
-                        return _FAILED
-                    except asyncio.CancelledError:
-                        slot.breaker.release()
-                        raise
-                return await self._attempts(slot, task, errors, server_errors)
-        finally:
-            slot.inflight -= 1
-            if slot.inflight == 0:
-                slot.idle.set()
-
-    async def _attempts(
-        self, slot: _Slot, task: Callable[[VLMBackend], Awaitable[T]], errors: list[str], server_errors: list[VLMServerError]
-    ) -> T | object:
-        mid = slot.spec.id
-        for attempt in (1, 2):
-            t0 = time.perf_counter()
+            start = asked if asked is not None else loop.time()
+            asked = None
+            deadline = min(end, start + slot.spec.timeout_s)
+            if deadline <= loop.time():
+                breaker.release()
+                errors.append(f"{mid}: not asked, the request's deadline has passed")
+                continue
+            slot.inflight += 1
+            slot.idle.clear()
             try:
-                value = await task(slot.backend)
-            except VLMInputError as e:  # this request's input: no retry, no breaker, no failover
-                self.observe(mid, "refused", time.perf_counter() - t0)
-                logger.warning("%s refused the request's input: %s", mid, e)
-                slot.breaker.release()
-                raise
-            except VLMError as e:
-                if isinstance(e, VLMServerError):
-                    server_errors.append(e)
-                outcome = "timeout" if isinstance(e, TimeoutError) else "bad_output" if isinstance(e, ValueError) else "error"
-                self.observe(mid, outcome, time.perf_counter() - t0)
-                logger.warning("%s attempt %d failed: %s", mid, attempt, e)
-                errors.append(f"{mid}: {e}")
-                continue
-            except asyncio.CancelledError:
-                slot.breaker.release()
-                raise
-            except Exception as e:  # a backend bug must fail over, not take the stream down
-                logger.exception("%s attempt %d crashed", mid, attempt)
-                self.observe(mid, "error", time.perf_counter() - t0)
-                errors.append(f"{mid}: {type(e).__name__}")
-                continue
-            self.observe(mid, "ok", time.perf_counter() - t0)
-            slot.breaker.success()
-            return value
-        if len(server_errors) == 2 and await self._answers_probe(slot):
-            self.observe(mid, "refused", 0.0)
-            slot.breaker.release()
-            raise VLMInputError(f"{mid} failed this request twice but answers a probe, so its input is refused: {server_errors[-1]}")
-        if slot.breaker.failure(self.clock()):
-            logger.error("%s failed twice: circuit open for %.0fs, the next model in the chain serves", mid, slot.breaker.cooldown_s)
-        return _FAILED
+                result = await self._turn.serve(slot, role, task, errors, deadline)
+            finally:
+                slot.inflight -= 1
+                if slot.inflight == 0:
+                    slot.idle.set()
+            if result is not FAILED:
+                self._served(role, chain, mid, errors)
+                return result, mid  # type: ignore[return-value]
+        kind = VLMTimeout if errors and all(any(w in e for w in _TIMED_OUT) for e in errors) else VLMUnavailable
+        raise kind(f"no model could serve {role.value}: " + "; ".join(errors or ["empty chain"]))
 
-    async def _answers_probe(self, slot: _Slot) -> bool:
-        """Does the model answer a known-good request (its ``warm``) within its timeout?"""
-        t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(slot.spec.timeout_s):
-                await slot.backend.warm()
-        except asyncio.CancelledError:
-            slot.breaker.release()
-            raise
-        except (VLMError, TimeoutError) as e:
-            logger.warning("%s also fails a probe: %s", slot.spec.id, e)
-            return False
-        logger.info("%s answers a probe (%.2fs): the failure was the request's input", slot.spec.id, time.perf_counter() - t0)
-        return True
+    def _served(self, role: Capability, chain: list[str], model: str, errors: list[str]) -> None:
+        reason = "; ".join(errors)[:500] if model != chain[0] else ""
+        before = self.tracker.last_served(role)
+        if reason and before != model:  # a change of who serves, not every request
+            logger.warning("%s served by %s instead of %s: %s", role.value, model, chain[0], reason)
+        elif not reason and before not in (None, model):
+            logger.info("%s served by %s again", role.value, model)
+        self.tracker.served(role, model, reason)
 
     # --- hot switch ------------------------------------------------------------------------------
 
@@ -274,7 +226,7 @@ class ModelRouter:
                         del self._slots[model_id]
                         await slot.backend.close()
                     raise VLMUnavailable(f"switch to {model_id!r} failed while warming up; {role.value} stays on {old!r}: {e}") from e
-                slot.breaker.success()
+                self.tracker.reset(model_id, role)
             self.chains[role] = [model_id, *(m for m in self.chains[role] if m != model_id)]  # the atomic swap
             self._last_switch[role] = self.clock()
             self._retire_unused()
@@ -285,6 +237,7 @@ class ModelRouter:
         used = {m for chain in self.chains.values() for m in chain}
         for mid in [m for m in self._slots if m not in used]:
             slot = self._slots.pop(mid)
+            self.tracker.forget(mid)
             task = asyncio.create_task(self._close_when_idle(slot))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -300,6 +253,3 @@ class ModelRouter:
         for slot in self._slots.values():
             await slot.backend.close()
         self._slots.clear()
-
-
-_FAILED = object()

@@ -1,26 +1,32 @@
 """The three VLM tasks on top of the router: compliance, persona reply, live Q&A.
 
 Each task builds its prompt (:mod:`streamwatch.vlm.prompts`), sends it down the role's failover chain
-and validates the answer there, so malformed output counts as a failed attempt (retried once, then
-the next model). ``local`` in a chain answers from templates and the local evidence.
+and validates the answer there, so malformed output counts as a failed attempt (retried once with a
+changed request, then the next model). A cut-off answer is never a judgment: a compliance answer cut
+off fails the attempt; a reply or Q&A answer still cut off on the retry is kept only up to its last
+full sentence (logged), and fails when there is none. ``local`` in a chain answers from templates and
+the local evidence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from streamwatch.errors import VLMOutputError
-from streamwatch.vlm.backend import VLMBackend, fitted_jpegs
+from streamwatch.errors import VLMOutputError, VLMTruncated
+from streamwatch.vlm.backend import VLMBackend, VLMRequest, fitted_jpegs
 from streamwatch.vlm.local import ImageEvidence, LocalBackend
+from streamwatch.vlm.output import clean_text, complete_sentences
 from streamwatch.vlm.persona import Persona
 from streamwatch.vlm.prompts import (
     DEFAULT_QUESTIONS,
     ComplianceAnswer,
     ComplianceQuestion,
+    clean_answer,
     clean_reply,
     compliance_request,
     parse_compliance,
@@ -30,7 +36,10 @@ from streamwatch.vlm.prompts import (
     summary_request,
 )
 from streamwatch.vlm.registry import Capability
+from streamwatch.vlm.retry import attempt_of
 from streamwatch.vlm.router import ModelRouter
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,7 @@ class VLMService:
         reply_tokens: int = 128,
         answer_tokens: int = 256,
         compliance_tokens: int = 384,
+        deadline_s: float | None = None,
     ) -> None:
         self.router = router
         self.questions = questions
@@ -56,6 +66,7 @@ class VLMService:
         self.reply_tokens = reply_tokens
         self.answer_tokens = answer_tokens
         self.compliance_tokens = compliance_tokens
+        self.deadline_s = deadline_s  # replies and answers: all models of the chain together, then the template
 
     def _jpegs(self, model: str, rgb: np.ndarray) -> tuple[bytes, ...]:
         """The picture fitted to the model's image limits: one JPEG, or tiles in reading order."""
@@ -83,25 +94,25 @@ class VLMService:
 
         async def ask(backend: VLMBackend) -> str:
             image = await self._encode(backend, rgb)
-            result = await backend.generate(reply_request(persona, evidence, fan_text, image, self.reply_tokens))
-            return clean_reply(result.text, limit)
+            request = reply_request(persona, evidence, fan_text, image, self.reply_tokens)
+            return clean_reply(await _text_or_whole_sentences(backend, request), limit)
 
         async def template() -> str:
             return await self.local.reply(persona, evidence, fan_text, key)
 
-        text, model = await self.router.run(Capability.REPLY, ask, local=template)
+        text, model = await self.router.run(Capability.REPLY, ask, local=template, deadline_s=self.deadline_s)
         return Reply(text, model)
 
     async def answer(self, question: str, rgb: np.ndarray | None, evidence: ImageEvidence) -> Reply:
         async def ask(backend: VLMBackend) -> str:
             image = await self._encode(backend, rgb) if rgb is not None else ()
-            result = await backend.generate(qa_request(question, evidence, image, self.answer_tokens))
-            return result.text.strip()
+            request = qa_request(question, evidence, image, self.answer_tokens)
+            return clean_answer(await _text_or_whole_sentences(backend, request))
 
         async def template() -> str:
             return await self.local.answer(question, evidence)
 
-        text, model = await self.router.run(Capability.QA, ask, local=template)
+        text, model = await self.router.run(Capability.QA, ask, local=template, deadline_s=self.deadline_s)
         return Reply(text, model)
 
     async def summary(
@@ -125,7 +136,7 @@ class VLMService:
             for img in images:
                 jpegs += await self._encode(backend, img)
             result = await backend.generate(summary_request(facts, jpegs, persona, max_tokens))
-            post = parse_summary(result.text)
+            post = parse_summary(clean_text(result.text))
             if post is None:
                 raise VLMOutputError("the summary answer has no title and body")
             if not accept("\n".join((post[0], post[1], " ".join(post[2])))):
@@ -133,3 +144,22 @@ class VLMService:
             return post
 
         return await self.router.run(Capability.SUMMARY, ask, local=template)
+
+
+async def _text_or_whole_sentences(backend: VLMBackend, request: VLMRequest) -> str:
+    """The answer's text; on the last attempt, a cut-off answer's full sentences (never a half one)."""
+    try:
+        return (await backend.generate(request)).text
+    except VLMTruncated as e:
+        attempt = attempt_of(backend)
+        whole = complete_sentences(e.partial)
+        if attempt is None or not attempt.last or not whole:
+            raise
+        logger.warning(
+            "%s: the %s answer was cut off again; kept up to its last full sentence (%d of %d characters)",
+            backend.model,
+            request.role.value if request.role else "",
+            len(whole),
+            len(e.partial),
+        )
+        return whole

@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from streamwatch.vlm.backend import VLMBackend, VLMRequest, jpeg  # noqa: E402
+from streamwatch.errors import VLMTruncated  # noqa: E402
+from streamwatch.vlm.backend import VLMBackend, VLMRequest, VLMResult, jpeg  # noqa: E402
 from streamwatch.vlm.local import ImageEvidence  # noqa: E402
 from streamwatch.vlm.prompts import DEFAULT_QUESTIONS, compliance_request  # noqa: E402
 from streamwatch.vlm.registry import ModelSpec  # noqa: E402
@@ -63,14 +64,24 @@ async def run(backend: VLMBackend, images: list[bytes], tokens_all: int, tokens_
     image_tokens = 0
     for img in images:
         t0 = time.perf_counter()
-        r = await backend.generate(_budget(compliance_request(questions, img, ev, tokens_all), tokens_all))
+        r = await _answer(backend, _budget(compliance_request(questions, img, ev, tokens_all), tokens_all))
         one_call.append(time.perf_counter() - t0)
         image_tokens = image_tokens or r.image_tokens
         t0 = time.perf_counter()
         for q in questions:
-            await backend.generate(_budget(compliance_request((q,), img, ev, tokens_one), tokens_one))
+            await _answer(backend, _budget(compliance_request((q,), img, ev, tokens_one), tokens_one))
         per_question.append(time.perf_counter() - t0)
     return one_call, per_question, image_tokens
+
+
+async def _answer(backend: VLMBackend, req: VLMRequest) -> VLMResult:
+    """The backend's result; one cut off by the benchmark's small budget counts too (timing, tokens)."""
+    try:
+        return await backend.generate(req)
+    except VLMTruncated as e:
+        if isinstance(e.result, VLMResult):
+            return e.result
+        raise
 
 
 def _budget(req: VLMRequest, tokens: int) -> VLMRequest:
@@ -79,8 +90,8 @@ def _budget(req: VLMRequest, tokens: int) -> VLMRequest:
 
 async def prompt_tokens_of_image(backend: VLMBackend, img: bytes) -> int:
     """OpenAI-compatible servers: prompt tokens with the image minus without it."""
-    with_img = await backend.generate(VLMRequest("Describe.", (img,), max_tokens=1))
-    without = await backend.generate(VLMRequest("Describe.", (), max_tokens=1))
+    with_img = await _answer(backend, VLMRequest("Describe.", (img,), max_tokens=1))
+    without = await _answer(backend, VLMRequest("Describe.", (), max_tokens=1))
     return with_img.prompt_tokens - without.prompt_tokens
 
 
