@@ -27,6 +27,7 @@ from webhook_receiver import Receiver, check_signature
 
 from streamwatch.analysis.policy import load_policy
 from streamwatch.config import Settings, default_policy
+from streamwatch.errors import ConfigError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import Event, Evidence, HealthKind, Severity
 from streamwatch.events.store import EventStore
@@ -36,7 +37,7 @@ from streamwatch.outbound.outbox import Outbox
 from streamwatch.outbound.payload import Selector, category_of, suggestion_for
 from streamwatch.outbound.signing import evidence_key, evidence_link, signature, verify
 from streamwatch.outbound.webhooks import backoff
-from streamwatch.outbound.wiring import Integrations, policy_rule_lookup
+from streamwatch.outbound.wiring import Integrations, check_secrets, policy_rule_lookup
 from streamwatch.server.metrics import Metrics
 
 SECRET = "whsec-test-0123456789"
@@ -191,10 +192,14 @@ def test_every_shipped_rule_has_a_category_and_suggestion() -> None:
 
 
 def test_config_needs_one_secret_and_known_types() -> None:
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="secret"):
         WebhookConfig(name="a", url="http://x/")
-    with pytest.raises(ValueError, match="exactly one"):
-        WebhookConfig(name="a", url="http://x/", secret=SECRET, secret_env="X")
+    with pytest.raises(ValueError, match="variable name"):
+        WebhookConfig(name="a", url="http://x/", secret="env:not a name")
+    env = WebhookConfig(name="a", url="http://x/", secret="env:HOOK_SECRET_T")
+    assert env.secret_env == "HOOK_SECRET_T" and WebhookConfig(name="a", url="http://x/", secret=SECRET).secret_env is None
+    with pytest.raises(ConfigError, match="HOOK_SECRET_T"):
+        check_secrets(Settings(webhooks=[env]))
     with pytest.raises(ValueError, match="unknown event types"):
         WebhookConfig(name="a", url="http://x/", secret=SECRET, types=["alerts"])
     assert SECRET not in repr(WebhookConfig(name="a", url="http://x/", secret=SECRET))
@@ -376,7 +381,7 @@ def test_kill_9_with_undelivered_events_loses_none(tmp_path: Path, outage: str) 
         rx.stop()
     config = tmp_path / "streamwatch.toml"
     config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\n[[webhooks]]\nname = "ops"\nurl = "{rx.url}"\nsecret_env = "HOOK_SECRET"\n'
+        f'data_dir = "{tmp_path / "data"}"\n[[webhooks]]\nname = "ops"\nurl = "{rx.url}"\nsecret = "env:HOOK_SECRET"\n'
         "backoff_initial_s = 0.05\nbackoff_max_s = 0.3\nbatch_max = 8\n"
     )
     env = os.environ | {"HOOK_SECRET": SECRET, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

@@ -7,6 +7,7 @@ the integrations' options live beside their code.
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -25,10 +26,13 @@ class WebhookConfig(_Section):
         str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Endpoint name (logs, metrics, health events, its outbox cursor).")
     ]
     url: Annotated[str, Field(pattern=r"^https?://", description="Receiver URL; each delivery is an HTTP POST of JSON.")]
-    secret: Annotated[SecretStr | None, Field(description="HMAC-SHA256 signing secret (never logged); or secret_env.")] = None
-    secret_env: Annotated[
-        str | None, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name of the environment variable holding the secret.")
-    ] = None
+    secret: Annotated[
+        SecretStr,
+        Field(
+            min_length=8,
+            description="HMAC-SHA256 signing secret, or env:NAME to read it from the environment variable NAME (never logged).",
+        ),
+    ]
     types: Annotated[list[str], Field(min_length=1, description="Event types delivered (alert, health, review, …).")] = ["alert"]
     rules: Annotated[list[str], Field(description="Alert rule ids delivered (empty = every rule).")] = []
     min_severity: Annotated[Severity | None, Field(description="Alerts below this severity are not delivered (unset = all).")] = None
@@ -57,8 +61,9 @@ class WebhookConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> WebhookConfig:
-        if (self.secret is None) == (self.secret_env is None):
-            raise ValueError("give exactly one of secret and secret_env")
+        value = self.secret.get_secret_value()
+        if value.startswith("env:") and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value[4:]):
+            raise ValueError("secret = env:NAME needs an environment variable name")
         unknown = sorted(set(self.types) - set(EVENT_TYPE_NAMES))
         if unknown:
             raise ValueError(f"unknown event types {unknown} (known: {', '.join(EVENT_TYPE_NAMES)})")
@@ -66,11 +71,16 @@ class WebhookConfig(_Section):
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
         return self
 
+    @property
+    def secret_env(self) -> str | None:
+        """The environment variable named by ``secret = "env:NAME"``, or None for a literal secret."""
+        value = self.secret.get_secret_value()
+        return value[4:] if value.startswith("env:") else None
+
     def secret_bytes(self) -> bytes:
-        """The signing secret; ConfigError-free: a missing env var is caught by :func:`check_secrets` at start."""
-        if self.secret is not None:
-            return self.secret.get_secret_value().encode()
-        return os.environ.get(self.secret_env or "", "").encode()
+        """The signing secret (an unset variable is refused at start: :func:`~streamwatch.outbound.wiring.check_secrets`)."""
+        env = self.secret_env
+        return os.environ.get(env, "").encode() if env else self.secret.get_secret_value().encode()
 
 
 class MqttConfig(_Section):
@@ -87,9 +97,9 @@ class MqttConfig(_Section):
     types: Annotated[list[str], Field(min_length=1, description="Event types published.")] = ["alert", "health", "review"]
     qos: Annotated[int, Field(ge=0, le=2, description="QoS of event messages (state messages are retained with the same QoS).")] = 1
     keepalive_s: Annotated[int, Field(ge=5, le=3600, description="MQTT keep-alive interval.")] = 30
-    queue_max: Annotated[int, Field(ge=1, description="Messages queued while the broker is away; beyond it the oldest are dropped.")] = (
-        10_000
-    )
+    queue_max: Annotated[
+        int, Field(ge=1, description="Messages queued while the broker is away; beyond it new ones are dropped (counted).")
+    ] = 10_000
 
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:

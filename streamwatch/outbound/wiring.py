@@ -23,10 +23,11 @@ logger = logging.getLogger(__name__)
 
 
 def check_secrets(settings: Settings) -> None:
-    """ConfigError when a webhook's ``secret_env`` is unset or empty (named, never its value)."""
+    """ConfigError when a webhook's ``secret = "env:NAME"`` names an unset or empty variable (named, never a value)."""
     for w in settings.webhooks:
-        if w.secret_env is not None and not os.environ.get(w.secret_env):
-            raise ConfigError(f"webhooks.{w.name}: environment variable {w.secret_env} (secret_env) is not set")
+        env = w.secret_env
+        if env is not None and not os.environ.get(env):
+            raise ConfigError(f"webhooks {w.name}: environment variable {env} (secret = env:{env}) is not set")
 
 
 class Integrations:
