@@ -51,6 +51,7 @@ class MqttPublisher:
         self.metrics = metrics
         self.types = frozenset(cfg.types)
         self.connected = threading.Event()
+        self._last: mqtt.MQTTMessageInfo | None = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True)
         self.client.max_queued_messages_set(cfg.queue_max)
         self.client.reconnect_delay_set(1, 30)
@@ -78,7 +79,13 @@ class MqttPublisher:
         self.client.loop_start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Give queued messages a moment to leave, then disconnect."""
+        """Give the messages in flight up to ``timeout_s`` to be acknowledged (when connected), then disconnect."""
+        last = self._last
+        if last is not None and self.connected.is_set():
+            try:
+                last.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError) as e:  # refused or never queued: nothing to wait for
+                logger.debug("MQTT: not waiting for the last message: %s", e)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -98,4 +105,5 @@ class MqttPublisher:
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             self.metrics.mqtt_dropped.inc()
         else:
+            self._last = info
             self.metrics.mqtt.labels(kind).inc()
