@@ -414,3 +414,63 @@ def test_kill_9_with_undelivered_events_loses_none(tmp_path: Path, outage: str) 
         rx.stop()
     for d in rx.deliveries:
         assert check_signature(SECRET.encode(), d.headers["X-Streamwatch-Signature"], d.body, time.time())
+
+
+# --- the daemon ----------------------------------------------------------------------------------
+
+
+def test_daemon_delivers_a_real_alert_with_a_working_evidence_link(tmp_path: Path) -> None:
+    """``Daemon`` wires the senders: the concert clip's QR code becomes a signed delivery whose
+    evidence link the daemon's own HTTP server serves without a token."""
+    sys.path.insert(0, str(TESTS.parent / "tools"))
+    from make_concert_clip import write_concert_clip
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+
+    clip = tmp_path / "concert.mp4"
+    labels = write_concert_clip(clip)
+    planted = [p for p in labels["planted"] if p["rule"] == "qr_code"]
+    assert planted
+    rx = Receiver().start()
+    settings = load_settings(
+        None,
+        {
+            "data_dir": tmp_path / "d",
+            "streams": [{"id": "show", "source": str(clip)}],
+            "analysis": {"analyzers": ["qr"]},
+            "server": {"port": 0},
+            "webhooks": [{"name": "desk", "url": rx.url, "secret": SECRET, "types": ["alert"], "rules": ["qr_code"]}],
+        },
+    )
+    daemon = Daemon(settings)
+    fetched: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        await daemon.ready.wait()
+        await asyncio.to_thread(rx.wait_ids, len(planted), 120)
+        assert daemon.server is not None
+        url = rx.deliveries[0].events[0]["evidence_url"]
+        assert url.startswith(daemon.server.url + "/evidence/")
+
+        def get() -> tuple[int, str, bytes]:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return int(r.status), r.headers["Content-Type"], r.read()
+
+        fetched["answer"] = await asyncio.to_thread(get)
+        daemon.stop()
+
+    async def both() -> None:
+        await asyncio.gather(daemon.run(), scenario())
+
+    try:
+        asyncio.run(both())
+    finally:
+        rx.stop()
+    events = [e for d in rx.deliveries for e in d.events]
+    assert len({e["id"] for e in events}) == len(planted)
+    e = events[0]
+    assert (e["rule"], e["category"], e["severity"], e["suggestion"], e["model"]) == ("qr_code", "qr", "high", "block", "qr")
+    assert abs(e["offset"] - planted[0]["offset"]) <= 1.01 and e["stream"] == "show" and "http" in e["message"]
+    status, ctype, data = fetched["answer"]
+    assert status == 200 and ctype == "image/jpeg" and data[:2] == b"\xff\xd8"
