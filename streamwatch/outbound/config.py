@@ -41,7 +41,9 @@ class WebhookConfig(_Section):
     batch_max: Annotated[int, Field(ge=1, le=1000, description="Events per POST at most (oldest first).")] = 20
     batch_wait_s: Annotated[float, Field(ge=0, le=10, description="How long the first event waits for others to share its POST.")] = 0.0
     backoff_initial_s: Annotated[float, Field(gt=0, description="First retry delay after a failed delivery.")] = 1.0
-    backoff_max_s: Annotated[float, Field(gt=0, description="Retry delay cap.")] = 60.0
+    backoff_max_s: Annotated[
+        float, Field(gt=0, description="Retry delay cap (the longest a recovered receiver waits for its backlog).")
+    ] = 30.0
     backoff_jitter: Annotated[float, Field(ge=0, le=1, description="Random spread of each retry delay, as a fraction.")] = 0.2
     unhealthy_after_s: Annotated[
         float, Field(gt=0, description="A 'webhook' health event is raised once deliveries have failed this long (another on recovery).")
