@@ -284,9 +284,14 @@ class ServerConfig(_Section):
     ] = 10.0
     auth_failures_burst: Annotated[int, Field(ge=1, description="Failed authentications one address may make at once.")] = 20
     http_per_s: Annotated[
-        float, Field(gt=0, description="Requests per second per token on the HTTP routes (frames, reports, search, streams).")
-    ] = 20.0
-    http_burst: Annotated[int, Field(ge=1, description="HTTP requests a token may make in a burst.")] = 100
+        float,
+        Field(
+            gt=0,
+            description="Requests per second per token on the HTTP routes (frames, reports, search, streams); a console "
+            "showing N streams makes about N + 1 a second, and desks may share a token.",
+        ),
+    ] = 100.0
+    http_burst: Annotated[int, Field(ge=1, description="HTTP requests a token may make in a burst.")] = 500
 
 
 class StoreConfig(_Section):
