@@ -24,6 +24,8 @@ from streamwatch.events.bus import EventBus
 from streamwatch.events.model import HealthEvent, HealthKind
 from streamwatch.events.store import EventStore
 from streamwatch.ingest.url import redact_url
+from streamwatch.outbound.metrics import OutboundMetrics
+from streamwatch.outbound.wiring import Integrations, policy_rule_lookup
 from streamwatch.runtime.pipeline import StreamPipeline, build_pipeline
 from streamwatch.runtime.runner import LocalSession, SessionKeeping
 from streamwatch.runtime.services import build_services
@@ -80,6 +82,7 @@ class Daemon:
         self.latest: dict[str, Any] = {}
         self._exit_when_idle = True
         self._wake = asyncio.Event()
+        self.integrations: Integrations | None = None
 
     def stop(self) -> None:
         """Stop ingest; queued frames are still analysed, then the store is flushed and clients closed."""
@@ -122,6 +125,7 @@ class Daemon:
         try:
             if self.serve:
                 await self._serve([c.id for c in initial])
+            await self._integrations()
             freeze_startup_heap()
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
@@ -133,6 +137,8 @@ class Daemon:
         finally:
             await self.streams.stop_all()
             await svc.close()
+            if self.integrations is not None:
+                await self.integrations.stop()
             if self.server is not None:
                 await self.server.stop()
             await self.bus.stop()
@@ -154,6 +160,22 @@ class Daemon:
             control=self if self.desired is not None else None,
         )
         await self.server.start()
+
+    async def _integrations(self) -> None:
+        """Webhooks and MQTT (outbound/): bus listeners that deliver committed events to other systems."""
+        s, engines = self.settings, self.svc.engines
+        url = self.server.url if self.server is not None else f"http://{s.server.host}:{s.server.port}"
+        self.integrations = Integrations(
+            s,
+            self.store,
+            self.bus,
+            OutboundMetrics(self.metrics.registry),
+            rule_of=policy_rule_lookup(engines.engine_for, lambda: engines.default_engine),
+            streams=lambda: self.streams.ids(),
+            offsets=lambda x: self.offsets.get(x, 0.0),
+            server_url=lambda: url,
+        )
+        await self.integrations.start()
 
     async def _wait(self) -> None:
         """Until stopped (then every stream ends on purpose), or idle when that ends the run."""

@@ -22,6 +22,7 @@ from streamwatch.config_errors import env_names
 from streamwatch.config_errors import format_validation_error as format_validation_error  # (re-exported: policy, desired)
 from streamwatch.config_errors import locate_key as locate_key
 from streamwatch.errors import ConfigError
+from streamwatch.outbound.config import MqttConfig, WebhookConfig
 
 
 class _Section(BaseModel):
@@ -288,6 +289,19 @@ class ServerConfig(_Section):
     abuse_limit: Annotated[int, Field(ge=1, description="Bad messages in a minute after which a connection is closed.")] = 20
     client_queue: Annotated[int, Field(ge=10, description="Events waiting for one client before it counts as lagging.")] = 10_000
     replay_page: Annotated[int, Field(ge=10, description="Events per frame when replaying history.")] = 500
+    auth_failures_per_min: Annotated[
+        float, Field(gt=0, description="Failed authentications one address may make per minute (sustained); then 429, unlogged.")
+    ] = 10.0
+    auth_failures_burst: Annotated[int, Field(ge=1, description="Failed authentications one address may make at once.")] = 20
+    http_per_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Requests per second per token on the HTTP routes (frames, reports, search, streams); a console "
+            "showing N streams makes about N + 1 a second, and desks may share a token.",
+        ),
+    ] = 100.0
+    http_burst: Annotated[int, Field(ge=1, description="HTTP requests a token may make in a burst.")] = 500
 
 
 class StoreConfig(_Section):
@@ -370,6 +384,8 @@ class Settings(BaseSettings):
     analysis: Annotated[AnalysisConfig, Field(description="Local analyzers, policy and result cache.")] = AnalysisConfig()
     vlm: Annotated[VLMConfig, Field(description="Vision-language tier: persona and audience replies.")] = VLMConfig()
     cluster: Annotated[ClusterConfig, Field(description="Cluster mode on NATS JetStream (off by default).")] = ClusterConfig()
+    webhooks: Annotated[list[WebhookConfig], Field(description="Signed webhook endpoints events are delivered to (durable outbox).")] = []
+    mqtt: Annotated[MqttConfig, Field(description="MQTT publishing of events and stream states (off unless host is set).")] = MqttConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:
@@ -377,6 +393,9 @@ class Settings(BaseSettings):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"duplicate stream ids: {sorted(dup)}")
+        names = [w.name for w in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate webhook names: {sorted({n for n in names if names.count(n) > 1})}")
         return self
 
     @classmethod

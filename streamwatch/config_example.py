@@ -44,6 +44,11 @@ _EXAMPLES: dict[str, Any] = {
     "analysis.encoder.path": "models/encoders/clip-vit-base-patch32",
     "analysis.encoder.variant": "int8",
     "cluster.worker_id": "worker-1",
+    "mqtt.host": "127.0.0.1",
+    "mqtt.username": "streamwatch",
+    "mqtt.password_env": "STREAMWATCH_MQTT_PASSWORD",
+    "webhooks.evidence_base_url": "https://streamwatch.example.com",
+    "webhooks.min_severity": "high",
 }
 
 # list-of-table sections: (example entries, written live or commented out)
@@ -58,6 +63,10 @@ _TABLES: dict[str, tuple[list[dict[str, Any]], bool]] = {
         False,
     ),
     "vlm.questions": ([{"id": "exposure", "question": "Is anyone shown with exposed private parts?", "kind": "bool"}], False),
+    "webhooks": (
+        [{"name": "backend", "url": "https://backend.example.com/streamwatch", "secret": "env:STREAMWATCH_WEBHOOK_SECRET"}],
+        False,
+    ),
 }
 
 _DICT_EXAMPLES: dict[str, dict[str, Any]] = {

@@ -38,6 +38,8 @@ Tree::
     │                                         model answers others): reported against the request only
     ├── EventsError                           event store and bus
     ├── ServerError                           WebSocket / HTTP server
+    ├── OutboundError                         webhooks, MQTT: what leaves the process for other systems
+    │   └── DeliveryFailed (ConnectionError)  a receiver was unreachable, too slow, or answered non-2xx
     └── ClusterError                          cluster mode: NATS / JetStream
         └── LeaseLost                         a stream lease could not be renewed: the stream stops at once
 """
@@ -174,6 +176,14 @@ class EventsError(StreamwatchError):
 
 class ServerError(StreamwatchError):
     """The WebSocket/HTTP server failed."""
+
+
+class OutboundError(StreamwatchError):
+    """An integration (webhook outbox, MQTT publisher) failed."""
+
+
+class DeliveryFailed(OutboundError, ConnectionError):
+    """A webhook receiver was unreachable, did not answer within the timeout, or answered non-2xx."""
 
 
 class ClusterError(StreamwatchError):

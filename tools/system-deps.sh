@@ -40,6 +40,8 @@ for group in "$@"; do
       [ -d /usr/share/fonts/opentype/noto ] || add fonts-noto-cjk
       # int8 encoder variants are checked on an emulated AVX2-only CPU too (QEMU user mode, -cpu Haswell)
       command -v qemu-x86_64 >/dev/null 2>&1 || add qemu-user
+      # a real MQTT broker for the MQTT publisher's tests
+      command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || add mosquitto
       # the RTSP test's server: GStreamer's gst-rtsp-server, driven by the system python3 (python3-gi)
       if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null; then
         add gir1.2-gst-rtsp-server-1.0

@@ -57,6 +57,11 @@ class RuleSpec(_Strict):
     ]
     cooldown_s: Annotated[float, Field(ge=0, description="No repeat for the same evidence while it persists or within this time.")] = 60.0
     escalate: Annotated[bool, Field(description="Send to the VLM tier for a second opinion when one is configured.")] = False
+    suggestion: Annotated[
+        Literal["block", "review", "pass"] | None,
+        Field(description="What integrations are told to do (webhooks); unset = block for critical/high, else review."),
+    ] = None
+    category: Annotated[str | None, Field(description="Category for integrations (unset = the trigger: detector, word list, qr…).")] = None
 
 
 class PolicySpec(_Strict):

@@ -52,6 +52,7 @@ class HealthKind(enum.Enum):
     MODEL = "model"  # a VLM role switched models (duration_s: load + warm-up)
     MONITORING_GAP = "monitoring_gap"  # nobody watched (the daemon was down): offset = last heartbeat, duration_s
     ANALYSIS = "analysis"  # active: frames in a row skipped because their analysis failed; inactive: it works again
+    WEBHOOK = "webhook"  # active: a webhook endpoint has failed for a while (reason names it); inactive: it recovered
 
 
 class Severity(enum.Enum):

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import mimetypes
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -24,15 +25,19 @@ from streamwatch.config import Role
 from streamwatch.errors import StreamwatchError
 from streamwatch.events.codec import parse_iso
 from streamwatch.events.store import EventStore
+from streamwatch.outbound.signing import EVIDENCE_PREFIX, evidence_allowed
 from streamwatch.report import collect, render
 from streamwatch.server import console
 from streamwatch.server.auth import Principal, TokenTable, token_from_request
+from streamwatch.server.door import Door
 from streamwatch.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error"}
-REASONS |= {405: "Method Not Allowed", 421: "Misdirected Request", 503: "Service Unavailable"}
+REASONS |= {405: "Method Not Allowed", 421: "Misdirected Request", 429: "Too Many Requests", 503: "Service Unavailable"}
+# routes that take a token: rate-limited per token, and their failed authentications count at the door
+TOKEN_ROUTES = ("/frames/", "/report/", "/search", "/streams", "/models")
 REPORT_FORMATS = {"html": "text/html; charset=utf-8", "json": "application/json", "csv": "text/csv; charset=utf-8"}
 
 
@@ -61,17 +66,60 @@ class HttpContext:
     # frame search (vision encoder): (query, stream, limit) → JSON-ready hits; blocking
     search: Callable[[str, str | None, int], list[dict[str, Any]]] | None = None
     console: console.ConsoleData | None = None
+    door: Door | None = None
+    # token name → whether it may make one more HTTP request now (per-token rate limit)
+    http_allow: Callable[[str], bool] | None = None
+    now: Callable[[], float] | None = None  # monotonic clock of the limits
 
 
 def _principal(ctx: HttpContext, request: Request) -> Principal | None:
     return ctx.tokens.lookup(token_from_request(request.path, request.headers.get("Authorization")))
 
 
-async def handle(ctx: HttpContext, request: Request) -> Response:
+def _door(ctx: HttpContext, request: Request, address: str) -> Response | None:
+    """429 for an address past its failed authentications or a token past its request rate; counts a failure."""
+    if ctx.door is None or ctx.now is None:
+        return None
+    now = ctx.now()
+    if ctx.door.limited(address, now):
+        return response(429, "too many failed authentications from this address", Retry_After="60")
+    who = _principal(ctx, request)
+    if who is None:  # the route answers 401 itself
+        ctx.door.failed(address, now, 401)
+        return None
+    if ctx.http_allow is not None and not ctx.http_allow(who.name):
+        return response(429, "too many requests for this token", Retry_After="1")
+    return None
+
+
+async def _evidence(ctx: HttpContext, rel: str, query: dict[str, str]) -> Response:
+    """An evidence file by a signed, expiring link (webhook payloads): no token needed."""
+    loop = asyncio.get_running_loop()
+    key_file = ctx.store.data_dir / "evidence.key"
+    try:
+        key = bytes.fromhex((await loop.run_in_executor(None, key_file.read_text)).strip())
+    except (OSError, ValueError):
+        return response(403, "evidence links are not enabled")
+    if not evidence_allowed(key, rel, query.get("exp", ""), query.get("sig", ""), time.time()):
+        return response(403, "invalid or expired evidence link")
+    file = ctx.store.frame_path(rel)
+    if file is None:
+        return response(404, "no such evidence file")
+    data = await loop.run_in_executor(None, file.read_bytes)
+    return response(200, data, mimetypes.guess_type(file.name)[0] or "application/octet-stream")
+
+
+async def handle(ctx: HttpContext, request: Request, address: str = "") -> Response:
     url = urlsplit(request.path)
     path = unquote(url.path)
     query = {k: v[-1] for k, v in parse_qs(url.query).items()}
     loop = asyncio.get_running_loop()
+    if path.startswith(TOKEN_ROUTES):
+        refusal = _door(ctx, request, address)
+        if refusal is not None:
+            return refusal
+    if path.startswith(EVIDENCE_PREFIX):
+        return await _evidence(ctx, path[len(EVIDENCE_PREFIX) :], query)
     if path == "/healthz":
         return json_response(200, ctx.health())
     if path == "/metrics":

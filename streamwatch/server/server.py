@@ -8,6 +8,7 @@ routes; each accepted connection runs a :class:`~streamwatch.server.session.Clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -27,6 +28,7 @@ from streamwatch.server import console, http
 from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
 from streamwatch.server.control import StreamAdmin, StreamControl
+from streamwatch.server.door import Door, quiet_websockets_logger
 from streamwatch.server.feedback import VoteBook
 from streamwatch.server.metrics import Metrics
 from streamwatch.server.submit import Inferrer, ModelSwitcher, Responder
@@ -80,7 +82,12 @@ class EventServer:
         self._server: Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # submission/answer work in flight
         self.console = console.ConsoleData(self.streams, self.status, self.offsets, latest, models_info, self.metrics)
-        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search, self.console)
+        self.door = Door(cfg.auth_failures_per_min, cfg.auth_failures_burst, self.metrics.registry)
+        self._http_limits: dict[str, RateLimiter] = {}
+        self._http = http.HttpContext(
+            self.store, self.tokens, self.metrics, self.health, search, self.console, self.door, self._http_allow, time.monotonic
+        )
+        self._summaries: asyncio.Task[None] | None = None
         bus.add_listener(self._on_stored)
         bus.add_listener(self.metrics.on_stored)
 
@@ -103,10 +110,12 @@ class EventServer:
                 ping_timeout=20,
                 close_timeout=2,
                 server_header=f"streamwatch/{__version__}",
+                logger=quiet_websockets_logger(),  # refused handshakes are summarised by the door
             )
         except OSError as e:
             raise ServerError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e.strerror or e}") from e
         logger.info("serving /ws and HTTP on http://%s:%d", self.cfg.host, self.port)
+        self._summaries = asyncio.create_task(self._summarise(), name="door-summaries")
         if self.api is not None:
             await self.api.start()
 
@@ -133,6 +142,30 @@ class EventServer:
             self._server.close(close_connections=True, reason=reason)
             await self._server.wait_closed()
             self._server = None
+        if self._summaries is not None:
+            self._summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summaries
+            self._summaries = None
+        self._log_door(time.monotonic())
+
+    # --- the door ----------------------------------------------------------------------------
+
+    async def _summarise(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.door.summary_s))
+            if self.door.due(time.monotonic()):
+                self._log_door(time.monotonic())
+
+    def _log_door(self, now: float) -> None:
+        for line in self.door.summary(now):
+            logger.warning("%s", line)
+
+    def _http_allow(self, token: str) -> bool:
+        lim = self._http_limits.get(token)
+        if lim is None:
+            lim = self._http_limits[token] = RateLimiter(self.cfg.http_per_s, self.cfg.http_burst)
+        return lim.allow(time.monotonic())
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -195,9 +228,10 @@ class EventServer:
         path = request.path.split("?", 1)[0]
         if path.startswith("/vlm/"):
             return self._wrong_method("GET", request.path, request.headers.get("Host", ""))
+        address = _address(connection)
         if path != "/ws":
             try:
-                return await http.handle(self._http, request)
+                return await http.handle(self._http, request, address)
             except Exception:
                 logger.exception("HTTP %s failed", path)
                 return http.response(500, "internal error")
@@ -205,13 +239,19 @@ class EventServer:
         if self.cfg.allowed_origins is not None and origin is not None and origin not in self.cfg.allowed_origins:
             self.metrics.refused.labels("403").inc()
             return http.response(403, "origin not allowed")
+        now = time.monotonic()
+        if self.door.limited(address, now):
+            self.metrics.refused.labels("429").inc()
+            return http.response(429, "too many failed authentications from this address", Retry_After="60")
         secret = token_from_request(request.path, request.headers.get("Authorization"))
         if not secret:
             self.metrics.refused.labels("401").inc()
+            self.door.failed(address, now, 401)
             return http.response(401, "token required (Authorization: Bearer … or ?token=…)", WWW_Authenticate="Bearer")
         principal = self.tokens.lookup(secret)
         if principal is None:
             self.metrics.refused.labels("403").inc()
+            self.door.failed(address, now, 403)
             return http.response(403, "unknown token")
         self._pending[connection] = principal
         return None
@@ -232,3 +272,8 @@ class EventServer:
             await ClientSession(self, ws, principal).run()
         finally:
             gauge.dec()
+
+
+def _address(connection: ServerConnection) -> str:
+    peer = connection.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
