@@ -437,7 +437,9 @@ def test_daemon_delivers_a_real_alert_with_a_working_evidence_link(tmp_path: Pat
         None,
         {
             "data_dir": tmp_path / "d",
+            # paced in real time: the daemon still serves when the link is fetched (a file read to its end ends the run)
             "streams": [{"id": "show", "source": str(clip)}],
+            "ingest": {"realtime": True},
             "analysis": {"analyzers": ["qr"]},
             "server": {"port": 0},
             "webhooks": [{"name": "desk", "url": rx.url, "secret": SECRET, "types": ["alert"], "rules": ["qr_code"]}],
