@@ -29,7 +29,7 @@ from streamwatch.vlm.prompts import (
     reply_request,
     summary_request,
 )
-from streamwatch.vlm.registry import Capability
+from streamwatch.vlm.registry import LOCAL, Capability
 from streamwatch.vlm.router import ModelRouter
 
 
@@ -98,8 +98,8 @@ class VLMService:
             result = await backend.generate(qa_request(question, evidence, image, self.answer_tokens))
             return result.text.strip()
 
-        async def template() -> str:
-            return await self.local.answer(question, evidence)
+        async def template() -> str:  # models in the chain that did not answer are named, not "no VLM configured"
+            return await self.local.answer(question, evidence, tuple(m for m in self.router.chains[Capability.QA] if m != LOCAL))
 
         text, model = await self.router.run(Capability.QA, ask, local=template)
         return Reply(text, model)
