@@ -70,12 +70,14 @@ class ChatServer:
         slow_s: float = 0.3,
         refuse_below: int = 0,
         refuse_status: int = 500,
+        max_images: int = 0,
     ) -> None:
         self.respond = respond
         self.hang_s = hang_s
         self.slow_s = slow_s
         self.refuse_below = refuse_below
         self.refuse_status = refuse_status
+        self.max_images = max_images  # >0: more images in one request is HTTP 400, as vLLM's --limit-mm-per-prompt
         self.sizes: list[list[tuple[int, int] | None]] = []  # images of each request, as decoded
         self.refused = 0
         self.script: list[str] = []
@@ -105,6 +107,9 @@ class ChatServer:
                 if fault == "400":
                     return self._send(400, b'{"error": {"message": "invalid request"}}')
                 request = to_request(body)
+                if server.max_images and len(request.images) > server.max_images:
+                    message = f"At most {server.max_images} image(s) may be provided in one request."
+                    return self._send(400, json.dumps({"error": {"message": message}}).encode())
                 sizes = image_sizes(request)
                 with server.lock:
                     server.sizes.append(sizes)

@@ -118,7 +118,8 @@ def test_a_real_router_publishes_fallback_breaker_and_recovery(fail: type[Except
 
     async def go() -> None:
         watch = ModelWatch(ModelHealth(unusable_after=3), targets=lambda: ["s1", "s2"])
-        router = ModelRouter(registry, factory=lambda s: Flaky(s, fail, 4), breaker_cooldown_s=10, observe=watch.observe, clock=lambda: now[0])
+        factory = lambda s: Flaky(s, fail, 4)  # noqa: E731
+        router = ModelRouter(registry, factory=factory, breaker_cooldown_s=10, observe=watch.observe, clock=lambda: now[0])
         watch.attach(lambda: router_snapshot(router))
         runner = asyncio.create_task(watch.run(publish, every_s=0.01))
 
