@@ -149,3 +149,17 @@ def test_a_real_router_publishes_fallback_breaker_and_recovery(fail: type[Except
     recovered = [r for a, r in reasons if not a]
     assert any("circuit closed" in r for r in recovered) and any("compliance: back on judge" in r for r in recovered)
     assert [a for a, _ in reasons].index(False) > max(i for i, (a, _) in enumerate(reasons) if a)  # recoveries come after
+
+
+@pytest.mark.parametrize("new_state", ["closed", "open"])
+def test_a_switch_is_no_recovery(new_state: str) -> None:
+    """A role switched to another model (a new primary) is no 'back on' notice; only a new primary that cannot
+    serve makes a fallback notice."""
+    health = ModelHealth()
+    health.update({"qa": ["a", "b", "local"]}, {"a": "closed", "b": "closed"}, 0.0)
+    notices = health.update({"qa": ["b", "a", "local"]}, {"a": "closed", "b": new_state}, 1.0)
+    fell = [n for n in notices if n.role == "qa"]
+    if new_state == "closed":
+        assert fell == []
+    else:
+        assert [(n.active, n.reason) for n in fell] == [(True, "qa: falls back from b to a (b is failing)")]

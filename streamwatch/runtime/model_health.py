@@ -50,7 +50,7 @@ class ModelHealth:
     _unusable: set[str] = field(default_factory=set)  # models with a notified streak
     _last: dict[str, str] = field(default_factory=dict)  # model → last failed outcome
     _breakers: dict[str, str] = field(default_factory=dict)
-    _serving: dict[str, str] = field(default_factory=dict)  # role → model serving it when the chain was last checked
+    _serving: dict[str, tuple[str, str]] = field(default_factory=dict)  # role → (primary, model serving it) at the last check
 
     def observe(self, model: str, outcome: str, now: float) -> list[ModelNotice]:
         """One attempt's outcome (the router's observer): streaks of unusable output."""
@@ -86,8 +86,10 @@ class ModelHealth:
                 continue
             primary = chain[0]
             serving = next((m for m in chain if m == LOCAL or breakers.get(m, "closed") != "open"), LOCAL)
-            before = self._serving.get(role, primary)
-            self._serving[role] = serving
+            was_primary, before = self._serving.get(role, (primary, primary))
+            self._serving[role] = (primary, serving)
+            if was_primary != primary:  # switched: the new primary is only news if it cannot serve
+                before = primary
             if serving == before:
                 continue
             if serving != primary:
