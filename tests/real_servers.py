@@ -29,13 +29,6 @@ def llama_server_binary() -> Path | None:
     return None
 
 
-def llama_convert_script() -> Path | None:
-    """The vendored llama.cpp's convert_hf_to_gguf.py from the sdist ``make llama-server`` unpacked."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamwatch" / "llama.cpp"
-    found = sorted(cache.glob("src-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
-    return found[-1] if found else None
-
-
 class Server:
     """A server subprocess with its log file; ``url`` is its OpenAI base URL (…/v1)."""
 

@@ -29,7 +29,7 @@ pytest.importorskip("fastapi", reason="transformers serve needs the serving extr
 pytest.importorskip("uvicorn", reason="transformers serve needs the serving extra: pip install 'transformers[serving]'")
 
 import tiny_vlm
-from real_servers import Server, hf_serve, llama_convert_script, llama_server, llama_server_binary
+from real_servers import Server, hf_serve, llama_server, llama_server_binary
 
 from streamwatch.app import Daemon
 from streamwatch.cli import main
@@ -192,12 +192,37 @@ def test_models_check_against_transformers_serve(
 
 
 @pytest.fixture(scope="module")
-def gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    binary, convert = llama_server_binary(), llama_convert_script()
-    if binary is None or convert is None:
-        pytest.skip("llama-server is not built: `make llama-server` builds it (20-40 min on 2 cores) and caches it")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    convert = tiny_vlm.default_convert_script()
+    if convert is None:
+        pytest.skip("no llama.cpp sources: `make llama-server` downloads them (and builds llama-server)")
     folder = tiny_vlm.build(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", "qwen2_5_vl", vision_depth=4)
     return tiny_vlm.to_gguf(folder, convert)
+
+
+@pytest.fixture(scope="module")
+def gguf(converted: tuple[Path, Path]) -> tuple[Path, Path]:
+    if llama_server_binary() is None:
+        pytest.skip("llama-server is not built: `make llama-server` builds it (20-40 min on 2 cores) and caches it")
+    return converted
+
+
+def test_tiny_qwen2_5_vl_converts_to_gguf_with_its_vision_tower(converted: tuple[Path, Path]) -> None:
+    convert = tiny_vlm.default_convert_script()
+    assert convert is not None
+    sys.path.insert(0, str(convert.parent / "gguf-py"))
+    from gguf import GGUFReader
+
+    def field(path: Path, key: str) -> Any:
+        f = GGUFReader(path).fields[key]
+        return f.contents()
+
+    text, mmproj = converted
+    assert field(text, "general.architecture") == "qwen2vl"
+    assert field(text, "tokenizer.ggml.pre") == "qwen2"  # the tiny tokenizer's unknown hash, reported as qwen2
+    assert field(mmproj, "general.architecture") == "clip"
+    assert field(mmproj, "clip.vision.block_count") == 4 and field(mmproj, "clip.projector_type") == "qwen2.5vl_merger"
+    assert field(mmproj, "clip.vision.n_wa_pattern") == 2  # full attention every 2nd block: fullatt_block_indexes [1, 3]
 
 
 @pytest.fixture(scope="module")
