@@ -168,6 +168,56 @@ def test_transformers_serve_replies_and_answers_name_their_model(tiny_qwen3: Pat
     assert "the VLM (dead) did not answer" in fallback and "no VLM configured" not in fallback
 
 
+def test_transformers_serve_live_qa_through_the_daemon(tiny_qwen3: Path, hf_server: Server, tmp_path: Path) -> None:
+    """`ask` over the daemon's WebSocket, answered through the real server: the answer event names its model;
+    an answer from ``local`` comes with a ``model`` health event naming the failing model on the stream."""
+    import threading
+    import time
+
+    from conftest import free_port
+    from evserver import TOKENS
+    from test_vlm_switch import ask
+
+    registry = tmp_path / "registry.json"
+    model = model_entry("tiny-hf", hf_server.url, str(tiny_qwen3))
+    registry.write_text(json.dumps({"models": [model], "roles": {"qa": ["tiny-hf", "local"]}}))
+    settings = load_settings(
+        None,
+        {
+            "data_dir": tmp_path / "d",
+            "streams": [{"id": "s", "source": f"rtmp://127.0.0.1:{free_port()}/live/x", "listen": True}],
+            "server": {"port": 0, "tokens": [{"name": f"{r}-client", "role": r, "secret": s} for r, s in TOKENS.items()]},
+            "analysis": {"analyzers": ["qr"]},
+            "vlm": {"registry": registry, "unusable_notice_after": 2},
+        },
+    )
+    daemon = Daemon(settings)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(daemon.run()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not daemon.ready.is_set():
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        assert daemon.server is not None
+        url = f"ws://127.0.0.1:{daemon.server.port}/ws"
+        answers = [asyncio.run(ask(url, f"who is on stage, {i}?")) for i in range(3)]
+        time.sleep(1.5)  # the model watch publishes within a second
+    finally:
+        loop.call_soon_threadsafe(daemon.stop)
+        thread.join(30)
+    store = EventStore(tmp_path / "d")
+    health = [e for e in store.events("s") if isinstance(e, HealthEvent) and e.kind is HealthKind.MODEL]
+    store.close()
+    assert f"Model: {tiny_qwen3}" in hf_server.log()  # the questions reached the real server
+    for a in answers:
+        assert a["model"] in ("tiny-hf", "local") and a["text"].strip()
+        if a["model"] == "local":
+            assert any(e.active and "tiny-hf" in e.reason for e in health), (answers, health)
+            assert "no VLM configured" not in a["text"] and "tiny-hf" in a["text"]
+
+
 def test_models_check_against_transformers_serve(
     tiny_qwen3: Path, hf_server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
