@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streamwatch.cli_models import add_check_parser
 
     add_check_parser(mo_sub)
+    from streamwatch.cli_eval import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
 
     ex = sub.add_parser("export-encoder", help="export a CLIP / Chinese-CLIP / SigLIP model to ONNX (needs the hf extra)")
     ex.add_argument("source", help="hub id or local folder of the checkpoint")
