@@ -454,9 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     from streamwatch.cli_models import add_check_parser
 
     add_check_parser(mo_sub)
+    from streamwatch.cli_eval import add_export_parser
     from streamwatch.cli_eval import add_parser as add_eval_parser
 
     add_eval_parser(sub)
+    add_export_parser(sub)
 
     ex = sub.add_parser("export-encoder", help="export a CLIP / Chinese-CLIP / SigLIP model to ONNX (needs the hf extra)")
     ex.add_argument("source", help="hub id or local folder of the checkpoint")

@@ -1,5 +1,6 @@
 """``streamwatch eval DATASET --models a,b``: each model's compliance answers over labelled frames, scored
-per question (:mod:`streamwatch.vlm.evaluate`). Kept apart so cli.py stays small."""
+per question (:mod:`streamwatch.vlm.evaluate`); ``streamwatch export-reviews STREAM``: the moderators'
+decisions as such a dataset (:mod:`streamwatch.vlm.dataset`). Kept apart so cli.py stays small."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamwatch.errors import ConfigError
+from streamwatch.errors import ConfigError, EventsError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,3 +94,43 @@ async def _run(registry: Registry, models: list[str], frames: list[Frame], quest
             await router.close()
         out.append(score(mid, outcomes, questions))
     return out
+
+
+def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export-reviews", help="turn the moderators' confirm/dismiss decisions on a stream into an eval dataset")
+    p.add_argument("stream", help="stream id")
+    p.add_argument("-o", "--output", type=Path, required=True, help="dataset folder to write (images + labels.json)")
+    p.add_argument("--data", type=Path, help="data directory (default: data_dir from the config)")
+    p.add_argument("-c", "--config", type=Path, help="TOML config file")
+    p.set_defaults(func=_cmd_export_reviews)
+
+
+def _cmd_export_reviews(a: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    from streamwatch.config import load_settings
+    from streamwatch.events.store import EventStore
+    from streamwatch.vlm.dataset import reviewed_frames
+
+    data = a.data or load_settings(a.config).data_dir
+    if not (data / "events.sqlite3").is_file():
+        raise EventsError(f"no event store in {data} (events.sqlite3 not found)")
+    store = EventStore(data, retention_days=None, retention_mb=None)  # reading: prune nothing
+    try:
+        frames = reviewed_frames(store.events(a.stream))
+        a.output.mkdir(parents=True, exist_ok=True)
+        out = []
+        for f in frames:
+            src = store.frame_path(f.frame)
+            if src is None or not src.is_file():
+                continue  # pruned by retention
+            name = f"{'-'.join(map(str, f.alerts))}{src.suffix}"
+            shutil.copyfile(src, a.output / name)
+            out.append(f.as_json(name))
+    finally:
+        store.close()
+    (a.output / "labels.json").write_text(json.dumps({"stream": a.stream, "frames": out}, ensure_ascii=False, indent=1), encoding="utf-8")
+    answered = sum(1 for f in out if f["answers"])
+    print(f"wrote {len(out)} reviewed frames ({answered} with compliance answers) to {a.output}")
+    return 0

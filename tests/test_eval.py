@@ -116,3 +116,70 @@ def test_eval_command_on_a_generated_dataset(tmp_path: Path, capsys: pytest.Capt
     page = html.read_text()
     assert f"Misjudged by colour ({wrong})" in page and "Misjudged by dead (12)" in page
     assert page.count("data:image/jpeg;base64,") == wrong + 12 and "cannot reach" in page
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_export_reviews_makes_a_dataset_eval_reads(seed: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Random alerts (the compliance model's and the local cascade's) on a few frames, some reviewed (the latest
+    review wins), through `export-reviews` into a dataset that `eval` scores."""
+    from streamwatch.events.model import AlertEvent, Evidence, ReviewAction, ReviewEvent, Severity
+    from streamwatch.events.store import EventStore
+
+    rng = random.Random(seed)
+    store = EventStore(tmp_path / "d")
+    frames = []
+    for i in range(4):
+        _, buf = cv2.imencode(".jpg", np.full((90, 120, 3), (40 * i, 200, 40), np.uint8))
+        frames.append(store.save_image("s", buf.tobytes()))
+    kinds = [("vlm:judge", "vlm_exposure", ("exposure",)), ("vlm:judge", "vlm_outdoor", ("setting:outdoor",)), ("qr", "qr_code", ("qr",))]
+    alerts = []
+    for i in range(12):
+        kind, rule, labels = rng.choice(kinds)
+        ev = AlertEvent(
+            stream="s", at=100.0 + i, offset=float(i), rule=rule, severity=Severity.HIGH, message="m", confidence=0.9,
+            evidence=Evidence(kind, labels=labels, frame=rng.choice(frames)),
+        )  # fmt: skip
+        alerts.append(store.append([ev])[0].event())
+    expected: dict[str, dict[str, object]] = {}
+    rules: dict[str, dict[str, bool]] = {}
+    for a in alerts:
+        assert isinstance(a, AlertEvent)
+        if rng.random() < 0.3:
+            continue  # never reviewed: says nothing
+        actions = [rng.choice(list(ReviewAction)) for _ in range(rng.randint(1, 2))]
+        store.append(
+            [ReviewEvent(stream="s", at=200.0, offset=a.offset, alert_id=a.id, action=x, by="mod", note=f"n{a.id}") for x in actions]
+        )
+        confirmed = actions[-1] is ReviewAction.CONFIRM
+        frame = a.evidence.frame
+        assert frame is not None
+        rules.setdefault(frame, {})[a.rule] = rules.get(frame, {}).get(a.rule, False) or confirmed
+        answers = expected.setdefault(frame, {})
+        if a.rule == "vlm_exposure":
+            answers["exposure"] = confirmed
+        elif a.rule == "vlm_outdoor" and confirmed:
+            answers["setting"] = "outdoor"
+    store.close()
+    out = tmp_path / "set"
+    assert main(["export-reviews", "s", "--data", str(tmp_path / "d"), "-o", str(out)]) == 0
+    labels = json.loads((out / "labels.json").read_text())["frames"]
+    assert len(labels) == len(rules) and "reviewed frames" in capsys.readouterr().out
+    by_alerts = {tuple(f["alerts"]): f for f in labels}
+    for f in labels:
+        assert (out / f["image"]).is_file()
+    got = {next(a.evidence.frame for a in alerts if a.id == f["alerts"][0]): f for f in by_alerts.values()}  # type: ignore[union-attr]
+    assert {k: v["answers"] for k, v in got.items()} == {k: expected.get(k, {}) for k in rules}
+    assert {k: v["rules"] for k, v in got.items()} == rules
+    # eval reads it: a stand-in that always says "no exposure, indoor stage" is scored against the desk's decisions
+    said_no = json.dumps({"exposure": False, "setting": "indoor_stage", "brands": [], "text": [], "outfit": "", "objects": []})
+    with ChatServer(lambda r: said_no) as srv:
+        registry = tmp_path / "registry.json"
+        model = {"id": "judge", "backend": "openai", "endpoint": srv.url, "model_name": "j", "capabilities": ["compliance"]}
+        registry.write_text(json.dumps({"models": [model]}))
+        config = tmp_path / "c.toml"
+        config.write_text(f'[vlm]\nregistry = "{registry}"\n')
+        assert main(["eval", str(out), "--models", "judge", "-c", str(config)]) == 0
+    table = capsys.readouterr().out
+    confirmed_x = sum(1 for a in expected.values() if a.get("exposure") is True)
+    row = next(line.split() for line in table.splitlines() if line.startswith("exposure"))
+    assert row[-1] == f"0/0/{confirmed_x}"  # never says yes: no item answered, every confirmed exposure missed
