@@ -14,6 +14,7 @@ built offline by tools/tiny_vlm.py:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -302,3 +303,52 @@ def test_llama_server_enforces_the_schema_and_names_the_model(llama: Server, tmp
         return [reply.model, answer.model]
 
     assert set(asyncio.run(go())) <= {"tiny-gguf", "local"}
+
+
+def eval_set(folder: Path, n: int = 6) -> Path:
+    """Generated labelled frames: a red square means exposure (the labels are the construction, not a model's)."""
+    import cv2
+
+    folder.mkdir()
+    frames = []
+    for i in range(n):
+        img = frame(i)
+        red = i % 2 == 0
+        if red:
+            img[80:160, 120:200] = (220, 30, 30)
+        cv2.imwrite(str(folder / f"f{i}.jpg"), img[:, :, ::-1])
+        frames.append({"image": f"f{i}.jpg", "answers": {"exposure": red, "setting": "indoor_stage"}})
+    (folder / "labels.json").write_text(json.dumps({"frames": frames}))
+    return folder
+
+
+def test_eval_with_the_tiny_models(tiny_qwen3: Path, hf_server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamwatch eval` against the real servers: transformers serve's noise is a failure on every frame (never a
+    judgment); llama-server's grammar-valid answers are scored (when it is built)."""
+    data = eval_set(tmp_path / "set")
+    models = [model_entry("tiny-hf", hf_server.url, str(tiny_qwen3))]
+    ids = ["tiny-hf"]
+    llama_ctx = contextlib.ExitStack()
+    binary, convert = llama_server_binary(), tiny_vlm.default_convert_script()
+    with llama_ctx:
+        if binary is not None and convert is not None:
+            folder = tiny_vlm.build(tmp_path / "qwen2_5_vl", "qwen2_5_vl", vision_depth=4)
+            text, mmproj = tiny_vlm.to_gguf(folder, convert)
+            srv = llama_ctx.enter_context(llama_server(binary, text, mmproj, tmp_path / "llama.log"))
+            models.append(model_entry("tiny-gguf", srv.url, "tiny", max_output_tokens=512))
+            ids.append("tiny-gguf")
+        registry = tmp_path / "registry.json"
+        registry.write_text(json.dumps({"models": models}))
+        config = tmp_path / "c.toml"
+        config.write_text(f'[vlm]\nregistry = "{registry}"\n')
+        assert main(["eval", str(data), "--models", ",".join(ids), "-c", str(config), "-o", str(tmp_path / "eval.html")]) == 0
+    out = capsys.readouterr().out
+    print(out)  # the table for the README
+    summary = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["tiny-hf"], ["tiny-gguf"])}
+    assert summary["tiny-hf"][:2] == ["6", "6"]  # every frame failed: noise is no answer
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in out.splitlines() if line.startswith(("exposure", "setting"))}
+    assert rows[("exposure", "tiny-hf")] == ["-", "-", "0/0/0"]
+    if "tiny-gguf" in summary:  # the grammar makes every answer parse: scored, whatever it says
+        assert summary["tiny-gguf"][:2] == ["6", "0"]
+        assert rows[("exposure", "tiny-gguf")][2].endswith("/3")
+    assert "Misjudged by tiny-hf (6)" in (tmp_path / "eval.html").read_text()
