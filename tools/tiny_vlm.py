@@ -6,11 +6,21 @@ random, so the text it generates is noise. For tests and for benchmarking the ma
 with no real checkpoint (recipe: ../shared/notes/ml-stack.md).
 
     python tools/tiny_vlm.py OUT_DIR [--arch qwen3_vl|qwen2_5_vl] [--thinking]
+    python tools/tiny_vlm.py OUT_DIR --arch qwen2_5_vl --gguf   # + OUT_DIR/gguf/{model,mmproj}.gguf for llama-server
+
+``--gguf`` converts with the vendored llama.cpp's convert_hf_to_gguf.py (``make llama-server`` unpacks it;
+or ``--convert PATH``): the text model, then the vision projector (``--mmproj``). The converter only maps a
+Qwen2.5-VL vision tower of depth 4 with full attention in blocks 1 and 3 (depth 2 fails with "Can not map
+tensor 'visual.merger.mlp.2.bias'"), so ``--gguf`` builds that; and the freshly trained tokenizer's
+pre-tokenizer hash is unknown to it, so it is reported as ``qwen2`` (which it is in kind: byte-level BPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -26,7 +36,8 @@ TEMPLATE = (
 )
 
 
-def build(out: Path, arch: str = "qwen3_vl", thinking: bool = False, seed: int = 0) -> Path:
+def build(out: Path, arch: str = "qwen3_vl", thinking: bool = False, seed: int = 0, vision_depth: int = 2) -> Path:
+    """The checkpoint folder. ``vision_depth`` (Qwen2.5-VL): 4 for llama.cpp's converter (full attention in blocks 1, 3)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
@@ -103,13 +114,13 @@ def build(out: Path, arch: str = "qwen3_vl", thinking: bool = False, seed: int =
         cfg = Qwen2_5_VLConfig(
             text_config=text,
             vision_config=dict(
-                depth=2,
+                depth=vision_depth,
                 hidden_size=32,
                 intermediate_size=64,
                 num_heads=2,
                 patch_size=14,
                 out_hidden_size=64,
-                fullatt_block_indexes=[1],
+                fullatt_block_indexes=list(range(1, vision_depth, 2)),
                 window_size=56,
             ),
             **common,
@@ -143,13 +154,69 @@ def _patch_video_processor_mixin() -> None:
     pu.transformers_module.VideoProcessorMixin = vpu.VideoProcessorMixin  # type: ignore[attr-defined]
 
 
+# runs inside the converter's process: an unknown BPE pre-tokenizer hash is reported as qwen2
+_CONVERT = """
+import runpy, sys
+llama, script = sys.argv[1], sys.argv[2]
+sys.path[:0] = [llama, llama + "/gguf-py"]
+import conversion.base as base
+known = base.TextModel.get_vocab_base_pre
+def pre(self, tokenizer):
+    try:
+        return known(self, tokenizer)
+    except NotImplementedError:
+        return "qwen2"
+base.TextModel.get_vocab_base_pre = pre
+sys.argv = [script, *sys.argv[3:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def default_convert_script() -> Path | None:
+    """convert_hf_to_gguf.py of the llama.cpp that ``make llama-server`` unpacked (tools/build_llama_server.sh)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamwatch" / "llama.cpp"
+    found = sorted(cache.glob("src-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    return found[-1] if found else None
+
+
+def to_gguf(folder: Path, convert: Path) -> tuple[Path, Path]:
+    """(text model, mmproj) GGUF files of a checkpoint folder, in ``folder/gguf``."""
+    out = folder / "gguf"
+    out.mkdir(exist_ok=True)
+    model, mmproj = out / "model.gguf", out / "mmproj.gguf"
+    for target, extra in ((model, []), (mmproj, ["--mmproj"])):
+        cmd = [sys.executable, "-c", _CONVERT, str(convert.parent), str(convert), str(folder), "--outfile", str(target), "--outtype", "f32"]
+        done = subprocess.run([*cmd, *extra], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf.py {' '.join(extra)} failed:\n{done.stderr[-3000:]}")
+    if not mmproj.is_file():  # the converter prefixes the projector's name with "mmproj-"
+        prefixed = sorted(out.glob("mmproj-*.gguf"))
+        if not prefixed:
+            raise RuntimeError(f"the converter wrote no mmproj file in {out}")
+        prefixed[0].rename(mmproj)
+    return model, mmproj
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--arch", default="qwen3_vl", choices=["qwen3_vl", "qwen2_5_vl"])
     ap.add_argument("--thinking", action="store_true", help="chat template opens a <think> block")
+    ap.add_argument("--vision-depth", type=int, default=2, help="Qwen2.5-VL vision blocks (--gguf: 4)")
+    ap.add_argument("--gguf", action="store_true", help="also write gguf/model.gguf + gguf/mmproj.gguf (Qwen2.5-VL, depth 4)")
+    ap.add_argument("--convert", type=Path, help="llama.cpp's convert_hf_to_gguf.py (default: the one `make llama-server` unpacked)")
     a = ap.parse_args()
-    print(build(a.out, a.arch, a.thinking))
+    if a.gguf:
+        if a.arch != "qwen2_5_vl":
+            raise SystemExit("--gguf converts a Qwen2.5-VL checkpoint: add --arch qwen2_5_vl")
+        convert = a.convert or default_convert_script()
+        if convert is None:
+            raise SystemExit("no convert_hf_to_gguf.py: run `make llama-server` first, or pass --convert PATH")
+        folder = build(a.out, a.arch, a.thinking, vision_depth=max(4, a.vision_depth))
+        for path in to_gguf(folder, convert):
+            print(path)
+        return
+    print(build(a.out, a.arch, a.thinking, vision_depth=a.vision_depth))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 
@@ -35,6 +36,7 @@ from streamwatch.events.model import HealthEvent, HealthKind
 from streamwatch.events.store import EventStore
 from streamwatch.ingest.url import parse_source
 from streamwatch.runtime.faults import RestartBackoff
+from streamwatch.runtime.model_health import ModelNotice
 from streamwatch.runtime.runner import SessionKeeping
 from streamwatch.runtime.services import build_services
 from streamwatch.runtime.supervisor import StreamSet
@@ -97,9 +99,15 @@ class ClusterWorker:
                 async with asyncio.TaskGroup() as tg:
                     watcher = tg.create_task(svc.engines.watch(s.analysis.reload_s, self._config_notice))
                     sharer = tg.create_task(publish_latest(latest_kv, self.streams.ids, svc.latest))
+                    models = None
+                    if svc.models_watch is not None:  # the VLM tier's health on the streams this worker holds
+                        svc.models_watch.targets = self.streams.ids
+                        models = tg.create_task(svc.models_watch.run(self._model_notice))
                     await self._loop()
                     watcher.cancel()
                     sharer.cancel()
+                    if models is not None:
+                        models.cancel()
             finally:
                 await self._drain()
                 await svc.close()
@@ -261,6 +269,12 @@ class ClusterWorker:
             await self.members.leave(self.id)
         except ClusterError as e:
             logger.warning("worker %s: %s", self.id, e)
+
+    async def _model_notice(self, notice: ModelNotice, streams: Sequence[str]) -> None:
+        for sid in streams:
+            offset = self.svc.offsets.get(sid, 0.0)
+            ev = HealthEvent(stream=sid, at=notice.at, offset=offset, kind=HealthKind.MODEL, active=notice.active, reason=notice.reason)
+            await self.publisher.publish(ev)
 
     async def _config_notice(self, streams: list[str], reason: str) -> None:
         for sid in streams:

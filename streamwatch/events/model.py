@@ -49,7 +49,7 @@ class HealthKind(enum.Enum):
     BLACK = "black"  # a sustained black / near-uniform picture
     FROZEN = "frozen"  # a sustained frozen picture
     CONFIG = "config"  # a configuration problem noticed while running (e.g. a broken policy reload)
-    MODEL = "model"  # a VLM role switched models (duration_s: load + warm-up)
+    MODEL = "model"  # VLM tier: active None: a role switched models (duration_s: load + warm-up); True: failing; False: works again
     MONITORING_GAP = "monitoring_gap"  # nobody watched (the daemon was down): offset = last heartbeat, duration_s
     ANALYSIS = "analysis"  # active: frames in a row skipped because their analysis failed; inactive: it works again
     WEBHOOK = "webhook"  # active: a webhook endpoint has failed for a while (reason names it); inactive: it recovered
@@ -163,6 +163,8 @@ class HealthEvent(Event):
             text = f"monitoring gap of {self.duration_s or 0.0:.1f}s"
         elif self.kind is HealthKind.ANALYSIS:
             text = "analysis failing" if self.active else "analysis works again"
+        elif self.kind is HealthKind.MODEL:
+            text = "model switch" if self.active is None else "model failing" if self.active else "model works again"
         else:
             text = f"{self.kind.value} {'started' if self.active else 'ended'}"
             if self.duration_s is not None:

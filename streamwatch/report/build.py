@@ -81,7 +81,8 @@ class Report:
     answers: int
     events: tuple[Event, ...] = field(repr=False)
     scenes: tuple[SceneEvent, ...] = ()  # the compliance model's scene tags
-    switches: tuple[HealthEvent, ...] = ()  # model switches (health kind "model")
+    switches: tuple[HealthEvent, ...] = ()  # model switches (health kind "model", active None)
+    model_health: tuple[HealthEvent, ...] = ()  # the VLM tier failing (active) or working again (health kind "model")
     models: dict[str, int] = field(default_factory=dict)  # which model produced replies, answers, VLM alerts, scenes
     feedback: dict[str, dict[str, int]] = field(default_factory=dict)  # "model / persona" → replies, up, down, report
 
@@ -143,7 +144,8 @@ def build_report(stream: str, events: list[Event], until: float | None = None) -
         answers=sum(isinstance(e, AnswerEvent) for e in mine),
         events=tuple(mine),
         scenes=tuple(e for e in mine if isinstance(e, SceneEvent)),
-        switches=tuple(e for e in health if e.kind is HealthKind.MODEL),
+        switches=tuple(e for e in health if e.kind is HealthKind.MODEL and e.active is None),
+        model_health=tuple(e for e in health if e.kind is HealthKind.MODEL and e.active is not None),
         models=dict(Counter(m for m in map(_model_of, mine) if m).most_common()),
         feedback=reply_feedback(mine),
     )

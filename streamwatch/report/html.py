@@ -126,7 +126,7 @@ def render_html(report: Report, images: Mapping[str, bytes], extra: str = "") ->
             f"<td>{thumb}</td><td class='state-{row.state}'>{review}</td></tr>"
         )
     out.append("</table>")
-    if r.scenes or r.switches or r.models:
+    if r.scenes or r.switches or r.models or r.model_health:
         out.append("<h2>Vision-language models</h2><div class='cards'>")
         out.extend(f"<div class='card'><span class='muted'>{escape(m)}</span><b>{n}</b></div>" for m, n in r.models.items())
         out.append("</div>")
@@ -134,6 +134,14 @@ def render_html(report: Report, images: Mapping[str, bytes], extra: str = "") ->
         out.append("<table id='switches'><tr><th>offset</th><th>switch</th><th>load + warm-up</th></tr>")
         out.extend(
             f"<tr><td>{hms(e.offset)}</td><td>{escape(e.reason)}</td><td class='num'>{e.duration_s or 0:.1f}s</td></tr>" for e in r.switches
+        )
+        out.append("</table>")
+    if r.model_health:
+        out.append("<table id='model-health'><tr><th>offset</th><th>time</th><th>model health</th></tr>")
+        out.extend(
+            f"<tr class='{'failing' if e.active else 'recovered'}'><td>{hms(e.offset)}</td><td>{escape(iso(e.at))}</td>"
+            f"<td>{'⚠ ' if e.active else '✓ '}{escape(e.reason)}</td></tr>"
+            for e in r.model_health
         )
         out.append("</table>")
     if r.scenes:

@@ -38,6 +38,7 @@ def report_dict(r: Report) -> dict[str, Any]:
             "answers": r.answers,
             "scenes": len(r.scenes),
             "model_switches": len(r.switches),
+            "model_failures": sum(1 for e in r.model_health if e.active),
             "by_model": r.models,
             "reply_feedback": r.feedback,
         },

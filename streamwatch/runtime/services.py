@@ -26,6 +26,7 @@ from streamwatch.analysis.search import FrameSearch
 from streamwatch.config import Settings
 from streamwatch.events.model import Event, HealthEvent, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
+from streamwatch.runtime.model_health import ModelHealth, ModelWatch, router_snapshot
 from streamwatch.runtime.policies import Engines
 from streamwatch.server.metrics import Metrics
 from streamwatch.vlm.escalation import EscalationQueue
@@ -73,6 +74,7 @@ class StreamServices:
     escalations: EscalationQueue
     persona: Persona
     search: FrameSearch | None = None
+    models_watch: ModelWatch | None = None  # the VLM tier's health notices (roles falling back, breakers, unusable output)
     frames: FrameIndexer | None = None  # None: indexed frames go into ``store``
     on_sample: Callable[[str, float], None] = _nothing  # (stream, offset) for every sample (progress bars)
     on_analyzed: Callable[[str, float], None] = _nothing  # (stream, seconds since the frame arrived)
@@ -139,14 +141,21 @@ async def build_services(
     )
     persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
     registry = await loop.run_in_executor(None, load_registry, s.vlm.registry, s.vlm.roles)
+    watch = ModelWatch(ModelHealth(s.vlm.unusable_notice_after))
+
+    def observe(model: str, outcome: str, seconds: float) -> None:
+        metrics.on_vlm(model, outcome, seconds)
+        watch.observe(model, outcome, seconds)
+
     router = ModelRouter(
         registry,
         breaker_failures=s.vlm.breaker_failures,
         breaker_cooldown_s=s.vlm.breaker_cooldown_s,
         min_switch_interval_s=s.vlm.min_switch_interval_s,
-        observe=metrics.on_vlm,
+        observe=observe,
         admission=admission,
     )
+    watch.attach(lambda: router_snapshot(router))
     router.start()
     for role, chain in router.chains.items():
         logger.info("VLM role %s: %s", role.value, " → ".join(chain))
@@ -170,4 +179,5 @@ async def build_services(
         escalations=escalations,
         persona=persona,
         search=search,
+        models_watch=watch,
     )

@@ -58,9 +58,13 @@ class LocalBackend:
             text += phrase
         return text[: max(persona.reply_length * 2, 20)]
 
-    async def answer(self, question: str, evidence: ImageEvidence) -> str:
+    async def answer(self, question: str, evidence: ImageEvidence, failing: tuple[str, ...] = ()) -> str:
+        """``failing``: the configured models that did not answer (the note says so instead of "no VLM configured")."""
+        note = (
+            f"local analyzers only; the VLM ({', '.join(failing)}) did not answer" if failing else "local analyzers only; no VLM configured"
+        )
         if not (evidence.text_lines or evidence.labels or evidence.qr):
-            return "No text, QR code or flagged content is visible in the latest frame (local analyzers only; no VLM configured)."
+            return f"No text, QR code or flagged content is visible in the latest frame ({note})."
         bits = []
         if evidence.text_lines:
             bits.append("on-screen text: " + " / ".join(f"“{t}”" for t in evidence.text_lines[:5]))
@@ -68,7 +72,7 @@ class LocalBackend:
             bits.append("QR codes: " + ", ".join(evidence.qr))
         if evidence.labels:
             bits.append("detections: " + ", ".join(evidence.labels))
-        return "In the latest frame — " + "; ".join(bits) + " (local analyzers only; no VLM configured)."
+        return "In the latest frame — " + "; ".join(bits) + f" ({note})."
 
     def safe_reply(self, persona: Persona) -> str:
         return f"谢谢你的分享！{persona.name}收到啦"

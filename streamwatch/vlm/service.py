@@ -35,7 +35,7 @@ from streamwatch.vlm.prompts import (
     reply_request,
     summary_request,
 )
-from streamwatch.vlm.registry import Capability
+from streamwatch.vlm.registry import LOCAL, Capability
 from streamwatch.vlm.retry import attempt_of
 from streamwatch.vlm.router import ModelRouter
 
@@ -109,8 +109,8 @@ class VLMService:
             request = qa_request(question, evidence, image, self.answer_tokens)
             return clean_answer(await _text_or_whole_sentences(backend, request))
 
-        async def template() -> str:
-            return await self.local.answer(question, evidence)
+        async def template() -> str:  # models in the chain that did not answer are named, not "no VLM configured"
+            return await self.local.answer(question, evidence, tuple(m for m in self.router.chains[Capability.QA] if m != LOCAL))
 
         text, model = await self.router.run(Capability.QA, ask, local=template, deadline_s=self.deadline_s)
         return Reply(text, model)

@@ -102,6 +102,11 @@
       const tr = el("tr"); tr.appendChild(el("td", null, model));
       tr.appendChild(el("td", null, Object.entries(outcomes).map(([o, n]) => o + " " + n).join(" · "))); req.appendChild(tr);
     });
+    const health = $("models-health"); health.textContent = "";  // the VLM tier failing / working again, newest first
+    (info.health || []).forEach((n) => {
+      health.appendChild(el("li", n.active ? "failing" : "recovered", SW.clock(new Date(n.at * 1000).toISOString()) + "  " + (n.active ? "⚠ " : "✓ ") + n.reason));
+    });
+    if (!(info.health || []).length) health.appendChild(el("li", "muted", SW.t("m_health_none")));
     const sel = $("sw-model"); (info.models || []).forEach((m) => SW.addOption(sel, m));
   }
   $("switch-form").onsubmit = (e) => {

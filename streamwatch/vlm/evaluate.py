@@ -1,0 +1,196 @@
+"""Measure compliance judgments instead of assuming them (``streamwatch eval``, issue 21).
+
+A dataset is a folder of images and ``labels.json``::
+
+    {"frames": [{"image": "a.jpg", "answers": {"exposure": false, "setting": "indoor_stage", "brands": ["Monster Energy"]}}]}
+
+Only the questions a frame labels are scored on it. Every answer is turned into *positive items*: a yes
+to a yes/no question is ``exposure``; a choice is ``setting:outdoor``; each list entry is
+``brands:monster energy`` (case and surrounding space ignored); text answers are not scored. Per
+question, precision = right items / items answered, recall = right items / items labelled. A frame
+the model failed on (error, timeout, unusable output) counts as a failure and in no precision or recall.
+
+The scoring and the HTML are pure (:func:`items`, :func:`score`, :func:`render_html`); the command
+(:mod:`streamwatch.cli_eval`) runs each model over the frames.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from streamwatch.errors import ConfigError
+from streamwatch.vlm.prompts import ComplianceQuestion
+
+Value = bool | str | list[str] | tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    image: Path
+    truth: Mapping[str, Value]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One model's answer to one frame: ``answers`` (None: it failed, ``error`` says why) and the seconds it took."""
+
+    frame: Frame
+    answers: Mapping[str, Value] | None
+    seconds: float
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionScore:
+    question: str
+    right: int
+    answered: int
+    labelled: int
+
+    @property
+    def precision(self) -> float | None:
+        return self.right / self.answered if self.answered else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.right / self.labelled if self.labelled else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScore:
+    model: str
+    frames: int
+    failures: int
+    p50_s: float | None
+    p95_s: float | None
+    questions: tuple[QuestionScore, ...] = field(default=())
+    misjudged: tuple[Outcome, ...] = field(default=(), repr=False)
+
+
+def load_dataset(folder: Path) -> list[Frame]:
+    """The frames of ``folder/labels.json``; ConfigError with the reason when it is not usable."""
+    path = folder / "labels.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        frames = [Frame(folder / f["image"], dict(f["answers"])) for f in raw["frames"]]
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f'{path}: expected {{"frames": [{{"image": FILE, "answers": {{QUESTION: VALUE}}}}]}} ({e})') from e
+    missing = [str(f.image.name) for f in frames if not f.image.is_file()]
+    if missing:
+        raise ConfigError(f"{path}: images not found: {', '.join(missing[:5])}")
+    return frames
+
+
+def items(question: str, value: Value) -> set[str]:
+    """The positive items of one answer (see the module docstring)."""
+    if value is True:
+        return {question}
+    if isinstance(value, list | tuple):
+        return {f"{question}:{' '.join(str(v).split()).lower()}" for v in value if str(v).strip()}
+    if isinstance(value, str) and value.strip():
+        return {f"{question}:{value.strip().lower()}"}
+    return set()
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def score(model: str, outcomes: Sequence[Outcome], questions: Sequence[ComplianceQuestion]) -> ModelScore:
+    scored = [q.id for q in questions if q.kind != "text"]
+    counts = {q: [0, 0, 0] for q in scored}  # right, answered, labelled
+    misjudged: list[Outcome] = []
+    for o in outcomes:
+        if o.answers is None:
+            misjudged.append(o)
+            continue
+        wrong = False
+        for q in scored:
+            if q not in o.frame.truth:
+                continue
+            truth, said = items(q, o.frame.truth[q]), items(q, o.answers.get(q))
+            counts[q][0] += len(truth & said)
+            counts[q][1] += len(said)
+            counts[q][2] += len(truth)
+            wrong = wrong or truth != said
+        if wrong:
+            misjudged.append(o)
+    seconds = [o.seconds for o in outcomes if o.answers is not None]
+    return ModelScore(
+        model,
+        len(outcomes),
+        sum(o.answers is None for o in outcomes),
+        percentile(seconds, 50),
+        percentile(seconds, 95),
+        tuple(QuestionScore(q, *counts[q]) for q in scored),
+        tuple(misjudged),
+    )
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}s"
+
+
+def render_text(scores: Sequence[ModelScore]) -> str:
+    """Side by side, one row per question and model."""
+    lines = [f"{'question':<12} {'model':<20} {'precision':>9} {'recall':>7} {'right/said/labelled':>20}"]
+    for q in scores[0].questions if scores else ():
+        for s in scores:
+            qs = next(x for x in s.questions if x.question == q.question)
+            counts = f"{qs.right}/{qs.answered}/{qs.labelled}"
+            lines.append(f"{q.question:<12} {s.model:<20} {_pct(qs.precision):>9} {_pct(qs.recall):>7} {counts:>20}")
+    lines.append("")
+    lines.append(f"{'model':<20} {'frames':>6} {'failures':>8} {'p50':>7} {'p95':>7}")
+    lines.extend(f"{s.model:<20} {s.frames:>6} {s.failures:>8} {_s(s.p50_s):>7} {_s(s.p95_s):>7}" for s in scores)
+    return "\n".join(lines)
+
+
+def render_html(scores: Sequence[ModelScore], thumbnails: Mapping[Path, bytes]) -> str:
+    """The tables and, per model, the misjudged frames with the labels and the model's answer (JPEG thumbnails)."""
+    out = ["<!doctype html><meta charset='utf-8'><title>streamwatch eval</title>", "<h1>streamwatch eval</h1>"]
+    out.append("<table id='scores'><tr><th>question</th><th>model</th><th>precision</th><th>recall</th><th>right/said/labelled</th></tr>")
+    for q in scores[0].questions if scores else ():
+        for s in scores:
+            qs = next(x for x in s.questions if x.question == q.question)
+            out.append(
+                f"<tr><td>{escape(q.question)}</td><td>{escape(s.model)}</td><td>{_pct(qs.precision)}</td>"
+                f"<td>{_pct(qs.recall)}</td><td>{qs.right}/{qs.answered}/{qs.labelled}</td></tr>"
+            )
+    out.append("</table><table id='models'><tr><th>model</th><th>frames</th><th>failures</th><th>p50</th><th>p95</th></tr>")
+    out.extend(
+        f"<tr><td>{escape(s.model)}</td><td>{s.frames}</td><td>{s.failures}</td><td>{_s(s.p50_s)}</td><td>{_s(s.p95_s)}</td></tr>"
+        for s in scores
+    )
+    out.append("</table>")
+    for s in scores:
+        out.append(f"<h2>Misjudged by {escape(s.model)} ({len(s.misjudged)})</h2><table class='misjudged'>")
+        for o in s.misjudged:
+            thumb = thumbnails.get(o.frame.image)
+            img = f"<img alt='frame' src='data:image/jpeg;base64,{base64.b64encode(thumb).decode()}'>" if thumb else ""
+            said = escape(o.error) if o.answers is None else escape(json.dumps(dict(o.answers), ensure_ascii=False, default=list))
+            truth = escape(json.dumps(dict(o.frame.truth), ensure_ascii=False))
+            out.append(f"<tr><td>{img}<br>{escape(o.frame.image.name)}</td><td>labels: {truth}</td><td>answer: {said}</td></tr>")
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def answers_of(answer: Any, questions: Sequence[ComplianceQuestion]) -> dict[str, Value]:
+    """A :class:`~streamwatch.vlm.prompts.ComplianceAnswer` as plain values per question id."""
+    return {q.id: answer.get(q.id) for q in questions}
