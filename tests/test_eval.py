@@ -71,7 +71,7 @@ def judge(req: VLMRequest) -> str:
     """A stand-in model that says 'exposure' when the picture is mostly red."""
     rgb = cv2.imdecode(np.frombuffer(req.images[0], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     red = float(rgb[:, :, 0].mean()) > float(rgb[:, :, 2].mean())
-    answer = {"exposure": red, "setting": "indoor_stage", "brands": [], "text": [], "outfit": "", "objects": []}
+    answer = {"exposure": red, "setting": "indoor_stage", "brands": [], "text": [], "outfit": "", "objects": [], "confidence": 0.9}
     return json.dumps(answer)
 
 
