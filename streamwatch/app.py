@@ -152,6 +152,7 @@ class Daemon:
             latest=self.latest.get,
             models_info=self.models_info,
             control=self if self.desired is not None else None,
+            actions=self.svc.actions,
         )
         await self.server.start()
 

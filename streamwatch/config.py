@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamwatch.errors import ConfigError
+from streamwatch.i18n import UIConfig
+from streamwatch.outbound.actions_config import ActionsConfig
 
 
 class _Section(BaseModel):
@@ -123,6 +125,12 @@ class StreamConfig(_Section):
     listen: Annotated[bool, Field(description="Be the RTMP endpoint a publisher pushes to.")] = False
     every_s: Annotated[float | None, Field(gt=0, description="Override sampling.every_s for this stream.")] = None
     policy: Annotated[Path | None, Field(description="Policy file for this stream (default: analysis.policy).")] = None
+    actions: Annotated[
+        Literal["on", "dry_run", "off"], Field(description="This show's switch for actions on the stream (cut, warn, HTTP actions).")
+    ] = "on"
+    publisher: Annotated[
+        str | None, Field(pattern=r"^[^/\s]+/[^/\s]+$", description="app/name the publisher uses on the origin (default: from an rtmp:// source).")
+    ] = None
 
 
 def default_policy() -> Path:
@@ -360,6 +368,8 @@ class Settings(BaseSettings):
     analysis: Annotated[AnalysisConfig, Field(description="Local analyzers, policy and result cache.")] = AnalysisConfig()
     vlm: Annotated[VLMConfig, Field(description="Vision-language tier: persona and audience replies.")] = VLMConfig()
     cluster: Annotated[ClusterConfig, Field(description="Cluster mode on NATS JetStream (off by default).")] = ClusterConfig()
+    actions: Annotated[ActionsConfig, Field(description="Actions on the stream: cut (nginx-rtmp, SRS), warn, HTTP actions.")] = ActionsConfig()
+    ui: Annotated[UIConfig, Field(description="Language and time zone of alert texts, health texts and reports.")] = UIConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:

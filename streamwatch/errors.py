@@ -35,6 +35,8 @@ Tree::
     │                                         model answers others): reported against the request only
     ├── EventsError                           event store and bus
     ├── ServerError                           WebSocket / HTTP server
+    ├── ActionError                           actions on the stream (cut, warn, HTTP actions)
+    │   └── ActionRefused (ValueError)        an action that cannot run (no action for the alert, done already)
     └── ClusterError                          cluster mode: NATS / JetStream
         └── LeaseLost                         a stream lease could not be renewed: the stream stops at once
 """
@@ -145,6 +147,14 @@ class EventsError(StreamwatchError):
 
 class ServerError(StreamwatchError):
     """The WebSocket/HTTP server failed."""
+
+
+class ActionError(StreamwatchError):
+    """An action on the stream failed: the origin server's API unreachable, refusing, or timing out."""
+
+
+class ActionRefused(ActionError, ValueError):
+    """An action that cannot run: its alert's rule has none, it already ran, or the show's switch is off."""
 
 
 class ClusterError(StreamwatchError):

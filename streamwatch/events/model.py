@@ -142,6 +142,7 @@ class HealthEvent(Event):
     duration_s: float | None = None
     reason: str = ""
     attempt: int = 0
+    caused_by: int | None = None  # id of the action event (a cut) this outage follows: on purpose, not a fault
 
     def describe(self) -> str:
         if self.kind is HealthKind.STATE and self.state is not None:
@@ -237,6 +238,33 @@ class ReviewEvent(Event):
     note: str = ""
 
 
+class ActionStatus(enum.Enum):
+    """Where an action on the stream stands."""
+
+    PENDING = "pending"  # waits for a moderator's confirmation (console button / key, ``act`` message)
+    DONE = "done"  # the origin server did it
+    FAILED = "failed"  # the call failed or the origin refused (``detail`` says why)
+    DRY_RUN = "dry_run"  # what would have been called, not called (``actions.dry_run`` or the show's switch)
+    OFF = "off"  # actions are switched off for this show: nothing called
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEvent(Event):
+    """An action on the stream (cut, warn, a named HTTP action) asked for by a rule or a moderator."""
+
+    TYPE: ClassVar[str] = "action"
+
+    alert_id: int  # the alert that asked for it
+    rule: str
+    action: str  # cut | warn | the name of an [[actions.http]] entry
+    status: ActionStatus
+    by: str  # "policy" (automatic) or the moderator's token name
+    backend: str = ""  # nginx | srs | http:<name> | "" (recorded only)
+    target: str = ""  # what was acted on (app/name on the origin, or the URL called)
+    detail: str = ""  # the origin's answer or the error
+    auto: bool = False  # run without a moderator's confirmation
+
+
 class Vote(enum.Enum):
     UP = "up"
     DOWN = "down"
@@ -275,5 +303,15 @@ class SceneEvent(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (AlertEvent, HealthEvent, ReplyEvent, RejectedEvent, AnswerEvent, ReviewEvent, SceneEvent, FeedbackEvent)
+    cls.TYPE: cls for cls in (
+        AlertEvent,
+        HealthEvent,
+        ReplyEvent,
+        RejectedEvent,
+        AnswerEvent,
+        ReviewEvent,
+        SceneEvent,
+        FeedbackEvent,
+        ActionEvent,
+    )
 }

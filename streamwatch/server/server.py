@@ -23,6 +23,7 @@ from streamwatch.config import ServerConfig
 from streamwatch.errors import ServerError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.store import StoredEvent
+from streamwatch.outbound.actions import ActionDesk
 from streamwatch.server import console, http
 from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
@@ -55,6 +56,7 @@ class EventServer:
         latest: console.Latest | None = None,
         models_info: console.ModelsInfo | None = None,
         control: StreamControl | None = None,
+        actions: ActionDesk | None = None,
     ) -> None:
         self.cfg = cfg
         self.bus = bus
@@ -69,6 +71,7 @@ class EventServer:
         self.stream_admin = StreamAdmin(control, self.streams, self.status, self.removed)
         self.responder = responder
         self.models = models
+        self.actions = actions  # runs the actions moderators confirm (``act``)
         self.api: ApiServer | None = None
         if cfg.api_port is not None:
             self.api = ApiServer(cfg, self.tokens, inferrer, self.limiter, self.metrics, self.streams, self.stream_admin)

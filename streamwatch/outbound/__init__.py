@@ -1,0 +1,1 @@
+"""What streamwatch does beyond its own WebSocket: actions on the stream (cut, warn, HTTP actions)."""
