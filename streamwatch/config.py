@@ -129,7 +129,8 @@ class StreamConfig(_Section):
         Literal["on", "dry_run", "off"], Field(description="This show's switch for actions on the stream (cut, warn, HTTP actions).")
     ] = "on"
     publisher: Annotated[
-        str | None, Field(pattern=r"^[^/\s]+/[^/\s]+$", description="app/name the publisher uses on the origin (default: from an rtmp:// source).")
+        str | None,
+        Field(pattern=r"^[^/\s]+/[^/\s]+$", description="app/name the publisher uses on the origin (default: from an rtmp:// source)."),
     ] = None
 
 
@@ -368,7 +369,9 @@ class Settings(BaseSettings):
     analysis: Annotated[AnalysisConfig, Field(description="Local analyzers, policy and result cache.")] = AnalysisConfig()
     vlm: Annotated[VLMConfig, Field(description="Vision-language tier: persona and audience replies.")] = VLMConfig()
     cluster: Annotated[ClusterConfig, Field(description="Cluster mode on NATS JetStream (off by default).")] = ClusterConfig()
-    actions: Annotated[ActionsConfig, Field(description="Actions on the stream: cut (nginx-rtmp, SRS), warn, HTTP actions.")] = ActionsConfig()
+    actions: Annotated[ActionsConfig, Field(description="Actions on the stream: cut (nginx-rtmp, SRS), warn, HTTP actions.")] = (
+        ActionsConfig()
+    )
     ui: Annotated[UIConfig, Field(description="Language and time zone of alert texts, health texts and reports.")] = UIConfig()
 
     @model_validator(mode="after")

@@ -69,7 +69,9 @@ class RuleSpec(_Strict):
     action: Annotated[
         str | None, Field(pattern=r"^[a-z0-9_]+$", description="Action on the stream when it fires: cut, warn or an [[actions.http]] name.")
     ] = None
-    auto: Annotated[bool, Field(description="Run the action at once; false: after a moderator confirms it (console button, key x).")] = False
+    auto: Annotated[bool, Field(description="Run the action at once; false: after a moderator confirms it (console button, key x).")] = (
+        False
+    )
 
     def text(self, lang: Lang) -> str:
         """The message template in ``lang`` (a plain string is the same in every language)."""

@@ -253,9 +253,8 @@ class RuleEngine:
             key = (ev.stream, "outage")
             if ev.state in (StreamState.STALLED, StreamState.RECONNECTING) and ev.caused_by is None:
                 self._periods.setdefault(key, _Period(ev.at, ev.offset))
-            elif ev.caused_by is not None:  # the outage a cut made is on purpose: no "stream down" alert
-                self._periods.pop(key, None)
-            elif ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED):
+            elif ev.caused_by is not None or ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED):
+                # (a cut's outage is on purpose: no "stream down" alert)
                 self._periods.pop(key, None)
         elif ev.kind is HealthKind.MONITORING_GAP:
             self._periods[(ev.stream, "monitoring_gap")] = _Period(ev.at, ev.offset, closed=ev.duration_s or 0.0)

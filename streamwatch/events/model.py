@@ -303,7 +303,8 @@ class SceneEvent(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (
+    cls.TYPE: cls
+    for cls in (
         AlertEvent,
         HealthEvent,
         ReplyEvent,
