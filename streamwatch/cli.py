@@ -230,7 +230,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
     from streamwatch.report import collect, render
 
     out, fmt = report_target(a.output, a.format, Path(a.stream))  # the format from --format or -o's extension
-    data_dir = a.data or load_settings(a.config).data_dir
+    settings = load_settings(a.config)
+    data_dir = a.data or settings.data_dir
     if not (data_dir / "events.sqlite3").is_file():
         raise EventsError(f"no event store in {data_dir} (events.sqlite3 not found)")
     store = EventStore(data_dir, retention_days=None, retention_mb=None)
@@ -244,7 +245,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
     if not inputs.events:
         window = f" between {a.start or 'the start'} and {a.end or 'the end'} (UTC)" if a.start or a.end else ""
         raise EventsError(f"no events for stream {a.stream!r}{window} in {data_dir} (streams: {known})")
-    text = render(inputs, fmt)
+    text = render(inputs, fmt, settings.ui)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
@@ -371,7 +372,7 @@ def _analyze(a: argparse.Namespace, data: Path, out: Path, fmt: str) -> int:
     alerts = [e for e in inputs.events if e.TYPE == "alert"]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(inputs, fmt), encoding="utf-8")
+        out.write_text(render(inputs, fmt, settings.ui), encoding="utf-8")
     except OSError as e:
         raise EventsError(f"cannot write the report to {out}: {e.strerror or e} (choose another place with -o)") from e
     kept = f"events and evidence frames kept in {data}" if a.data else "events not kept (--data DIR keeps them)"

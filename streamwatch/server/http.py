@@ -12,7 +12,7 @@ import json
 import logging
 import mimetypes
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,6 +24,7 @@ from streamwatch.config import Role
 from streamwatch.errors import StreamwatchError
 from streamwatch.events.codec import parse_iso
 from streamwatch.events.store import EventStore
+from streamwatch.i18n import LANGS, UIConfig
 from streamwatch.report import collect, render
 from streamwatch.server import console
 from streamwatch.server.auth import Principal, TokenTable, token_from_request
@@ -61,6 +62,7 @@ class HttpContext:
     # frame search (vision encoder): (query, stream, limit) → JSON-ready hits; blocking
     search: Callable[[str, str | None, int], list[dict[str, Any]]] | None = None
     console: console.ConsoleData | None = None
+    ui: UIConfig = field(default_factory=UIConfig)  # the report's language and time zone
 
 
 def _principal(ctx: HttpContext, request: Request) -> Principal | None:
@@ -139,7 +141,10 @@ async def _report(ctx: HttpContext, stream: str, query: dict[str, str]) -> Respo
         inputs = await loop.run_in_executor(None, lambda: collect(ctx.store, stream, start, end, embed_images=fmt == "html"))
         if not inputs.events:
             return response(404, f"no events for stream {stream!r}")
-        body = await loop.run_in_executor(None, render, inputs, fmt)
+        ui = ctx.ui
+        if query.get("lang") in LANGS:  # ?lang=en|zh: this report in the other language
+            ui = ui.model_copy(update={"language": query["lang"]})
+        body = await loop.run_in_executor(None, render, inputs, fmt, ui)
     except StreamwatchError as e:
         return response(400, str(e))
     return response(200, body, REPORT_FORMATS[fmt])

@@ -23,6 +23,7 @@ from streamwatch.config import ServerConfig
 from streamwatch.errors import ServerError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.store import StoredEvent
+from streamwatch.i18n import UIConfig
 from streamwatch.outbound.actions import ActionDesk
 from streamwatch.server import console, http
 from streamwatch.server.api import ApiServer
@@ -57,6 +58,7 @@ class EventServer:
         models_info: console.ModelsInfo | None = None,
         control: StreamControl | None = None,
         actions: ActionDesk | None = None,
+        ui: UIConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self.bus = bus
@@ -83,7 +85,7 @@ class EventServer:
         self._server: Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # submission/answer work in flight
         self.console = console.ConsoleData(self.streams, self.status, self.offsets, latest, models_info, self.metrics)
-        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search, self.console)
+        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search, self.console, ui or UIConfig())
         bus.add_listener(self._on_stored)
         bus.add_listener(self.metrics.on_stored)
 
