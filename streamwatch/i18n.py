@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from streamwatch.events.model import HealthEvent, HealthKind
+
 Lang = Literal["zh", "en"]
 LANGS: tuple[Lang, ...] = ("zh", "en")
 
@@ -72,6 +74,8 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "health.after": {"zh": "（持续 {s:.1f} 秒）", "en": " after {s:.1f}s"},
     "health.attempt": {"zh": "（第 {n} 次尝试）", "en": " (attempt {n})"},
     "health.caused_by": {"zh": "（由处置 #{id} 断流引起，非故障）", "en": " (caused by action #{id}, not a fault)"},
+    "alert.reply_reported": {"zh": "人设回复被{who}举报：{text}", "en": "Persona reply reported by {who}: {text}"},
+    "alert.via": {"zh": "{user}（经 {token}）", "en": "{user} (via {token})"},
     # actions
     "action.cut": {"zh": "断流", "en": "cut"},
     "action.warn": {"zh": "警告", "en": "warn"},
@@ -153,6 +157,31 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "r.reported": {"zh": "举报", "en": "reported"},
     "r.legend": {"zh": "图例", "en": "legend"},
 }
+
+
+def describe_health(ev: HealthEvent, lang: Lang = "zh") -> str:
+    """What a health event says, for people (``ev.reason`` is appended as it was written)."""
+    if ev.kind is HealthKind.STATE and ev.state is not None:
+        state = t("state." + ev.state.value, lang)
+        text = t("health.again_after", lang, state=state, s=ev.gap_s) if ev.gap_s is not None else state
+    elif ev.kind in (HealthKind.CONFIG, HealthKind.MODEL):
+        text = t("health." + ev.kind.value, lang)
+    elif ev.kind is HealthKind.MONITORING_GAP:
+        text = t("health.gap", lang, s=ev.duration_s or 0.0)
+    elif ev.kind is HealthKind.ANALYSIS:
+        text = t("health.analysis_on" if ev.active else "health.analysis_off", lang)
+    else:
+        what = t("health." + ev.kind.value, lang) if "health." + ev.kind.value in TEXTS else ev.kind.value
+        text = t("health.started" if ev.active else "health.ended", lang, what=what)
+        if ev.duration_s is not None:
+            text += t("health.after", lang, s=ev.duration_s)
+    if ev.attempt:
+        text += t("health.attempt", lang, n=ev.attempt)
+    if ev.caused_by is not None:
+        text += t("health.caused_by", lang, id=ev.caused_by)
+    if ev.reason:
+        text += ("：" if lang == "zh" else ": ") + ev.reason
+    return text
 
 
 def t(key: str, lang: Lang, **values: object) -> str:

@@ -144,26 +144,11 @@ class HealthEvent(Event):
     attempt: int = 0
     caused_by: int | None = None  # id of the action event (a cut) this outage follows: on purpose, not a fault
 
-    def describe(self) -> str:
-        if self.kind is HealthKind.STATE and self.state is not None:
-            text = self.state.value
-            if self.gap_s is not None:
-                text += f" again after {self.gap_s:.1f}s"
-        elif self.kind is HealthKind.CONFIG:
-            text = "configuration"
-        elif self.kind is HealthKind.MONITORING_GAP:
-            text = f"monitoring gap of {self.duration_s or 0.0:.1f}s"
-        elif self.kind is HealthKind.ANALYSIS:
-            text = "analysis failing" if self.active else "analysis works again"
-        else:
-            text = f"{self.kind.value} {'started' if self.active else 'ended'}"
-            if self.duration_s is not None:
-                text += f" after {self.duration_s:.1f}s"
-        if self.attempt:
-            text += f" (attempt {self.attempt})"
-        if self.reason:
-            text += f": {self.reason}"
-        return text
+    def describe(self, lang: str = "en") -> str:
+        """What it says, for people: English (logs, the CLI) or the desk's ``zh`` (:mod:`streamwatch.i18n`)."""
+        from streamwatch.i18n import describe_health
+
+        return describe_health(self, "zh" if lang == "zh" else "en")
 
 
 @dataclass(frozen=True, slots=True)

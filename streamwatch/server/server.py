@@ -63,7 +63,7 @@ class EventServer:
         self.cfg = cfg
         self.bus = bus
         self.store = bus.store
-        self.votes = VoteBook()  # feedback on persona replies: one vote per voter and reply
+        self.votes = VoteBook((ui or UIConfig()).language)  # feedback on persona replies: one vote per voter and reply
         self.metrics = metrics or Metrics()
         self.tokens = TokenTable(cfg.tokens)
         # the known streams: shared (mutated in place on add/remove) with the console, the API and the sessions
