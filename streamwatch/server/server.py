@@ -61,9 +61,10 @@ class EventServer:
         ui: UIConfig | None = None,
     ) -> None:
         self.cfg = cfg
+        self.ui = ui or UIConfig()  # the desk's language and time zone (hello, reports)
         self.bus = bus
         self.store = bus.store
-        self.votes = VoteBook((ui or UIConfig()).language)  # feedback on persona replies: one vote per voter and reply
+        self.votes = VoteBook(self.ui.language)  # feedback on persona replies: one vote per voter and reply
         self.metrics = metrics or Metrics()
         self.tokens = TokenTable(cfg.tokens)
         # the known streams: shared (mutated in place on add/remove) with the console, the API and the sessions
@@ -85,7 +86,7 @@ class EventServer:
         self._server: Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # submission/answer work in flight
         self.console = console.ConsoleData(self.streams, self.status, self.offsets, latest, models_info, self.metrics)
-        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search, self.console, ui or UIConfig())
+        self._http = http.HttpContext(self.store, self.tokens, self.metrics, self.health, search, self.console, self.ui)
         bus.add_listener(self._on_stored)
         bus.add_listener(self.metrics.on_stored)
 

@@ -82,6 +82,7 @@ class ClientSession:
                     role=self.who.role.value,
                     name=self.who.name,
                     last_id=bus.last_id,
+                    ui={"language": self.server.ui.language, "timezone": self.server.ui.timezone},  # the desk's defaults
                     limits={
                         "message_bytes": self.cfg.max_message_kb * 1024,
                         "submission_bytes": int(self.cfg.max_submission_mb * 1024 * 1024),

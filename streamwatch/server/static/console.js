@@ -25,7 +25,8 @@
     s = Math.max(0, Math.floor(s || 0)); const p = (n) => String(n).padStart(2, "0");
     return p(Math.floor(s / 3600)) + ":" + p(Math.floor(s % 3600 / 60)) + ":" + p(s % 60);
   };
-  SW.clock = (iso) => (iso ? new Date(iso).toLocaleTimeString(SW.lang === "en" ? "en-GB" : "zh-CN", { hour12: false }) : "");
+  SW.tz = undefined;  // the show's time zone (the server's [ui] timezone, from hello); the browser's until then
+  SW.clock = (iso) => (iso ? new Date(iso).toLocaleTimeString(SW.lang === "en" ? "en-GB" : "zh-CN", { hour12: false, timeZone: SW.tz }) : "");
   SW.api = (path) => fetch(path, { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
   SW.send = function (obj) {
     if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
@@ -45,12 +46,13 @@
 
   // --- header: connection, language, mute, tabs ---------------------------------------------------
   function setState(s, key) { document.body.dataset.state = s; $("conn").dataset.i18n = key; $("conn").textContent = SW.t(key); }
-  function setLang(lang) {
-    localStorage.setItem("sw.lang", lang); SW.applyLang(lang); $("lang").textContent = SW.t("lang");
+  function setLang(lang, chosen) {
+    localStorage.setItem("sw.lang", lang); if (chosen) localStorage.setItem("sw.lang.chosen", "1");
+    SW.applyLang(lang); $("lang").textContent = SW.t("lang");
     $("mute").textContent = SW.t(state.muted ? "unmute" : "mute");
     state.alerts.forEach(renderRow); renderDetail(); updateUrgent(); refilterCount(); emit("lang");
   }
-  $("lang").onclick = () => setLang(SW.lang === "zh" ? "en" : "zh");
+  $("lang").onclick = () => setLang(SW.lang === "zh" ? "en" : "zh", true);
   $("mute").onclick = () => { state.muted = !state.muted; localStorage.setItem("sw.muted", state.muted ? "1" : "0"); setLang(SW.lang); };
   SW.showTab = function (tab) {
     document.body.dataset.tab = tab;
@@ -270,6 +272,11 @@
       let msg; try { msg = JSON.parse(m.data); } catch (e) { return; }
       if (msg.type === "hello") {
         state.delay = 500; state.role = msg.role; state.name = msg.name;
+        if (msg.ui) {  // the desk's defaults: its time zone, and its language unless this browser chose one
+          const tzChanged = SW.tz !== msg.ui.timezone; SW.tz = msg.ui.timezone;
+          if (!params.get("lang") && !localStorage.getItem("sw.lang.chosen") && msg.ui.language !== SW.lang) setLang(msg.ui.language, false);
+          else if (tzChanged) setLang(SW.lang, false);
+        }
         if (msg.role !== "moderator" && msg.role !== "admin") { setState("error", "conn_forbidden"); state.ws = null; ws.close(); return; }
         document.body.dataset.role = msg.role; $("who").textContent = msg.name + " (" + msg.role + ")";
         if (state.liveFrom === null) state.liveFrom = msg.last_id;  // older events are history: no chime
