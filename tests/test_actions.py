@@ -299,3 +299,61 @@ def test_unreachable_origin_and_unset_urls_fail_as_events_not_exceptions() -> No
     for cfg in ({"nginx": {"url": "http://127.0.0.1:9/control"}}, {}, {"cut": "srs"}):
         (ev,) = desk_run(cfg, {"qr_code": cut}, [s], [alert()])
         assert ev.status is ActionStatus.FAILED and ev.detail, cfg
+
+
+def test_switches_dry_run_and_a_warn_with_nothing_configured(receiver: Receiver) -> None:
+    receiver.answers["/hook/"] = (200, "ok", 0.0)
+    hooks = {"http": [{"name": "hook", "url": f"{receiver.url}/hook/{{stream}}"}], "cut": "hook"}
+    rules = {"qr_code": rule(action="cut", auto=True), "contact_spam": rule(id="contact_spam", action="warn", auto=True)}
+    modes = (("on", "on"), ("dry", "dry_run"), ("off", "off"))
+    shows = [StreamConfig(id=sid, source="rtmp://h/live/x", actions=mode) for sid, mode in modes]
+    alerts = [alert(stream=s.id, id=i + 1) for i, s in enumerate(shows)] + [alert(stream="on", rule="contact_spam", id=9)]
+    evs = desk_run(hooks, rules, shows, alerts)
+    got = {(e.stream, e.action): (e.status, e.backend) for e in evs}
+    assert got == {
+        ("on", "cut"): (ActionStatus.DONE, "http:hook"),
+        ("dry", "cut"): (ActionStatus.DRY_RUN, "http:hook"),
+        ("off", "cut"): (ActionStatus.OFF, ""),
+        ("on", "warn"): (ActionStatus.DONE, ""),  # the event is the warning
+    }
+    assert [g["path"] for g in receiver.got] == ["/hook/on"]
+    receiver.got.clear()
+    evs = desk_run({**hooks, "dry_run": True}, rules, shows[:1], alerts[:1])  # the global dry run: nothing called
+    assert [e.status for e in evs] == [ActionStatus.DRY_RUN] and receiver.got == []
+
+
+def test_a_moderator_confirms_once_and_never_on_a_show_switched_off() -> None:
+    from streamwatch.errors import ActionRefused
+
+    calls: list[str] = []
+
+    async def caller(action: str, backend: str, *_a: Any) -> Any:
+        from streamwatch.outbound.actions import Outcome
+
+        calls.append(f"{action}:{backend}")
+        return Outcome(True, "live/x", "ok")
+
+    bus = Bus()
+    rules = {"qr_code": rule(action="cut"), "nudity": rule(id="nudity")}
+
+    async def go() -> list[str]:
+        desk = ActionDesk(ActionsConfig(), bus, lambda _s, r: rules.get(r), caller=caller)
+        desk.register(StreamConfig(id="s", source="rtmp://h/live/x"))
+        desk.register(StreamConfig(id="quiet", source="rtmp://h/live/q", actions="off"))
+        refused = []
+        for a in (alert(id=1), alert(id=2, stream="quiet"), alert(id=3, rule="nudity")):
+            await desk.on_alert(a)
+        done = await desk.confirm(alert(id=1), "mod-a")
+        assert done.status is ActionStatus.DONE and done.by == "mod-a" and not done.auto
+        assert desk.cuts == {"s": done.id}  # its outage will be the cut's
+        for a in (alert(id=1), alert(id=2, stream="quiet"), alert(id=3, rule="nudity")):
+            try:
+                await desk.confirm(a, "mod-b")
+            except ActionRefused as e:
+                refused.append(str(e))
+        return refused
+
+    refused = asyncio.run(go())
+    assert [(e.alert_id, e.status) for e in bus.events] == [(1, ActionStatus.PENDING), (2, ActionStatus.OFF), (1, ActionStatus.DONE)]
+    assert calls == ["cut:nginx"] and len(refused) == 3
+    assert "ran already" in refused[0] and "off" in refused[1] and "no action" in refused[2]

@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 from streamwatch.app import Daemon
 from streamwatch.config import load_settings
 from streamwatch.events.model import ActionEvent, ActionStatus, AlertEvent, Event, HealthEvent
+from streamwatch.report import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -127,6 +128,9 @@ def test_an_automatic_cut_drops_the_publisher_a_dry_run_and_a_show_switched_off_
     down = [h for h in of(evs, HealthEvent, "cut") if h.state is not None and h.state.value in ("stalled", "reconnecting")]
     assert down and all(h.caused_by == acts["cut"][0].id for h in down)
     assert not [a for a in alerts["cut"] if a.rule == "stream_outage"]
+    report = build_report("cut", evs, until=time.time())
+    assert [(p.kind, p.detail) for p in report.periods if p.kind in ("cut", "outage")] == [("cut", f"action #{acts['cut'][0].id}")]
+    assert report.outage_s == 0 and [a.status for a in report.actions] == [ActionStatus.DONE]
 
 
 def test_a_confirm_first_cut_runs_when_a_moderator_acts_over_the_websocket(
