@@ -275,7 +275,7 @@
         if (msg.ui) {  // the desk's defaults: its time zone, and its language unless this browser chose one
           const tzChanged = SW.tz !== msg.ui.timezone; SW.tz = msg.ui.timezone;
           if (!params.get("lang") && !localStorage.getItem("sw.lang.chosen") && msg.ui.language !== SW.lang) setLang(msg.ui.language, false);
-          else if (tzChanged) setLang(SW.lang, false);
+          else if (tzChanged) { state.alerts.forEach(renderRow); renderDetail(); }  // wall times in the show's zone
         }
         if (msg.role !== "moderator" && msg.role !== "admin") { setState("error", "conn_forbidden"); state.ws = null; ws.close(); return; }
         document.body.dataset.role = msg.role; $("who").textContent = msg.name + " (" + msg.role + ")";
