@@ -167,6 +167,8 @@ class Daemon:
             latest=self.latest.get,
             models_info=self.models_info,
             control=self if self.desired is not None else None,
+            actions=self.svc.actions,
+            ui=self.settings.ui,
         )
         await self.server.start()
 

@@ -248,7 +248,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
     from streamwatch.report import collect, render
 
     out, fmt = report_target(a.output, a.format, Path(a.stream))  # the format from --format or -o's extension
-    data_dir = a.data or load_settings(a.config).data_dir
+    settings = load_settings(a.config)
+    data_dir = a.data or settings.data_dir
     if not (data_dir / "events.sqlite3").is_file():
         raise EventsError(f"no event store in {data_dir} (events.sqlite3 not found)")
     store = EventStore(data_dir, retention_days=None, retention_mb=None)
@@ -262,7 +263,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
     if not inputs.events:
         window = f" between {a.start or 'the start'} and {a.end or 'the end'} (UTC)" if a.start or a.end else ""
         raise EventsError(f"no events for stream {a.stream!r}{window} in {data_dir} (streams: {known})")
-    text = render(inputs, fmt)
+    text = render(inputs, fmt, settings.ui)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")

@@ -199,7 +199,7 @@ def _analyze(a: argparse.Namespace, source: str, data: Path, out: Path, fmt: str
     alerts = [e for e in inputs.events if e.TYPE == "alert"]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(inputs, fmt), encoding="utf-8")
+        out.write_text(render(inputs, fmt, settings.ui), encoding="utf-8")
     except OSError as e:
         raise EventsError(f"cannot write the report to {out}: {e.strerror or e} (choose another place with -o)") from e
     kept = f"events and evidence frames kept in {data}" if a.data else "events not kept: add --data DIR to keep them"

@@ -22,6 +22,8 @@ from streamwatch.config_errors import env_names
 from streamwatch.config_errors import format_validation_error as format_validation_error  # (re-exported: policy, desired)
 from streamwatch.config_errors import locate_key as locate_key
 from streamwatch.errors import ConfigError
+from streamwatch.i18n import UIConfig
+from streamwatch.outbound.actions_config import ActionsConfig
 from streamwatch.outbound.config import MqttConfig, WebhookConfig
 
 
@@ -126,6 +128,13 @@ class StreamConfig(_Section):
     listen: Annotated[bool, Field(description="Be the RTMP endpoint a publisher pushes to.")] = False
     every_s: Annotated[float | None, Field(gt=0, description="Override sampling.every_s for this stream.")] = None
     policy: Annotated[Path | None, Field(description="Policy file for this stream (default: analysis.policy).")] = None
+    actions: Annotated[
+        Literal["on", "dry_run", "off"], Field(description="This show's switch for actions on the stream (cut, warn, HTTP actions).")
+    ] = "on"
+    publisher: Annotated[
+        str | None,
+        Field(pattern=r"^[^/\s]+/[^/\s]+$", description="app/name the publisher uses on the origin (default: from an rtmp:// source)."),
+    ] = None
 
 
 def default_policy() -> Path:
@@ -389,6 +398,10 @@ class Settings(BaseSettings):
     cluster: Annotated[ClusterConfig, Field(description="Cluster mode on NATS JetStream (off by default).")] = ClusterConfig()
     webhooks: Annotated[list[WebhookConfig], Field(description="Signed webhook endpoints events are delivered to (durable outbox).")] = []
     mqtt: Annotated[MqttConfig, Field(description="MQTT publishing of events and stream states (off unless host is set).")] = MqttConfig()
+    actions: Annotated[ActionsConfig, Field(description="Actions on the stream: cut (nginx-rtmp, SRS), warn, HTTP actions.")] = (
+        ActionsConfig()
+    )
+    ui: Annotated[UIConfig, Field(description="Language and time zone of alert texts, health texts and reports.")] = UIConfig()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Settings:

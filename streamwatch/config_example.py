@@ -39,6 +39,10 @@ _EXAMPLES: dict[str, Any] = {
     "ingest.max_retries": 10,
     "streams.every_s": 2.0,
     "streams.policy": "models/policy.toml",
+    "streams.publisher": "live/show",
+    "actions.warn": "ban_room",
+    "actions.nginx.url": "http://127.0.0.1:8080/control",
+    "actions.srs.url": "http://127.0.0.1:1985",
     "server.api_port": 8766,
     "server.allowed_origins": ["http://127.0.0.1:8765"],
     "analysis.encoder.path": "models/encoders/clip-vit-base-patch32",
@@ -65,6 +69,17 @@ _TABLES: dict[str, tuple[list[dict[str, Any]], bool]] = {
     "vlm.questions": ([{"id": "exposure", "question": "Is anyone shown with exposed private parts?", "kind": "bool"}], False),
     "webhooks": (
         [{"name": "backend", "url": "https://backend.example.com/streamwatch", "secret": "env:STREAMWATCH_WEBHOOK_SECRET"}],
+        False,
+    ),
+    "actions.http": (
+        [
+            {
+                "name": "ban_room",
+                "url": "https://platform.example/api/rooms/{name}/ban",
+                "body": '{"room": {name}, "reason": {message}, "alert": {alert_id}}',
+                "secret_env": "PLATFORM_API_TOKEN",
+            }
+        ],
         False,
     ),
 }

@@ -40,6 +40,8 @@ Tree::
     ├── ServerError                           WebSocket / HTTP server
     ├── OutboundError                         webhooks, MQTT: what leaves the process for other systems
     │   └── DeliveryFailed (ConnectionError)  a receiver was unreachable, too slow, or answered non-2xx
+    ├── ActionError                           actions on the stream (cut, warn, HTTP actions)
+    │   └── ActionRefused (ValueError)        an action that cannot run (no action for the alert, done already)
     └── ClusterError                          cluster mode: NATS / JetStream
         └── LeaseLost                         a stream lease could not be renewed: the stream stops at once
 """
@@ -184,6 +186,14 @@ class OutboundError(StreamwatchError):
 
 class DeliveryFailed(OutboundError, ConnectionError):
     """A webhook receiver was unreachable, did not answer within the timeout, or answered non-2xx."""
+
+
+class ActionError(StreamwatchError):
+    """An action on the stream failed: the origin server's API unreachable, refusing, or timing out."""
+
+
+class ActionRefused(ActionError, ValueError):
+    """An action that cannot run: its alert's rule has none, it already ran, or the show's switch is off."""
 
 
 class ClusterError(StreamwatchError):

@@ -71,7 +71,8 @@ rtmp {{ server {{ listen 127.0.0.1:{rtmp}; chunk_size 4096;
 http {{ access_log {d}/access.log; client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
   fastcgi_temp_path {d}/tmp/fastcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
   types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}
-  server {{ listen 127.0.0.1:{http}; location /hls/ {{ root {d}; add_header Cache-Control no-cache; }} }} }}
+  server {{ listen 127.0.0.1:{http}; location /hls/ {{ root {d}; add_header Cache-Control no-cache; }}
+    location /control {{ rtmp_control all; }} }} }}
 """
 
 
@@ -86,6 +87,11 @@ class Nginx:
 
     def hls(self, name: str) -> str:
         return f"http://127.0.0.1:{self.http_port}/hls/{name}.m3u8"
+
+    @property
+    def control(self) -> str:
+        """nginx-rtmp's control module (drop / redirect / record)."""
+        return f"http://127.0.0.1:{self.http_port}/control"
 
 
 def start_nginx(d: Path) -> tuple[Nginx, subprocess.Popen[bytes]]:

@@ -159,7 +159,8 @@ def test_qr_offsite_and_detector_rules() -> None:
             Detection("nudity", "BUTTOCKS_EXPOSED", 0.3, None)]  # fmt: skip
     hits = eng.evaluate(fa(3, *nude))
     assert [(a.rule, a.key, a.severity.value) for a in hits] == [("exposure", "FEMALE_BREAST_EXPOSED", "critical")]
-    assert hits[0].message == "Exposure: FEMALE_BREAST_EXPOSED (80%)"
+    assert hits[0].message == "暴露：FEMALE_BREAST_EXPOSED（80%）"  # the desk's language: zh by default
+    assert RuleEngine(eng.policy, "en").evaluate(fa(3, *nude))[0].message == "Exposure: FEMALE_BREAST_EXPOSED (80%)"
 
 
 def test_health_rules_fire_once_when_the_condition_has_lasted() -> None:
@@ -169,7 +170,7 @@ def test_health_rules_fire_once_when_the_condition_has_lasted() -> None:
     assert eng.tick("s1", t0 + 2) == []
     assert eng.tick("s1", t0 + 0.1, offset=12) == []  # stream time when given (a file analysed fast)
     hit = eng.tick("s1", t0 + 0.2, offset=13.5)
-    assert [(off, a.rule, a.message) for off, a in hit] == [(10, "stream_black", "Picture black since 00:00:10 (at least 3s so far)")]
+    assert [(off, a.rule, a.message) for off, a in hit] == [(10, "stream_black", "自 00:00:10 起黑屏（已至少 3 秒）")]
     assert eng.tick("s1", t0 + 10) == []  # once per period
     eng.on_health(HealthEvent(stream="s1", at=t0 + 12, offset=22, kind=HealthKind.BLACK, active=False, duration_s=12))
     eng.on_health(HealthEvent(stream="s1", at=t0 + 20, offset=30, kind=HealthKind.STATE, state=StreamState.STALLED))

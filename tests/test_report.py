@@ -17,6 +17,7 @@ from skimage import data as skdata
 from streamwatch.cli import main
 from streamwatch.events.model import Evidence, HealthKind, ReplyEvent, ReviewAction, ReviewEvent, Severity, StreamState
 from streamwatch.events.store import EventStore
+from streamwatch.i18n import UIConfig
 from streamwatch.report import build_report, collect, render
 
 T0 = 1_790_000_000.0  # 2026-09-21T...Z
@@ -63,8 +64,9 @@ def test_report_summary_periods_and_reviews(tmp_path: Path) -> None:
 
 def test_html_report_is_self_contained(tmp_path: Path) -> None:
     store = seed(tmp_path)
-    html = render(collect(store, "show"), "html")
-    assert "<svg" in html and html.count("<circle") == 3  # one dot per alert on the timeline
+    html = render(collect(store, "show"), "html", UIConfig(language="en", timezone="UTC"))  # (Chinese by default: test_report_desk.py)
+    svg = re.search(r"<svg.*?</svg>", html, re.S)
+    assert svg and re.sub(r"<g class=\"legend\">.*?</g>", "", svg.group(0)).count("<circle") == 3  # one dot per alert
     assert "data:image/jpeg;base64," in html  # evidence embedded, no external file
     assert not re.search(r"""(src|href)=["']https?://""", html)  # no CDN, nothing remote
     rows = re.findall(r"<tr data-id='(\d+)'>(.*?)</tr>", html, re.S)

@@ -84,7 +84,8 @@ def test_handshake_refused_without_or_with_a_wrong_token(tmp_path: Path) -> None
                     await connect(url, additional_headers=headers)
                 assert e.value.response.status_code == status
             ws, h = await hello(base, additional_headers={"Authorization": f"Bearer {TOKENS['admin']}", "Origin": "http://obs.local"})
-            assert h == {"v": 1, "type": "hello", "role": "admin", "name": "admin-client", "last_id": 0, "limits": h["limits"]}
+            assert h == {"v": 1, "type": "hello", "role": "admin", "name": "admin-client", "last_id": 0, "limits": h["limits"],
+                         "ui": {"language": "zh", "timezone": "Asia/Shanghai"}}  # fmt: skip
             await ws.close()
 
         asyncio.run(go())

@@ -89,7 +89,7 @@ def test_offset_zero_is_the_first_frame_and_a_stop_on_purpose_is_ended(nginx: Ng
     assert black and abs(black[0].offset - 3.0) <= 1.0, [(e.describe(), e.offset) for e in health]
     alerts = [e for e in events if isinstance(e, AlertEvent) and e.rule == "stream_black"]
     assert len(alerts) == 1 and abs(alerts[0].offset - 3.0) <= 1.0
-    assert alerts[0].message == f"Picture black since 00:00:0{int(alerts[0].offset)} (at least 3s so far)"
+    assert alerts[0].message == f"自 00:00:0{int(alerts[0].offset)} 起黑屏（已至少 3 秒）"  # the desk's language: zh by default
     states = [e.state for e in health if e.state is not None]
     assert states[-1] is StreamState.ENDED
     report = build_report("show", events, until=time.time())
@@ -172,7 +172,7 @@ def test_a_session_survives_kill_9_and_the_unwatched_window_is_a_monitoring_gap(
     assert 8 <= (gap.duration_s or 0) <= 8 + 4 + 30  # kill → restart, bounded by the 3 s heartbeat and start-up
     assert gap.offset >= 8 and gap.offset <= before + 0.1 and gap.at - (gap.duration_s or 0) <= killed_at
     alerts = [e for e in events if isinstance(e, AlertEvent) and e.rule == "monitoring_gap"]
-    assert len(alerts) == 1 and abs(alerts[0].offset - gap.offset) < 0.01 and f"for {gap.duration_s:.1f}s" in alerts[0].message
+    assert len(alerts) == 1 and abs(alerts[0].offset - gap.offset) < 0.01 and f"起 {gap.duration_s:.1f} 秒无人监看" in alerts[0].message
     after = [e.offset for e in events if e.id > gap.id and isinstance(e, HealthEvent)]
     assert after and min(after) >= gap.offset  # one timeline: offsets continue, they do not restart at 0
     lives = [e for e in events if isinstance(e, HealthEvent) and e.state is StreamState.LIVE and e.id > gap.id]

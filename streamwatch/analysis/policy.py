@@ -16,6 +16,7 @@ from streamwatch.analysis.text import WordList, WordListError, parse_t2s
 from streamwatch.config import format_validation_error, locate_key
 from streamwatch.errors import PolicyError
 from streamwatch.events.model import Severity
+from streamwatch.i18n import LANGS, Lang
 
 
 class _Strict(BaseModel):
@@ -48,12 +49,20 @@ class When(_Strict):
         return self
 
 
+class Messages(_Strict):
+    """An alert text in both languages of the desk (``message = { zh = "…", en = "…" }``)."""
+
+    zh: Annotated[str, Field(min_length=1, description="Simplified Chinese.")]
+    en: Annotated[str, Field(min_length=1, description="English.")]
+
+
 class RuleSpec(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", description="Rule id (in alerts and reports).")]
     when: When
     severity: Severity
     message: Annotated[
-        str, Field(min_length=1, description="Alert text; {text} {label} {payload} {confidence} {duration} {rule} {started} {min_s}.")
+        str | Messages,
+        Field(description="Alert text, or {zh, en}; {text} {label} {payload} {confidence} {duration} {rule} {started} {min_s}."),
     ]
     cooldown_s: Annotated[float, Field(ge=0, description="No repeat for the same evidence while it persists or within this time.")] = 60.0
     escalate: Annotated[bool, Field(description="Send to the VLM tier for a second opinion when one is configured.")] = False
@@ -62,6 +71,23 @@ class RuleSpec(_Strict):
         Field(description="What integrations are told to do (webhooks); unset = block for critical/high, else review."),
     ] = None
     category: Annotated[str | None, Field(description="Category for integrations (unset = the trigger: detector, word list, qr…).")] = None
+    action: Annotated[
+        str | None, Field(pattern=r"^[a-z0-9_]+$", description="Action on the stream when it fires: cut, warn or an [[actions.http]] name.")
+    ] = None
+    auto: Annotated[bool, Field(description="Run the action at once; false: after a moderator confirms it (console button, key x).")] = (
+        False
+    )
+
+    def text(self, lang: Lang) -> str:
+        """The message template in ``lang`` (a plain string is the same in every language)."""
+        m = self.message
+        return m if isinstance(m, str) else getattr(m, lang)
+
+    @model_validator(mode="after")
+    def _message(self) -> RuleSpec:
+        if isinstance(self.message, str) and not self.message:
+            raise ValueError("message must not be empty")
+        return self
 
 
 class PolicySpec(_Strict):
@@ -98,12 +124,13 @@ def _check_templates(spec: PolicySpec, text: str, where: str) -> None:
     for i, r in enumerate(spec.rule):
         if ids.count(r.id) > 1:
             raise PolicyError(f"{where}: rule id {r.id!r} is used twice")
-        try:
-            r.message.format(**TEMPLATE_FIELDS)
-        except (KeyError, IndexError, ValueError) as e:
-            line = locate_key(text, ("rule", i, "message"))
-            at = f" (line {line})" if line else ""
-            raise PolicyError(f"{where}: rule {r.id!r} message{at}: unknown or bad placeholder {e}") from e
+        for lang in LANGS:
+            try:
+                r.text(lang).format(**TEMPLATE_FIELDS)
+            except (KeyError, IndexError, ValueError) as e:
+                line = locate_key(text, ("rule", i, "message"))
+                at = f" (line {line})" if line else ""
+                raise PolicyError(f"{where}: rule {r.id!r} message{at}: unknown or bad placeholder {e}") from e
         for name in (r.when.ocr, r.when.allow):
             if name is not None and name not in spec.lists:
                 raise PolicyError(f"{where}: rule {r.id!r} uses word list {name!r}, which [lists] does not define")

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 from streamwatch.analysis.model import AlertDraft, Detection, FrameAnalysis
 from streamwatch.analysis.policy import Policy, RuleSpec
-from streamwatch.analysis.text import normalize
+from streamwatch.analysis.text import Match, normalize
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
+from streamwatch.i18n import Lang
 
 _DEFAULTS: dict[str, object] = {"text": "", "label": "", "payload": "", "confidence": 1.0, "duration": 0.0, "started": "", "min_s": 0}
 
@@ -32,8 +33,14 @@ class _Fields(dict[str, object]):
         return _DEFAULTS.get(key, "")
 
 
-def _message(rule: RuleSpec, **values: object) -> str:
-    return rule.message.format_map(_Fields(rule=rule.id, **values))
+def _message(rule: RuleSpec, lang: Lang, **values: object) -> str:
+    return rule.text(lang).format_map(_Fields(rule=rule.id, **values))
+
+
+def shown(m: Match) -> str:
+    """What a moderator sees for a word-list hit: the list's word, or for a ``re:`` pattern the text it matched
+    (never the pattern)."""
+    return m.found if m.entry.startswith("re:") else m.entry
 
 
 def qr_domain(payload: str) -> str | None:
@@ -77,6 +84,7 @@ class RuleEngine:
     """Evaluates a policy on frame analyses and health; keeps cooldown and health state per stream."""
 
     policy: Policy
+    language: Lang = "zh"  # of alert texts written in both languages
     _last_seen: dict[tuple[str, str, str], float] = field(default_factory=dict)
     _periods: dict[tuple[str, str], _Period] = field(default_factory=dict)
 
@@ -144,7 +152,7 @@ class RuleEngine:
             AlertDraft(
                 rule.id,
                 rule.severity,
-                _message(rule, label=d.label, confidence=d.confidence),
+                _message(rule, self.language, label=d.label, confidence=d.confidence),
                 d.confidence,
                 _kind(d, "detection"),
                 d.label,
@@ -165,7 +173,7 @@ class RuleEngine:
             AlertDraft(
                 rule.id,
                 rule.severity,
-                _message(rule, label=best.label, confidence=best.confidence, text=best.text or ""),
+                _message(rule, self.language, label=best.label, confidence=best.confidence, text=best.text or ""),
                 best.confidence,
                 "encoder",
                 best.label,
@@ -191,11 +199,11 @@ class RuleEngine:
                 continue
             key = hits[0].entry
             conf = det.confidence if det else min(d.confidence for d in usable)
-            labels = tuple(dict.fromkeys(m.entry for m in hits))
+            labels = tuple(dict.fromkeys(shown(m) for m in hits))
             found[key] = AlertDraft(
                 rule.id,
                 rule.severity,
-                _message(rule, text=text, label=key, confidence=conf),
+                _message(rule, self.language, text=text, label=labels[0], confidence=conf),
                 conf,
                 _kind(det, "ocr") if det else _kind(usable[0], "ocr"),
                 key,
@@ -219,7 +227,7 @@ class RuleEngine:
                 AlertDraft(
                     rule.id,
                     rule.severity,
-                    _message(rule, payload=payload, text=payload, confidence=d.confidence),
+                    _message(rule, self.language, payload=payload, text=payload, confidence=d.confidence),
                     d.confidence,
                     "qr",
                     payload,
@@ -243,9 +251,10 @@ class RuleEngine:
                 self._periods.pop(key, None)
         elif ev.kind is HealthKind.STATE and ev.state is not None:
             key = (ev.stream, "outage")
-            if ev.state in (StreamState.STALLED, StreamState.RECONNECTING):
+            if ev.state in (StreamState.STALLED, StreamState.RECONNECTING) and ev.caused_by is None:
                 self._periods.setdefault(key, _Period(ev.at, ev.offset))
-            elif ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED):
+            elif ev.caused_by is not None or ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED):
+                # (a cut's outage is on purpose: no "stream down" alert)
                 self._periods.pop(key, None)
         elif ev.kind is HealthKind.MONITORING_GAP:
             self._periods[(ev.stream, "monitoring_gap")] = _Period(ev.at, ev.offset, closed=ev.duration_s or 0.0)
@@ -277,7 +286,7 @@ class RuleEngine:
                 draft = AlertDraft(
                     rule.id,
                     rule.severity,
-                    _message(rule, duration=round(lasted, 1), label=cond, **fields),
+                    _message(rule, self.language, duration=round(lasted, 1), label=cond, **fields),
                     1.0,
                     "health",
                     cond,

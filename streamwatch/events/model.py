@@ -147,33 +147,17 @@ class HealthEvent(Event):
     duration_s: float | None = None
     reason: str = ""
     attempt: int = 0
+    caused_by: int | None = None  # id of the action event (a cut) this outage follows: on purpose, not a fault
 
     def __post_init__(self) -> None:
         if self.reason:
             object.__setattr__(self, "reason", mask_text(self.reason))
 
-    def describe(self) -> str:
-        if self.kind is HealthKind.STATE and self.state is not None:
-            text = self.state.value
-            if self.gap_s is not None:
-                text += f" again after {self.gap_s:.1f}s"
-        elif self.kind is HealthKind.CONFIG:
-            text = "configuration"
-        elif self.kind is HealthKind.MONITORING_GAP:
-            text = f"monitoring gap of {self.duration_s or 0.0:.1f}s"
-        elif self.kind is HealthKind.ANALYSIS:
-            text = "analysis failing" if self.active else "analysis works again"
-        elif self.kind is HealthKind.MODEL:
-            text = "model switch" if self.active is None else "model failing" if self.active else "model works again"
-        else:
-            text = f"{self.kind.value} {'started' if self.active else 'ended'}"
-            if self.duration_s is not None:
-                text += f" after {self.duration_s:.1f}s"
-        if self.attempt:
-            text += f" (attempt {self.attempt})"
-        if self.reason:
-            text += f": {self.reason}"
-        return text
+    def describe(self, lang: str = "en") -> str:
+        """What it says, for people: English (logs, the CLI) or the desk's ``zh`` (:mod:`streamwatch.i18n`)."""
+        from streamwatch.i18n import describe_health
+
+        return describe_health(self, "zh" if lang == "zh" else "en")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +232,33 @@ class ReviewEvent(Event):
     note: str = ""
 
 
+class ActionStatus(enum.Enum):
+    """Where an action on the stream stands."""
+
+    PENDING = "pending"  # waits for a moderator's confirmation (console button / key, ``act`` message)
+    DONE = "done"  # the origin server did it
+    FAILED = "failed"  # the call failed or the origin refused (``detail`` says why)
+    DRY_RUN = "dry_run"  # what would have been called, not called (``actions.dry_run`` or the show's switch)
+    OFF = "off"  # actions are switched off for this show: nothing called
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEvent(Event):
+    """An action on the stream (cut, warn, a named HTTP action) asked for by a rule or a moderator."""
+
+    TYPE: ClassVar[str] = "action"
+
+    alert_id: int  # the alert that asked for it
+    rule: str
+    action: str  # cut | warn | the name of an [[actions.http]] entry
+    status: ActionStatus
+    by: str  # "policy" (automatic) or the moderator's token name
+    backend: str = ""  # nginx | srs | http:<name> | "" (recorded only)
+    target: str = ""  # what was acted on (app/name on the origin, or the URL called)
+    detail: str = ""  # the origin's answer or the error
+    auto: bool = False  # run without a moderator's confirmation
+
+
 class Vote(enum.Enum):
     UP = "up"
     DOWN = "down"
@@ -286,5 +297,16 @@ class SceneEvent(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (AlertEvent, HealthEvent, ReplyEvent, RejectedEvent, AnswerEvent, ReviewEvent, SceneEvent, FeedbackEvent)
+    cls.TYPE: cls
+    for cls in (
+        AlertEvent,
+        HealthEvent,
+        ReplyEvent,
+        RejectedEvent,
+        AnswerEvent,
+        ReviewEvent,
+        SceneEvent,
+        FeedbackEvent,
+        ActionEvent,
+    )
 }

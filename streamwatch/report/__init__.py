@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from streamwatch.errors import EventsError
 from streamwatch.events.model import AlertEvent, Event, SceneEvent
 from streamwatch.events.store import EventStore
+from streamwatch.i18n import UIConfig
 from streamwatch.report.build import Report, build_report, hms
 from streamwatch.report.html import render_html
 from streamwatch.report.tabular import render_csv, render_json
@@ -54,10 +55,11 @@ def collect(
     return ReportInputs(stream, events, images, end if end is not None else time.time(), summary)
 
 
-def render(inputs: ReportInputs, fmt: str) -> str:
+def render(inputs: ReportInputs, fmt: str, ui: UIConfig | None = None) -> str:
+    """The report as html (in ``ui``'s language and time zone; default: Chinese, Asia/Shanghai), json or csv."""
     if fmt not in FORMATS:
         raise EventsError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
     report = build_report(inputs.stream, inputs.events, inputs.until)
     if fmt == "html":
-        return render_html(report, inputs.images, inputs.summary)
+        return render_html(report, inputs.images, inputs.summary, ui)
     return render_json(report) if fmt == "json" else render_csv(report)

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from streamwatch.events.model import (
+    ActionEvent,
     AlertEvent,
     AnswerEvent,
     Event,
@@ -34,7 +35,7 @@ def hms(offset: float) -> str:
 class Period:
     """A stretch of stream time: an outage, a black or a frozen picture."""
 
-    kind: str  # outage | black | frozen | monitoring_gap | analysis_failing (frames skipped: their analysis failed)
+    kind: str  # outage | cut (the outage an action made: on purpose) | black | frozen | monitoring_gap | analysis_failing
     start: float  # stream offset, seconds
     duration: float | None  # open ones: up to the report's end (None without one)
     detail: str = ""
@@ -85,6 +86,7 @@ class Report:
     model_health: tuple[HealthEvent, ...] = ()  # the VLM tier failing (active) or working again (health kind "model")
     models: dict[str, int] = field(default_factory=dict)  # which model produced replies, answers, VLM alerts, scenes
     feedback: dict[str, dict[str, int]] = field(default_factory=dict)  # "model / persona" → replies, up, down, report
+    actions: tuple[ActionEvent, ...] = ()  # actions on the stream (cut, warn, …): asked, and what came of them
 
     @property
     def outages(self) -> tuple[Period, ...]:
@@ -148,6 +150,7 @@ def build_report(stream: str, events: list[Event], until: float | None = None) -
         model_health=tuple(e for e in health if e.kind is HealthKind.MODEL and e.active is not None),
         models=dict(Counter(m for m in map(_model_of, mine) if m).most_common()),
         feedback=reply_feedback(mine),
+        actions=tuple(e for e in mine if isinstance(e, ActionEvent)),
     )
 
 
@@ -177,6 +180,14 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
     down_since: HealthEvent | None = None
     open_: dict[HealthKind, HealthEvent] = {}
 
+    def down(began: HealthEvent) -> tuple[str, str]:
+        """An outage's kind and detail: ``cut`` when an action made it (not a fault)."""
+        return ("cut", f"action #{began.caused_by}") if began.caused_by is not None else ("outage", began.reason)
+
+    def closed(began: HealthEvent, length: float) -> Period:
+        kind, detail = down(began)
+        return Period(kind, began.offset, round(length, 3), detail)
+
     def still_open(kind: str, began: HealthEvent, detail: str = "") -> Period:
         so_far = None if until is None else round(max(0.0, until - began.at), 3)
         return Period(kind, began.offset, so_far, detail, open=True)
@@ -185,7 +196,7 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
     for e in health:
         if e.kind is HealthKind.STATE and e.state is StreamState.UNWATCHED:
             if down_since is not None:  # what the source did from here is not known
-                out.append(Period("outage", down_since.offset, round(max(0.0, e.offset - down_since.offset), 3), down_since.reason))
+                out.append(closed(down_since, max(0.0, e.offset - down_since.offset)))
                 down_since = None
             unwatched = unwatched or e
         elif e.kind is HealthKind.STATE and e.state is not None:
@@ -196,10 +207,10 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
                 down_since = e
             elif e.state is StreamState.LIVE and down_since is not None:
                 gap = e.gap_s if e.gap_s is not None else e.offset - down_since.offset
-                out.append(Period("outage", down_since.offset, round(gap, 3), down_since.reason))
+                out.append(closed(down_since, gap))
                 down_since = None
             elif e.state in (StreamState.STOPPED, StreamState.ENDED) and down_since is not None:
-                out.append(Period("outage", down_since.offset, round(e.offset - down_since.offset, 3), down_since.reason))
+                out.append(closed(down_since, e.offset - down_since.offset))
                 down_since = None
         elif e.kind is HealthKind.MONITORING_GAP:
             unwatched = None  # the next owner's gap measures the unwatched window exactly
@@ -215,7 +226,8 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
                     Period(_PERIOD.get(e.kind, e.kind.value), start, e.duration_s if e.duration_s is not None else e.offset - start, detail)
                 )
     if down_since is not None:
-        out.append(still_open("outage", down_since, down_since.reason))
+        kind, detail = down(down_since)
+        out.append(still_open(kind, down_since, detail))
     if unwatched is not None:
         out.append(still_open("monitoring_gap", unwatched, unwatched.reason))
     out.extend(still_open(_PERIOD.get(k, k.value), e, e.reason if k is HealthKind.ANALYSIS else "") for k, e in open_.items())

@@ -41,6 +41,8 @@ def report_dict(r: Report) -> dict[str, Any]:
             "model_failures": sum(1 for e in r.model_health if e.active),
             "by_model": r.models,
             "reply_feedback": r.feedback,
+            "actions": len(r.actions),
+            "cuts": sum(1 for p in r.periods if p.kind == "cut"),
         },
         "periods": [
             {
@@ -62,6 +64,7 @@ def report_dict(r: Report) -> dict[str, Any]:
             }
             for row in r.alerts
         ],
+        "actions": [{**to_dict(a), "offset_hms": hms(a.offset)} for a in r.actions],
         "scenes": [
             {"offset_s": round(sc.offset, 3), "offset_hms": hms(sc.offset), "tags": list(sc.tags), "model": sc.model} for sc in r.scenes
         ],

@@ -14,9 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from streamwatch.analysis.policy import load_policy
+from streamwatch.analysis.policy import RuleSpec, load_policy
 from streamwatch.analysis.rules import RuleEngine
 from streamwatch.errors import PolicyError
+from streamwatch.i18n import Lang
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,16 @@ def file_stamps(paths: list[Path]) -> list[tuple[int, int] | None]:
 class Engines:
     """``default``: ``analysis.policy``. Blocking loads run in the default executor."""
 
-    def __init__(self, default: Path) -> None:
+    def __init__(self, default: Path, language: Lang = "zh") -> None:
         self.default = default
+        self.language = language
         self.engines: dict[Path, RuleEngine] = {}
         self.stream_policy: dict[str, Path] = {}
         self._files: dict[Path, tuple[list[Path], list[tuple[int, int] | None]]] = {}
+
+    def rule_of(self, stream: str, rule: str) -> RuleSpec | None:
+        """The rule ``rule`` of the policy ``stream`` uses now (None when it has no such rule)."""
+        return next((r for r in self.engine_for(stream).policy.rules if r.id == rule), None)
 
     async def load(self, path: Path) -> RuleEngine:
         """The engine of ``path``, loading the file the first time. Raises PolicyError."""
@@ -62,7 +68,7 @@ class Engines:
         if engine is None:
             loop = asyncio.get_running_loop()
             policy = await loop.run_in_executor(None, load_policy, path)
-            engine = self.engines.setdefault(path, RuleEngine(policy))
+            engine = self.engines.setdefault(path, RuleEngine(policy, self.language))
             files = policy_files(path)
             self._files[path] = (files, await loop.run_in_executor(None, file_stamps, files))
         return engine

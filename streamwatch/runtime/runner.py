@@ -85,6 +85,8 @@ class StreamRunner:
     async def run(self) -> None:
         svc, cfg = self.svc, self.cfg
         self.pipeline = pipeline = build_pipeline(cfg, svc.settings)
+        if svc.actions is not None:
+            svc.actions.register(cfg)
         live = pipeline.reader.spec.live
         keeper = self._session = self.keeper if live else None
         if keeper is not None:
@@ -317,8 +319,10 @@ class StreamRunner:
         loop = asyncio.get_running_loop()
         events = await loop.run_in_executor(None, lambda: build_alerts(drafts, fa, image, svc.store, late=late))
         for ev in events:
-            await svc.bus.publish(ev)
+            stored = await svc.bus.publish(ev)
             svc.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
+            if svc.actions is not None:  # the rule's action: pending for a moderator, or run now
+                await svc.actions.on_alert(dataclasses.replace(ev, id=stored.id))
         if events and self._session is not None and self.pipeline is not None:  # the cooldowns reach the next owner now
             await self._session.beat(self.pipeline.reader.session_start, self.pipeline.reader.offset_now(), force=True)
 

@@ -26,6 +26,7 @@ from streamwatch.analysis.search import FrameSearch
 from streamwatch.config import Settings
 from streamwatch.events.model import Event, HealthEvent, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
+from streamwatch.outbound.actions import ActionDesk
 from streamwatch.runtime.model_health import ModelHealth, ModelWatch, router_snapshot
 from streamwatch.runtime.policies import Engines
 from streamwatch.server.metrics import Metrics
@@ -81,15 +82,20 @@ class StreamServices:
     offsets: dict[str, float] = field(default_factory=dict)  # latest offset per stream
     states: dict[str, StreamState] = field(default_factory=dict)  # the last state published per stream
     latest: dict[str, AnalyzedFrame] = field(default_factory=dict)  # last analysed frame per stream (live Q&A)
+    actions: ActionDesk | None = None  # actions on the stream that alerts ask for (None: none run here)
 
     async def publish_health(self, ev: HealthEvent) -> None:
         """Publish ``ev`` of a running stream: its state becomes the stream's last, its rules see it first."""
+        if self.actions is not None:  # the outage a cut made is marked as caused by it
+            ev = self.actions.attribute(ev)
         if ev.state is not None:
             self.states[ev.stream] = ev.state
         self.engines.engine_for(ev.stream).on_health(ev)
         await self.bus.publish(ev)
 
     async def close(self) -> None:
+        if self.actions is not None:
+            await self.actions.close()
         await self.cascade.close()
         await self.router.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -113,7 +119,7 @@ async def build_services(
     s = settings
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(s.analysis.threads or os.cpu_count() or 2, thread_name_prefix="analysis")
-    engines = Engines(s.analysis.policy)
+    engines = Engines(s.analysis.policy, s.ui.language)
     await engines.load(s.analysis.policy)
     for c in s.streams:  # a bad policy of a configured stream fails at start, as before
         await engines.assign(c.id, c.policy)
@@ -166,6 +172,7 @@ async def build_services(
         s.vlm.pending_per_stream, s.vlm.compliance_every_s, on_drop=lambda _sid: metrics.queue_drops.labels("vlm").inc()
     )
     search = FrameSearch(tier.encoder, store) if tier is not None else None
+    actions = ActionDesk(s.actions, bus, engines.rule_of)
     return StreamServices(
         settings=s,
         pool=pool,
@@ -180,4 +187,5 @@ async def build_services(
         persona=persona,
         search=search,
         models_watch=watch,
+        actions=actions,
     )

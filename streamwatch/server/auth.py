@@ -17,22 +17,23 @@ CHANNELS: dict[str, frozenset[str]] = {
     "reviews": frozenset({"review"}),
     "scenes": frozenset({"scene"}),
     "feedback": frozenset({"feedback"}),
+    "actions": frozenset({"action"}),
 }
 
 # Event types each role may receive.
 VISIBLE: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset({"reply"}),
-    Role.MODERATOR: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene", "feedback"}),
+    Role.MODERATOR: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene", "feedback", "action"}),
     Role.SUBMITTER: frozenset({"reply", "rejected"}),
-    Role.ADMIN: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene", "feedback"}),
+    Role.ADMIN: frozenset({"alert", "health", "reply", "rejected", "answer", "review", "scene", "feedback", "action"}),
 }
 
 # Client message types each role may send (subscribe and ping are always allowed).
 ACTIONS: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset(),
-    Role.MODERATOR: frozenset({"ack", "ask", "feedback"}),
+    Role.MODERATOR: frozenset({"ack", "ask", "feedback", "act"}),
     Role.SUBMITTER: frozenset({"submit", "feedback"}),
-    Role.ADMIN: frozenset({"ack", "ask", "submit", "switch_model", "feedback", "add_stream", "remove_stream", "list_streams"}),
+    Role.ADMIN: frozenset({"ack", "act", "ask", "submit", "switch_model", "feedback", "add_stream", "remove_stream", "list_streams"}),
 }
 
 

@@ -16,6 +16,7 @@ from streamwatch.config import Role
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import AlertEvent, Evidence, FeedbackEvent, ReplyEvent, Severity, Vote
 from streamwatch.events.store import StoredEvent
+from streamwatch.i18n import Lang, t
 from streamwatch.server.auth import Principal
 from streamwatch.server.protocol import FeedbackMsg, ProtocolError
 
@@ -26,7 +27,8 @@ Voter = tuple[int, str, str]  # reply id, token name, user
 class VoteBook:
     """The votes already cast (seeded from the store on first use)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lang: Lang = "zh") -> None:
+        self.lang = lang  # of the alert a reported reply raises
         self._seen: set[Voter] | None = None
         self._lock = asyncio.Lock()
 
@@ -66,10 +68,10 @@ class VoteBook:
         )  # fmt: skip
         alert = None
         if msg.vote is Vote.REPORT:
-            who_text = f"{msg.user} (via {who.name})" if msg.user else who.name
+            who_text = t("alert.via", self.lang, user=msg.user, token=who.name) if msg.user else who.name
             alert = AlertEvent(
                 stream=target.stream, at=now, offset=target.offset, rule=REPORT_RULE, severity=Severity.MEDIUM,
-                message=f"Persona reply reported by {who_text}: {target.text[:80]}" + (f" — {msg.note}" if msg.note else ""),
+                message=t("alert.reply_reported", self.lang, who=who_text, text=target.text[:80]) + (f" — {msg.note}" if msg.note else ""),
                 confidence=1.0, evidence=Evidence(kind="feedback", text=target.text, frame=target.image, labels=(target.model,)),
             )  # fmt: skip
         return vote, alert

@@ -13,7 +13,7 @@ import logging
 import mimetypes
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -25,6 +25,7 @@ from streamwatch.config import Role
 from streamwatch.errors import StreamwatchError
 from streamwatch.events.codec import parse_iso
 from streamwatch.events.store import EventStore
+from streamwatch.i18n import LANGS, UIConfig
 from streamwatch.outbound.signing import EVIDENCE_PREFIX, evidence_allowed
 from streamwatch.report import collect, render
 from streamwatch.server import console
@@ -70,6 +71,7 @@ class HttpContext:
     # token name → whether it may make one more HTTP request now (per-token rate limit)
     http_allow: Callable[[str], bool] | None = None
     now: Callable[[], float] | None = None  # monotonic clock of the limits
+    ui: UIConfig = field(default_factory=UIConfig)  # the report's language and time zone
 
 
 def _principal(ctx: HttpContext, request: Request) -> Principal | None:
@@ -187,7 +189,10 @@ async def _report(ctx: HttpContext, stream: str, query: dict[str, str]) -> Respo
         inputs = await loop.run_in_executor(None, lambda: collect(ctx.store, stream, start, end, embed_images=fmt == "html"))
         if not inputs.events:
             return response(404, f"no events for stream {stream!r}")
-        body = await loop.run_in_executor(None, render, inputs, fmt)
+        ui = ctx.ui
+        if query.get("lang") in LANGS:  # ?lang=en|zh: this report in the other language
+            ui = ui.model_copy(update={"language": query["lang"]})
+        body = await loop.run_in_executor(None, render, inputs, fmt, ui)
     except StreamwatchError as e:
         return response(400, str(e))
     return response(200, body, REPORT_FORMATS[fmt])

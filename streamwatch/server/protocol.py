@@ -42,6 +42,14 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class Act:
+    """A moderator confirms the action (cut, warn, …) an alert's rule waits to run."""
+
+    alert: int
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitMsg:
     stream: str
     image: str  # base64, validated by server.submit
@@ -97,7 +105,7 @@ class ListStreams:
 
 MODEL_ROLES = ("compliance", "reply", "qa", "summary")
 
-ClientMessage = Subscribe | Ack | SubmitMsg | AskMsg | Ping | SwitchModel | FeedbackMsg | AddStream | RemoveStream | ListStreams
+ClientMessage = Subscribe | Ack | Act | SubmitMsg | AskMsg | Ping | SwitchModel | FeedbackMsg | AddStream | RemoveStream | ListStreams
 
 
 def _str(d: dict[str, Any], key: str, ref: str | None, *, required: bool = True, max_len: int = 1000) -> str:
@@ -149,6 +157,11 @@ def parse(text: str | bytes | dict[str, Any]) -> ClientMessage:
         except ValueError as e:
             raise ProtocolError("bad_field", "'action' must be 'confirm' or 'dismiss'", ref) from e
         return Ack(eid, action, _str(d, "note", ref, required=False, max_len=2000), ref)
+    if kind == "act":
+        aid = d.get("alert")
+        if not isinstance(aid, int) or isinstance(aid, bool) or aid <= 0:
+            raise ProtocolError("bad_field", "'alert' must be a positive integer (the alert id)", ref)
+        return Act(aid, ref)
     if kind == "submit":
         return SubmitMsg(
             _str(d, "stream", ref, max_len=64),

@@ -24,6 +24,8 @@ from streamwatch.config import ServerConfig
 from streamwatch.errors import ServerError
 from streamwatch.events.bus import EventBus
 from streamwatch.events.store import StoredEvent
+from streamwatch.i18n import UIConfig
+from streamwatch.outbound.actions import ActionDesk
 from streamwatch.server import console, http
 from streamwatch.server.api import ApiServer
 from streamwatch.server.auth import Principal, RateLimiter, TokenTable, token_from_request
@@ -57,11 +59,14 @@ class EventServer:
         latest: console.Latest | None = None,
         models_info: console.ModelsInfo | None = None,
         control: StreamControl | None = None,
+        actions: ActionDesk | None = None,
+        ui: UIConfig | None = None,
     ) -> None:
         self.cfg = cfg
+        self.ui = ui or UIConfig()  # the desk's language and time zone (hello, reports)
         self.bus = bus
         self.store = bus.store
-        self.votes = VoteBook()  # feedback on persona replies: one vote per voter and reply
+        self.votes = VoteBook(self.ui.language)  # feedback on persona replies: one vote per voter and reply
         self.metrics = metrics or Metrics()
         self.tokens = TokenTable(cfg.tokens)
         # the known streams: shared (mutated in place on add/remove) with the console, the API and the sessions
@@ -71,6 +76,7 @@ class EventServer:
         self.stream_admin = StreamAdmin(control, self.streams, self.status, self.removed)
         self.responder = responder
         self.models = models
+        self.actions = actions  # runs the actions moderators confirm (``act``)
         self.api: ApiServer | None = None
         if cfg.api_port is not None:
             self.api = ApiServer(cfg, self.tokens, inferrer, self.limiter, self.metrics, self.streams, self.stream_admin)
@@ -85,7 +91,7 @@ class EventServer:
         self.door = Door(cfg.auth_failures_per_min, cfg.auth_failures_burst, self.metrics.registry)
         self._http_limits: dict[str, RateLimiter] = {}
         self._http = http.HttpContext(
-            self.store, self.tokens, self.metrics, self.health, search, self.console, self.door, self._http_allow, time.monotonic
+            self.store, self.tokens, self.metrics, self.health, search, self.console, self.door, self._http_allow, time.monotonic, self.ui
         )
         self._summaries: asyncio.Task[None] | None = None
         bus.add_listener(self._on_stored)

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from streamwatch.errors import StreamwatchError
+from streamwatch.errors import ActionRefused, StreamwatchError
 from streamwatch.events.bus import Chunk, Subscription
 from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, ReviewEvent
 from streamwatch.server import protocol
 from streamwatch.server.auth import Principal, RateLimiter, resolve_channels
 from streamwatch.server.protocol import (
     Ack,
+    Act,
     AddStream,
     AskMsg,
     FeedbackMsg,
@@ -50,6 +51,7 @@ ANSWER_TIMEOUT_S = 120.0
 BATCH_BYTES = 256 * 1024
 _ACTIONS: dict[type, str] = {
     Ack: "ack",
+    Act: "act",
     SubmitMsg: "submit",
     AskMsg: "ask",
     SwitchModel: "switch_model",
@@ -80,6 +82,7 @@ class ClientSession:
                     role=self.who.role.value,
                     name=self.who.name,
                     last_id=bus.last_id,
+                    ui={"language": self.server.ui.language, "timezone": self.server.ui.timezone},  # the desk's defaults
                     limits={
                         "message_bytes": self.cfg.max_message_kb * 1024,
                         "submission_bytes": int(self.cfg.max_submission_mb * 1024 * 1024),
@@ -115,7 +118,7 @@ class ClientSession:
             now = time.monotonic()
             # every message counts against this connection; requests that cost work (submit, ask, ack)
             # also against the token, shared by all its connections
-            shared = isinstance(msg, Ack | SubmitMsg | AskMsg | SwitchModel | FeedbackMsg | AddStream | RemoveStream)
+            shared = isinstance(msg, Ack | Act | SubmitMsg | AskMsg | SwitchModel | FeedbackMsg | AddStream | RemoveStream)
             if not self.limit.allow(now) or (shared and not self.server.limiter(self.who.name).allow(now)):
                 await self._error("rate_limited", f"more than {self.cfg.rate_per_s}/s; slow down", ref)
                 return True
@@ -162,6 +165,8 @@ class ClientSession:
             await self.ws.send(protocol.frame("streams", ref=msg.ref, streams=admin.list(msg.ref)))
         elif isinstance(msg, Ack):
             await self._ack(msg)
+        elif isinstance(msg, Act):
+            await self._act(msg)
         elif isinstance(msg, SubmitMsg):
             await self._submit(msg)
         elif isinstance(msg, AskMsg):
@@ -281,6 +286,21 @@ class ClientSession:
         )
         stored = await self.server.bus.publish(review)
         await self.ws.send(protocol.frame("acked", ref=msg.ref, id=stored.id, alert_id=msg.id, action=msg.action.value))
+
+    async def _act(self, msg: Act) -> None:
+        desk = self.server.actions
+        if desk is None:
+            raise ProtocolError("no_actions", "this server runs no actions on streams", msg.ref)
+        target = await asyncio.get_running_loop().run_in_executor(None, self.server.store.get, msg.alert)
+        if not isinstance(target, AlertEvent):
+            raise ProtocolError("unknown_alert", f"no alert with id {msg.alert}", msg.ref)
+        try:
+            ev = await desk.confirm(target, self.who.name)
+        except ActionRefused as e:
+            raise ProtocolError("action_refused", str(e), msg.ref) from e
+        await self.ws.send(
+            protocol.frame("acted", ref=msg.ref, id=ev.id, alert_id=msg.alert, action=ev.action, status=ev.status.value, detail=ev.detail)
+        )
 
     async def _feedback(self, msg: FeedbackMsg) -> None:
         vote, alert = await self.server.votes.cast(self.server.bus, self.who, msg)

@@ -97,7 +97,7 @@
 
   // --- timeline ---------------------------------------------------------------------------------------
   const NS = "http://www.w3.org/2000/svg";
-  const PERIOD_COLOUR = { black: "#555", frozen: "#1c7ed6", outage: "#e03131", stalled: "#f08c00", gap: "#868e96" };
+  const PERIOD_COLOUR = { black: "#555", frozen: "#1c7ed6", outage: "#e03131", stalled: "#f08c00", gap: "#868e96", cut: "#7048e8" };
   const SEV_COLOUR = { low: "#4c8bf5", medium: "#f2b01e", high: "#f26b1d", critical: "#d7263d" };
   function svg(tag, attrs, parent, text) {
     const e = document.createElementNS(NS, tag);
@@ -116,11 +116,13 @@
         if (h.active) begin(h.kind, h);
         else { if (open[h.kind] == null) open[h.kind] = h.offset - (h.duration_s || 0); close(h.kind, h.offset); }
       } else if (h.kind === "state") {
-        const view = VIEW[h.state];
+        const cut = h.caused_by && (h.state === "stalled" || h.state === "reconnecting");  // the outage a cut made: on purpose
+        const view = cut ? "cut" : VIEW[h.state];
+        if (view !== "cut") close("cut", h.offset);
         if (view !== "outage") close("outage", h.offset);
         if (view !== "stalled") close("stalled", h.offset);
         if (!NOT_WATCHED.has(view)) close("gap", h.offset);
-        if (view === "outage" || view === "stalled") begin(view, h);
+        if (view === "outage" || view === "stalled" || view === "cut") begin(view, h);
         else if (NOT_WATCHED.has(view)) begin("gap", h);
       }
     });

@@ -25,7 +25,8 @@
     s = Math.max(0, Math.floor(s || 0)); const p = (n) => String(n).padStart(2, "0");
     return p(Math.floor(s / 3600)) + ":" + p(Math.floor(s % 3600 / 60)) + ":" + p(s % 60);
   };
-  SW.clock = (iso) => (iso ? new Date(iso).toLocaleTimeString(SW.lang === "en" ? "en-GB" : "zh-CN", { hour12: false }) : "");
+  SW.tz = undefined;  // the show's time zone (the server's [ui] timezone, from hello); the browser's until then
+  SW.clock = (iso) => (iso ? new Date(iso).toLocaleTimeString(SW.lang === "en" ? "en-GB" : "zh-CN", { hour12: false, timeZone: SW.tz }) : "");
   SW.api = (path) => fetch(path, { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
   SW.send = function (obj) {
     if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
@@ -45,12 +46,13 @@
 
   // --- header: connection, language, mute, tabs ---------------------------------------------------
   function setState(s, key) { document.body.dataset.state = s; $("conn").dataset.i18n = key; $("conn").textContent = SW.t(key); }
-  function setLang(lang) {
-    localStorage.setItem("sw.lang", lang); SW.applyLang(lang); $("lang").textContent = SW.t("lang");
+  function setLang(lang, chosen) {
+    localStorage.setItem("sw.lang", lang); if (chosen) localStorage.setItem("sw.lang.chosen", "1");
+    SW.applyLang(lang); $("lang").textContent = SW.t("lang");
     $("mute").textContent = SW.t(state.muted ? "unmute" : "mute");
     state.alerts.forEach(renderRow); renderDetail(); updateUrgent(); refilterCount(); emit("lang");
   }
-  $("lang").onclick = () => setLang(SW.lang === "zh" ? "en" : "zh");
+  $("lang").onclick = () => setLang(SW.lang === "zh" ? "en" : "zh", true);
   $("mute").onclick = () => { state.muted = !state.muted; localStorage.setItem("sw.muted", state.muted ? "1" : "0"); setLang(SW.lang); };
   SW.showTab = function (tab) {
     document.body.dataset.tab = tab;
@@ -89,13 +91,18 @@
 
   // --- alert queue ----------------------------------------------------------------------------------
   function reviewText(a) { return a.review ? SW.t("rv_" + a.review.action, { by: a.review.by }) : SW.t("rv_pending"); }
+  SW.actionName = (name) => (name === "cut" || name === "warn" ? SW.t("ac_" + name) : name);
+  function actionText(ac) {
+    return SW.t("ac_" + ac.status, { action: SW.actionName(ac.action), by: ac.by === "policy" ? SW.t("ac_policy") : ac.by, detail: ac.detail || "" });
+  }
   function renderRow(a) {
     const ev = a.ev; const row = a.row;
     row.className = "arow sev-" + ev.severity + (state.selected === ev.id ? " sel" : "");
     if (a.review) row.dataset.review = a.review.action; else delete row.dataset.review;
     row.querySelector(".msg").textContent = ev.message;
     row.querySelector(".meta").textContent = [ev.stream, ev.rule, SW.t("sev_" + ev.severity), SW.hms(ev.offset), SW.clock(ev.at)].join(" · ");
-    row.querySelector(".rv").textContent = reviewText(a);
+    row.querySelector(".rv").textContent = reviewText(a) + (a.action ? " · " + SW.t("acs_" + a.action.status, { action: SW.actionName(a.action.action) }) : "");
+    if (a.action) row.dataset.action = a.action.status; else delete row.dataset.action;
   }
   function addAlert(ev, live) {
     const row = el("li"); row.dataset.id = ev.id; row.dataset.stream = ev.stream; row.dataset.severity = ev.severity; row.dataset.rule = ev.rule;
@@ -106,7 +113,7 @@
     const mid = el("div"); mid.style.minWidth = "0"; mid.appendChild(el("div", "msg")); mid.appendChild(el("div", "meta")); row.appendChild(mid);
     row.appendChild(el("span", "rv"));
     row.onclick = () => { state.picked = true; select(ev.id); };
-    const a = { ev: ev, review: null, row: row };
+    const a = { ev: ev, review: null, action: null, row: row };
     state.alerts.set(ev.id, a);
     renderRow(a);
     const list = $("alerts"); list.insertBefore(row, list.firstChild);  // ids only grow: newest first
@@ -175,6 +182,10 @@
     const text = $("d-text"); text.textContent = "";
     if (evid.text) text.textContent = SW.t(evid.kind === "qr" ? "k_qr" : "k_ocr") + "：" + evid.text;
     $("d-review").textContent = a.review ? reviewText(a) + (a.review.note ? " — " + a.review.note : "") : "";
+    $("d-action").textContent = a.action ? actionText(a.action) + " · " + SW.clock(a.action.at) : "";
+    $("d-action").dataset.status = a.action ? a.action.status : "";
+    $("d-run").hidden = !(a.action && a.action.status === "pending");
+    if (a.action) $("d-run-label").textContent = SW.t("ac_run", { action: SW.actionName(a.action.action) });
     $("detail-body").dataset.id = ev.id;
   }
   function drawBox() {
@@ -197,8 +208,14 @@
     state.drafts.delete(a.ev.id); $("note").value = "";
     if (!$("f-pending").checked) move(1);  // (with "pending only" the row leaves the list when the review arrives)
   }
+  function runAction() {  // a moderator confirms the action the alert's rule waits to run (cut, warn, …)
+    const a = state.selected !== null ? state.alerts.get(state.selected) : null;
+    if (!a) return;
+    if (!a.action || a.action.status !== "pending") { SW.toast(SW.t("ac_none")); return; }
+    if (!SW.send({ type: "act", alert: a.ev.id, ref: "act-" + a.ev.id })) SW.toast(SW.t("conn_reconnecting")); else SW.toast(SW.t("ac_sent"));
+  }
   document.querySelectorAll("#d-actions button").forEach((b) => {
-    b.onclick = () => (b.dataset.act === "note" ? $("note").focus() : ack(b.dataset.act));
+    b.onclick = () => (b.dataset.act === "note" ? $("note").focus() : b.dataset.act === "run" ? runAction() : ack(b.dataset.act));
   });
   function move(step) {
     state.picked = true;
@@ -215,7 +232,7 @@
     if (e.ctrlKey || e.metaKey || e.altKey || document.body.dataset.tab !== "queue") return;
     const k = e.key.toLowerCase();
     if (k === "j") move(1); else if (k === "k") move(-1);
-    else if (k === "c") ack("confirm"); else if (k === "d") ack("dismiss");
+    else if (k === "c") ack("confirm"); else if (k === "d") ack("dismiss"); else if (k === "x") runAction();
     else if (k === "n") { e.preventDefault(); $("note").focus(); } else return;
     e.preventDefault();
   });
@@ -237,6 +254,9 @@
           if (a.row.hidden) select(i + 1 < ids.length ? ids[i + 1] : i > 0 ? ids[i - 1] : null); else renderDetail();
         }
       }
+    } else if (ev.type === "action") {
+      const a = state.alerts.get(ev.alert_id);
+      if (a && (!a.action || ev.id > a.action.id)) { a.action = ev; renderRow(a); if (a.ev.id === state.selected) renderDetail(); }
     } else if (ev.type === "health") state.health.push(ev);
     else if (ev.type === "scene") state.scenes.push(ev);
     emit(ev.type, ev, live);
@@ -255,11 +275,16 @@
       let msg; try { msg = JSON.parse(m.data); } catch (e) { return; }
       if (msg.type === "hello") {
         state.delay = 500; state.role = msg.role; state.name = msg.name;
+        if (msg.ui) {  // the desk's defaults: its time zone, and its language unless this browser chose one
+          const tzChanged = SW.tz !== msg.ui.timezone; SW.tz = msg.ui.timezone;
+          if (!params.get("lang") && !localStorage.getItem("sw.lang.chosen") && msg.ui.language !== SW.lang) setLang(msg.ui.language, false);
+          else if (tzChanged) { state.alerts.forEach(renderRow); renderDetail(); }  // wall times in the show's zone
+        }
         if (msg.role !== "moderator" && msg.role !== "admin") { setState("error", "conn_forbidden"); state.ws = null; ws.close(); return; }
         document.body.dataset.role = msg.role; $("who").textContent = msg.name + " (" + msg.role + ")";
         if (state.liveFrom === null) state.liveFrom = msg.last_id;  // older events are history: no chime
         setState("connected", "conn_connected");
-        SW.send({ type: "subscribe", channels: ["alerts", "health", "replies", "answers", "reviews", "scenes"],
+        SW.send({ type: "subscribe", channels: ["alerts", "health", "replies", "answers", "reviews", "scenes", "actions"],
                   since: state.lastId === null ? 0 : state.lastId, ref: "sub" });
         emit("hello", msg);
       } else if (msg.type === "batch") msg.events.forEach(onEvent);
@@ -274,7 +299,7 @@
     };
   }
   SW.on("reply:error", (msg) => {
-    if (msg.ref && String(msg.ref).startsWith("ack-")) SW.toast(SW.t("error", { msg: msg.message }));
+    if (msg.ref && /^(ack|act)-/.test(String(msg.ref))) SW.toast(SW.t("error", { msg: msg.message }));
   });
 
   setLang(params.get("lang") || localStorage.getItem("sw.lang") || "zh");
