@@ -50,6 +50,7 @@ class HealthKind(enum.Enum):
     MODEL = "model"  # a VLM role switched models (duration_s: load + warm-up)
     MONITORING_GAP = "monitoring_gap"  # nobody watched (the daemon was down): offset = last heartbeat, duration_s
     ANALYSIS = "analysis"  # active: frames in a row skipped because their analysis failed; inactive: it works again
+    STORAGE = "storage"  # active: the data folder takes no writes (disk full): events held, evidence not saved; inactive: ok again
 
 
 class Severity(enum.Enum):
@@ -81,6 +82,7 @@ class Evidence:
     labels: tuple[str, ...] = ()
     frame: str | None = None
     crop: str | None = None
+    unsaved: str | None = None  # why there is no evidence image although there was a picture (the disk was full)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,10 @@ class HealthEvent(Event):
             text = f"monitoring gap of {self.duration_s or 0.0:.1f}s"
         elif self.kind is HealthKind.ANALYSIS:
             text = "analysis failing" if self.active else "analysis works again"
+        elif self.kind is HealthKind.STORAGE:
+            text = "storage failing" if self.active else "storage ok"
+            if self.duration_s is not None:
+                text += f" after {self.duration_s:.1f}s"
         else:
             text = f"{self.kind.value} {'started' if self.active else 'ended'}"
             if self.duration_s is not None:
