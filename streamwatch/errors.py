@@ -147,8 +147,9 @@ class EventsError(StreamwatchError):
 
 class StorageError(EventsError, OSError):
     """The data folder refused a write: the disk is full (ENOSPC, SQLite's "database or disk is full"),
-    a quota is exceeded, or it is read-only. ``what`` names the writer (``events``, ``sessions``,
-    ``frames``, ``files``). Said as a ``storage`` health event; the streams are watched on."""
+    a quota is exceeded, or it is read-only. ``what`` names the writer (``database``: the SQLite event
+    log, its frame index and sessions; ``files``: evidence images and thumbnails). Said as a ``storage``
+    health event; the streams are watched on."""
 
     def __init__(self, message: str, what: str = "files") -> None:
         super().__init__(message)

@@ -35,7 +35,7 @@ class Retention:
     _rlock: threading.Lock
     _wlock: threading.Lock
 
-    def _transaction(self, what: str = "events", doing: str = "store events") -> contextlib.AbstractContextManager[None]:
+    def _transaction(self, doing: str = "store events", what: str = "database") -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
 
     def frame_path(self, rel: str) -> Path | None:
@@ -76,10 +76,17 @@ class Retention:
             removed += self._delete("SELECT id, files FROM events WHERE at < ? ORDER BY id", (cutoff,))
             self._delete("SELECT id, coalesce(thumb, '') FROM frames WHERE at < ? ORDER BY id", (cutoff,), table="frames")
         excess = self.room_needed()
-        if excess > 0:  # the search index goes first: alerts and their evidence are worth more
-            excess -= self._delete_oldest_frames(excess)
-        if excess > 0:
-            removed += self._delete_oldest(excess)
+        for _ in range(8):  # row and file sizes only estimate the room a delete gives back: measure again
+            if excess <= 0:
+                break
+            self._delete_oldest_frames(_slack(excess))  # the search index goes first: alerts and evidence are worth more
+            left = self.room_needed()
+            if left > 0:
+                removed += self._delete_oldest(_slack(left))
+                left = self.room_needed()
+            if left >= excess:  # nothing (more) to delete helps
+                break
+            excess = left
         if removed:
             logger.info("retention removed %d events", removed)
         return removed
@@ -124,7 +131,7 @@ class Retention:
         if not rows:
             return 0
         try:
-            with self._transaction(table, f"delete old {table}"):
+            with self._transaction(f"delete old {table}"):
                 self._db.executemany(f"DELETE FROM {table} WHERE id = ?", [(r[0],) for r in rows])
         finally:  # a disk too full to write the delete still gets the room of the files back (the rows go next round)
             for _, files in rows:
@@ -133,3 +140,9 @@ class Retention:
                     if path is not None:
                         path.unlink(missing_ok=True)
         return len(rows)
+
+
+def _slack(excess: int) -> int:
+    """What to delete for ``excess`` bytes of room: a delete gives back less than the rows' and files' sizes
+    (partly used pages, the WAL it writes), so a quarter and 64 KiB more."""
+    return excess + excess // 4 + 64 * 1024

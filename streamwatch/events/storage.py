@@ -21,7 +21,7 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 # SQLite primary result codes of the same (extended codes carry them in the low byte)
 _SQLITE_FULL = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
 
-WRITERS = ("events", "frames", "sessions", "files")  # what StorageError.what names
+WRITERS = ("database", "files")  # what StorageError.what names: the SQLite event log, evidence files
 
 
 def storage_error(e: BaseException, what: str, doing: str) -> StorageError | None:

@@ -161,7 +161,7 @@ class EventStore(Retention):
         return out
 
     @contextlib.contextmanager
-    def _transaction(self, what: str = "events", doing: str = "store events") -> Iterator[None]:
+    def _transaction(self, doing: str = "store events", what: str = "database") -> Iterator[None]:
         """One write transaction under the write lock; an SQLite error rolls it back as EventsError
         (StorageError when the disk takes no writes)."""
         with self._wlock:
@@ -177,7 +177,7 @@ class EventStore(Retention):
         self.health.ok(what)
 
     @contextlib.contextmanager
-    def _write(self, what: str, doing: str) -> Iterator[None]:
+    def _write(self, doing: str, what: str = "database") -> Iterator[None]:
         """One statement on the writing connection (autocommit) under the write lock, errors as in :meth:`_transaction`."""
         with self._wlock:
             try:
@@ -240,7 +240,7 @@ class EventStore(Retention):
         ``frame_id`` gives the id (a cluster's JetStream sequence); an id already present is left as is.
         """
         blob = np.asarray(embedding, np.float16).tobytes()
-        with self._write("frames", "index a frame"):
+        with self._write("index a frame"):
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding) VALUES (?,?,?,?,?,?,?,?)",
                 (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob),
@@ -388,7 +388,7 @@ class EventStore(Retention):
 
     def heartbeat(self, stream: str, started_at: float, at: float, offset: float) -> None:
         """Record that ``stream``'s session (begun at ``started_at``) was watched up to ``at`` / ``offset``."""
-        with self._write("sessions", "write the session heartbeat"):
+        with self._write("write the session heartbeat"):
             self._db.execute(
                 "INSERT INTO sessions (stream, started_at, heartbeat_at, heartbeat_offset, ended_at) VALUES (?, ?, ?, ?, NULL) "
                 "ON CONFLICT(stream) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
@@ -398,7 +398,7 @@ class EventStore(Retention):
 
     def end_session(self, stream: str, at: float) -> None:
         """Mark ``stream``'s session as ended on purpose: the next run starts a new one."""
-        with self._write("sessions", "end the session"):
+        with self._write("end the session"):
             self._db.execute("UPDATE sessions SET ended_at = ? WHERE stream = ? AND ended_at IS NULL", (at, stream))
 
     def streams(self) -> list[str]:
@@ -415,7 +415,7 @@ class EventStore(Retention):
             try:
                 _busy, log, done = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as e:
-                raise self._failed(e, "events", "checkpoint the event log") from e
+                raise self._failed(e, "database", "checkpoint the event log") from e
         return int(log) - int(done) if log >= 0 else 0
 
     def close(self) -> None:
