@@ -30,7 +30,7 @@ from streamwatch.analysis.rules import RuleEngine
 from streamwatch.errors import EventsError, StorageError
 from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.bus import EventBus
-from streamwatch.events.model import Event, Evidence, HealthEvent, HealthKind, Severity
+from streamwatch.events.model import AlertEvent, Event, Evidence, HealthEvent, HealthKind, Severity
 from streamwatch.events.storage import FULL_ERRNOS, StorageHealth, room_needed, storage_error
 from streamwatch.events.store import EventStore
 from streamwatch.report.build import _periods
@@ -396,3 +396,208 @@ def test_sqlite_full_is_recognised_by_code_and_by_message(small_disk: Callable[[
         assert err is not None and err.what == "database"
     finally:
         db.close()
+
+
+# --- end to end: `streamwatch run` on a live RTMP show whose data disk fills mid-show --------------
+
+POLICY = """version = 1
+
+[[rule]]
+id = "qr_code"
+severity = "high"
+message = "QR code on screen: {payload}"
+cooldown_s = 1
+[rule.when]
+qr = "any"
+
+[[rule]]
+id = "storage_failing"
+severity = "high"
+message = "Data disk takes no writes since {started}"
+[rule.when]
+health = "storage"
+"""
+
+CONFIG = """[[streams]]
+id = "show"
+source = "{source}"
+
+[ingest]
+read_timeout_s = 5
+backoff_initial_s = 0.3
+backoff_max_s = 1.0
+
+[sampling]
+every_s = 0.5
+dedupe_radius = 0
+
+[analysis]
+analyzers = ["qr"]
+threads = 1
+cache_radius = 0
+policy = "{policy}"
+
+[store]
+min_free_mb = 0
+thumbnail_every_s = 2
+"""
+
+
+class Client:
+    """A real WebSocket client of the daemon: every event it gets, with or without an id, in order."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.events: list[dict[str, Any]] = []
+
+    async def run(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        async with connect(f"ws://127.0.0.1:{self.port}/ws?token=mod-secret-1") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "subscribe", "channels": ["alerts", "health"], "since": 0}))
+            try:
+                while True:
+                    msg = json.loads(await ws.recv())
+                    self.events.extend(e for e in (msg["events"] if msg["type"] == "batch" else [msg]) if e["type"] in ("alert", "health"))
+            except ConnectionClosed:
+                return
+
+    def since(self, i: int, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [e for e in self.events[i:] if pred(e)]
+
+    async def until(
+        self, i: int, pred: Callable[[dict[str, Any]], bool], n: int, within_s: float, what: str, alive: Callable[[], None]
+    ) -> int:
+        """Wait for ``n`` events matching ``pred`` after index ``i``; returns the index after the n-th."""
+        for _ in range(int(within_s * 10)):
+            alive()
+            hits = [k for k in range(i, len(self.events)) if pred(self.events[k])]
+            if len(hits) >= n:
+                return hits[n - 1] + 1
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {n} × {what}; got {[_brief(e) for e in self.events[i:]][-15:]}")
+
+
+def _brief(e: dict[str, Any]) -> str:
+    tag = f"#{e['id']}" if "id" in e else "unsaved"
+    return f"{tag} {e['type']} {e.get('rule') or e.get('kind')} {e.get('state') or ''}{e.get('active', '')}"
+
+
+def _qr(e: dict[str, Any]) -> bool:
+    return e["type"] == "alert" and e["rule"] == "qr_code"
+
+
+def _storage(active: bool) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["type"] == "health" and e["kind"] == "storage" and e.get("active") is active
+
+
+@pytest.mark.media_server
+def test_a_full_disk_mid_show_is_said_live_and_the_watch_goes_on(
+    nginx: Any, small_disk: Callable[[int], SmallDisk], tmp_path: Path
+) -> None:
+    import re
+    import signal
+    import sys
+
+    from conftest import publish, stop
+    from make_overlay_suite import Overlay, SuiteClip, write_clip
+
+    from streamwatch.report import build_report
+
+    disk = small_disk(64)
+    data = disk.path / "data"
+    clip = tmp_path / "qr.mp4"
+    payload = "https://spam.example.net/join?room=7"
+    shown = ((0.5, 2.5), (4.0, 6.0), (7.5, 9.5))  # the code comes and goes: a new alert each time (cooldown 1 s)
+    overlays = tuple(Overlay(a, b, "qr", payload, 120, "top-right", "qr_code") for a, b in shown)
+    write_clip(SuiteClip("diskshow", "coffee", 640, 360, 10, 12, 12.0, overlays), clip)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    cfg = tmp_path / "sw.toml"
+    cfg.write_text(CONFIG.format(source=nginx.rtmp("diskshow"), policy=tmp_path / "policy.toml"))
+    pub = publish(clip, nginx.rtmp("diskshow"), loop=True)
+    log = tmp_path / "daemon.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamwatch",
+        "run",
+        "-c",
+        str(cfg),
+        "--port",
+        "0",
+        "--token",
+        "moderator:mod-secret-1",
+        "--data",
+        str(data),
+    ]
+    with log.open("w") as log_file:  # a file on the big disk, not a pipe
+        daemon = subprocess.Popen(cmd, stderr=log_file, env={**os.environ, "STREAMWATCH_LOG_LEVEL": "INFO"})
+
+    def alive() -> None:
+        assert daemon.poll() is None, f"the daemon exited ({daemon.returncode}): {log.read_text()[-3000:]}"
+
+    try:
+        port = None
+        for _ in range(900):
+            alive()
+            m = re.search(r"serving http://127\.0\.0\.1:(\d+)", log.read_text())
+            if m:
+                port = int(m.group(1))
+                break
+            time.sleep(0.1)
+        assert port, "the daemon did not say where it serves"
+        client = Client(port)
+
+        async def scenario() -> None:
+            task = asyncio.create_task(client.run())
+            i = await client.until(0, lambda e: _qr(e) and "id" in e, 2, 120, "stored QR alerts", alive)
+            await asyncio.to_thread(disk.fill)  # the data disk is full: nothing more can be written there
+            filled = len(client.events)
+            said = await client.until(filled, _storage(True), 1, 30, "a storage health event", alive)
+            # (the storage event itself may fit in a page the database still has: stored, or delivered unsaved)
+            await client.until(filled, lambda e: e["type"] == "alert" and e["rule"] == "storage_failing", 1, 30, "a storage alert", alive)
+            await client.until(said, lambda e: _qr(e) and e.get("unsaved") is True, 3, 60, "QR alerts while full", alive)
+            await asyncio.sleep(4)  # heartbeats, thumbnails, checkpoints fail too meanwhile: nothing ends the watch
+            alive()
+            for a in client.since(said, _qr):  # (a commit may still fit in a page the database has: not all are unsaved)
+                ev = a["evidence"]
+                assert "frame" not in ev and "evidence not saved" in ev["unsaved"] and ev["text"] == payload, a
+            assert all(("id" in e) != (e.get("unsaved") is True) for e in client.events)
+            restarts = [e for e in client.events[i:] if e.get("kind") == "state" and e.get("state") != "live"]
+            assert not restarts, "the stream was not restarted"
+            assert len(client.since(filled, _storage(True))) == 1  # said once, however many writes fail
+            await asyncio.to_thread(disk.free)
+            freed = len(client.events)
+            ok = await client.until(freed, _storage(False), 1, 30, "storage ok", alive)
+            await client.until(ok, lambda e: _qr(e) and "id" in e, 2, 60, "stored QR alerts after space came back", alive)
+            daemon.send_signal(signal.SIGTERM)  # asked to stop: the only way it ends
+            await asyncio.wait_for(task, 30)
+
+        asyncio.run(scenario())
+        assert daemon.wait(30) == 0
+    finally:
+        stop(pub)
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+    back = next(e for e in client.events if _storage(False)(e))
+    assert "id" in back and back["reason"] == "writes work again" and back["duration_s"] > 4
+    after = [e for e in client.events if _qr(e) and "id" in e and e["id"] > back["id"]]
+    assert after and all((data / "frames" / e["evidence"]["frame"].removeprefix("/frames/")).is_file() for e in after)
+    store = EventStore(data, retention_days=None, retention_mb=None)
+    try:
+        events = store.events("show")
+    finally:
+        store.close()
+    unsaved_live = [e for e in client.events if e.get("unsaved")]
+    stored_storage = [e for e in events if isinstance(e, HealthEvent) and e.kind is HealthKind.STORAGE]
+    assert [e.active for e in stored_storage] == [True, False]  # held while full, stored once space was back
+    stored_alerts = {round(e.offset, 3) for e in events if isinstance(e, AlertEvent)}
+    assert {round(e["offset"], 3) for e in unsaved_live if e["type"] == "alert"} <= stored_alerts  # delivered unsaved, stored later
+    periods = [p for p in build_report("show", events, until=time.time()).periods if p.kind == "storage_failing"]
+    assert len(periods) == 1 and not periods[0].open and periods[0].detail == stored_storage[0].reason
+    assert "No space left" in periods[0].detail or "disk is full" in periods[0].detail
+    assert "Traceback" not in log.read_text()
