@@ -31,7 +31,7 @@ from streamwatch.errors import EventsError, StorageError
 from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.bus import EventBus
 from streamwatch.events.model import AlertEvent, Event, Evidence, HealthEvent, HealthKind, Severity
-from streamwatch.events.storage import FULL_ERRNOS, StorageHealth, room_needed, storage_error
+from streamwatch.events.storage import FULL_ERRNOS, StorageHealth, floor_deficit, storage_error
 from streamwatch.events.store import EventStore
 from streamwatch.report.build import _periods
 
@@ -113,16 +113,14 @@ def test_storage_health_clears_per_writer_and_settles() -> None:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_room_needed_is_the_larger_of_the_cap_excess_and_the_floor_deficit(seed: int) -> None:
+def test_the_floor_deficit_counts_pages_sqlite_reuses_as_room(seed: int) -> None:
     rng = np.random.default_rng(seed)
     for _ in range(200):
-        size, free, reusable = (int(x) for x in rng.integers(0, 10_000, 3))
-        cap = None if rng.random() < 0.3 else int(rng.integers(1, 10_000))
-        floor = None if rng.random() < 0.3 else int(rng.integers(0, 10_000))
-        got = room_needed(size, cap, free, reusable, floor)
-        assert got >= 0
-        assert got >= (size - cap if cap is not None else 0) and got >= (floor - free - reusable if floor is not None else 0)
-        assert got in {0, size - (cap or 0) if cap is not None else 0, (floor or 0) - free - reusable if floor is not None else 0}
+        free, reusable, floor = (int(x) for x in rng.integers(0, 10_000, 3))
+        got = floor_deficit(free, reusable, floor)
+        assert got >= 0 and (got == 0) == (free + reusable >= floor)
+        assert got == 0 or free + reusable + got == floor  # deleting exactly that much reaches the floor
+        assert floor_deficit(free + 1, reusable, floor) <= got and floor_deficit(free, reusable + 1, floor) <= got
 
 
 # --- every writer of the store on a really full disk ----------------------------------------------
@@ -321,12 +319,12 @@ def test_retention_keeps_free_space_above_the_floor_oldest_first(
             images.append(rel)
             store.append([alert(offset=float(len(images)), evidence=Evidence(kind="qr", frame=rel))])
             store.add_frame("s1", float(len(images)), time.time(), store.save_image("s1", bytes(20_000)), "m", (), emb)
-        need = store.room_needed()
+        need = store.space_needed()
         assert need > 0
         store.prune(by_age=False)
         free, reusable = store.free_bytes()
         assert free + reusable >= floor_mb * MiB
-        assert store.room_needed() == 0
+        assert store.space_needed() == 0
         kept = [e.offset for e in store.events("s1")]
         assert kept and kept == [float(i) for i in range(len(images) - len(kept) + 1, len(images) + 1)]  # the newest stay
         gone = images[: len(images) - len(kept)]
@@ -348,7 +346,7 @@ def test_no_floor_no_pruning_for_space(small_disk: Callable[[int], SmallDisk]) -
     try:
         store.append([alert(offset=float(i)) for i in range(50)])
         disk.fill()
-        assert store.room_needed() == 0 and store.prune() == 0 and len(store.events()) == 50
+        assert store.space_needed() == 0 and store.prune() == 0 and len(store.events()) == 50
     finally:
         store.close()
 
@@ -489,7 +487,7 @@ def _qr(e: dict[str, Any]) -> bool:
     return e["type"] == "alert" and e["rule"] == "qr_code"
 
 
-def _storage(active: bool) -> Callable[[dict[str, Any]], bool]:
+def _storage_said(active: bool) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e["type"] == "health" and e["kind"] == "storage" and e.get("active") is active
 
 
@@ -555,7 +553,7 @@ def test_a_full_disk_mid_show_is_said_live_and_the_watch_goes_on(
             i = await client.until(0, lambda e: _qr(e) and "id" in e, 2, 120, "stored QR alerts", alive)
             await asyncio.to_thread(disk.fill)  # the data disk is full: nothing more can be written there
             filled = len(client.events)
-            said = await client.until(filled, _storage(True), 1, 30, "a storage health event", alive)
+            said = await client.until(filled, _storage_said(True), 1, 30, "a storage health event", alive)
             # (the storage event itself may fit in a page the database still has: stored, or delivered unsaved)
             await client.until(filled, lambda e: e["type"] == "alert" and e["rule"] == "storage_failing", 1, 30, "a storage alert", alive)
             await client.until(said, lambda e: _qr(e) and e.get("unsaved") is True, 3, 60, "QR alerts while full", alive)
@@ -567,10 +565,10 @@ def test_a_full_disk_mid_show_is_said_live_and_the_watch_goes_on(
             assert all(("id" in e) != (e.get("unsaved") is True) for e in client.events)
             restarts = [e for e in client.events[i:] if e.get("kind") == "state" and e.get("state") != "live"]
             assert not restarts, "the stream was not restarted"
-            assert len(client.since(filled, _storage(True))) == 1  # said once, however many writes fail
+            assert len(client.since(filled, _storage_said(True))) == 1  # said once, however many writes fail
             await asyncio.to_thread(disk.free)
             freed = len(client.events)
-            ok = await client.until(freed, _storage(False), 1, 30, "storage ok", alive)
+            ok = await client.until(freed, _storage_said(False), 1, 30, "storage ok", alive)
             await client.until(ok, lambda e: _qr(e) and "id" in e, 2, 60, "stored QR alerts after space came back", alive)
             daemon.send_signal(signal.SIGTERM)  # asked to stop: the only way it ends
             await asyncio.wait_for(task, 30)
@@ -583,7 +581,7 @@ def test_a_full_disk_mid_show_is_said_live_and_the_watch_goes_on(
             daemon.kill()
             daemon.wait()
 
-    back = next(e for e in client.events if _storage(False)(e))
+    back = next(e for e in client.events if _storage_said(False)(e))
     assert "id" in back and back["reason"] == "writes work again" and back["duration_s"] > 4
     after = [e for e in client.events if _qr(e) and "id" in e and e["id"] > back["id"]]
     assert after and all((data / "frames" / e["evidence"]["frame"].removeprefix("/frames/")).is_file() for e in after)

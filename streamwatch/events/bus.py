@@ -281,8 +281,8 @@ class EventBus:
                 if loop.time() - last_prune >= self.retention_s:
                     last_prune = loop.time()
                     await loop.run_in_executor(None, store.prune)
-                elif store.min_free_mb is not None and await loop.run_in_executor(None, store.room_needed) > 0:
-                    await loop.run_in_executor(None, functools.partial(store.prune, by_age=False))
+                elif store.min_free_mb is not None and await loop.run_in_executor(None, store.space_needed) > 0:
+                    await loop.run_in_executor(None, functools.partial(store.prune, by_age=False, by_size=False))
                 await loop.run_in_executor(None, store.checkpoint)
             except StorageError as e:  # said by the streams' storage health events; the bus holds the events
                 logger.debug("event store housekeeping: %s", e)

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from streamwatch.events.storage import room_needed
+from streamwatch.events.storage import floor_deficit
 
 logger = logging.getLogger(__name__)
 
@@ -53,40 +53,44 @@ class Retention:
             page = self._reader.execute("PRAGMA page_size").fetchone()[0]
         return free, int(pages) * int(page)
 
-    def room_needed(self) -> int:
-        """Bytes retention must delete now: over ``retention_mb``, or under the ``min_free_mb`` floor."""
-        mib = 1024 * 1024
-        cap = int(self.retention_mb * mib) if self.retention_mb is not None else None
-        floor = int(self.min_free_mb * mib) if self.min_free_mb is not None else None
-        if cap is None and floor is None:
+    def space_needed(self) -> int:
+        """Bytes to delete to get the free space back above the ``min_free_mb`` floor (0: above it, or no floor)."""
+        if self.min_free_mb is None:
             return 0
-        free, reusable = self.free_bytes() if floor is not None else (0, 0)
-        return room_needed(self.size_bytes() if cap is not None else 0, cap, free, reusable, floor)
+        free, reusable = self.free_bytes()
+        return floor_deficit(free, reusable, int(self.min_free_mb * 1024 * 1024))
 
-    def prune(self, now: float | None = None, *, by_age: bool = True) -> int:
-        """Delete events older than the retention age (``by_age``), then the oldest ones while over the
-        size cap or under the free-space floor; returns the events removed.
+    def prune(self, now: float | None = None, *, by_age: bool = True, by_size: bool = True) -> int:
+        """Delete events older than the retention age (``by_age``), the oldest ones over the size cap
+        (``by_size``, one pass by the rows' and files' sizes), then the oldest ones while under the
+        free-space floor (measured again after each pass); returns the events removed.
 
-        Under the floor the search index goes first, then the oldest events with their evidence. Errors:
-        StorageError when even a delete cannot be written (the evidence files are removed all the same).
+        The search index goes first, then the oldest events with their evidence. Errors: StorageError
+        when even a delete cannot be written (the evidence files are removed all the same).
         """
         removed = 0
         if self.retention_days is not None and by_age:
             cutoff = (now if now is not None else time.time()) - self.retention_days * 86400
             removed += self._delete("SELECT id, files FROM events WHERE at < ? ORDER BY id", (cutoff,))
             self._delete("SELECT id, coalesce(thumb, '') FROM frames WHERE at < ? ORDER BY id", (cutoff,), table="frames")
-        excess = self.room_needed()
-        for _ in range(8):  # row and file sizes only estimate the room a delete gives back: measure again
-            if excess <= 0:
+        if self.retention_mb is not None and by_size:
+            excess = self.size_bytes() - int(self.retention_mb * 1024 * 1024)
+            if excess > 0:  # the search index goes first: alerts and their evidence are worth more
+                excess -= self._delete_oldest_frames(excess)
+            if excess > 0:
+                removed += self._delete_oldest(excess)
+        need = self.space_needed()
+        for _ in range(8):  # sizes only estimate the room a delete gives back (pages, the WAL): measure again
+            if need <= 0:
                 break
-            self._delete_oldest_frames(_slack(excess))  # the search index goes first: alerts and evidence are worth more
-            left = self.room_needed()
+            self._delete_oldest_frames(_slack(need))
+            left = self.space_needed()
             if left > 0:
                 removed += self._delete_oldest(_slack(left))
-                left = self.room_needed()
-            if left >= excess:  # nothing (more) to delete helps
+                left = self.space_needed()
+            if left >= need:  # nothing (more) to delete helps
                 break
-            excess = left
+            need = left
         if removed:
             logger.info("retention removed %d events", removed)
         return removed

@@ -4,7 +4,7 @@ A full disk must not end the watch. Every writer of the store (event and frame-i
 heartbeats, evidence images and thumbnails) turns a failure that means "no room / no writes here" into a
 :class:`~streamwatch.errors.StorageError` (:func:`storage_error`) and records it in the store's
 :class:`StorageHealth`; each running stream says it as one ``storage`` health event while it lasts
-and one when writes work again. :func:`room_needed` is the retention arithmetic: the size cap and the
+and one when writes work again. :func:`floor_deficit` is the retention arithmetic of the
 free-space floor. Pure: errors and numbers in, values out (time is passed in).
 """
 
@@ -78,13 +78,10 @@ class StorageHealth:
             return None
 
 
-def room_needed(size: int, cap: int | None, free: int, reusable: int, floor: int | None) -> int:
-    """Bytes retention must delete (0: none), oldest first.
+def floor_deficit(free: int, reusable: int, floor: int) -> int:
+    """Bytes retention must delete (0: none) to keep ``floor`` bytes (``store.min_free_mb``) free on the data disk.
 
-    ``size``: the store's bytes (database + evidence) against ``cap`` (``store.retention_mb``);
-    ``free``: the data disk's free bytes, plus ``reusable`` (pages SQLite already freed and reuses before
-    growing its file) against ``floor`` (``store.min_free_mb``). None: that limit is off.
+    ``free``: the disk's free bytes; ``reusable``: pages SQLite already freed and reuses before growing
+    its file (deleting rows gives back room there, not on the disk).
     """
-    over_cap = size - cap if cap is not None else 0
-    under_floor = floor - (free + reusable) if floor is not None else 0
-    return max(0, over_cap, under_floor)
+    return max(0, floor - free - reusable)
