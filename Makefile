@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 export PY
 
-.PHONY: demo test test-optimum lint typecheck check system-deps bench clean
+.PHONY: demo test test-optimum lint typecheck check system-deps bench clean constraints
 
 # rapidocr-onnxruntime pulls opencv-python (GUI build, needs libGL) over the headless one: put the
 # headless build back so exactly one working cv2 is left.
@@ -21,11 +21,11 @@ define one_cv2
 endef
 
 # what the demo needs: streamwatch itself + the clip generator's Pillow and scikit-image
-$(DEMO_STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml constraints.txt
 	@sh tools/system-deps.sh venv
 	test -x $(BIN)/pip || $(PY) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[demo]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[demo]"
 	$(one_cv2)
 	touch $(DEMO_STAMP)
 	@echo "streamwatch is installed in $(VENV)/bin: \`. $(VENV)/bin/activate\` puts it on the PATH of your shell"
@@ -35,7 +35,7 @@ $(STAMP): $(DEMO_STAMP)
 	@# the CPU build of torch for the in-process VLM backend (the `hf` extra); on a GPU machine install the
 	@# CUDA build instead (TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[demo,dev,hf]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[demo,dev,hf]"
 	$(one_cv2)
 	touch $(STAMP)
 
@@ -89,6 +89,11 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench/cascade.py
 	$(BIN)/python tools/bench/latency.py
 	$(BIN)/python tools/bench/streams.py
+
+# after a deliberate upgrade that the whole suite passed with: pin what the venv now holds
+constraints: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -e '^torch==' -e '^nvidia-' -e '^triton=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts

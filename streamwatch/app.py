@@ -188,6 +188,13 @@ class Daemon:
             return
         self.streams.start(cfg)
 
+    def all_failed(self) -> list[str]:
+        """The streams of this run when every one ended in failure (nothing was watched), else []."""
+        streams = getattr(self, "streams", None)
+        if streams is None or self.stopping.is_set() or not streams.seen or not streams.seen <= streams.failed:
+            return []
+        return sorted(streams.seen)
+
     # --- streams at run time (admin `add_stream` / `remove_stream`, `streamwatch streams`) -------------
 
     async def add_stream(self, cfg: StreamConfig, by: str) -> None:

@@ -8,18 +8,21 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from streamwatch import __version__
-from streamwatch.errors import ConfigError, EventsError, StreamwatchError
+from streamwatch.errors import BadSource, ConfigError, EventsError, StreamwatchError
 
 logger = logging.getLogger("streamwatch")
 
 
 def _setup_logging(level: str) -> None:
+    from streamwatch.redact import install_log_masking, install_uncaught_masking
+
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    install_log_masking()  # every URL in every record masked, whoever logs it (PyAV/FFmpeg included)
+    install_uncaught_masking()  # and in the traceback of an error that escapes
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per VLM request otherwise
 
 
@@ -51,7 +54,10 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from streamwatch.app import build_pipeline
     from streamwatch.config import StreamConfig, load_settings
     from streamwatch.events.model import HealthEvent
+    from streamwatch.ingest.preflight import check_source
     from streamwatch.sampling.export import SampleWriter
+
+    check_source(a.source, listen=a.listen)
 
     overrides = _ingest_overrides(a)
     sampling: dict[str, Any] = {"every_s": a.every} if a.every is not None else {}
@@ -87,12 +93,13 @@ def _cmd_sample(a: argparse.Namespace) -> int:
 
 def _cmd_probe(a: argparse.Namespace) -> int:
     from streamwatch.config import load_settings
+    from streamwatch.ingest.preflight import check_source
     from streamwatch.ingest.probe import probe
-    from streamwatch.ingest.url import parse_source
 
+    spec = check_source(a.source, listen=a.listen)
     settings = load_settings(a.config, _ingest_overrides(a))
     _setup_logging(settings.log_level)
-    result = probe(parse_source(a.source, listen=a.listen), settings.ingest)
+    result = probe(spec, settings.ingest)
     print("\n".join(result.lines()))
     return 0
 
@@ -100,14 +107,13 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 def _cmd_check_config(a: argparse.Namespace) -> int:
     from streamwatch.analysis.policy import load_policy
     from streamwatch.cli_checks import check_encoder
+    from streamwatch.cli_run import check_streams, missing_for_run, token_warning
     from streamwatch.config import load_settings
-    from streamwatch.ingest.url import parse_source
     from streamwatch.vlm.persona import load_persona
     from streamwatch.vlm.registry import load_registry
 
     settings = load_settings(a.config)
-    for s in settings.streams:
-        parse_source(s.source, listen=s.listen)
+    check_streams(settings)
     paths = [a.policy] if a.policy else list(dict.fromkeys([settings.analysis.policy, *(s.policy for s in settings.streams if s.policy)]))
     policies = [load_policy(p) for p in paths]
     registry = load_registry(settings.vlm.registry, settings.vlm.roles)
@@ -118,6 +124,9 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     roles = ", ".join(f"{r.value} → {' → '.join(c)}" for r, c in registry.roles.items())
     head = f"{a.config or 'defaults'}: OK ({n} stream{'s' if n != 1 else ''})"
     print(f"{head}; {checked}; persona {persona.id}: OK; {encoder}; models: {roles}")
+    for missing in (missing_for_run(settings, a.config), token_warning(settings, a.config)):
+        if missing is not None:  # valid, but `run` would refuse or be unreachable: say what to add
+            print(f"streamwatch: warning: {missing}", file=sys.stderr)
     return 0
 
 
@@ -142,16 +151,23 @@ def _cmd_models_list(a: argparse.Namespace) -> int:
 
     settings = load_settings(a.config)
     registry = load_registry(settings.vlm.registry, settings.vlm.roles)
-    print(f"{'id':<26} {'backend':<7} {'params':>7}  {'mode':<8} {'capabilities':<22} where")
+    rows: list[tuple[str, ...]] = [("id", "backend", "params", "mode", "capabilities", "where")]
     for m in registry.models.values():
         where = m.endpoint or m.path or "templates from the local evidence"
         params = f"{m.params_b:g}B" if m.params_b else "-"
-        caps = ",".join(c.value for c in m.capabilities)
-        print(f"{m.id:<26} {m.backend:<7} {params:>7}  {m.mode:<8} {caps:<22} {where}")
+        rows.append((m.id, m.backend, params, m.mode, ",".join(c.value for c in m.capabilities), str(where)))
+    print("\n".join(table(rows, right=frozenset({2}))))
     print()
     for role, chain in registry.roles.items():
         print(f"{role.value:<11} {' → '.join(chain)}")
     return 0
+
+
+def table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows as aligned text columns, each as wide as its widest cell (``right``: right-aligned columns)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    cells = [[c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))] for r in rows]
+    return ["  ".join(r).rstrip() for r in cells]
 
 
 def _cmd_models_switch(a: argparse.Namespace) -> int:
@@ -254,131 +270,6 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
-def _run_overrides(a: argparse.Namespace) -> dict[str, Any]:
-    over: dict[str, Any] = _ingest_overrides(a)
-    if getattr(a, "source", None):
-        over["streams"] = [{"id": a.id, "source": a.source, "listen": a.listen}]
-    server: dict[str, Any] = {}
-    if getattr(a, "host", None):
-        server["host"] = a.host
-    if getattr(a, "port", None) is not None:
-        server["port"] = a.port
-    if getattr(a, "api_port", None) is not None:
-        server["api_port"] = a.api_port
-    if getattr(a, "token", None):
-        tokens = []
-        for item in a.token:
-            role, sep, secret = item.partition(":")
-            if not sep:
-                raise ConfigError(f"--token {item!r}: use ROLE:SECRET (roles: overlay, moderator, submitter, admin)")
-            tokens.append({"name": role, "role": role, "secret": secret})
-        server["tokens"] = tokens
-    if server:
-        over["server"] = server
-    if getattr(a, "data", None):
-        over["data_dir"] = a.data
-    if getattr(a, "policy", None):
-        over.setdefault("analysis", {})["policy"] = a.policy
-    return over
-
-
-def _cmd_run(a: argparse.Namespace) -> int:
-    import asyncio
-
-    from streamwatch.app import Daemon
-    from streamwatch.config import load_settings
-
-    settings = load_settings(a.config, _run_overrides(a))
-    _setup_logging(settings.log_level)
-    if settings.cluster.nats:
-        raise ConfigError("cluster.nats is set: `run` is the single box; start `streamwatch worker` and `streamwatch gateway` instead")
-    if not settings.streams and not (settings.data_dir / "streams.json").exists():
-        logger.warning("no streams configured: add some with `streamwatch streams add ID SOURCE` (admin token)")
-    if not settings.server.tokens:
-        logger.warning("no tokens configured: every WebSocket client will be refused (use --token ROLE:SECRET)")
-
-    async def main() -> None:
-        daemon = Daemon(settings)
-
-        def announce() -> str | None:
-            return None if daemon.server is None else f"serving {daemon.server.url} (/ws, /overlay, /healthz, /metrics)"
-
-        await run_until_stopped(daemon, announce)
-
-    asyncio.run(main())
-    return 0
-
-
-async def run_until_stopped(node: Any, announce: Callable[[], str | None]) -> None:
-    """Run ``node`` (``run()``, ``stop()``, ``ready`` event) until it returns; SIGINT/SIGTERM call
-    ``stop``. Once ready, ``streamwatch: <announce()>`` goes to stderr (nothing when it gives None)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, node.stop)
-    task = asyncio.create_task(node.run())
-    ready = asyncio.create_task(node.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    if node.ready.is_set() and (line := announce()) is not None:
-        print(f"streamwatch: {line}", file=sys.stderr, flush=True)
-    await task
-
-
-def _cmd_analyze(a: argparse.Namespace) -> int:
-    import tempfile
-
-    from streamwatch.cli_checks import report_target
-
-    out, fmt = report_target(a.output, a.format, a.file)  # before the work: a bad name fails at once
-    if a.data is not None:
-        return _analyze(a, a.data, out, fmt)
-    with tempfile.TemporaryDirectory(prefix="streamwatch-analyze-", ignore_cleanup_errors=True) as tmp:
-        return _analyze(a, Path(tmp), out, fmt)
-
-
-def _analyze(a: argparse.Namespace, data: Path, out: Path, fmt: str) -> int:
-    import asyncio
-
-    from tqdm import tqdm
-
-    from streamwatch.app import Daemon
-    from streamwatch.config import load_settings
-    from streamwatch.events.store import EventStore
-    from streamwatch.ingest.probe import probe
-    from streamwatch.ingest.url import parse_source
-    from streamwatch.report import collect, render
-
-    over: dict[str, Any] = {"streams": [{"id": a.id, "source": str(a.file)}], "data_dir": data}
-    if a.policy:
-        over["analysis"] = {"policy": a.policy}
-    settings = load_settings(a.config, over)
-    _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-    duration = probe(parse_source(str(a.file)), settings.ingest).duration_s or 0.0
-    bar = tqdm(total=round(duration, 1) or None, unit="s", desc=a.file.name, disable=a.quiet)
-
-    def progress(_stream: str, offset: float) -> None:
-        bar.update(round(offset, 1) - bar.n)
-
-    asyncio.run(Daemon(settings, serve=False, on_sample=progress).run())
-    bar.close()
-    store = EventStore(data, retention_days=None, retention_mb=None)
-    try:
-        inputs = collect(store, a.id, embed_images=fmt == "html")
-    finally:
-        store.close()
-    alerts = [e for e in inputs.events if e.TYPE == "alert"]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(inputs, fmt), encoding="utf-8")
-    except OSError as e:
-        raise EventsError(f"cannot write the report to {out}: {e.strerror or e} (choose another place with -o)") from e
-    kept = f"events and evidence frames kept in {data}" if a.data else "events not kept (--data DIR keeps them)"
-    print(f"{len(alerts)} alerts in {a.file}; {fmt} report: {out.resolve()} ({kept})")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamwatch", description="Watch live streams and react in real time.")
     p.add_argument("--version", action="version", version=f"streamwatch {__version__}")
@@ -406,34 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--force", action="store_true", help="overwrite an existing file")
     ini.set_defaults(func=_cmd_init)
 
-    ru = sub.add_parser("run", help="run the daemon: watch streams, raise alerts, serve /ws and the overlay")
-    ru.add_argument("-c", "--config", type=Path, help="TOML config file with [[streams]], [server], [analysis]")
-    ru.add_argument("--source", help="one stream: rtmp://…, rtsp://…, http(s)://….m3u8 or a file (with --listen: an rtmp:// address)")
-    ru.add_argument("--id", default="main", help="stream id for --source (default: main)")
-    ru.add_argument("--listen", action="store_true", help="be the RTMP endpoint OBS pushes to")
-    ru.add_argument("--host", help="server address (default 127.0.0.1)")
-    ru.add_argument("--port", type=int, help="server port (default 8765)")
-    ru.add_argument("--api-port", type=int, help="HTTP API port for POST /vlm/infer (default: off)")
-    ru.add_argument("--token", action="append", metavar="ROLE:SECRET", help="accept this token for ROLE (repeatable)")
-    ru.add_argument("--data", type=Path, help="data directory (events, evidence)")
-    ru.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
-    ru.add_argument("--realtime", action="store_true", help="pace file sources in real time, like a live show (ingest.realtime)")
-    ru.set_defaults(func=_cmd_run, open_timeout_s=None, read_timeout_s=None, max_retries=None, decode=None, hwaccel=None)
+    from streamwatch.cli_run import add_parsers as add_run_parsers
 
+    add_run_parsers(sub)
     from streamwatch.cli_cluster import add_parsers as add_cluster_parsers
 
     add_cluster_parsers(sub)
-
-    an = sub.add_parser("analyze", help="run the analysis cascade on a recording as fast as possible, then write a report")
-    an.add_argument("file", type=Path, help="video file")
-    an.add_argument("-o", "--output", type=Path, help="report file (.html, .json or .csv; default: FILE-report.html beside FILE)")
-    an.add_argument("--format", choices=["html", "json", "csv"], help="report format (default: from the -o extension, else html)")
-    an.add_argument("-c", "--config", type=Path, help="TOML config file ([analysis], [sampling])")
-    an.add_argument("--id", default="recording", help="stream id in the report (default: recording)")
-    an.add_argument("--data", type=Path, help="keep the events and evidence frames here (default: a temporary folder, removed)")
-    an.add_argument("--policy", type=Path, help="policy file (default models/policy.toml)")
-    an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    an.set_defaults(func=_cmd_analyze)
 
     mo = sub.add_parser("models", help="list the model registry and role chains, or switch a role's model on a running daemon")
     mo_sub = mo.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -499,8 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(a.func(a))
-    except StreamwatchError as e:
+    except BadSource as e:  # refused before anything started: the same line and code from every command
         print(f"streamwatch: error: {e}", file=sys.stderr)
+        return 2
+    except StreamwatchError as e:
+        from streamwatch.redact import mask_text
+
+        print(f"streamwatch: error: {mask_text(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamwatch.redact import mask_text, mask_url
+
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 EXIT_REFUSED = 2
 EXIT_UNREACHABLE = 1
@@ -75,10 +77,10 @@ def _run(a: argparse.Namespace, message: dict[str, Any], done: str) -> dict[str,
     try:
         return admin_request(a.url, admin_token(a.token), message, frozenset({done}), a.timeout)
     except AdminRefused as e:
-        print(f"streamwatch: refused ({e.code}): {e.message}", file=sys.stderr)
+        print(f"streamwatch: refused ({e.code}): {mask_text(e.message)}", file=sys.stderr)
         return EXIT_REFUSED
     except AdminUnreachable as e:
-        print(f"streamwatch: {e} (is the daemon running? --url)", file=sys.stderr)
+        print(f"streamwatch: {mask_text(str(e))} (is the daemon running? --url)", file=sys.stderr)
         return EXIT_UNREACHABLE
     except TimeoutError:
         print(f"streamwatch: no answer from {a.url} within {a.timeout:g}s", file=sys.stderr)
@@ -97,7 +99,7 @@ def _cmd_add(a: argparse.Namespace) -> int:
     if isinstance(answer, int):
         return answer
     s = answer["stream"]
-    print(f"added {s['id']} ({s['source']}): {s['state']}")
+    print(f"added {s['id']} ({mask_url(str(s['source']))}): {s['state']}")
     return 0
 
 
@@ -113,7 +115,8 @@ def _cmd_list(a: argparse.Namespace) -> int:
     answer = _run(a, {"type": "list_streams"}, "streams")
     if isinstance(answer, int):
         return answer
-    streams: list[dict[str, Any]] = answer["streams"]
+    # the daemon masks sources; so does this side, whatever daemon answered (a console shows no secret)
+    streams: list[dict[str, Any]] = [{**s, "source": mask_url(str(s.get("source", "")))} for s in answer["streams"]]
     if a.json:
         print(json.dumps(streams, ensure_ascii=False, indent=1))
         return 0

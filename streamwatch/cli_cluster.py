@@ -14,9 +14,9 @@ logger = logging.getLogger("streamwatch")
 
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
-    from streamwatch.cli import _run_overrides
+    from streamwatch.cli_run import run_overrides
 
-    over = _run_overrides(a)
+    over = run_overrides(a)
     cluster: dict[str, Any] = {}
     if a.nats:
         cluster["nats"] = [u for item in a.nats for u in item.split(",") if u]
@@ -30,7 +30,8 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve(role: Any, a: argparse.Namespace) -> int:
-    from streamwatch.cli import _setup_logging, run_until_stopped
+    from streamwatch.cli import _setup_logging
+    from streamwatch.cli_run import run_until_stopped
     from streamwatch.config import load_settings
 
     settings = load_settings(a.config, _overrides(a))

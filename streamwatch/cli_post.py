@@ -64,8 +64,12 @@ def cmd_summary(a: argparse.Namespace) -> int:
         )
         print(
             f"\n{len(result.frames)} frames{left}, text by {result.post.model}, "
-            f"{'collage of ' + str(result.replied) + ' fan images' if result.collage else 'no fan images'}: {result.out.resolve()}/"
+            f"{_collage(result.replied) if result.collage else 'no fan images'}: {result.out.resolve()}/"
         )
 
     asyncio.run(go())
     return 0
+
+
+def _collage(n: int) -> str:
+    return f"collage of {n} fan image{'' if n == 1 else 's'}"

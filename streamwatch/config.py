@@ -11,7 +11,6 @@ Nested env vars use ``__``: ``STREAMWATCH_INGEST__READ_TIMEOUT_S=5``.
 from __future__ import annotations
 
 import enum
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -19,6 +18,9 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamwatch.config_errors import env_names
+from streamwatch.config_errors import format_validation_error as format_validation_error  # (re-exported: policy, desired)
+from streamwatch.config_errors import locate_key as locate_key
 from streamwatch.errors import ConfigError
 
 
@@ -397,53 +399,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def locate_key(text: str, loc: tuple[int | str, ...]) -> int | None:
-    """Best-effort line number of the key at ``loc`` in a TOML text (tables and arrays of tables).
-
-    ``("rule", 2, "when", "qr")`` finds ``qr =`` under the ``[rule.when]`` that follows the third
-    ``[[rule]]``.
-    """
-    keys = [str(p) for p in loc if not isinstance(p, int)]
-    if not keys:
-        return None
-    index = next((p for p in loc if isinstance(p, int)), None)
-    array = str(loc[0]) if index is not None and len(loc) > 1 and loc[1] == index else None
-    lines = text.splitlines()
-    table_re = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    key_re = re.compile(r"^\s*(\"?)" + re.escape(keys[-1]) + r"\1\s*=")
-    table = ".".join(keys[:-1])
-    current = ""
-    seen: dict[str, int] = {}
-
-    def in_item() -> bool:
-        return array is None or seen.get(array, 0) - 1 == index
-
-    for n, line in enumerate(lines, 1):
-        m = table_re.match(line)
-        if m:
-            current = m.group(1)
-            if line.lstrip().startswith("[["):
-                seen[current] = seen.get(current, 0) + 1
-            if current == ".".join(keys) and in_item():
-                return n
-            continue
-        if key_re.match(line) and (current == table or (not table and current == "")) and in_item():
-            return n
-    # a dotted key at top level: ingest.read_timeout_s = ...
-    dotted = re.compile(r"^\s*" + re.escape(".".join(keys)) + r"\s*=")
-    return next((n for n, line in enumerate(lines, 1) if dotted.match(line)), None)
-
-
-def format_validation_error(e: ValidationError, where: str, text: str = "") -> str:
-    lines = [f"invalid configuration in {where}:"]
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        line = locate_key(text, tuple(err["loc"])) if text else None
-        at = f" (line {line})" if line else ""
-        lines.append(f"  {loc}{at}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -493,7 +448,8 @@ def load_settings(path: Path | str | None = None, overrides: dict[str, Any] | No
         return Settings.model_validate(values)
     except ValidationError as e:
         other = _not_a_config(Path(path), file_values) if path else None
-        raise ConfigError(other or format_validation_error(e, where, text)) from e
+        sources = env_names(Settings.model_config.get("env_prefix", ""), overrides or {})
+        raise ConfigError(other or format_validation_error(e, where, text, model=Settings, sources=sources)) from e
     except ValueError as e:  # malformed JSON in a complex env var
         raise ConfigError(f"invalid configuration in environment: {e}") from e
 
@@ -511,4 +467,5 @@ def load_toml_model(path: Path, model: type[M], what: str, error: type[Exception
     except tomllib.TOMLDecodeError as e:
         raise error(f"{path}: {e}") from e
     except ValidationError as e:
-        raise error(format_validation_error(e, str(path), text).replace("invalid configuration", f"invalid {what}")) from e
+        message = format_validation_error(e, str(path), text, model=model)
+        raise error(message.replace("invalid configuration", f"invalid {what}")) from e

@@ -5,12 +5,14 @@ pipeline stage. Where a matching builtin exists the error inherits it too (as Py
 can catch either way: ``except SourceTimeout`` or ``except TimeoutError``.
 
 Library errors (PyAV, OpenCV, pydantic, …) are wrapped at the stage boundary with ``raise … from e``
-and never carry credentials: URLs in messages are always redacted.
+and never carry credentials: URLs in messages are always redacted (an :class:`IngestError` masks
+every URL in its message itself, see :mod:`streamwatch.redact`, whatever the call site passed).
 
 Tree::
 
     StreamwatchError
     ├── ConfigError (ValueError)              bad config file, env var or CLI option
+    │   ├── BadSource                         a source streamwatch cannot read (scheme, host, path, missing file)
     │   ├── PolicyError                       bad policy file or word list (file + line)
     │   ├── DuplicateStream                   a stream added at run time whose id is already watched
     │   └── UnknownStream (KeyError)          a stream id that is not in the desired set
@@ -52,6 +54,13 @@ class ConfigError(StreamwatchError, ValueError):
     """A config file, environment variable or command-line option is invalid."""
 
 
+class BadSource(ConfigError):
+    """A source streamwatch cannot read: an unsupported scheme, no host, a Windows path, a missing file.
+
+    Refused before anything starts (the CLI exits 2); retrying cannot help, so a running stream whose
+    source is refused is stopped, not restarted."""
+
+
 class DuplicateStream(ConfigError):
     """A stream added at run time has the id of a stream already in the desired set."""
 
@@ -64,7 +73,12 @@ class UnknownStream(ConfigError, KeyError):
 
 
 class IngestError(StreamwatchError):
-    """Getting frames out of a source failed."""
+    """Getting frames out of a source failed. URLs in the message are masked (FFmpeg quotes them)."""
+
+    def __init__(self, *args: object) -> None:
+        from streamwatch.redact import mask_text
+
+        super().__init__(*(mask_text(a) if isinstance(a, str) else a for a in args))
 
 
 class SourceOpenError(IngestError, ConnectionError):

@@ -52,10 +52,11 @@ def test_probe_reports_codec_size_fps_and_keyframe_interval(clip: Clip) -> None:
 
 
 def test_bad_sources_give_clear_errors(tmp_path: Path) -> None:
-    r = sw("sample", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 1 and "missing.mp4" in r.stderr and "Traceback" not in r.stderr
+    r = sw("sample", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o"))  # refused before anything starts: exit 2
+    assert r.returncode == 2 and "missing.mp4: no such file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
     r = sw("probe", "ftp://user:pw@host/x")
-    assert r.returncode == 1 and "unsupported source scheme" in r.stderr and "pw@" not in r.stderr
+    assert r.returncode == 2 and "unsupported source scheme" in r.stderr and "pw@" not in r.stderr
     r = sw("probe", "rtmp://127.0.0.1:9/live/k", "--max-retries", "0", "--open-timeout", "1")
     assert r.returncode == 1 and "cannot open" in r.stderr
 
@@ -96,5 +97,6 @@ def test_check_config_and_run_refuse_a_broken_policy_with_its_line(tmp_path: Pat
     policy.write_text("\n".join(lines) + "\n")
     r = sw("check-config", "--policy", str(policy))
     assert r.returncode == 1 and f"rule.0.when.min_confidence (line {n})" in r.stderr
-    r = sw("run", "--source", "x.mp4", "--policy", str(policy), "--data", str(tmp_path / "d"))
+    (tmp_path / "x.mp4").write_bytes(b"")  # found on disk: the policy is what is refused
+    r = sw("run", "--source", str(tmp_path / "x.mp4"), "--policy", str(policy), "--data", str(tmp_path / "d"))
     assert r.returncode == 1 and f"(line {n})" in r.stderr and "invalid policy" in r.stderr

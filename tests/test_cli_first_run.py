@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,16 @@ def test_analyze_names_its_format_and_place_and_leaves_no_temporary_data(recordi
     csv = recording.with_name("show-report.csv")
     assert "," in csv.read_text().splitlines()[0]  # a CSV header
     assert str(csv.resolve()) in r.stdout and "not kept" in r.stdout
+    assert r.stdout.strip().endswith("events not kept: add --data DIR to keep them") and "((" not in r.stdout
+    assert re.match(r"^\d+ alerts? in ", r.stdout) and " 1 alerts " not in r.stdout
+
+    # the progress bar ends at 100 % on its own line: the summary is never written into it
+    r = sw("analyze", str(recording), "--format", "csv", cwd=cwd, tmpdir=tmp)
+    assert r.returncode == 0, r.stderr
+    last = re.split(r"[\r\n]", r.stderr.rstrip("\n"))[-1]
+    assert r.stderr.endswith("\n") and "100%|" in last, repr(r.stderr[-300:])
+    done, total = re.search(r"\| ([\d.]+)/([\d.]+) ", last).groups()  # type: ignore[union-attr]
+    assert done == total
     assert sorted(p.name for p in cwd.iterdir()) == ["out"] and not list(tmp.glob("streamwatch-*"))
 
     # --data keeps the store, and says so

@@ -550,8 +550,9 @@ def test_search_tab_finds_frames_with_the_encoder(browser, tmp_path: Path) -> No
     export_encoder(str(tiny_encoder.build(tmp_path / "ckpt", "clip")), tmp_path / "enc", name="tiny-clip", exporter="legacy")
     enc = Encoder(tmp_path / "enc", device="cpu")
     with ServerThread(tmp_path / "d") as s:
+        now = time.time()  # frames of a show running now: nothing here depends on when housekeeping runs
         for i, img in enumerate(sample_images(4)):
-            fa = FrameAnalysis("s1", float(i * 10), 1000.0 + i, 1000.0 + i, (), 1, 1, embedding=enc.embed_images([img])[0])
+            fa = FrameAnalysis("s1", float(i * 10), now - 40 + i * 10, now - 40 + i * 10, (), 1, 1, embedding=enc.embed_images([img])[0])
             index_frame(s.store, fa, img, "tiny-clip")
         fs = FrameSearch(enc, s.store)
         s.server._http.search = lambda q, st, n: [hit_json(h) for h in fs.search(q, stream=st, limit=n)]

@@ -48,7 +48,7 @@ def test_export_verifies_itself_and_writes_a_complete_manifest(exported: dict[st
     assert v["vision_max_abs_diff"] <= 1e-4 and v["text_max_abs_diff"] <= 1e-4 and v["batch_max_abs_diff"] <= 1e-4
     assert v["vision_min_cosine"] > 0.9999 and v["batch_sizes"] == [1, 6, 16]
     assert m["architecture"] == arch and m["embedding_dim"] in (16, 32) and m["opset"] == 18
-    assert set(m["files"]) == {"vision.onnx", "text.onnx", "tokenizer.json", "vision.int8.onnx", "vision.fp16.onnx"}
+    assert set(m["files"]) == {"vision.onnx", "text.onnx", "tokenizer.json", "probe.npz", "vision.int8.onnx", "vision.fp16.onnx"}
     assert m["image"]["mean"] and m["image"]["resize"] and m["text"]["max_length"] > 0
     assert m["scoring"] == ("sigmoid" if arch == "siglip" else "softmax") and m["logit_scale"] > 0
     assert m["variants"]["int8"]["cosine_min"] > 0.99 and m["variants"]["fp16"]["cosine_min"] > 0.999

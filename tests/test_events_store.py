@@ -121,10 +121,43 @@ def test_the_search_index_is_pruned_first_and_by_age(tmp_path: Path) -> None:
     left = store.frames()
     assert 10 <= len(left) < 20 and left[0].offset > 0 and store.get(ev.id) is not None
     assert store.frame_path(thumbs[0]) is None and store.frame_path(thumbs[-1]) is not None
-    # by age, like events
+    # by age, like events: the age counts from when a frame was indexed, not from its picture's time
+    # (these are dated 1970: a retention pass right after indexing must keep them)
     store.retention_mb, store.retention_days = None, 1.0
-    store.prune(now=1000.0 + 86400 + 15.5)
-    assert [f.offset for f in store.frames()] == [16.0, 17.0, 18.0, 19.0]
+    store.prune()
+    assert len(store.frames()) == len(left)
+    store.prune(now=time.time() + 86400 + 60)
+    assert store.frames() == [] and store.get(ev.id) is None
+    store.close()
+
+
+def test_retention_age_counts_from_storing_and_old_stores_are_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    import numpy as np
+
+    import streamwatch.events.store as store_mod
+
+    # a store written before `stored_at` existed: its rows age by their own time
+    old = sqlite3.connect(tmp_path / "events.sqlite3")
+    old.executescript(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, stream TEXT NOT NULL, owner TEXT,"
+        " at REAL NOT NULL, files TEXT NOT NULL DEFAULT '', body TEXT NOT NULL);"
+        "INSERT INTO events(type, stream, at, body) VALUES ('alert', 's1', 1000.0, '{}');"
+    )
+    old.commit()
+    old.close()
+    clock = [5_000_000.0]
+    monkeypatch.setattr(store_mod.time, "time", lambda: clock[0])
+    store = EventStore(tmp_path, retention_days=1.0, retention_mb=None)
+    vec = np.ones(8, np.float32) / np.sqrt(8)
+    for i in range(4):  # indexed one hour apart, each dated in the future of its indexing
+        clock[0] = 5_000_000.0 + i * 3600
+        store.add_frame("s1", float(i), 9_000_000.0 + i, None, "enc", (), vec)
+        store.add(alert(offset=float(i)))
+    assert store.prune() == 1  # only the migrated 1970 row
+    assert store.prune(now=5_000_000.0 + 86400 + 1800) == 1  # stored 1 day + 30 min ago: the first of each
+    assert [f.offset for f in store.frames()] == [1.0, 2.0, 3.0] and len(store.events("s1")) == 3
     store.close()
 
 

@@ -67,7 +67,8 @@ def show(ev: dict[str, Any], labels: dict[str, Any]) -> None:
         print(f"\033[{color}m[{stamp}] ALERT {ev['severity']:8s} {ev['rule']:20s}\033[0m {ev['message']}{text}{lag}", flush=True)
     elif ev["type"] == "health":
         what = ev.get("state") or f"{ev['kind']} {'started' if ev.get('active') else 'ended'}"
-        print(f"[{stamp}] health {what} {ev.get('reason', '')}", flush=True)
+        reason = ev.get("reason") or ""
+        print(f"[{stamp}] health {what}{': ' + reason if reason else ''}", flush=True)
 
 
 def _epoch(iso: str) -> float:

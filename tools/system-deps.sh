@@ -38,6 +38,8 @@ for group in "$@"; do
       # the overlay page is tested in Debian's Chromium (driven by Playwright); CJK fonts for danmaku text
       command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || add chromium
       [ -d /usr/share/fonts/opentype/noto ] || add fonts-noto-cjk
+      # int8 encoder variants are checked on an emulated AVX2-only CPU too (QEMU user mode, -cpu Haswell)
+      command -v qemu-x86_64 >/dev/null 2>&1 || add qemu-user
       # the RTSP test's server: GStreamer's gst-rtsp-server, driven by the system python3 (python3-gi)
       if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null; then
         add gir1.2-gst-rtsp-server-1.0

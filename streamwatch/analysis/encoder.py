@@ -20,6 +20,7 @@ from streamwatch.analysis.base import onnx_session
 from streamwatch.analysis.encoder_export import FORMAT, sha256
 from streamwatch.analysis.labels import Label, LabelIndex
 from streamwatch.analysis.model import Detection, FrameAnalysis
+from streamwatch.analysis.variant_check import VariantCheck, check_variant
 from streamwatch.errors import AnalysisError, ModelLoadError
 from streamwatch.events.store import EventStore
 
@@ -135,19 +136,53 @@ class Encoder:
         self.folder = Path(folder)
         self.manifest = m = load_manifest(self.folder)
         vision = "vision.onnx"
+        self.preprocess = Preprocessor(m.image)
+        self.variant: str | None = None
+        self.variant_check: VariantCheck | None = None
         if variant:
             if variant not in m.variants:
                 raise ModelLoadError(f"encoder {m.name} has no {variant!r} variant (has: {', '.join(m.variants) or 'none'})")
             vision = str(m.variants[variant]["file"])
-        self.preprocess = Preprocessor(m.image)
         self.vision = onnx_session(self.folder / vision, device, threads)
         self._check_io(self.vision, [m.image.input], m.image.output, vision)
+        if variant:
+            self.variant_check = self._check_variant(variant, vision, device, threads)
+            if self.variant_check.ok:
+                self.variant = variant
+            else:
+                vision = "vision.onnx"
+                self.vision = onnx_session(self.folder / vision, device, threads)
         self.providers = tuple(self.vision.get_providers())
         # on a GPU, bind the batch and the embeddings (no extra staging copies inside onnxruntime)
         self.io_binding = self.providers[0] != "CPUExecutionProvider" if io_binding is None else io_binding
         self._text: Any = None
         self._tokenizer: Any = None
         self.device = device
+
+    def _check_variant(self, variant: str, file: str, device: str, threads: int) -> VariantCheck:
+        """Measure the variant against fp32 on this CPU (once per CPU; see variant_check) and log the verdict."""
+        m = self.manifest
+
+        def embed(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            fp32 = onnx_session(self.folder / "vision.onnx", device, threads)
+            pixels = np.stack([self.preprocess(img) for img in images])
+            ref = np.asarray(fp32.run(None, {m.image.input: pixels})[0], dtype=np.float32)
+            return ref, np.asarray(self.vision.run(None, {m.image.input: pixels})[0], dtype=np.float32)
+
+        digest = m.files.get(file) or sha256(self.folder / file)
+        check = check_variant(self.folder, variant, m.variants[variant], digest, embed)
+        how = "remembered" if check.cached else f"measured on {check.probes} {check.source} pictures"
+        if check.ok:
+            logger.info(
+                "encoder %s: %s variant kept: cosine to fp32 %.4f >= %.4f on this CPU (%s; %s)",
+                m.name, variant, check.cosine_min, check.required, check.cpu, how,
+            )  # fmt: skip
+        else:
+            logger.warning(
+                "encoder %s: %s variant refused: cosine to fp32 %.4f < %.4f on this CPU (%s; %s); using fp32 vision.onnx",
+                m.name, variant, check.cosine_min, check.required, check.cpu, how,
+            )  # fmt: skip
+        return check
 
     def _check_io(self, session: Any, inputs: list[str], output: str, name: str) -> None:
         got_in = [i.name for i in session.get_inputs()]

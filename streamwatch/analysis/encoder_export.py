@@ -6,8 +6,10 @@ Writes ``vision.onnx`` (pixel_values → L2-normalised image_embeds, dynamic bat
 (everything the runtime needs so it never imports torch: preprocessing, text padding, embedding size,
 logit scale/bias, opset, exporter, SHA-256 of each file, and the verification figures). Every export
 checks ONNX Runtime against torch on real photos and at batch sizes 1 and 16, and fails loudly when
-they disagree. Optional variants: ``vision.int8.onnx`` (dynamic int8, CPU) and ``vision.fp16.onnx``
-(GPU), each with its measured cosine to the fp32 embeddings.
+they disagree. Optional variants: ``vision.int8.onnx`` (dynamic int8, CPU: u8 weights per channel,
+no u8s8 saturation on AVX2-only CPUs) and ``vision.fp16.onnx`` (GPU), each with its measured cosine to the fp32
+embeddings and the cosine it must keep; ``probe.npz`` keeps the verification photos (shrunk) so the
+runtime measures a variant again on the CPU that runs it (``variant_check``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from streamwatch.analysis.variant_check import DEFAULT_REQUIRED, PROBE_FILE, cpu_signature
 from streamwatch.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -149,6 +152,7 @@ def export_encoder(
         raise ExportError(f"ONNX output does not match torch: max abs diff {worst:.2e} > {MAX_ABS_DIFF:g} ({json.dumps(check)})")
 
     variants: dict[str, Any] = {}
+    write_probes(out / PROBE_FILE, images)
     if int8:
         variants["int8"] = _int8(vision_path, out / "vision.int8.onnx", pixels.numpy(), got_img)
     if fp16:
@@ -156,7 +160,7 @@ def export_encoder(
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
     bias = float(model.logit_bias.detach()) if hasattr(model, "logit_bias") else 0.0
-    files = ["vision.onnx", "text.onnx", "tokenizer.json", *(v["file"] for v in variants.values())]
+    files = ["vision.onnx", "text.onnx", "tokenizer.json", PROBE_FILE, *(v["file"] for v in variants.values())]
     manifest = {
         "format": FORMAT,
         "name": name or out.name,
@@ -279,11 +283,29 @@ def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(session.run(None, feeds)[0])
 
 
-def _variant_figures(file: Path, pixels: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+def write_probes(path: Path, images: list[np.ndarray], side: int = 256) -> None:
+    """The verification photos, shrunk to ``side`` px on the long side, for the runtime's check of a variant on its own CPU."""
+    import cv2
+
+    small = {}
+    for i, img in enumerate(images):
+        f = side / max(img.shape[:2])
+        size = (max(1, round(img.shape[1] * f)), max(1, round(img.shape[0] * f)))
+        small[f"p{i:02d}"] = cv2.resize(img, size, interpolation=cv2.INTER_AREA) if f < 1 else img
+    np.savez_compressed(path, **small)  # type: ignore[arg-type]
+
+
+def _variant_figures(file: Path, pixels: np.ndarray, ref: np.ndarray, variant: str) -> dict[str, Any]:
     got = _run(file, {"pixel_values": pixels.astype(np.float32)}).astype(np.float32)
     got /= np.linalg.norm(got, axis=1, keepdims=True)
     cos = (got * ref).sum(1)
-    return {"file": file.name, "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
+    return {
+        "file": file.name,
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "required_cosine": DEFAULT_REQUIRED[variant],  # the runtime measures it again on its own CPU
+        "measured_on": cpu_signature(),
+    }
 
 
 def _int8(src: Path, dst: Path, pixels: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
@@ -297,10 +319,14 @@ def _int8(src: Path, dst: Path, pixels: np.ndarray, ref: np.ndarray) -> dict[str
     bare = dst.with_suffix(".bare.onnx")
     onnx.save(model, str(bare))
     try:
-        quantize_dynamic(str(bare), str(dst), weight_type=QuantType.QInt8)
+        # u8 weights per output channel: ONNX Runtime's u8s8 kernels (s8 weights) add pairs of products in
+        # 16-bit lanes on x86 CPUs without VNNI (AVX2 only) and saturate there: the tiny SigLIP's cosine to
+        # fp32 was 0.941 on an AVX2-only CPU (QEMU's Haswell model) and 0.999 on a VNNI one. u8u8 gave
+        # 0.99957 on both (7-bit s8 weights, reduce_range: 0.9974 on both); tests/test_encoder_cpus.py
+        quantize_dynamic(str(bare), str(dst), weight_type=QuantType.QUInt8, per_channel=True)
     finally:
         bare.unlink(missing_ok=True)
-    return _variant_figures(dst, pixels, ref)
+    return {**_variant_figures(dst, pixels, ref, "int8"), "quantization": "dynamic, u8 weights per channel"}
 
 
 def _fp16(src: Path, dst: Path, pixels: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
@@ -309,4 +335,4 @@ def _fp16(src: Path, dst: Path, pixels: np.ndarray, ref: np.ndarray) -> dict[str
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(model, str(dst))
-    return _variant_figures(dst, pixels, ref)
+    return _variant_figures(dst, pixels, ref, "fp16")

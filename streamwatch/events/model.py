@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from streamwatch.redact import mask_text
+
 
 class StreamState(enum.Enum):
     """Lifecycle of one stream. Allowed moves are in :data:`TRANSITIONS`."""
@@ -133,6 +135,8 @@ class HealthEvent(Event):
     ``state`` is set for ``kind == STATE``. For BLACK/FROZEN periods ``active`` tells whether the
     period starts (True) or ends (False). ``gap_s`` is the outage length when a stream comes back
     LIVE after an outage, and ``duration_s`` the period length when a black/frozen period ends.
+    ``reason`` is display text: URLs in it are masked when the event is made (an error message
+    quoting a source URL never reaches the store, samples.jsonl, clients or /healthz).
     """
 
     TYPE: ClassVar[str] = "health"
@@ -144,6 +148,10 @@ class HealthEvent(Event):
     duration_s: float | None = None
     reason: str = ""
     attempt: int = 0
+
+    def __post_init__(self) -> None:
+        if self.reason:
+            object.__setattr__(self, "reason", mask_text(self.reason))
 
     def describe(self) -> str:
         if self.kind is HealthKind.STATE and self.state is not None:

@@ -61,9 +61,13 @@ class Retention:
         return floor_deficit(free, reusable, int(self.min_free_mb * 1024 * 1024))
 
     def prune(self, now: float | None = None, *, by_age: bool = True, by_size: bool = True) -> int:
-        """Delete events older than the retention age (``by_age``), the oldest ones over the size cap
-        (``by_size``, one pass by the rows' and files' sizes), then the oldest ones while under the
-        free-space floor (measured again after each pass); returns the events removed.
+        """Delete events stored longer ago than the retention age (``by_age``), the oldest ones over the
+        size cap (``by_size``, one pass by the rows' and files' sizes), then the oldest ones while under
+        the free-space floor (measured again after each pass); returns the events removed.
+
+        The age counts from when a row was stored (``stored_at``), not from the picture's own time: a
+        recording of last year's show analysed today, or a frame whose clock is off, is kept as long
+        as anything else (rows from stores older than ``stored_at`` fall back to ``at``).
 
         The search index goes first, then the oldest events with their evidence. Errors: StorageError
         when even a delete cannot be written (the evidence files are removed all the same).
@@ -71,8 +75,9 @@ class Retention:
         removed = 0
         if self.retention_days is not None and by_age:
             cutoff = (now if now is not None else time.time()) - self.retention_days * 86400
-            removed += self._delete("SELECT id, files FROM events WHERE at < ? ORDER BY id", (cutoff,))
-            self._delete("SELECT id, coalesce(thumb, '') FROM frames WHERE at < ? ORDER BY id", (cutoff,), table="frames")
+            age = "coalesce(stored_at, at) < ?"
+            removed += self._delete(f"SELECT id, files FROM events WHERE {age} ORDER BY id", (cutoff,))
+            self._delete(f"SELECT id, coalesce(thumb, '') FROM frames WHERE {age} ORDER BY id", (cutoff,), table="frames")
         if self.retention_mb is not None and by_size:
             excess = self.size_bytes() - int(self.retention_mb * 1024 * 1024)
             if excess > 0:  # the search index goes first: alerts and their evidence are worth more

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS events (
     owner TEXT,
     at REAL NOT NULL,
     files TEXT NOT NULL DEFAULT '',
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    stored_at REAL
 );
 CREATE INDEX IF NOT EXISTS events_stream ON events(stream, id);
 CREATE INDEX IF NOT EXISTS events_at ON events(at);
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS frames (
     thumb TEXT,
     model TEXT NOT NULL,
     tags TEXT NOT NULL DEFAULT '',
-    embedding BLOB NOT NULL
+    embedding BLOB NOT NULL,
+    stored_at REAL
 );
 CREATE INDEX IF NOT EXISTS frames_stream ON frames(stream, id);
 CREATE INDEX IF NOT EXISTS frames_at ON frames(at);
@@ -132,6 +134,7 @@ class EventStore(Retention):
             self.path = self.data_dir / "events.sqlite3"
             self._db = self._connect()
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run beside commits: checkpoint()
             self._reader = self._connect()
             self._ckpt = self._connect()
@@ -140,6 +143,13 @@ class EventStore(Retention):
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._clock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Stores written before ``stored_at`` existed get the column (NULL: their ``at`` stands in)."""
+        for table in ("events", "frames"):
+            if "stored_at" not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN stored_at REAL")
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {table}_stored ON {table}(coalesce(stored_at, at))")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -151,11 +161,12 @@ class EventStore(Retention):
 
     def append(self, events: Sequence[Event]) -> list[StoredEvent]:
         """Commit events in one transaction; return them with their new ids, in order."""
-        rows = [(e.TYPE, e.stream, e.owner, e.at, " ".join(e.files()), encode_body(e)) for e in events]
+        stored = time.time()
+        rows = [(e.TYPE, e.stream, e.owner, e.at, " ".join(e.files()), encode_body(e), stored) for e in events]
         out: list[StoredEvent] = []
         with self._transaction():
             for ev, row in zip(events, rows, strict=True):
-                cur = self._db.execute("INSERT INTO events(type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?)", row)
+                cur = self._db.execute("INSERT INTO events(type, stream, owner, at, files, body, stored_at) VALUES (?,?,?,?,?,?,?)", row)
                 eid = int(cur.lastrowid or 0)
                 out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, row[5])))
         return out
@@ -211,8 +222,8 @@ class EventStore(Retention):
                     continue
                 body = encode_body(ev)
                 self._db.execute(
-                    "INSERT INTO events(id, type, stream, owner, at, files, body) VALUES (?,?,?,?,?,?,?)",
-                    (eid, ev.TYPE, ev.stream, ev.owner, ev.at, " ".join(ev.files()), body),
+                    "INSERT INTO events(id, type, stream, owner, at, files, body, stored_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (eid, ev.TYPE, ev.stream, ev.owner, ev.at, " ".join(ev.files()), body, time.time()),
                 )
                 out.append(StoredEvent(eid, ev.TYPE, ev.stream, ev.owner, with_id(eid, body)))
                 top = eid
@@ -242,8 +253,8 @@ class EventStore(Retention):
         blob = np.asarray(embedding, np.float16).tobytes()
         with self._write("index a frame"):
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding) VALUES (?,?,?,?,?,?,?,?)",
-                (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob),
+                "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding, stored_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob, time.time()),
             )
         return int(frame_id if frame_id is not None else cur.lastrowid or 0)
 

@@ -29,6 +29,7 @@ from streamwatch.ingest.frame import Frame, display_rotation, upright
 from streamwatch.ingest.hls import Plan, PlaylistTracker
 from streamwatch.ingest.relay import RtmpRelay, relay_available
 from streamwatch.ingest.url import SourceKind, SourceSpec
+from streamwatch.redact import mask_text
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ class ReaderStats:
     dropped: int = 0  # frames the consumer side threw away (see ingest.aio)
 
 
-def _scrub(e: Exception, spec: SourceSpec) -> str:
-    """An FFmpeg error's text without the URL (which may hold credentials)."""
+def _scrub(e: Exception) -> str:
+    """An FFmpeg error's text without the URL it quotes; any other error's text with its URLs masked."""
     if isinstance(e, av.error.FFmpegError):
-        return str(e.strerror or type(e).__name__)
-    return str(e).replace(spec.url, spec.redacted)
+        return mask_text(str(e.strerror or type(e).__name__))
+    return mask_text(str(e))
 
 
 def open_options(spec: SourceSpec) -> dict[str, str]:
@@ -86,9 +87,9 @@ def open_container(spec: SourceSpec, cfg: IngestConfig, options: dict[str, str] 
     except av.error.FFmpegError as e:
         if isinstance(e, av.error.TimeoutError | av.error.ExitError):
             raise SourceTimeout(f"timed out opening {spec.redacted}") from None
-        raise SourceOpenError(f"cannot open {spec.redacted}: {_scrub(e, spec)}") from None
+        raise SourceOpenError(f"cannot open {spec.redacted}: {_scrub(e)}") from None
     except OSError as e:  # e.g. a local file that does not exist
-        raise SourceOpenError(f"cannot open {spec.redacted}: {e.strerror or e}") from None
+        raise SourceOpenError(f"cannot open {spec.redacted}: {mask_text(str(e.strerror or e))}") from None
 
 
 class FrameReader:
@@ -180,7 +181,7 @@ class FrameReader:
                 yield from self._decode(container)
             except av.error.FFmpegError as e:
                 raise SourceCorrupt(
-                    f"{self.spec.redacted}: unreadable data after {self._last_offset:.2f}s ({_scrub(e, self.spec)}); "
+                    f"{self.spec.redacted}: unreadable data after {self._last_offset:.2f}s ({_scrub(e)}); "
                     f"{self.stats.emitted} frames before it were delivered"
                 ) from None
         finally:
@@ -277,7 +278,7 @@ class FrameReader:
                 if isinstance(e, av.error.TimeoutError | av.error.ExitError):
                     reason = f"no data for {self.cfg.read_timeout_s:g}s"
                 else:
-                    reason = f"connection lost: {_scrub(e, self.spec)}"
+                    reason = f"connection lost: {_scrub(e)}"
             except NoVideoStream as e:
                 reason = str(e)
             finally:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import enum
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
-from streamwatch.errors import ConfigError
+from streamwatch.errors import BadSource
+from streamwatch.redact import mask_url
 
-# Query parameters that carry secrets (stream keys, tokens, signatures).
-_SECRET_PARAMS = re.compile(
-    r"^(key|token|secret|sig|signature|auth|password|pass|pwd|passwd|streamkey|stream_key|access_token|api_key|apikey)$", re.I
-)
 _FILE_SUFFIXES = {".mp4", ".flv", ".ts", ".mkv", ".mov", ".m4v", ".webm", ".m3u8"}
 
 
@@ -42,32 +42,14 @@ class SourceSpec:
 
 
 def redact_url(url: str) -> str:
-    """Hide user:password, secret query values and RTMP stream keys in ``url``.
+    """``url`` for logs and errors: every query value, userinfo, fragment and RTMP stream key masked.
+
+    The one rule lives in :func:`streamwatch.redact.mask_url`:
 
     >>> redact_url("rtmp://bob:hunter2@host/live/abc?key=s3cret&x=1")
-    'rtmp://***@host/live/***?key=***&x=1'
+    'rtmp://***@host/live/***?key=***&x=***'
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    path = parts.path
-    if parts.scheme.lower() in {"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"}:
-        # rtmp://host/app/STREAM_KEY: the last path element is the publish key.
-        segs = path.split("/")
-        if len(segs) >= 3 and segs[-1]:
-            segs[-1] = "***"
-            path = "/".join(segs)
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+    return mask_url(url)
 
 
 def _host(url: str) -> str:
@@ -79,19 +61,73 @@ def _host(url: str) -> str:
         return ""
 
 
+# Schemes PyAV could be pointed at but streamwatch does not ingest (yet): refused by name.
+_NOT_YET = {"srt": "SRT", "udp": "UDP", "rist": "RIST", "rtp": "RTP", "tcp": "raw TCP", "whip": "WHIP", "mms": "MMS"}
+_RTMP = {"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"}
+_KNOWN = sorted(_RTMP | {"rtsp", "rtsps", "http", "https", "file"})
+SUPPORTED = "rtmp(s)://, rtsp(s)://, http(s)://….m3u8 (HLS), a video file (a path, file:// or http(s)://)"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # two letters at least: C:/… is a drive
+_WINDOWS = re.compile(r"^([A-Za-z]:[\\/]|\\\\)|\\")  # C:\…, C:/…, \\server\share, any backslash
+
+
+def source_scheme(url: str) -> str:
+    """The lower-case scheme of ``url`` ("" for a path). ``rtmpp:/x`` (a slash lost) still has one."""
+    m = _SCHEME.match(url.strip())
+    return m.group(1).lower() if m else ""
+
+
+def _refuse_scheme(scheme: str, url: str) -> BadSource:
+    shown = redact_url(url)
+    if scheme in _NOT_YET:
+        name = _NOT_YET[scheme]
+        return BadSource(
+            f"{name} sources are not supported yet ({shown}): streamwatch reads {SUPPORTED}; "
+            "relay it to RTMP first (ffmpeg -i SRC -c copy -f flv rtmp://…)"
+        )
+    close = difflib.get_close_matches(scheme, _KNOWN, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}://?)" if close else ""
+    return BadSource(f"unsupported source scheme {scheme!r} in {shown}{hint}: streamwatch reads {SUPPORTED}")
+
+
+def _local_path(url: str, scheme: str) -> Path:
+    """The path a ``file://`` URL (percent-decoded) or a plain path names; BadSource for a Windows path here."""
+    if scheme == "file":
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise BadSource(f"{url}: a file on another host ({parts.netloc}) cannot be read: copy it here or serve it over http(s)")
+        url = unquote(parts.path)
+    if os.name != "nt" and _WINDOWS.search(url) and not Path(url).exists():
+        raise BadSource(
+            f"'{url}' is a Windows path, and this machine runs {sys.platform}: give the file's path on this machine "
+            f"(under WSL C:\\ is /mnt/c/), or copy the file here"
+        )
+    return Path(url)
+
+
 def parse_source(url: str, *, listen: bool = False) -> SourceSpec:
-    """Classify ``url``. ``listen=True`` makes an ``rtmp://`` URL a listen address."""
+    """Classify ``url``. ``listen=True`` makes an ``rtmp://`` URL a listen address.
+
+    BadSource (one line, naming what is supported) for a scheme streamwatch does not read, a URL without
+    a host, a Windows path on another system, or a path that is not a video file. A local file's
+    existence is checked by :func:`streamwatch.ingest.preflight.check_source`, not here.
+    """
     if not url or not url.strip():
-        raise ConfigError("empty source URL")
+        raise BadSource("empty source URL")
     url = url.strip()
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if scheme and scheme not in {"file"} and not _host(url):
-        raise ConfigError(f"source {redact_url(url)!r} has no host or a bad port: expected {scheme}://HOST[:PORT]/…")
+    scheme = source_scheme(url)
+    try:
+        urlsplit(url)
+    except ValueError as e:  # e.g. a bad IPv6 host
+        raise BadSource(f"malformed source URL {redact_url(url)}: {e}") from e
+    if scheme and scheme not in _KNOWN:
+        raise _refuse_scheme(scheme, url)
+    if scheme and scheme != "file" and ("://" not in url or not _host(url)):
+        raise BadSource(f"source {redact_url(url)!r} has no host or a bad port: expected {scheme}://HOST[:PORT]/…")
     if listen:
-        if not scheme.startswith("rtmp"):
-            raise ConfigError(f"listen mode needs an rtmp:// address, got {redact_url(url)}")
+        if scheme not in _RTMP:
+            raise BadSource(f"listen mode needs an rtmp:// address, got {redact_url(url)}")
         return SourceSpec(url, SourceKind.LISTEN)
-    if scheme in {"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"}:
+    if scheme in _RTMP:
         return SourceSpec(url, SourceKind.RTMP)
     if scheme in {"rtsp", "rtsps"}:
         return SourceSpec(url, SourceKind.RTSP)
@@ -100,11 +136,7 @@ def parse_source(url: str, *, listen: bool = False) -> SourceSpec:
             return SourceSpec(url, SourceKind.HLS)
         # A progressive file over HTTP is read like a file (it ends when it ends).
         return SourceSpec(url, SourceKind.FILE)
-    if scheme in {"", "file"}:
-        path = Path(urlsplit(url).path if scheme == "file" else url)
-        if path.suffix.lower() == ".m3u8":
-            return SourceSpec(str(path), SourceKind.FILE)
-        if path.suffix.lower() not in _FILE_SUFFIXES and not path.exists():
-            raise ConfigError(f"unknown source {redact_url(url)!r}: expected rtmp://, rtsp://, http(s)://….m3u8 or a video file")
-        return SourceSpec(str(path), SourceKind.FILE)
-    raise ConfigError(f"unsupported source scheme {scheme!r} in {redact_url(url)}")
+    path = _local_path(url, scheme)
+    if path.suffix.lower() not in _FILE_SUFFIXES and not path.exists():
+        raise BadSource(f"unknown source {redact_url(url)!r}: expected {SUPPORTED}")
+    return SourceSpec(str(path), SourceKind.FILE)

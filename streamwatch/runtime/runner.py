@@ -78,6 +78,7 @@ class StreamRunner:
         self._session: SessionKeeping | None = None  # the keeper of a live stream's session
         self._streak = FailureStreak()  # frames in a row whose analysis failed
         self._storage_since: float | None = None  # wall time this runner said storage is failing (None: ok)
+        self.failed = False  # the source was given up on (retries exhausted, unreadable file)
 
     def stop(self) -> None:
         """End on purpose: ingest stops, queued frames are still analysed, then ``ended``."""
@@ -104,7 +105,6 @@ class StreamRunner:
             )
         )
         queue: asyncio.Queue[Sample | None] = asyncio.Queue(svc.settings.analysis.queue_size)
-        failed = False
         try:
             async with asyncio.TaskGroup() as tg:
                 self._producer = tg.create_task(self._produce(pipeline, queue, live))
@@ -116,7 +116,7 @@ class StreamRunner:
                 consumer.add_done_callback(lambda _t: svc.escalations.close(cfg.id))
                 tg.create_task(self._comply())
         except* IngestError as eg:  # the source is gone for good (retries exhausted, unreadable file); other errors go to the supervisor
-            failed = True
+            self.failed = True
             for e in eg.exceptions:
                 logger.error("stream %s stopped: %s", cfg.id, e)
             await svc.bus.publish(
@@ -132,7 +132,7 @@ class StreamRunner:
             keeper = None  # the session stays open: a restart continues it
         if keeper is not None:  # stopped on purpose, or the source finished: the session ends
             await self._end_session(pipeline, keeper)
-        elif not live and not failed and not self.stopping and self.keeper is not None:
+        elif not live and not self.failed and not self.stopping and self.keeper is not None:
             try:
                 await self.keeper.end()  # a file read to its end (a cluster records it: no new owner reads it again)
             except StorageError as e:

@@ -9,10 +9,13 @@ event log, the store; not the source: those reconnect in ingest, and a source gi
 ``stopped`` by the runner itself) is never left silent: a ``stopped`` state event names the error,
 and a live stream is restarted with back-off (:class:`RestartBackoff`). The
 restart continues the open session, so the time nobody watched is a ``monitoring_gap`` in the
-report. A file is not restarted (its alerts would be repeated). In a cluster, ``give_up_after``
-crashes in a row hand the stream to another worker (``on_give_up``). Handling a failure may fail
-too (the store that failed cannot take the ``stopped`` event or the last heartbeat): a live stream is
-restarted all the same, so a process never stops watching a live stream on its own.
+report. A file is not restarted (its alerts would be repeated), and neither is a stream whose
+source is refused (:class:`~streamwatch.errors.ConfigError`: retrying cannot help). In a cluster,
+``give_up_after`` crashes in a row hand the stream to another worker (``on_give_up``). ``failed``
+holds the streams whose last run ended in failure (the CLI exits non-zero when every stream did).
+Handling a failure may fail too (the store that failed cannot take the ``stopped`` event or the last
+heartbeat): a live stream is restarted all the same, so a process never stops watching a live stream
+on its own.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from streamwatch.config import StreamConfig
-from streamwatch.errors import StreamwatchError
+from streamwatch.errors import ConfigError, StreamwatchError
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 from streamwatch.runtime.faults import RestartBackoff, describe, first_error
 from streamwatch.runtime.runner import SessionKeeping, StreamRunner
@@ -55,6 +58,8 @@ class StreamSet:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._stop: dict[str, asyncio.Event] = {}
         self.changed = asyncio.Event()  # set whenever a stream starts or finishes
+        self.failed: set[str] = set()  # streams whose last run ended in failure (not stopped on purpose)
+        self.seen: set[str] = set()  # every stream started here
 
     def __contains__(self, sid: object) -> bool:
         return sid in self.tasks
@@ -67,6 +72,7 @@ class StreamSet:
         if cfg.id in self.tasks:
             return
         self._stop[cfg.id] = asyncio.Event()
+        self.seen.add(cfg.id)
         self.tasks[cfg.id] = asyncio.create_task(self._supervise(cfg), name=f"stream-{cfg.id}")
         self.changed.set()
 
@@ -77,22 +83,28 @@ class StreamSet:
             while not stop.is_set():
                 runner = self.runners[sid] = StreamRunner(cfg, self.svc, self.keepers(cfg))
                 began = time.monotonic()
+                self.failed.discard(sid)
                 try:
                     await runner.run()
+                    if runner.failed:
+                        self.failed.add(sid)
                     return
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
                     delay = backoff.crashed(time.monotonic() - began)
-                    logger.error("stream %s failed: %s", sid, describe(e), exc_info=e)
+                    refused = isinstance(first_error(e), ConfigError)  # a source it cannot read: one line, no restart
+                    logger.error("stream %s failed: %s", sid, describe(e), exc_info=None if refused else e)
                     live = runner.pipeline is None or runner.pipeline.reader.live  # (an HLS recording is not live)
                     try:
-                        restart = await self._after_crash(cfg, runner, e, delay, backoff, live)
+                        restart = await self._after_crash(cfg, runner, e, delay, backoff, live, refused)
                     except asyncio.CancelledError:
                         raise
                     except Exception as e2:  # saying the failure failed too (a full disk): a live stream is still watched again
                         logger.error("stream %s: its failure could not be handled in full: %s", sid, describe(e2))
-                        restart = live and not runner.stopping
+                        restart = live and not runner.stopping and not refused
+                        if not restart and not runner.stopping:
+                            self.failed.add(sid)
                     if not restart:
                         return
                 try:  # stopped on purpose during the wait: nothing more to watch
@@ -112,14 +124,16 @@ class StreamSet:
             self.changed.set()
 
     async def _after_crash(
-        self, cfg: StreamConfig, runner: StreamRunner, e: Exception, delay: float, backoff: RestartBackoff, live: bool
+        self, cfg: StreamConfig, runner: StreamRunner, e: Exception, delay: float, backoff: RestartBackoff, live: bool, refused: bool
     ) -> bool:
         """A last heartbeat, the ``stopped`` event, a session that still ends; True: restart the stream."""
         await self._last_beat(cfg, runner, live)
         # a bug, or a failure of streamwatch's own side (the event log, the store): not the source
         what = "error" if _ours(e) else "internal error"
-        if await self._crashed(runner, f"{what} ({describe(e)})", delay, backoff, live=live):
+        if await self._crashed(runner, f"{what} ({describe(e)})", delay, backoff, live=live, refused=refused):
             return True
+        if not runner.stopping:
+            self.failed.add(runner.sid)
         if runner.stopping and live:  # it failed while being stopped on purpose: the session still ends
             await self._end_session(cfg)
         return False
@@ -135,10 +149,14 @@ class StreamSet:
         except StreamwatchError as e:
             logger.warning("stream %s: no heartbeat at the failure: %s", cfg.id, e)
 
-    async def _crashed(self, runner: StreamRunner, error: str, delay: float, backoff: RestartBackoff, *, live: bool) -> bool:
+    async def _crashed(
+        self, runner: StreamRunner, error: str, delay: float, backoff: RestartBackoff, *, live: bool, refused: bool = False
+    ) -> bool:
         """Say that ``runner`` failed (a ``stopped`` state event with the error and what comes next); True: restart it."""
         sid, restarts = runner.sid, self.svc.metrics.stream_restarts
-        if runner.stopping or not live:
+        if refused and not runner.stopping:
+            outcome, then = "stopped", "not retried: fix the source, then add the stream again"
+        elif runner.stopping or not live:
             outcome, then = "stopped", "stopped by the operator" if runner.stopping else "the file is not read again"
         elif backoff.give_up and self.on_give_up is not None:
             outcome, then = "handed_over", "handed to another worker"

@@ -83,6 +83,9 @@ class ConsoleData:
             st = self.status.get(sid, {})
             since = st.get("since")
             frame = self.latest(sid) if self.latest is not None else None
+            offset = self.offsets(sid)
+            if st.get("state") in ("ended", "stopped") and st.get("offset") is not None:  # the end, not the last sample
+                offset = max(offset, float(st["offset"]))
             out.append(
                 {
                     "id": sid,
@@ -94,7 +97,7 @@ class ConsoleData:
                     "frozen": bool(st.get("frozen")),
                     "analysis_failing": bool(st.get("analysis_failing")),
                     "storage_failing": bool(st.get("storage_failing")),
-                    "offset": round(self.offsets(sid), 3),
+                    "offset": round(offset, 3),
                     "frame": None if frame is None else {"offset": round(frame.analysis.offset, 3), "at": iso(frame.analysis.at)},
                 }
             )

@@ -143,7 +143,7 @@ class EventServer:
             d = json.loads(ev.text)
             entry = self.status.setdefault(ev.stream, {"state": "unknown"})
             if d.get("kind") == "state":
-                entry.update(state=d.get("state"), since=d.get("at"), reason=d.get("reason", ""))
+                entry.update(state=d.get("state"), since=d.get("at"), reason=d.get("reason", ""), offset=d.get("offset"))
             elif d.get("kind") in ("black", "frozen"):
                 entry[d["kind"]] = bool(d.get("active"))
             elif d.get("kind") == "analysis":

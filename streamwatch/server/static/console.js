@@ -157,9 +157,11 @@
     if (!a) return;
     const ev = a.ev; const evid = ev.evidence || {};
     const img = $("ev-img");
-    $("ev-noframe").hidden = !!evid.frame;
-    const nf = $("ev-noframe"); nf.dataset.i18n = evid.unsaved ? "unsaved" : "no_frame"; nf.textContent = SW.t(nf.dataset.i18n); nf.title = evid.unsaved || "";
-    img.hidden = !evid.frame; $("ev-svg").style.display = evid.frame ? "" : "none";
+    $("ev-noframe").hidden = !!evid.frame; img.hidden = !evid.frame; $("ev-svg").style.display = evid.frame ? "" : "none";
+    const cond = evid.kind === "health" ? evid.text || (evid.labels || [])[0] : null;  // black, frozen, outage, monitoring_gap, storage
+    const noframe = $("ev-noframe");  // (an alert whose picture the full disk did not take says so)
+    noframe.dataset.i18n = evid.unsaved ? "unsaved" : cond && SW.STRINGS.zh["no_frame_" + cond] ? "no_frame_" + cond : "no_frame";
+    noframe.textContent = SW.t(noframe.dataset.i18n); noframe.title = evid.unsaved || "";
     const src = evid.frame ? SW.frameUrl(evid.frame) : "";
     if (img.dataset.src !== src) { img.dataset.src = src; $("ev-box").setAttribute("width", "0"); img.removeAttribute("src"); if (src) img.src = src; }
     else drawBox();
