@@ -599,3 +599,33 @@ def test_a_full_disk_mid_show_is_said_live_and_the_watch_goes_on(
     assert len(periods) == 1 and not periods[0].open and periods[0].detail == stored_storage[0].reason
     assert "No space left" in periods[0].detail or "disk is full" in periods[0].detail
     assert "Traceback" not in log.read_text()
+
+
+# --- the one-shot writers: samples, reports, summaries on a full disk ---------------------------------
+
+
+def test_sample_report_and_summary_on_a_full_disk_say_so_in_one_line(
+    small_disk: Callable[[int], SmallDisk], short_clip: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamwatch.cli import main
+
+    cfg = tmp_path / "qr.toml"
+    cfg.write_text('[analysis]\nanalyzers = ["qr"]\nthreads = 1\n')
+    data = tmp_path / "data"
+    assert main(["analyze", str(short_clip.path), "-c", str(cfg), "--data", str(data), "-o", str(tmp_path / "r.json"), "-q"]) == 0
+    capsys.readouterr()
+    disk = small_disk(4)
+    disk.fill(leave=60_000)  # room for a few samples, not for all of them
+    assert main(["sample", str(short_clip.path), "--every", "0.25", "--out", str(disk.path / "samples"), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "samples" in err[0], err
+    lines = (disk.path / "samples" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) >= 2 and all(json.loads(x)["offset"] >= 0 for x in lines[:-1])  # what was written before is readable
+    disk.fill()
+    for cmd in (
+        ["report", "recording", "--data", str(data), "-o", str(disk.path / "r.html")],
+        ["summary", "recording", "--data", str(data), "-o", str(disk.path / "sum"), "--template"],
+    ):
+        assert main(cmd) == 1, cmd
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0], (cmd, err)
