@@ -265,7 +265,7 @@
                   since: state.lastId === null ? 0 : state.lastId, ref: "sub" });
         emit("hello", msg);
       } else if (msg.type === "batch") msg.events.forEach(onEvent);
-      else if (typeof msg.id === "number" && msg.v === undefined) onEvent(msg);
+      else if ((typeof msg.id === "number" || msg.unsaved === true) && msg.v === undefined) onEvent(msg);
       else emit("reply:" + msg.type, msg);
     };
     ws.onclose = () => {
