@@ -94,7 +94,9 @@ class Daemon:
 
     async def run(self) -> None:
         s = self.settings
-        self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
+        self.store = EventStore(
+            s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb, min_free_mb=s.store.min_free_mb
+        )
         self.bus = EventBus(self.store)
         svc = self.svc = await build_services(s, self.store, self.bus, self.metrics)
         if self.on_sample is not None:

@@ -321,6 +321,14 @@ class StoreConfig(_Section):
     retention_mb: Annotated[
         float | None, Field(gt=0, description="Keep the database plus evidence images under this size (MiB), oldest first.")
     ] = 2048.0
+    min_free_mb: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            description="Keep this much space (MiB) free on the data disk: below it the oldest thumbnails, then events with "
+            "their evidence, are deleted (checked every second), before a full disk refuses writes; unset = no floor.",
+        ),
+    ] = 256.0
     thumbnail_every_s: Annotated[
         float | None,
         Field(

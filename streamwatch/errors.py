@@ -37,6 +37,8 @@ Tree::
     │                                         the model cannot take, or an error for this request while the
     │                                         model answers others): reported against the request only
     ├── EventsError                           event store and bus
+    │   └── StorageError (OSError)            the data folder takes no writes (disk full, quota, read-only):
+    │                                         a ``storage`` health event; the watch goes on
     ├── ServerError                           WebSocket / HTTP server
     ├── OutboundError                         webhooks, MQTT: what leaves the process for other systems
     │   └── DeliveryFailed (ConnectionError)  a receiver was unreachable, too slow, or answered non-2xx
@@ -174,6 +176,20 @@ class VLMInputError(VLMError, ValueError):
 
 class EventsError(StreamwatchError):
     """The event store or bus failed."""
+
+
+class StorageError(EventsError, OSError):
+    """The data folder refused a write: the disk is full (ENOSPC, SQLite's "database or disk is full"),
+    a quota is exceeded, or it is read-only. ``what`` names the writer (``database``: the SQLite event
+    log, its frame index and sessions; ``files``: evidence images and thumbnails). Said as a ``storage``
+    health event; the streams are watched on."""
+
+    def __init__(self, message: str, what: str = "files") -> None:
+        super().__init__(message)
+        self.what = what
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ServerError(StreamwatchError):

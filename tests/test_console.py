@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,11 +28,12 @@ from conftest import Nginx, free_port, require_media_tools, stop
 from evserver import TOKENS, EchoResponder, ServerThread, alert, health
 from make_concert_clip import write_concert_clip
 from skimage import data as skdata
+from test_full_disk import small_disk  # noqa: F401  (a fixture: a small tmpfs to fill)
 from test_overlay import ARTIFACTS, CHROMIUM, FLAGS, submit_image
 from websockets.asyncio.client import connect
 
 from streamwatch.analysis.model import AnalyzedFrame, FrameAnalysis
-from streamwatch.events.model import Evidence, HealthKind, ReviewEvent, SceneEvent, Severity, StreamState
+from streamwatch.events.model import AlertEvent, Evidence, HealthKind, ReviewEvent, SceneEvent, Severity, StreamState
 
 MOD2 = "moderator-secret-2"
 
@@ -251,6 +253,11 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
         a.wait_for_function("document.querySelector('#wall .tile[data-stream=s3] .badge').textContent.includes('分析失败')", timeout=3_000)
         b.wait_for_function("document.querySelector('#wall .tile[data-stream=s3] .badge').textContent.includes('分析失败')", timeout=3_000)
         s.publish(health("s3", 4.0, None, kind=HealthKind.ANALYSIS, active=False, reason="after 9 skipped frames"))
+        full = "cannot store events: database or disk is full"  # the data disk filled: a badge while it lasts
+        s.publish(health("s3", 4.2, None, kind=HealthKind.STORAGE, active=True, reason=full))
+        a.wait_for_function("document.querySelector('#wall .tile[data-stream=s3] .badge').textContent.includes('存储失败')", timeout=3_000)
+        s.publish(health("s3", 4.5, None, kind=HealthKind.STORAGE, active=False, duration_s=0.3, reason="writes work again"))
+        a.wait_for_function("!document.querySelector('#wall .tile[data-stream=s3] .badge').textContent.includes('存储失败')", timeout=3_000)
         s.publish(health("s3", 5.0, StreamState.STOPPED, reason="internal error (ValueError: x); watching again in 1 s"))
         a.wait_for_selector("#wall .tile[data-stream=s3][data-state=stopped]", timeout=3_000)
         assert "已停止" in a.inner_text("#wall .tile[data-stream=s3] .badge")
@@ -312,6 +319,46 @@ def test_two_moderators_review_filter_wall_and_resume(browser, tmp_path: Path) -
         assert not errors, errors
         a.close()
         b.close()
+    finally:
+        s.close()
+
+
+def test_alerts_the_full_disk_could_not_store_are_shown_at_once_and_once(browser, small_disk, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    disk = small_disk(8)
+    port = free_port()
+    s = ServerThread(disk.path / "d", port=port)
+    try:
+        s.publish(health("s1", 0.0, StreamState.LIVE))
+        first = s.publish(alert("s1", 1.0, "contact_spam", Severity.HIGH, message="stored before the disk filled"))
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{port}/console?token={TOKENS['moderator']}")
+        page.wait_for_selector(f".arow[data-id='{first.id}']", timeout=15_000)
+        with sqlite3.connect(s.store.path) as db:  # an empty WAL: the next commit needs new room (else it may fit in old pages)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        disk.fill()
+        why = "evidence not saved: cannot write evidence image: [Errno 28] No space left on device"
+        ev = Evidence(kind="qr", text="https://spam.example/join", bbox=(10, 10, 90, 90), unsaved=why)
+        held = [s.publish(alert("s1", 2.0 + i, "qr_code", Severity.HIGH, message=f"while full {i}", evidence=ev)) for i in range(3)]
+        assert [h.id for h in held] == [0, 0, 0]  # not stored: delivered live, unsaved
+        page.wait_for_function("document.querySelectorAll('#alerts .arow').length === 4", timeout=5_000)
+        assert rows(page) == [-3, -2, -1, first.id]  # newest first, as they came
+        page.click(".arow[data-id='-2']")
+        page.wait_for_function("document.getElementById('ev-noframe').textContent.includes('证据图片未保存')", timeout=3_000)
+        assert page.get_attribute("#ev-noframe", "title") == why and page.is_hidden("#ev-img")
+        disk.free()
+        for _ in range(100):  # stored with their ids once there is room
+            if not s.bus.held:
+                break
+            time.sleep(0.1)
+        stored = [e.message for e in s.store.events("s1") if isinstance(e, AlertEvent)]
+        assert not s.bus.held and stored[1:] == [f"while full {i}" for i in range(3)]
+        after = s.publish(alert("s1", 9.0, "contact_spam", Severity.LOW, message="after"))
+        page.wait_for_selector(f".arow[data-id='{after.id}']", timeout=5_000)
+        assert rows(page) == [after.id, -3, -2, -1, first.id]  # the held alerts are not shown a second time
+        assert not errors, errors
+        page.close()
     finally:
         s.close()
 

@@ -243,7 +243,7 @@ class RuleEngine:
 
     def on_health(self, ev: HealthEvent) -> None:
         """Track open black / frozen / outage periods from health events."""
-        if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN):
+        if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.STORAGE):
             key = (ev.stream, ev.kind.value)
             if ev.active:
                 self._periods.setdefault(key, _Period(ev.at, ev.offset))
@@ -276,7 +276,7 @@ class RuleEngine:
             period = self._periods.get((stream, cond))
             if period is None or period.alerted:
                 continue
-            wall = cond in ("outage", "monitoring_gap") or offset is None  # no samples arrive
+            wall = cond in ("outage", "monitoring_gap", "storage") or offset is None  # no samples arrive, or not about them
             lasted = now - period.since if wall or offset is None else offset - period.offset
             if period.closed is not None:
                 lasted = period.closed

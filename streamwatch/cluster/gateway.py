@@ -100,7 +100,9 @@ class Gateway:
             self.leases = LeaseTable(await kv_bucket(js, names.leases, ttl_s=c.lease_ttl_s, replicas=c.replicas), ttl_s=c.lease_ttl_s)
             self.carry = CarryTable(await kv_bucket(js, names.state, ttl_s=None, replicas=c.replicas))
             await ensure_event_stream(js, c, max(1, len(nc.servers)))
-            self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
+            self.store = EventStore(
+                s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb, min_free_mb=s.store.min_free_mb
+            )
             bus = self.bus = GatewayBus(self.store, JetStreamPublisher(js, self.store, c))
             follower = self.follower = Follower(js, self.store, bus, c)
             await bus.start()

@@ -85,7 +85,9 @@ class ClusterWorker:
             self.members = Members(await kv_bucket(js, names.members, ttl_s=c.lease_ttl_s, replicas=c.replicas))
             self.carry = CarryTable(await kv_bucket(js, names.state, ttl_s=None, replicas=c.replicas))
             await ensure_event_stream(js, c, servers)
-            self.store = EventStore(s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb)
+            self.store = EventStore(
+                s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb, min_free_mb=s.store.min_free_mb
+            )
             self.publisher = JetStreamPublisher(js, self.store, c)
             admission = await _admission(js, s, self.id, servers)
             svc = self.svc = await build_services(s, self.store, self.publisher, self.metrics, admission=admission)

@@ -1,4 +1,8 @@
-"""Turn a policy decision into a stored-ready :class:`AlertEvent`, with its evidence image saved."""
+"""Turn a policy decision into a stored-ready :class:`AlertEvent`, with its evidence image saved.
+
+An evidence image the data folder does not take (a full disk: :class:`~streamwatch.errors.StorageError`)
+does not hold the alert back: it goes out without the image, marked ``evidence.unsaved`` with the reason.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import cv2
 import numpy as np
 
 from streamwatch.analysis.model import AlertDraft, FrameAnalysis
+from streamwatch.errors import StorageError
 from streamwatch.events.model import AlertEvent, Evidence, SceneEvent
 from streamwatch.events.store import EventStore
 
@@ -31,18 +36,24 @@ def build_alerts(
     drafts: list[AlertDraft], fa: FrameAnalysis, rgb: np.ndarray | None, store: EventStore, *, late: bool = False
 ) -> list[AlertEvent]:
     """Blocking (JPEG encode + file write): call from an executor. One evidence image per frame."""
-    frame_rel = None
+    frame_rel = unsaved = None
     scale = 1.0
     if rgb is not None and any(d.evidence_kind != "health" for d in drafts):
         data, scale = evidence_jpeg(rgb)
-        frame_rel = store.save_image(fa.stream, data)
+        frame_rel, unsaved = _save(store, fa.stream, data)
     out = []
     for d in drafts:
         bbox = None
         if d.bbox is not None:
             bbox = (round(d.bbox[0] * scale), round(d.bbox[1] * scale), round(d.bbox[2] * scale), round(d.bbox[3] * scale))
+        picture = d.evidence_kind != "health"
         evidence = Evidence(
-            kind=d.evidence_kind, text=d.text, bbox=bbox, labels=d.labels, frame=frame_rel if d.evidence_kind != "health" else None
+            kind=d.evidence_kind,
+            text=d.text,
+            bbox=bbox,
+            labels=d.labels,
+            frame=frame_rel if picture else None,
+            unsaved=unsaved if picture else None,
         )
         out.append(
             AlertEvent(
@@ -72,6 +83,14 @@ def build_scene(
         offset=fa.offset,
         tags=tags,
         model=model,
-        frame=store.save_image(fa.stream, data),
+        frame=_save(store, fa.stream, data)[0],
         late=True if late else None,
     )
+
+
+def _save(store: EventStore, stream: str, data: bytes) -> tuple[str | None, str | None]:
+    """(evidence path, None), or (None, why it was not saved) when the data folder takes no writes."""
+    try:
+        return store.save_image(stream, data), None
+    except StorageError as e:
+        return None, f"evidence not saved: {e}"

@@ -6,18 +6,26 @@ commits it in a single-thread executor, then hands the stored events to every su
 subscription is a bounded queue of pending chunks of wire texts; when a client falls that far behind it is marked
 lagging and its connection closes (the client resumes with ``since``). Publishers wait when the
 publish queue is full: events are never dropped.
+
+When the store takes no writes (a full disk: :class:`~streamwatch.errors.StorageError`) events are not
+lost and not late: they are delivered live at once, without an ``id`` and marked ``"unsaved": true``, and
+held in memory (up to ``hold_max``, the oldest dropped beyond) until a write succeeds again, then stored
+with their ids (a client that resumes with ``since`` gets them again, then with ids). Publishers get
+them back with id 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from streamwatch.errors import EventsError
+from streamwatch.errors import EventsError, StorageError
+from streamwatch.events.codec import encode_body
 from streamwatch.events.model import Event
 from streamwatch.events.store import EventStore, StoredEvent
 
@@ -90,9 +98,19 @@ class EventBus:
     """Publish events (stored, then broadcast). Start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(
-        self, store: EventStore, *, max_batch: int = 2000, queue_size: int = 20000, checkpoint_s: float = 1.0, retention_s: float = 3600.0
+        self,
+        store: EventStore,
+        *,
+        max_batch: int = 2000,
+        queue_size: int = 20000,
+        checkpoint_s: float = 1.0,
+        retention_s: float = 3600.0,
+        hold_max: int = 20000,
     ) -> None:
         self.store = store
+        self.held: deque[Event] = deque()  # delivered live, not stored yet (the store took no writes)
+        self.hold_max = hold_max
+        self.dropped = 0  # held events dropped (over hold_max): never stored
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[Event, asyncio.Future[StoredEvent]] | None] = asyncio.Queue(queue_size)
         self._subs: set[Subscription] = set()
@@ -159,29 +177,82 @@ class EventBus:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            item = await self._queue.get()
-            items = []
-            while item is not None:
-                items.append(item)
-                if len(items) >= self.max_batch or self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            stopping = item is None
-            if not items:
+            items: list[tuple[Event, asyncio.Future[StoredEvent]]] = []
+            try:  # while events are held, a write is tried every checkpoint_s even when nothing is published
+                async with asyncio.timeout(self.checkpoint_s if self.held else None):
+                    item = await self._queue.get()
+            except TimeoutError:
+                pass
+            else:
+                while item is not None:
+                    items.append(item)
+                    if len(items) >= self.max_batch or self._queue.empty():
+                        break
+                    item = self._queue.get_nowait()
+                stopping = item is None
+            if not items and not self.held:
                 continue
             events = [ev for ev, _ in items]
+            held = list(self.held)
             try:
-                stored = await loop.run_in_executor(self._executor, self.store.append, events)
+                stored = await loop.run_in_executor(self._executor, self.store.append, held + events)
+            except StorageError as e:
+                self._hold(items, e)
+                if stopping and self.held:
+                    logger.error("event store takes no writes at exit: %d events delivered live were never stored", len(self.held))
+                continue
             except EventsError as e:
                 logger.exception("event store write failed; %d events not broadcast", len(events))
                 for _, fut in items:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
+            if held:
+                self._stored_held(stored[: len(held)])
+            stored = stored[len(held) :]
             for (_, fut), st in zip(items, stored, strict=True):
                 if not fut.done():
                     fut.set_result(st)
-            self._fan_out(stored)
+            if stored:
+                self._fan_out(stored)
+
+    def _hold(self, items: list[tuple[Event, asyncio.Future[StoredEvent]]], e: StorageError) -> None:
+        """The store took no writes: deliver ``items`` live now (unsaved) and keep them for a later write."""
+        if items and not self.held:
+            logger.warning("event store takes no writes (%s): events are delivered unsaved and held in memory", e)
+        unsaved = []
+        for ev, fut in items:
+            self.held.append(ev)
+            body = encode_body(ev)
+            st = StoredEvent(0, ev.TYPE, ev.stream, ev.owner, f'{{"unsaved":true,{body[1:]}')
+            unsaved.append(st)
+            if not fut.done():
+                fut.set_result(st)
+        while len(self.held) > self.hold_max:  # bounded: the oldest held event is lost
+            self.held.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.error("%d held events dropped: the store has taken no writes for too long", self.dropped)
+        if unsaved:
+            self._deliver_unsaved(unsaved)
+
+    def _stored_held(self, stored: Sequence[StoredEvent]) -> None:
+        """Held events are stored now (delivered live before): replays reach them, subscribers do not get them twice."""
+        self.held.clear()
+        self.last_id = stored[-1].id
+        logger.warning("event store takes writes again: %d held events stored", len(stored))
+
+    def _deliver_unsaved(self, batch: Sequence[StoredEvent]) -> None:
+        """Fan out events that could not be stored (no id; :attr:`last_id` does not move)."""
+        for sub in self._subs:
+            texts = sub.select(batch)
+            if texts:
+                sub.offer(Chunk(texts))
+        for fn in self._listeners:
+            try:
+                fn(batch)
+            except Exception:
+                logger.exception("event listener failed")
 
     def deliver(self, stored: Sequence[StoredEvent]) -> None:
         """Fan out events committed by someone else with their own ids (a cluster gateway's follower).
@@ -196,16 +267,25 @@ class EventBus:
             self._fan_out(fresh)
 
     async def _housekeep(self) -> None:
-        """WAL checkpoints every ``checkpoint_s`` and retention every ``retention_s``, off the loop."""
+        """Every ``checkpoint_s``, off the loop: a WAL checkpoint, room made when the free-space floor
+        or the size cap is crossed, a write probe while evidence files fail; retention by age every
+        ``retention_s``."""
         loop = asyncio.get_running_loop()
         last_prune = float("-inf")
+        store = self.store
         while True:
             await asyncio.sleep(self.checkpoint_s)
             try:
-                await loop.run_in_executor(None, self.store.checkpoint)
+                if store.health.failing("files"):  # nothing else may write a file before space is back
+                    await loop.run_in_executor(None, store.probe)
                 if loop.time() - last_prune >= self.retention_s:
                     last_prune = loop.time()
-                    await loop.run_in_executor(None, self.store.prune)
+                    await loop.run_in_executor(None, store.prune)
+                elif store.min_free_mb is not None and await loop.run_in_executor(None, store.space_needed) > 0:
+                    await loop.run_in_executor(None, functools.partial(store.prune, by_age=False, by_size=False))
+                await loop.run_in_executor(None, store.checkpoint)
+            except StorageError as e:  # said by the streams' storage health events; the bus holds the events
+                logger.debug("event store housekeeping: %s", e)
             except EventsError:
                 logger.exception("event store housekeeping failed")
             except Exception:

@@ -53,6 +53,7 @@ class HealthKind(enum.Enum):
     MONITORING_GAP = "monitoring_gap"  # nobody watched (the daemon was down): offset = last heartbeat, duration_s
     ANALYSIS = "analysis"  # active: frames in a row skipped because their analysis failed; inactive: it works again
     WEBHOOK = "webhook"  # active: a webhook endpoint has failed for a while (reason names it); inactive: it recovered
+    STORAGE = "storage"  # active: the data folder takes no writes (disk full): events held, evidence not saved; inactive: ok again
 
 
 class Severity(enum.Enum):
@@ -84,6 +85,7 @@ class Evidence:
     labels: tuple[str, ...] = ()
     frame: str | None = None
     crop: str | None = None
+    unsaved: str | None = None  # why there is no evidence image although there was a picture (the disk was full)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,11 @@ Events are committed before anyone broadcasts them (:class:`~streamwatch.events.
 a committed transaction is in the WAL file, which the next open replays. Ids come from an
 AUTOINCREMENT key, so they are strictly increasing and never reused, even after retention deletes the
 newest rows' predecessors. Blocking calls: run them in an executor from async code.
+
+A write the data folder refuses (a full disk, a quota: :func:`~streamwatch.events.storage.storage_error`)
+raises :class:`~streamwatch.errors.StorageError` and is recorded in :attr:`EventStore.health`; the next
+write of the same kind that succeeds clears it. Retention (:mod:`~streamwatch.events.retention`) keeps
+the store under ``retention_mb`` and the disk's free space above ``min_free_mb``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 from streamwatch.errors import EventsError
 from streamwatch.events.codec import decode, encode_body, with_id
 from streamwatch.events.model import Event
+from streamwatch.events.retention import Retention
+from streamwatch.events.storage import StorageHealth, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +112,23 @@ class IndexedFrame:
     embedding: np.ndarray  # float32 unit vector (stored as float16)
 
 
-class EventStore:
+class EventStore(Retention):
     """SQLite event log + evidence folder under ``data_dir``. Thread-safe."""
 
-    def __init__(self, data_dir: Path, *, retention_days: float | None = 30.0, retention_mb: float | None = 2048.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        retention_days: float | None = 30.0,
+        retention_mb: float | None = 2048.0,
+        min_free_mb: float | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.frames_dir = self.data_dir / "frames"
         self.retention_days = retention_days
         self.retention_mb = retention_mb
+        self.min_free_mb = min_free_mb
+        self.health = StorageHealth()
         try:
             self.frames_dir.mkdir(parents=True, exist_ok=True)
             self.path = self.data_dir / "events.sqlite3"
@@ -156,8 +172,9 @@ class EventStore:
         return out
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction under the write lock; an SQLite error rolls it back as EventsError."""
+    def _transaction(self, doing: str = "store events", what: str = "database") -> Iterator[None]:
+        """One write transaction under the write lock; an SQLite error rolls it back as EventsError
+        (StorageError when the disk takes no writes)."""
         with self._wlock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -165,8 +182,28 @@ class EventStore:
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise EventsError(f"cannot store events: {e}") from e
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise self._failed(e, what, doing) from e
+        self.health.ok(what)
+
+    @contextlib.contextmanager
+    def _write(self, doing: str, what: str = "database") -> Iterator[None]:
+        """One statement on the writing connection (autocommit) under the write lock, errors as in :meth:`_transaction`."""
+        with self._wlock:
+            try:
+                yield
+            except sqlite3.Error as e:
+                raise self._failed(e, what, doing) from e
+        self.health.ok(what)
+
+    def _failed(self, e: BaseException, what: str, doing: str) -> EventsError:
+        """The error to raise for a failed write: a StorageError (recorded in :attr:`health`) or an EventsError."""
+        err = storage_error(e, what, doing)
+        if err is None:
+            return EventsError(f"cannot {doing}: {e}")
+        self.health.failed(err, time.monotonic())
+        return err
 
     def append_ids(self, items: Sequence[tuple[int, Event]]) -> list[StoredEvent]:
         """Commit events whose ids were assigned elsewhere (a cluster's JetStream sequence), in one transaction.
@@ -214,15 +251,11 @@ class EventStore:
         ``frame_id`` gives the id (a cluster's JetStream sequence); an id already present is left as is.
         """
         blob = np.asarray(embedding, np.float16).tobytes()
-        with self._wlock:
-            try:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding, stored_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
-                    (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob, time.time()),
-                )
-            except sqlite3.Error as e:
-                raise EventsError(f"cannot index a frame: {e}") from e
+        with self._write("index a frame"):
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO frames(id, stream, offset, at, thumb, model, tags, embedding, stored_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (frame_id, stream, offset, at, thumb, model, " ".join(tags), blob, time.time()),
+            )
         return int(frame_id if frame_id is not None else cur.lastrowid or 0)
 
     def frames(self, *, stream: str | None = None, model: str | None = None, after: int = 0) -> list[IndexedFrame]:
@@ -241,18 +274,41 @@ class EventStore:
         ]
 
     def save_image(self, stream: str, data: bytes, suffix: str = ".jpg") -> str:
-        """Write an evidence image; return its path relative to the frames folder."""
+        """Write an evidence image; return its path relative to the frames folder.
+
+        Errors: StorageError when the disk takes no writes (nothing is left behind), else EventsError.
+        """
         day = time.strftime("%Y%m%d", time.gmtime())
         rel = f"{stream}/{day}/{uuid.uuid4().hex}{suffix}"
         path = self.frames_dir / rel
+        tmp = path.with_suffix(".part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
             tmp.write_bytes(data)
             os.replace(tmp, path)
         except OSError as e:
-            raise EventsError(f"cannot write evidence image: {e}") from e
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a partly written file would only take more room
+            raise self._failed(e, "files", "write evidence image") from e
+        self.health.ok("files")
         return rel
+
+    def probe(self, size: int = 64 * 1024) -> bool:
+        """Whether a file of ``size`` bytes (an evidence image) can be written now; clears a files failure."""
+        path = self.data_dir / f".probe-{uuid.uuid4().hex}"
+        try:
+            with open(path, "wb") as f:
+                f.write(bytes(size))
+        except OSError as e:
+            err = storage_error(e, "files", "write to the data folder")
+            if err is not None:
+                self.health.failed(err, time.monotonic())
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        self.health.ok("files")
+        return True
 
     def frame_path(self, rel: str) -> Path | None:
         """Absolute path of an evidence file, or None when ``rel`` escapes the folder or is missing."""
@@ -343,7 +399,7 @@ class EventStore:
 
     def heartbeat(self, stream: str, started_at: float, at: float, offset: float) -> None:
         """Record that ``stream``'s session (begun at ``started_at``) was watched up to ``at`` / ``offset``."""
-        with self._wlock:
+        with self._write("write the session heartbeat"):
             self._db.execute(
                 "INSERT INTO sessions (stream, started_at, heartbeat_at, heartbeat_offset, ended_at) VALUES (?, ?, ?, ?, NULL) "
                 "ON CONFLICT(stream) DO UPDATE SET started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
@@ -353,90 +409,12 @@ class EventStore:
 
     def end_session(self, stream: str, at: float) -> None:
         """Mark ``stream``'s session as ended on purpose: the next run starts a new one."""
-        with self._wlock:
+        with self._write("end the session"):
             self._db.execute("UPDATE sessions SET ended_at = ? WHERE stream = ? AND ended_at IS NULL", (at, stream))
 
     def streams(self) -> list[str]:
         with self._rlock:
             return [r[0] for r in self._reader.execute("SELECT DISTINCT stream FROM events ORDER BY stream")]
-
-    # --- retention -----------------------------------------------------------------------------
-
-    def size_bytes(self) -> int:
-        total = sum(p.stat().st_size for p in self.data_dir.glob("events.sqlite3*") if p.is_file())
-        return total + sum(p.stat().st_size for p in self.frames_dir.rglob("*") if p.is_file())
-
-    def prune(self, now: float | None = None) -> int:
-        """Delete events stored longer ago than the retention age, then oldest ones while over the size cap.
-
-        The age counts from when a row was stored (``stored_at``), not from the picture's own time: a
-        recording of last year's show analysed today, or a frame whose clock is off, is kept as long
-        as anything else (rows from stores older than ``stored_at`` fall back to ``at``).
-        """
-        removed = 0
-        if self.retention_days is not None:
-            cutoff = (now if now is not None else time.time()) - self.retention_days * 86400
-            age = "coalesce(stored_at, at) < ?"
-            removed += self._delete(f"SELECT id, files FROM events WHERE {age} ORDER BY id", (cutoff,))
-            self._delete(f"SELECT id, coalesce(thumb, '') FROM frames WHERE {age} ORDER BY id", (cutoff,), table="frames")
-        if self.retention_mb is not None:
-            excess = self.size_bytes() - int(self.retention_mb * 1024 * 1024)
-            if excess > 0:  # the search index goes first: alerts and their evidence are worth more
-                excess -= self._delete_oldest_frames(excess)
-            if excess > 0:
-                removed += self._delete_oldest(excess)
-        if removed:
-            logger.info("retention removed %d events", removed)
-        return removed
-
-    def _delete_oldest(self, excess: int) -> int:
-        """Delete the oldest events until their rows and files add up to ``excess`` bytes."""
-        freed, upto, after = 0, 0, 0
-        while freed < excess:
-            with self._rlock:
-                rows = self._reader.execute(
-                    "SELECT id, files, length(body) FROM events WHERE id > ? ORDER BY id LIMIT 200", (after,)
-                ).fetchall()
-            if not rows:
-                break
-            for eid, files, size in rows:
-                freed += size + 100 + sum(self._file_size(rel) for rel in files.split())
-                upto = after = eid
-                if freed >= excess:
-                    break
-        return self._delete("SELECT id, files FROM events WHERE id <= ? ORDER BY id", (upto,)) if upto else 0
-
-    def _delete_oldest_frames(self, excess: int) -> int:
-        freed, upto = 0, 0
-        with self._rlock:
-            rows = self._reader.execute("SELECT id, coalesce(thumb, ''), length(embedding) FROM frames ORDER BY id").fetchall()
-        for fid, thumb, size in rows:
-            freed += size + 100 + (self._file_size(thumb) if thumb else 0)
-            upto = fid
-            if freed >= excess:
-                break
-        if upto:
-            self._delete("SELECT id, coalesce(thumb, '') FROM frames WHERE id <= ? ORDER BY id", (upto,), table="frames")
-        return freed
-
-    def _file_size(self, rel: str) -> int:
-        path = self.frame_path(rel)
-        return path.stat().st_size if path is not None else 0
-
-    def _delete(self, select: str, args: tuple[object, ...], table: str = "events") -> int:
-        with self._wlock:
-            rows = self._db.execute(select, args).fetchall()
-            if not rows:
-                return 0
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(f"DELETE FROM {table} WHERE id = ?", [(r[0],) for r in rows])
-            self._db.execute("COMMIT")
-        for _, files in rows:
-            for rel in files.split():
-                path = self.frame_path(rel)
-                if path is not None:
-                    path.unlink(missing_ok=True)
-        return len(rows)
 
     def checkpoint(self) -> int:
         """Copy committed WAL pages into the database without blocking writers; returns pages left.
@@ -445,7 +423,10 @@ class EventStore:
         few MB of events); the bus calls this about once a second from another thread instead.
         """
         with self._clock:
-            _busy, log, done = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            try:
+                _busy, log, done = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as e:
+                raise self._failed(e, "database", "checkpoint the event log") from e
         return int(log) - int(done) if log >= 0 else 0
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ from streamwatch.events.model import (
 )
 
 DOWN_STATES = (StreamState.STALLED, StreamState.RECONNECTING)
-_PERIOD = {HealthKind.ANALYSIS: "analysis_failing"}  # period kinds named otherwise than their health kind
+_PERIOD = {HealthKind.ANALYSIS: "analysis_failing", HealthKind.STORAGE: "storage_failing"}  # period kinds named otherwise
+_DETAILED = (HealthKind.ANALYSIS, HealthKind.STORAGE)  # periods whose start's reason is their detail
 
 
 def hms(offset: float) -> str:
@@ -35,7 +36,9 @@ def hms(offset: float) -> str:
 class Period:
     """A stretch of stream time: an outage, a black or a frozen picture."""
 
-    kind: str  # outage | cut (the outage an action made: on purpose) | black | frozen | monitoring_gap | analysis_failing
+    # outage | cut (the outage an action made: on purpose) | black | frozen | monitoring_gap
+    # | analysis_failing (frames skipped: their analysis failed) | storage_failing (the data disk took no writes)
+    kind: str
     start: float  # stream offset, seconds
     duration: float | None  # open ones: up to the report's end (None without one)
     detail: str = ""
@@ -215,13 +218,13 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
         elif e.kind is HealthKind.MONITORING_GAP:
             unwatched = None  # the next owner's gap measures the unwatched window exactly
             out.append(Period("monitoring_gap", e.offset, e.duration_s, e.reason))
-        elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.ANALYSIS):
+        elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN, *_DETAILED):
             if e.active:
                 open_.setdefault(e.kind, e)
             else:
                 began = open_.pop(e.kind, None)
                 start = began.offset if began else e.offset - (e.duration_s or 0.0)
-                detail = began.reason if began is not None and e.kind is HealthKind.ANALYSIS else ""
+                detail = began.reason if began is not None and e.kind in _DETAILED else ""
                 out.append(
                     Period(_PERIOD.get(e.kind, e.kind.value), start, e.duration_s if e.duration_s is not None else e.offset - start, detail)
                 )
@@ -230,5 +233,5 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
         out.append(still_open(kind, down_since, detail))
     if unwatched is not None:
         out.append(still_open("monitoring_gap", unwatched, unwatched.reason))
-    out.extend(still_open(_PERIOD.get(k, k.value), e, e.reason if k is HealthKind.ANALYSIS else "") for k, e in open_.items())
+    out.extend(still_open(_PERIOD.get(k, k.value), e, e.reason if k in _DETAILED else "") for k, e in open_.items())
     return sorted(out, key=lambda p: p.start)

@@ -23,6 +23,7 @@ PERIOD_COLORS = {
     "frozen": "#3aa0c8",
     "monitoring_gap": "#8e44ad",
     "analysis_failing": "#e67700",
+    "storage_failing": "#7a5c00",
 }
 ACTION_COLOR = "#7048e8"
 

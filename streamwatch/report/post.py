@@ -26,6 +26,7 @@ from streamwatch.analysis.policy import Policy
 from streamwatch.analysis.rules import text_is_clean
 from streamwatch.errors import EventsError
 from streamwatch.events.model import AlertEvent, Event, ReplyEvent
+from streamwatch.events.storage import storage_error
 from streamwatch.events.store import EventStore, IndexedFrame
 from streamwatch.report.build import hms
 from streamwatch.report.collage import collage, slideshow
@@ -145,13 +146,31 @@ async def write_summary(
         logger.warning("summary text for %s failed the word lists; using the plain template", stream)
         post = template_post(inputs, picks, None)
 
+    try:
+        files, collage_rel, replied = _write_files(out, store, inputs, post, picks, images, with_slideshow)
+    except OSError as e:
+        raise storage_error(e, "files", f"write the summary in {out}") or EventsError(f"cannot write the summary in {out}: {e}") from e
+    frames_out = tuple(out / files[f.id] for f in picks)
+    return SummaryResult(out, post, frames_out, out / collage_rel if collage_rel else None, len(replied), inputs.excluded)
+
+
+def _write_files(
+    out: Path,
+    store: EventStore,
+    inputs: SummaryInputs,
+    post: Post,
+    picks: list[IndexedFrame],
+    images: dict[int, np.ndarray],
+    with_slideshow: bool,
+) -> tuple[dict[int, str], str | None, list[tuple[np.ndarray, str]]]:
+    """Blocking: the summary's pictures and texts in ``out``; (frame files by id, collage file, replied images)."""
     (out / "frames").mkdir(parents=True, exist_ok=True)
     for stale in [*(out / "frames").glob("*.jpg"), out / "collage.jpg", out / "slideshow.mp4"]:  # a summary written again
         stale.unlink(missing_ok=True)
     files: dict[int, str] = {}
     for n, f in enumerate(picks, 1):
         rel = f"frames/{n:02d}_{hms(f.offset).replace(':', '-')}.jpg"
-        cv2.imwrite(str(out / rel), cv2.cvtColor(images[f.id], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _jpeg(out / rel, images[f.id])
         files[f.id] = rel
     replied = [
         (img, e.user or e.submitter) for e in inputs.replies if isinstance(e, ReplyEvent) and (img := _read_rgb(store, e.image)) is not None
@@ -159,12 +178,19 @@ async def write_summary(
     collage_rel = None
     if replied:
         collage_rel = "collage.jpg"
-        cv2.imwrite(str(out / collage_rel), cv2.cvtColor(collage(replied), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _jpeg(out / collage_rel, collage(replied))
         if with_slideshow:
             slideshow(out / "slideshow.mp4", [img for img, _ in replied])
     (out / "summary.json").write_text(json.dumps(summary_json(inputs, post, picks, files, collage_rel), ensure_ascii=False, indent=1))
     (out / "summary.md").write_text(summary_markdown(post, picks, files, collage_rel), encoding="utf-8")
     page = "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><title>" + post.title + "</title></head><body>"
     (out / "summary.html").write_text(page + summary_html(post, picks, files, collage_rel) + "</body></html>", encoding="utf-8")
-    frames_out = tuple(out / files[f.id] for f in picks)
-    return SummaryResult(out, post, frames_out, out / collage_rel if collage_rel else None, len(replied), inputs.excluded)
+    return files, collage_rel, replied
+
+
+def _jpeg(path: Path, rgb: np.ndarray) -> None:
+    """Write a JPEG (an OSError when the disk is full: cv2.imwrite would only return False)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise EventsError(f"cannot encode {path.name}")
+    path.write_bytes(buf.tobytes())

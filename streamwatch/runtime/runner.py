@@ -11,6 +11,10 @@ publisher), a bounded queue of kept frames (live: drop the oldest, counted; file
 session heartbeats. :meth:`StreamRunner.stop` ends the stream on purpose (queued frames are still
 analysed, an ``ended`` event, the session closed); cancelling the task abandons it (a lost cluster
 lease): nothing more is published and the session stays open for the next owner.
+
+A data folder that takes no writes (a full disk) never stops a runner: a heartbeat, thumbnail or
+index row that cannot be written is skipped, alerts go out without their evidence image (marked), and
+the ticker says it once as a ``storage`` health event (and once when writes work again).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from streamwatch.analysis.encoder import thumbnail_record
 from streamwatch.analysis.model import AlertDraft, AnalyzedFrame, FrameAnalysis
 from streamwatch.config import StreamConfig
-from streamwatch.errors import AnalysisError, IngestError, VLMError
+from streamwatch.errors import AnalysisError, IngestError, StorageError, VLMError
 from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 from streamwatch.events.session import SessionKeeper
@@ -74,6 +78,7 @@ class StreamRunner:
         self.pipeline: StreamPipeline | None = None
         self._session: SessionKeeping | None = None  # the keeper of a live stream's session
         self._streak = FailureStreak()  # frames in a row whose analysis failed
+        self._storage_since: float | None = None  # wall time this runner said storage is failing (None: ok)
         self.failed = False  # the source was given up on (retries exhausted, unreadable file)
 
     def stop(self) -> None:
@@ -131,7 +136,10 @@ class StreamRunner:
         if keeper is not None:  # stopped on purpose, or the source finished: the session ends
             await self._end_session(pipeline, keeper)
         elif not live and not self.failed and not self.stopping and self.keeper is not None:
-            await self.keeper.end()  # a file read to its end (a cluster records it: no new owner reads it again)
+            try:
+                await self.keeper.end()  # a file read to its end (a cluster records it: no new owner reads it again)
+            except StorageError as e:
+                logger.warning("stream %s: its end could not be written: %s", self.sid, e)
 
     # --- the tasks -------------------------------------------------------------------------------
 
@@ -230,11 +238,14 @@ class StreamRunner:
             model, side = SIGNATURE_INDEX, 960  # post-sized
         else:
             return
-        row = await loop.run_in_executor(None, thumbnail_record, svc.store, fa, image, model, side)
-        if svc.frames is not None:
-            await svc.frames(*row)
-        else:
-            await loop.run_in_executor(None, svc.store.add_frame, *row)
+        try:
+            row = await loop.run_in_executor(None, thumbnail_record, svc.store, fa, image, model, side)
+            if svc.frames is not None:
+                await svc.frames(*row)
+            else:
+                await loop.run_in_executor(None, svc.store.add_frame, *row)
+        except StorageError as e:  # not kept for search; the storage health event says why
+            logger.debug("stream %s: frame at %.1fs not indexed: %s", self.sid, fa.offset, e)
 
     def _thumbnail_due(self, fa: FrameAnalysis, sample: Sample) -> bool:
         """A newly analysed frame that starts a new scene (half the tiles changed; 2 s apart at least), or
@@ -278,9 +289,38 @@ class StreamRunner:
     async def _tick(self, pipeline: StreamPipeline, keeper: SessionKeeping | None) -> None:
         while True:  # outages produce no samples: health rules are also checked once a second
             await asyncio.sleep(1.0)
+            await self._storage_health(pipeline.reader.offset_now())
             await self._health_alerts(None)
             if keeper is not None:  # the heartbeat that bounds a monitoring gap after a crash
-                await keeper.beat(pipeline.reader.session_start, pipeline.reader.offset_now())
+                await self._beat(keeper)
+
+    async def _beat(self, keeper: SessionKeeping, *, force: bool = False) -> None:
+        """A session heartbeat; one the data folder does not take is skipped (the storage health event says it)."""
+        assert self.pipeline is not None
+        reader = self.pipeline.reader
+        try:
+            await keeper.beat(reader.session_start, reader.offset_now(), force=force)
+        except StorageError as e:
+            logger.debug("stream %s: no heartbeat: %s", self.sid, e)
+
+    async def _storage_health(self, offset: float) -> None:
+        """Say once that the data folder takes no writes (``storage`` active), and once that it does again."""
+        problem = self.svc.store.health.problem(time.monotonic())
+        if (problem is None) == (self._storage_since is None):
+            return
+        now = time.time()
+        if problem is not None:
+            self._storage_since = now
+            logger.error("stream %s: storage failing, watching on (events held, evidence not saved): %s", self.sid, problem)
+            ev = HealthEvent(stream=self.sid, at=now, offset=offset, kind=HealthKind.STORAGE, active=True, reason=problem)
+        else:
+            lasted = round(now - (self._storage_since or now), 3)
+            self._storage_since = None
+            logger.warning("stream %s: storage ok again after %.1fs", self.sid, lasted)
+            ev = HealthEvent(
+                stream=self.sid, at=now, offset=offset, kind=HealthKind.STORAGE, active=False, duration_s=lasted, reason="writes work again"
+            )
+        await self.svc.publish_health(ev)
 
     # --- session ---------------------------------------------------------------------------------
 
@@ -304,8 +344,11 @@ class StreamRunner:
                 reason="stopped by the operator",
             )
             await svc.publish_health(ev)
-        await keeper.beat(reader.session_start, reader.offset_now(), force=True)
-        await keeper.end()
+        await self._beat(keeper, force=True)
+        try:
+            await keeper.end()
+        except StorageError as e:  # the next start continues this session: its gap is the time nobody watched
+            logger.warning("stream %s: its session end could not be written: %s", self.sid, e)
 
     # --- alerts ----------------------------------------------------------------------------------
 
@@ -324,12 +367,12 @@ class StreamRunner:
             if svc.actions is not None:  # the rule's action: pending for a moderator, or run now
                 await svc.actions.on_alert(dataclasses.replace(ev, id=stored.id))
         if events and self._session is not None and self.pipeline is not None:  # the cooldowns reach the next owner now
-            await self._session.beat(self.pipeline.reader.session_start, self.pipeline.reader.offset_now(), force=True)
+            await self._beat(self._session, force=True)
 
     async def handover(self) -> None:
         """After the task was cancelled (drain): a last heartbeat, so the next owner's gap starts now."""
         if self._session is not None and self.pipeline is not None:
-            await self._session.beat(self.pipeline.reader.session_start, self.pipeline.reader.offset_now(), force=True)
+            await self._beat(self._session, force=True)
 
 
 class LocalSession:

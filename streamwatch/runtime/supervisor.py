@@ -13,6 +13,9 @@ report. A file is not restarted (its alerts would be repeated), and neither is a
 source is refused (:class:`~streamwatch.errors.ConfigError`: retrying cannot help). In a cluster,
 ``give_up_after`` crashes in a row hand the stream to another worker (``on_give_up``). ``failed``
 holds the streams whose last run ended in failure (the CLI exits non-zero when every stream did).
+Handling a failure may fail too (the store that failed cannot take the ``stopped`` event or the last
+heartbeat): a live stream is restarted all the same, so a process never stops watching a live stream
+on its own.
 """
 
 from __future__ import annotations
@@ -93,14 +96,16 @@ class StreamSet:
                     refused = isinstance(first_error(e), ConfigError)  # a source it cannot read: one line, no restart
                     logger.error("stream %s failed: %s", sid, describe(e), exc_info=None if refused else e)
                     live = runner.pipeline is None or runner.pipeline.reader.live  # (an HLS recording is not live)
-                    await self._last_beat(cfg, runner, live)
-                    # a bug, or a failure of streamwatch's own side (the event log, the store): not the source
-                    what = "error" if _ours(e) else "internal error"
-                    if not await self._crashed(runner, f"{what} ({describe(e)})", delay, backoff, live=live, refused=refused):
-                        if not runner.stopping:
+                    try:
+                        restart = await self._after_crash(cfg, runner, e, delay, backoff, live, refused)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e2:  # saying the failure failed too (a full disk): a live stream is still watched again
+                        logger.error("stream %s: its failure could not be handled in full: %s", sid, describe(e2))
+                        restart = live and not runner.stopping and not refused
+                        if not restart and not runner.stopping:
                             self.failed.add(sid)
-                        if runner.stopping and live:  # it failed while being stopped on purpose: the session still ends
-                            await self._end_session(cfg)
+                    if not restart:
                         return
                 try:  # stopped on purpose during the wait: nothing more to watch
                     async with asyncio.timeout(delay):  # (not wait_for: on 3.11 it can swallow an abandon's cancel)
@@ -117,6 +122,21 @@ class StreamSet:
                 self._stop.pop(sid, None)
             self.runners.pop(sid, None)
             self.changed.set()
+
+    async def _after_crash(
+        self, cfg: StreamConfig, runner: StreamRunner, e: Exception, delay: float, backoff: RestartBackoff, live: bool, refused: bool
+    ) -> bool:
+        """A last heartbeat, the ``stopped`` event, a session that still ends; True: restart the stream."""
+        await self._last_beat(cfg, runner, live)
+        # a bug, or a failure of streamwatch's own side (the event log, the store): not the source
+        what = "error" if _ours(e) else "internal error"
+        if await self._crashed(runner, f"{what} ({describe(e)})", delay, backoff, live=live, refused=refused):
+            return True
+        if not runner.stopping:
+            self.failed.add(runner.sid)
+        if runner.stopping and live:  # it failed while being stopped on purpose: the session still ends
+            await self._end_session(cfg)
+        return False
 
     async def _last_beat(self, cfg: StreamConfig, runner: StreamRunner, live: bool) -> None:
         """Watched up to the crash: the restart's monitoring gap then starts here (gaps of crashes in a row never overlap)."""

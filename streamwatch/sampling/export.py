@@ -8,7 +8,9 @@ from typing import IO, Any
 
 import cv2
 
+from streamwatch.errors import SamplingError
 from streamwatch.events.model import HealthEvent
+from streamwatch.events.storage import storage_error
 from streamwatch.sampling.sampler import Sample
 
 
@@ -61,11 +63,21 @@ class SampleWriter:
 
     def __init__(self, out_dir: Path, max_side: int = 512, quality: int = 90) -> None:
         self.dir = out_dir
-        (out_dir / "frames").mkdir(parents=True, exist_ok=True)
         self.max_side, self.quality = max_side, quality
-        self._log: IO[str] = (out_dir / "samples.jsonl").open("w", encoding="utf-8")
+        try:
+            (out_dir / "frames").mkdir(parents=True, exist_ok=True)
+            self._log: IO[str] = (out_dir / "samples.jsonl").open("w", encoding="utf-8")
+        except OSError as e:
+            raise _failed(e, f"write samples to {out_dir}") from e
 
     def write(self, item: Sample | HealthEvent) -> None:
+        """Errors: StorageError when the disk is full (the lines before are whole), else SamplingError."""
+        try:
+            self._write(item)
+        except OSError as e:
+            raise _failed(e, f"write samples to {self.dir}") from e
+
+    def _write(self, item: Sample | HealthEvent) -> None:
         if isinstance(item, HealthEvent):
             rec = health_record(item)
         else:
@@ -82,3 +94,7 @@ class SampleWriter:
 
     def close(self) -> None:
         self._log.close()
+
+
+def _failed(e: OSError, doing: str) -> Exception:
+    return storage_error(e, "files", doing) or SamplingError(f"cannot {doing}: {e}")

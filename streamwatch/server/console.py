@@ -96,6 +96,7 @@ class ConsoleData:
                     "black": bool(st.get("black")),
                     "frozen": bool(st.get("frozen")),
                     "analysis_failing": bool(st.get("analysis_failing")),
+                    "storage_failing": bool(st.get("storage_failing")),
                     "offset": round(offset, 3),
                     "frame": None if frame is None else {"offset": round(frame.analysis.offset, 3), "at": iso(frame.analysis.at)},
                 }

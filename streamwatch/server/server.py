@@ -187,6 +187,8 @@ class EventServer:
                 entry[d["kind"]] = bool(d.get("active"))
             elif d.get("kind") == "analysis":
                 entry["analysis_failing"] = bool(d.get("active"))
+            elif d.get("kind") == "storage":  # (delivered unsaved while it lasts: the disk is full)
+                entry["storage_failing"] = bool(d.get("active"))
 
     def health(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,7 @@
   const SEV_RANK = { low: 0, medium: 1, high: 2, critical: 3 };
   const state = SW.state = {
     lastId: params.has("since") ? Number(params.get("since")) : null, liveFrom: null, seen: new Set(), ws: null, delay: 500,
-    role: null, name: null, alerts: new Map(), selected: null, health: [], scenes: [], streams: new Set(), rules: new Set(),
+    role: null, name: null, unsaved: 0, alerts: new Map(), selected: null, health: [], scenes: [], streams: new Set(), rules: new Set(),
     picked: false, chimes: 0, muted: localStorage.getItem("sw.muted") === "1", drafts: new Map(), refs: 0,
   };
   const hooks = {};
@@ -165,9 +165,10 @@
     const ev = a.ev; const evid = ev.evidence || {};
     const img = $("ev-img");
     $("ev-noframe").hidden = !!evid.frame; img.hidden = !evid.frame; $("ev-svg").style.display = evid.frame ? "" : "none";
-    const cond = evid.kind === "health" ? evid.text || (evid.labels || [])[0] : null;  // black, frozen, outage, monitoring_gap
-    const noframe = $("ev-noframe"); noframe.dataset.i18n = cond && SW.STRINGS.zh["no_frame_" + cond] ? "no_frame_" + cond : "no_frame";
-    noframe.textContent = SW.t(noframe.dataset.i18n);
+    const cond = evid.kind === "health" ? evid.text || (evid.labels || [])[0] : null;  // black, frozen, outage, monitoring_gap, storage
+    const noframe = $("ev-noframe");  // (an alert whose picture the full disk did not take says so)
+    noframe.dataset.i18n = evid.unsaved ? "unsaved" : cond && SW.STRINGS.zh["no_frame_" + cond] ? "no_frame_" + cond : "no_frame";
+    noframe.textContent = SW.t(noframe.dataset.i18n); noframe.title = evid.unsaved || "";
     const src = evid.frame ? SW.frameUrl(evid.frame) : "";
     if (img.dataset.src !== src) { img.dataset.src = src; $("ev-box").setAttribute("width", "0"); img.removeAttribute("src"); if (src) img.src = src; }
     else drawBox();
@@ -239,10 +240,11 @@
 
   // --- events ---------------------------------------------------------------------------------------
   function onEvent(ev) {
+    if (ev.unsaved === true && typeof ev.id !== "number") ev.id = --state.unsaved;  // the disk is full: shown now, stored later
     if (typeof ev.id !== "number" || state.seen.has(ev.id)) return;  // never twice, also across reconnects
     state.seen.add(ev.id);
-    if (state.lastId === null || ev.id > state.lastId) state.lastId = ev.id;
-    const live = state.liveFrom !== null && ev.id > state.liveFrom;
+    if (ev.id > 0 && (state.lastId === null || ev.id > state.lastId)) state.lastId = ev.id;
+    const live = ev.id < 0 || (state.liveFrom !== null && ev.id > state.liveFrom);
     if (ev.stream) SW.addStream(ev.stream);
     if (ev.type === "alert") { addAlert(ev, live); updateUrgentSoon(); refilterCount(); }
     else if (ev.type === "review") {
@@ -288,7 +290,7 @@
                   since: state.lastId === null ? 0 : state.lastId, ref: "sub" });
         emit("hello", msg);
       } else if (msg.type === "batch") msg.events.forEach(onEvent);
-      else if (typeof msg.id === "number" && msg.v === undefined) onEvent(msg);
+      else if ((typeof msg.id === "number" || msg.unsaved === true) && msg.v === undefined) onEvent(msg);
       else emit("reply:" + msg.type, msg);
     };
     ws.onclose = () => {
