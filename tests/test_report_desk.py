@@ -33,6 +33,7 @@ from streamwatch.events.model import (
 from streamwatch.events.store import EventStore
 from streamwatch.i18n import UIConfig, local_time
 from streamwatch.report import build_report, collect, render
+from streamwatch.report.html import PERIOD_COLORS
 
 T0 = 1_790_000_000.0
 
@@ -150,7 +151,8 @@ def test_report_html_in_the_desks_language_and_time_zone_renders_cleanly(
     assert len(ticks) == 7 and ticks[-1][0] == f"{int(span) // 3600:02d}:{int(span) % 3600 // 60:02d}:{int(span) % 60:02d}"
     assert all(lo >= 0 and hi <= layout["svgWidth"] for _t, lo, hi in ticks)  # no label cut at either end
     labels = [name for name, _lo, _hi, _top in layout["legend"]]
-    assert (chinese if lang == "zh" else english)["cut"] in labels and len(labels) == 1 + 6 + 4 + 1  # caption, periods, severities, actions
+    # the legend: caption, periods, severities, actions
+    assert (chinese if lang == "zh" else english)["cut"] in labels and len(labels) == 1 + len(PERIOD_COLORS) + 4 + 1
     assert all(hi <= layout["svgWidth"] for _n, _lo, hi, _top in layout["legend"])
     for row in {top for *_r, top in layout["legend"]}:  # entries of one legend row do not overlap
         spans = sorted((lo, hi) for _n, lo, hi, top in layout["legend"] if top == row)
