@@ -234,7 +234,7 @@ class RuleEngine:
     # --- health --------------------------------------------------------------------------------
 
     def on_health(self, ev: HealthEvent) -> None:
-        """Track open black / frozen / outage periods from health events."""
+        """Track open black / frozen / outage / no-video periods from health events."""
         if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN):
             key = (ev.stream, ev.kind.value)
             if ev.active:
@@ -245,8 +245,12 @@ class RuleEngine:
             key = (ev.stream, "outage")
             if ev.state in (StreamState.STALLED, StreamState.RECONNECTING):
                 self._periods.setdefault(key, _Period(ev.at, ev.offset))
-            elif ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED):
+            elif ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED, StreamState.NO_VIDEO):
                 self._periods.pop(key, None)
+            if ev.state is StreamState.NO_VIDEO:  # the source is up with audio only: its own (low) notice
+                self._periods.setdefault((ev.stream, "no_video"), _Period(ev.at, ev.offset))
+            else:
+                self._periods.pop((ev.stream, "no_video"), None)
         elif ev.kind is HealthKind.MONITORING_GAP:
             self._periods[(ev.stream, "monitoring_gap")] = _Period(ev.at, ev.offset, closed=ev.duration_s or 0.0)
 
@@ -267,7 +271,7 @@ class RuleEngine:
             period = self._periods.get((stream, cond))
             if period is None or period.alerted:
                 continue
-            wall = cond in ("outage", "monitoring_gap") or offset is None  # no samples arrive
+            wall = cond in ("outage", "monitoring_gap", "no_video") or offset is None  # no samples arrive
             lasted = now - period.since if wall or offset is None else offset - period.offset
             if period.closed is not None:
                 lasted = period.closed

@@ -8,6 +8,7 @@ live sources are always opened with open/read timeouts and reconnected with back
 
 from __future__ import annotations
 
+import http.client
 import logging
 import random
 import threading
@@ -16,17 +17,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import av.error
 
-from streamwatch.config import HwAccel, IngestConfig
+from streamwatch.config import IngestConfig
 from streamwatch.errors import NoVideoStream, SourceCorrupt, SourceEnded, SourceOpenError, SourceTimeout
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState, can_transition
+from streamwatch.ingest import httpsrc
 from streamwatch.ingest.backoff import Backoff
 from streamwatch.ingest.clock import OffsetClock
 from streamwatch.ingest.decode import DecodePlan
 from streamwatch.ingest.frame import Frame, display_rotation, upright
-from streamwatch.ingest.hls import Plan, PlaylistTracker
+from streamwatch.ingest.hls import Plan, PlaylistTracker, SegmentGaps
+from streamwatch.ingest.opening import AudioOnly, open_container, open_video, scrub
 from streamwatch.ingest.relay import RtmpRelay, relay_available
 from streamwatch.ingest.url import SourceKind, SourceSpec
 
@@ -46,51 +48,6 @@ class ReaderStats:
     dropped: int = 0  # frames the consumer side threw away (see ingest.aio)
 
 
-def _scrub(e: Exception, spec: SourceSpec) -> str:
-    """An FFmpeg error's text without the URL (which may hold credentials)."""
-    if isinstance(e, av.error.FFmpegError):
-        return str(e.strerror or type(e).__name__)
-    return str(e).replace(spec.url, spec.redacted)
-
-
-def open_options(spec: SourceSpec) -> dict[str, str]:
-    """Demuxer/protocol options per source kind (see shared notes on the traps)."""
-    if spec.kind is SourceKind.RTMP:  # 1 s of probing, not FFmpeg's 5 s: a video-only FLV otherwise waits for audio
-        return {"fpsprobesize": "0", "analyzeduration": "1000000"}
-    if spec.kind is SourceKind.LISTEN:
-        return {"listen": "1", "fpsprobesize": "0"}
-    if spec.kind is SourceKind.HLS:
-        return {"m3u8_hold_counters": "3"}
-    if spec.kind is SourceKind.RTSP:
-        return {"rtsp_transport": "tcp"}
-    return {}
-
-
-def open_container(spec: SourceSpec, cfg: IngestConfig, options: dict[str, str] | None = None) -> Any:
-    """``av.open`` with timeouts for live sources; errors become :class:`SourceOpenError`.
-
-    ``options`` are added to the per-kind demuxer options (e.g. HLS ``live_start_index``).
-    """
-    kwargs: dict[str, Any] = {"options": open_options(spec) | (options or {})}
-    if spec.live:
-        kwargs["timeout"] = (cfg.open_timeout_s, cfg.read_timeout_s)
-    if cfg.hwaccel is not HwAccel.NONE:
-        from av.codec.hwaccel import HWAccel, hwdevices_available
-
-        if "cuda" in hwdevices_available():
-            kwargs["hwaccel"] = HWAccel("cuda", allow_software_fallback=True)
-        elif cfg.hwaccel is HwAccel.CUDA:
-            logger.warning("hwaccel=cuda asked but this FFmpeg has no CUDA device: decoding in software")
-    try:
-        return av.open(spec.url, **kwargs)
-    except av.error.FFmpegError as e:
-        if isinstance(e, av.error.TimeoutError | av.error.ExitError):
-            raise SourceTimeout(f"timed out opening {spec.redacted}") from None
-        raise SourceOpenError(f"cannot open {spec.redacted}: {_scrub(e, spec)}") from None
-    except OSError as e:  # e.g. a local file that does not exist
-        raise SourceOpenError(f"cannot open {spec.redacted}: {e.strerror or e}") from None
-
-
 class FrameReader:
     """Iterate over ``Frame`` and ``HealthEvent`` items from one source.
 
@@ -108,6 +65,7 @@ class FrameReader:
         keep: Callable[[float], bool] | None = None,
         rng: random.Random | None = None,
         session_start: float | None = None,
+        max_side: int = 960,
     ) -> None:
         self.spec, self.stream_id, self.cfg = spec, stream_id, cfg
         self.every_s, self.keep = every_s, keep
@@ -126,6 +84,8 @@ class FrameReader:
         self._last_offset = 0.0
         self._seq = 0
         self.keyframe_interval: float | None = None
+        self.max_side = max_side  # what analysis looks at: an HLS master playlist's variant is chosen for it
+        self._bodies: list[httpsrc.HttpBody] = []  # HTTP responses PyAV reads from (closed with the container)
 
     # ---- control -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -171,16 +131,18 @@ class FrameReader:
             return
         yield from self._read_live()
 
-    def _read_file(self, end_reason: str = "end of file") -> Iterator[Item]:
-        container = open_container(self.spec, self.cfg)
+    def _read_file(
+        self, end_reason: str = "end of file", spec: SourceSpec | None = None, gaps: SegmentGaps | None = None
+    ) -> Iterator[Item]:
+        container = open_container(spec or self.spec, self.cfg)
         self.stats.connections += 1
         try:
             yield self._health(StreamState.LIVE)
             try:
-                yield from self._decode(container)
+                yield from self._decode(container, gaps)
             except av.error.FFmpegError as e:
                 raise SourceCorrupt(
-                    f"{self.spec.redacted}: unreadable data after {self._last_offset:.2f}s ({_scrub(e, self.spec)}); "
+                    f"{self.spec.redacted}: unreadable data after {self._last_offset:.2f}s ({scrub(e, self.spec)}); "
                     f"{self.stats.emitted} frames before it were delivered"
                 ) from None
         finally:
@@ -207,7 +169,9 @@ class FrameReader:
     def _read_connections(self, relay: RtmpRelay | None) -> Iterator[Item]:
         outage_since: float | None = None  # monotonic time the last outage began
         attempt = 0
-        hls = PlaylistTracker(self.spec.url, self.cfg.open_timeout_s) if self.spec.kind is SourceKind.HLS else None
+        hls = None
+        if self.spec.kind is SourceKind.HLS:
+            hls = PlaylistTracker(self.spec.url, self.cfg.open_timeout_s, self.cfg.hls_variant, self.max_side)
         source = relay.pull if relay is not None else self.spec
         if self.spec.kind is SourceKind.LISTEN:
             logger.info("[%s] listening for a publisher on %s", self.stream_id, self.spec.redacted)
@@ -221,9 +185,7 @@ class FrameReader:
                     plan, failure = Plan("error"), str(e)
                 if plan.action == "vod":  # a recording: read once, like a file (paced only with realtime)
                     logger.info("[%s] %s: %s", self.stream_id, self.spec.redacted, plan.reason)
-                    self.live = False
-                    self._clock = OffsetClock(live=False)
-                    yield from self._read_file(end_reason=f"end of {plan.reason}")
+                    yield from self._as_file(f"end of {plan.reason}", hls.media_spec(self.spec), hls.gaps())
                     return
                 if plan.action == "ended":
                     yield self._health(StreamState.STOPPED, reason=plan.reason)
@@ -231,12 +193,24 @@ class FrameReader:
                 if plan.action == "stuck":
                     failure = plan.reason
                 options = dict(plan.options)
+                source = hls.media_spec(self.spec)  # the chosen variant's media playlist: only its segments are fetched
             container = None
             if failure is None:
                 try:
-                    if relay is not None:  # a waiting player gets the publish's first packets: no need to probe long
-                        options = {"analyzeduration": "500000"}
-                    container = open_container(source, self.cfg, options)
+                    container = self._open(source, options, relay)
+                except _NotLive:  # HTTP with a Content-Length: a recording, read once like a file
+                    yield from self._as_file("end of file", self.spec)
+                    return
+                except AudioOnly as e:
+                    if not (e.announced and self.session_start is None):
+                        if self.state is not StreamState.NO_VIDEO:  # its own state, not an outage (said once)
+                            yield self._health(StreamState.NO_VIDEO, reason=str(e))
+                        outage_since, attempt = None, 0
+                        self._stop.wait(self._backoff.next())
+                        continue
+                    failure = str(e)  # the metadata says video is coming: still connecting
+                except NoVideoStream as e:
+                    failure = str(e)
                 except (SourceOpenError, SourceTimeout) as e:
                     if self.spec.kind is SourceKind.LISTEN and isinstance(e, SourceTimeout):
                         continue  # nobody published yet: re-arm the listener
@@ -262,9 +236,10 @@ class FrameReader:
             reason = "source ended" if hls is None else "playlist stopped advancing"
             got_frame = False
             had_session = self.session_start is not None  # else this is the show's start, not a return
+            no_video: AudioOnly | None = None
             try:
-                for item in self._decode(container):
-                    if not got_frame:
+                for item in self._decode(container, hls.gaps() if hls is not None else None):
+                    if not got_frame and isinstance(item, Frame):
                         got_frame = True
                         gap = None if outage_since is None or not had_session else round(time.monotonic() - outage_since, 3)
                         if gap is not None:
@@ -277,13 +252,22 @@ class FrameReader:
                 if isinstance(e, av.error.TimeoutError | av.error.ExitError):
                     reason = f"no data for {self.cfg.read_timeout_s:g}s"
                 else:
-                    reason = f"connection lost: {_scrub(e, self.spec)}"
+                    reason = f"connection lost: {scrub(e, self.spec)}"
+            except TimeoutError:  # an HTTP body (read by streamwatch)
+                reason = f"no data for {self.cfg.read_timeout_s:g}s"
+            except (OSError, http.client.HTTPException) as e:
+                reason = f"connection lost: {scrub(e, self.spec)}"
+            except AudioOnly as e:  # the video stopped, the audio goes on
+                no_video = e
             except NoVideoStream as e:
                 reason = str(e)
             finally:
-                container.close()
+                self._close(container)
             if self.stopped:
                 break
+            if no_video is not None:
+                yield self._health(StreamState.NO_VIDEO, reason=str(no_video))
+                continue
             if hls is not None and (pl := hls.read_to_end()) is not None and pl.ended:
                 yield self._health(StreamState.STOPPED, reason="playlist ended (EXT-X-ENDLIST)")
                 return
@@ -308,7 +292,49 @@ class FrameReader:
             self._stop.wait(delay)
         yield self._health(StreamState.ENDED, reason="stopped")
 
-    def _decode(self, container: Any) -> Iterator[Frame]:
+    def _segment_missing(self, hole: float) -> HealthEvent:
+        at = self.offset_now()
+        reason = f"{hole:.1f}s of the show missing after {at:.1f}s: a segment was not served (HTTP error), FFmpeg skipped it"
+        logger.warning("[%s] %s %s", self.stream_id, self.spec.redacted, reason)
+        return HealthEvent(self.stream_id, time.time(), at, kind=HealthKind.SEGMENT_MISSING, duration_s=hole, reason=reason)
+
+    def _as_file(self, end_reason: str, spec: SourceSpec, gaps: SegmentGaps | None = None) -> Iterator[Item]:
+        """A source that turned out to be a recording (HLS ENDLIST, HTTP with a length): read once, like a file."""
+        self.live = False
+        self._clock = OffsetClock(live=False)
+        yield from self._read_file(end_reason, spec, gaps)
+
+    def _open(self, source: SourceSpec, options: dict[str, str], relay: RtmpRelay | None) -> Any:
+        """Open one connection with its video stream (see :func:`~streamwatch.ingest.opening.open_video`)."""
+        if relay is not None:  # a waiting player gets the publish's first packets: no need to probe long
+            options = {"analyzeduration": "500000"}
+        if source.kind is not SourceKind.HTTP:
+            return open_video(source, self.cfg, options)
+        first = [httpsrc.get(source, self.cfg.open_timeout_s, self.cfg.read_timeout_s)]
+        shape = first[0][0]
+        if not shape.live and self.stats.emitted == 0:
+            first[0][1].close()
+            raise _NotLive(shape)
+
+        def body() -> httpsrc.HttpBody:  # the first response, then a new request for a second probe
+            _, b = first.pop() if first else httpsrc.get(source, self.cfg.open_timeout_s, self.cfg.read_timeout_s)
+            self._bodies.append(b)
+            return b
+
+        try:
+            return open_video(source, self.cfg, options | ({"format": shape.format} if shape.format else {}), reopen=body)
+        except BaseException:
+            self._close(None)
+            raise
+
+    def _close(self, container: Any) -> None:
+        if container is not None:
+            container.close()
+        while self._bodies:
+            self._bodies.pop().close()
+
+    def _decode(self, container: Any, gaps: SegmentGaps | None = None) -> Iterator[Item]:
+        """Frames of ``container``; with ``gaps`` (HLS) a ``segment_missing`` notice for each hole in the video."""
         if not container.streams.video:
             raise NoVideoStream(f"{self.spec.redacted} has no video stream")
         vs = container.streams.video[0]
@@ -320,7 +346,7 @@ class FrameReader:
         pace = self.cfg.realtime and not self.live
         start = time.monotonic()
         rotation = 0  # display rotation of this connection (a display-orientation SEI holds until the next)
-        for packet in _demux(container, vs):
+        for packet in _demux(container, vs, self.live, self.cfg.read_timeout_s):
             if self._stop.is_set():
                 return
             if packet is None:  # the connection failed: the decoder still holds its delayed frames
@@ -330,6 +356,8 @@ class FrameReader:
                     frames = []
             else:
                 self.stats.packets += 1
+                if gaps is not None and packet.dts is not None and tb is not None and (hole := gaps.observe(float(packet.dts * tb))):
+                    yield self._segment_missing(hole)
                 if packet.pts is not None and tb is not None:
                     plan.observe_packet(float(packet.pts * tb), bool(packet.is_keyframe))
                 want = plan.skip_frame()
@@ -366,13 +394,28 @@ class FrameReader:
                 yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), pic, rotation)
 
 
-def _demux(container: Any, vs: Any) -> Iterator[Any]:
-    """``container.demux(vs)``; when reading fails, ``None`` (flush the decoder) before the error."""
+class _NotLive(Exception):
+    """An HTTP source answered with a length: a recording."""
+
+
+def _demux(container: Any, vs: Any, live: bool, video_timeout_s: float) -> Iterator[Any]:
+    """The video packets of ``container``; when reading fails, ``None`` (flush the decoder) before the error.
+
+    Live with audio: every stream is read, and :class:`AudioOnly` is raised when the audio has gone on
+    for ``video_timeout_s`` without a video packet (the read timeout never fires while audio flows).
+    """
+    streams = [vs, *container.streams.audio[:1]] if live else [vs]
+    last_video = time.monotonic()
     try:
-        yield from container.demux(vs)
-    except av.error.FFmpegError:
+        for packet in container.demux(*streams):
+            if packet.stream is vs:
+                last_video = time.monotonic()
+                yield packet
+            elif packet.size and time.monotonic() - last_video > video_timeout_s:
+                raise AudioOnly(f"audio only: no video for {video_timeout_s:g}s, the audio goes on", announced=None)
+    except (av.error.FFmpegError, OSError, http.client.HTTPException):
         yield None
         raise
 
 
-__all__ = ["FrameReader", "Item", "ReaderStats", "open_container"]
+__all__ = ["FrameReader", "Item", "ReaderStats", "open_container"]  # open_container: from .opening

@@ -14,6 +14,7 @@ from streamwatch.errors import ConfigError
 _SECRET_PARAMS = re.compile(
     r"^(key|token|secret|sig|signature|auth|password|pass|pwd|passwd|streamkey|stream_key|access_token|api_key|apikey)$", re.I
 )
+_HTTP_FILE_SUFFIXES = {".mp4", ".mkv", ".mov", ".m4v", ".webm"}  # containers no CDN serves live
 _FILE_SUFFIXES = {".mp4", ".flv", ".ts", ".mkv", ".mov", ".m4v", ".webm", ".m3u8"}
 
 
@@ -23,6 +24,7 @@ class SourceKind(enum.Enum):
     HLS = "hls"
     RTSP = "rtsp"
     LISTEN = "listen"  # streamwatch is the RTMP endpoint a publisher pushes to
+    HTTP = "http"  # progressive HTTP (HTTP-FLV, HTTP MPEG-TS): live or a file, told by the response (ingest/httpsrc.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +100,9 @@ def parse_source(url: str, *, listen: bool = False) -> SourceSpec:
     if scheme in {"http", "https"}:
         if ".m3u8" in urlsplit(url).path.lower():
             return SourceSpec(url, SourceKind.HLS)
-        # A progressive file over HTTP is read like a file (it ends when it ends).
-        return SourceSpec(url, SourceKind.FILE)
+        if Path(urlsplit(url).path).suffix.lower() in _HTTP_FILE_SUFFIXES:
+            return SourceSpec(url, SourceKind.FILE)  # a recording over HTTP is read like a file (it ends when it ends)
+        return SourceSpec(url, SourceKind.HTTP)  # HTTP-FLV, HTTP MPEG-TS or unknown: the response says whether it is live
     if scheme in {"", "file"}:
         path = Path(urlsplit(url).path if scheme == "file" else url)
         if path.suffix.lower() == ".m3u8":

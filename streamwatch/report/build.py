@@ -21,6 +21,7 @@ from streamwatch.events.model import (
     StreamState,
 )
 
+UNWATCHED_PERIODS = ("monitoring_gap", "segment_missing")
 DOWN_STATES = (StreamState.STALLED, StreamState.RECONNECTING)
 _PERIOD = {HealthKind.ANALYSIS: "analysis_failing"}  # period kinds named otherwise than their health kind
 
@@ -34,7 +35,7 @@ def hms(offset: float) -> str:
 class Period:
     """A stretch of stream time: an outage, a black or a frozen picture."""
 
-    kind: str  # outage | black | frozen | monitoring_gap | analysis_failing (frames skipped: their analysis failed)
+    kind: str  # outage | black | frozen | monitoring_gap | segment_missing | analysis_failing (frames skipped: their analysis failed)
     start: float  # stream offset, seconds
     duration: float | None  # open ones: up to the report's end (None without one)
     detail: str = ""
@@ -95,8 +96,8 @@ class Report:
 
     @property
     def gaps(self) -> tuple[Period, ...]:
-        """Monitoring gaps: stretches of the show nobody watched (the daemon was down)."""
-        return tuple(p for p in self.periods if p.kind == "monitoring_gap")
+        """Stretches of the show nobody watched: monitoring gaps (the daemon was down) and missing HLS segments."""
+        return tuple(p for p in self.periods if p.kind in UNWATCHED_PERIODS)
 
     @property
     def ended(self) -> HealthEvent | None:
@@ -196,12 +197,14 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
                 gap = e.gap_s if e.gap_s is not None else e.offset - down_since.offset
                 out.append(Period("outage", down_since.offset, round(gap, 3), down_since.reason))
                 down_since = None
-            elif e.state in (StreamState.STOPPED, StreamState.ENDED) and down_since is not None:
+            elif e.state in (StreamState.STOPPED, StreamState.ENDED, StreamState.NO_VIDEO) and down_since is not None:
                 out.append(Period("outage", down_since.offset, round(e.offset - down_since.offset, 3), down_since.reason))
                 down_since = None
         elif e.kind is HealthKind.MONITORING_GAP:
             unwatched = None  # the next owner's gap measures the unwatched window exactly
             out.append(Period("monitoring_gap", e.offset, e.duration_s, e.reason))
+        elif e.kind is HealthKind.SEGMENT_MISSING:  # a hole in the show nobody could watch (the segment was not served)
+            out.append(Period("segment_missing", e.offset, e.duration_s, e.reason))
         elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.ANALYSIS):
             if e.active:
                 open_.setdefault(e.kind, e)

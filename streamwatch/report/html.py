@@ -10,7 +10,14 @@ from streamwatch.events.codec import iso
 from streamwatch.report.build import Report, hms
 
 SEVERITY_COLORS = {"low": "#4c8bf5", "medium": "#f2b01e", "high": "#f26b1d", "critical": "#d7263d"}
-PERIOD_COLORS = {"outage": "#d7263d", "black": "#222222", "frozen": "#3aa0c8", "monitoring_gap": "#8e44ad", "analysis_failing": "#e67700"}
+PERIOD_COLORS = {
+    "outage": "#d7263d",
+    "black": "#222222",
+    "frozen": "#3aa0c8",
+    "monitoring_gap": "#8e44ad",
+    "segment_missing": "#b197fc",
+    "analysis_failing": "#e67700",
+}
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
