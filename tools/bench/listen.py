@@ -114,11 +114,19 @@ def main() -> None:
     ap.add_argument("--publishes", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--relay", choices=["nginx", "ffmpeg", "both"], default="both")
+    ap.add_argument("--audio", action="store_true", help="publish with AAC audio (OBS-like: audio tags come first)")
     a = ap.parse_args()
     clip = ROOT / "artifacts" / "bench" / f"listen_{a.seconds:g}s.flv"
     if not clip.exists():
         clip.parent.mkdir(parents=True, exist_ok=True)
         make_sample_stream.write_clip(clip, width=640, height=360, fps=25, gop_s=2.0, seconds=a.seconds)
+    if a.audio:
+        with_audio = clip.with_name(f"{clip.stem}_aac.flv")
+        if not with_audio.exists():
+            cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency=440:duration={a.seconds:g}"]
+            cmd += ["-i", str(clip), "-map", "0:a", "-map", "1:v", "-c:v", "copy", "-c:a", "aac", "-shortest", str(with_audio)]
+            subprocess.run(cmd, check=True)
+        clip = with_audio
     import av
 
     with av.open(str(clip)) as c:
