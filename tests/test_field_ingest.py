@@ -104,6 +104,27 @@ def test_audio_only_rtmp_is_no_video_not_an_outage(nginx: Nginx) -> None:
     assert not {StreamState.RECONNECTING, StreamState.STALLED} & set(states(events))
 
 
+def test_video_that_stops_while_the_audio_goes_on_is_no_video(tmp_path: Path) -> None:
+    """A music interlude mid-show: the connection stays up (audio flows), the video stops."""
+    require_media_tools()
+    show = tmp_path / "show.flv"
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:d=3"]
+    cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:d=12", "-c:v", "libx264", "-g", "25", "-c:a", "aac", str(show)]
+    subprocess.run(cmd, check=True)
+    url = f"http://127.0.0.1:{free_port()}/show.flv"
+    serve = ["ffmpeg", "-nostdin", "-loglevel", "quiet", "-re", "-i", str(show), "-c", "copy", "-max_interleave_delta", "1"]
+    srv = subprocess.Popen([*serve, "-f", "flv", "-listen", "1", url], stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.8)
+        frames, events = read_for(url, IngestConfig(open_timeout_s=4, read_timeout_s=2, backoff_initial_s=0.2, backoff_max_s=0.5), 8)
+    finally:
+        stop(srv)
+    seen = states(events)
+    assert frames and seen[:2] == [StreamState.LIVE, StreamState.NO_VIDEO], seen
+    no_video = next(t for t, e in events if e.state is StreamState.NO_VIDEO)
+    assert 4.0 < no_video < 7.5 and "audio" in events[1][1].reason  # 3 s of video, then the read timeout (2 s) of audio only
+
+
 @pytest.mark.parametrize(
     ("meta", "expected"),
     [
@@ -204,3 +225,27 @@ def test_http_flv_with_a_length_is_read_once_like_a_file(tmp_path: Path, short_c
     seen = [i.state for i in items if isinstance(i, HealthEvent)]
     assert seen == [StreamState.LIVE, StreamState.STOPPED] and not reader.live
     assert len([i for i in items if isinstance(i, Frame)]) == pytest.approx(12 * 25, abs=3)
+
+
+@pytest.mark.parametrize(
+    ("sequence", "rules"),
+    [
+        ([StreamState.CONNECTING, StreamState.CONNECTING, StreamState.NO_VIDEO], ["stream_no_video"]),
+        ([StreamState.LIVE, StreamState.NO_VIDEO], ["stream_no_video"]),
+        ([StreamState.LIVE, StreamState.STALLED, StreamState.NO_VIDEO], ["stream_no_video"]),  # the outage ends: audio is back
+        ([StreamState.CONNECTING, StreamState.CONNECTING, StreamState.LIVE], []),
+        ([StreamState.NO_VIDEO, StreamState.LIVE], []),
+        ([StreamState.LIVE, StreamState.RECONNECTING], ["stream_outage"]),
+    ],
+)
+def test_no_video_is_a_low_notice_and_connecting_is_never_an_outage(sequence: list[StreamState], rules: list[str]) -> None:
+    from streamwatch.analysis.policy import load_policy
+    from streamwatch.analysis.rules import RuleEngine
+
+    engine = RuleEngine(load_policy(Path(__file__).resolve().parent.parent / "models" / "policy.toml"))
+    t = 1000.0
+    for k, st in enumerate(sequence):
+        engine.on_health(HealthEvent("s", t + k, float(k), kind=HealthKind.STATE, state=st))
+    drafts = [d for _, d in engine.tick("s", t + len(sequence) + 30)]
+    assert [d.rule for d in drafts] == rules
+    assert all(d.severity.value == "low" for d in drafts if d.rule == "stream_no_video")

@@ -145,8 +145,9 @@ class FrameReader(DecodingReader):
                     reason = f"connection lost: {scrub(e, self.spec)}"
             except TimeoutError:  # an HTTP body (read by streamwatch)
                 reason = f"no data for {self.cfg.read_timeout_s:g}s"
-            except (OSError, http.client.HTTPException) as e:
-                reason = f"connection lost: {scrub(e, self.spec)}"
+            except (OSError, http.client.HTTPException) as e:  # a socket read after its timeout says "timed out object"
+                timed_out = "timed out" in str(e)
+                reason = f"no data for {self.cfg.read_timeout_s:g}s" if timed_out else f"connection lost: {scrub(e, self.spec)}"
             except AudioOnly as e:  # the video stopped, the audio goes on
                 no_video = e
             except NoVideoStream as e:
