@@ -28,7 +28,7 @@ def _setup_logging(level: str) -> None:
 
 def _ingest_overrides(a: argparse.Namespace) -> dict[str, Any]:
     ingest: dict[str, Any] = {}
-    for key in ("open_timeout_s", "read_timeout_s", "max_retries", "decode", "hwaccel"):
+    for key in ("open_timeout_s", "read_timeout_s", "max_retries", "decode", "hwaccel", "hls_variant"):
         value = getattr(a, key, None)
         if value is not None:
             ingest[key] = value
@@ -42,7 +42,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", type=Path, help="TOML config file (defaults < file < STREAMWATCH_* env < options)")
     p.add_argument("--listen", action="store_true", help="be the RTMP endpoint a publisher pushes to (e.g. rtmp://0.0.0.0:1935/live/KEY)")
     p.add_argument("--id", default="default", help="stream id (default: default)")
-    p.add_argument("--open-timeout", dest="open_timeout_s", type=float, help="seconds to open a live source")
+    p.add_argument("--open-timeout", dest="open_timeout_s", type=float, help="seconds to open a live source (and wait for its video)")
+    p.add_argument("--hls-variant", help="HLS master playlist: auto, highest, lowest or a bandwidth in bit/s (default auto)")
     p.add_argument("--read-timeout", dest="read_timeout_s", type=float, help="seconds without data before a live source is stalled")
     p.add_argument("--max-retries", type=int, help="reconnect attempts before giving up (0: fail at once; default: forever)")
     p.add_argument("--decode", choices=["auto", "full", "reference", "keyframes"], help="decoding mode (default auto)")
@@ -99,7 +100,7 @@ def _cmd_probe(a: argparse.Namespace) -> int:
     spec = check_source(a.source, listen=a.listen)
     settings = load_settings(a.config, _ingest_overrides(a))
     _setup_logging(settings.log_level)
-    result = probe(spec, settings.ingest)
+    result = probe(spec, settings.ingest, max_side=settings.analysis.max_side)
     print("\n".join(result.lines()))
     return 0
 

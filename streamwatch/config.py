@@ -69,6 +69,14 @@ class IngestConfig(_Section):
             "ffmpeg (FFmpeg's single-connection listener), auto (nginx when installed)."
         ),
     ] = "auto"
+    hls_variant: Annotated[
+        str,
+        Field(
+            pattern=r"^(auto|highest|lowest|[0-9]+)$",
+            description="Which variant of an HLS master playlist is watched (only its segments are fetched): auto (the smallest "
+            "whose long side is at least analysis.max_side, else the largest), highest, lowest, or a bandwidth in bit/s (the nearest).",
+        ),
+    ] = "auto"
     nginx: Annotated[str, Field(description="The nginx binary for the listen relay.")] = "nginx"
     nginx_rtmp_module: Annotated[str, Field(description="Path of nginx's RTMP module (Debian: libnginx-mod-rtmp).")] = (
         "/usr/lib/nginx/modules/ngx_rtmp_module.so"

@@ -61,6 +61,8 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "state.stopped": {"zh": "已停止", "en": "stopped"},
     "state.ended": {"zh": "已结束", "en": "ended"},
     "state.unwatched": {"zh": "无人监看", "en": "not watched"},
+    "state.no_video": {"zh": "无视频（仅音频）", "en": "no video"},
+    "health.segment_missing": {"zh": "分片缺失：{s:.1f} 秒无法监看", "en": "segment missing: {s:.1f}s not watched"},
     "health.again_after": {"zh": "{state}（中断 {s:.1f} 秒后恢复）", "en": "{state} again after {s:.1f}s"},
     "health.config": {"zh": "配置", "en": "configuration"},
     "health.model": {"zh": "模型切换", "en": "model switch"},
@@ -102,6 +104,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "period.frozen": {"zh": "画面冻结", "en": "frozen"},
     "period.monitoring_gap": {"zh": "无人监看", "en": "not watched"},
     "period.analysis_failing": {"zh": "分析失败", "en": "analysis failing"},
+    "period.segment_missing": {"zh": "分片缺失", "en": "segment missing"},
     "period.storage_failing": {"zh": "存储失败（磁盘满）", "en": "storage failing"},
     "period.open": {"zh": "未结束", "en": "open"},
     "period.open_so_far": {"zh": "未结束，已 {s:.1f} 秒", "en": "open, {s:.1f}s so far"},
@@ -180,6 +183,8 @@ def describe_health(ev: HealthEvent, lang: Lang = "zh") -> str:
             text += t("health.after", lang, s=ev.duration_s)
     elif ev.kind is HealthKind.MONITORING_GAP:
         text = t("health.gap", lang, s=ev.duration_s or 0.0)
+    elif ev.kind is HealthKind.SEGMENT_MISSING:
+        text = t("health.segment_missing", lang, s=ev.duration_s or 0.0)
     elif ev.kind is HealthKind.ANALYSIS:
         text = t("health.analysis_on" if ev.active else "health.analysis_off", lang)
     else:

@@ -18,7 +18,7 @@ from conftest import Clip, require_media_tools
 from streamwatch.config import IngestConfig
 from streamwatch.events.model import HealthEvent, StreamState
 from streamwatch.ingest import Frame, FrameReader, parse_source
-from streamwatch.ingest.hls import Playlist, Watermark, parse_playlist
+from streamwatch.ingest.hls import Playlist, Variant, Watermark, parse_playlist
 
 CFG = IngestConfig(open_timeout_s=3, read_timeout_s=3, backoff_initial_s=0.3, backoff_max_s=1.0)
 
@@ -142,12 +142,13 @@ def test_stuck_live_playlist_is_an_outage_and_nothing_is_sampled_twice(web: tupl
 def test_playlist_parsing_and_segment_identity() -> None:
     text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:41\n#EXTINF:2,\nx41.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:2,\nsub/x42.ts\n"
     pl = parse_playlist(text, "http://h/live/p.m3u8")
-    assert pl == Playlist("http://h/live/p.m3u8", 41, 2.0, ("http://h/live/x41.ts", "http://h/live/sub/x42.ts"), False, 1)
+    segs = ("http://h/live/x41.ts", "http://h/live/sub/x42.ts")
+    assert pl == Playlist("http://h/live/p.m3u8", 41, 2.0, segs, False, 1, durations=(2.0, 2.0))
     assert pl.last == Watermark(42, "http://h/live/sub/x42.ts")
     assert Watermark(42, "http://h/live/sub/x42.ts").new_segments(pl) == 0
     assert Watermark(41, "http://h/live/x41.ts").new_segments(pl) == 1
     master = parse_playlist("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nlow/index.m3u8\n", "http://h/m.m3u8")
-    assert master.variants == ("http://h/low/index.m3u8",) and not master.segments
+    assert master.variants == (Variant("http://h/low/index.m3u8", 1),) and not master.segments
     assert parse_playlist("#EXTM3U\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:1,\na.ts\n", "http://h/").ended
     with pytest.raises(ValueError):
         parse_playlist("<html>", "http://h/")

@@ -242,7 +242,7 @@ class RuleEngine:
     # --- health --------------------------------------------------------------------------------
 
     def on_health(self, ev: HealthEvent) -> None:
-        """Track open black / frozen / outage periods from health events."""
+        """Track open black / frozen / outage / no-video periods from health events."""
         if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.STORAGE):
             key = (ev.stream, ev.kind.value)
             if ev.active:
@@ -253,9 +253,13 @@ class RuleEngine:
             key = (ev.stream, "outage")
             if ev.state in (StreamState.STALLED, StreamState.RECONNECTING) and ev.caused_by is None:
                 self._periods.setdefault(key, _Period(ev.at, ev.offset))
-            elif ev.caused_by is not None or ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED):
+            elif ev.caused_by is not None or ev.state in (StreamState.LIVE, StreamState.STOPPED, StreamState.ENDED, StreamState.NO_VIDEO):
                 # (a cut's outage is on purpose: no "stream down" alert)
                 self._periods.pop(key, None)
+            if ev.state is StreamState.NO_VIDEO:  # the source is up with audio only: its own (low) notice
+                self._periods.setdefault((ev.stream, "no_video"), _Period(ev.at, ev.offset))
+            else:
+                self._periods.pop((ev.stream, "no_video"), None)
         elif ev.kind is HealthKind.MONITORING_GAP:
             self._periods[(ev.stream, "monitoring_gap")] = _Period(ev.at, ev.offset, closed=ev.duration_s or 0.0)
 
@@ -276,7 +280,7 @@ class RuleEngine:
             period = self._periods.get((stream, cond))
             if period is None or period.alerted:
                 continue
-            wall = cond in ("outage", "monitoring_gap", "storage") or offset is None  # no samples arrive, or not about them
+            wall = cond in ("outage", "monitoring_gap", "storage", "no_video") or offset is None  # no samples arrive, or not about them
             lasted = now - period.since if wall or offset is None else offset - period.offset
             if period.closed is not None:
                 lasted = period.closed

@@ -21,6 +21,7 @@ class StreamState(enum.Enum):
     LIVE = "live"
     STALLED = "stalled"
     RECONNECTING = "reconnecting"
+    NO_VIDEO = "no_video"  # the source is up and sends audio only (a music interlude): not an outage
     STOPPED = "stopped"
     ENDED = "ended"  # stopped on purpose (SIGTERM, a listen-mode publisher's unpublish): not an outage
     UNWATCHED = "unwatched"  # cluster: no worker holds the stream (all gone or full); said by gateways, from the last heartbeat
@@ -28,10 +29,11 @@ class StreamState(enum.Enum):
 
 _ENDS = {StreamState.STOPPED, StreamState.ENDED}
 TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
-    StreamState.CONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, *_ENDS}),
-    StreamState.LIVE: frozenset({StreamState.STALLED, StreamState.RECONNECTING, *_ENDS}),
-    StreamState.STALLED: frozenset({StreamState.RECONNECTING, StreamState.LIVE, *_ENDS}),
-    StreamState.RECONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, *_ENDS}),
+    StreamState.CONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, StreamState.NO_VIDEO, *_ENDS}),
+    StreamState.LIVE: frozenset({StreamState.STALLED, StreamState.RECONNECTING, StreamState.NO_VIDEO, *_ENDS}),
+    StreamState.STALLED: frozenset({StreamState.RECONNECTING, StreamState.LIVE, StreamState.NO_VIDEO, *_ENDS}),
+    StreamState.RECONNECTING: frozenset({StreamState.LIVE, StreamState.RECONNECTING, StreamState.NO_VIDEO, *_ENDS}),
+    StreamState.NO_VIDEO: frozenset({StreamState.LIVE, StreamState.STALLED, StreamState.RECONNECTING, *_ENDS}),
     StreamState.STOPPED: frozenset(),
     StreamState.ENDED: frozenset({StreamState.LIVE}),  # listen mode: the next publisher
     StreamState.UNWATCHED: frozenset(),  # never a reader's state
@@ -51,6 +53,7 @@ class HealthKind(enum.Enum):
     CONFIG = "config"  # a configuration problem noticed while running (e.g. a broken policy reload)
     MODEL = "model"  # VLM tier: active None: a role switched models (duration_s: load + warm-up); True: failing; False: works again
     MONITORING_GAP = "monitoring_gap"  # nobody watched (the daemon was down): offset = last heartbeat, duration_s
+    SEGMENT_MISSING = "segment_missing"  # HLS: a listed segment could not be fetched (404): a hole of duration_s in the show
     ANALYSIS = "analysis"  # active: frames in a row skipped because their analysis failed; inactive: it works again
     WEBHOOK = "webhook"  # active: a webhook endpoint has failed for a while (reason names it); inactive: it recovered
     STORAGE = "storage"  # active: the data folder takes no writes (disk full): events held, evidence not saved; inactive: ok again

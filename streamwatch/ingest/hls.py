@@ -3,9 +3,8 @@
 FFmpeg's HLS demuxer cannot tell the reader any of this: it ends a read the same way for a
 recording (``#EXT-X-ENDLIST``) and for a live playlist that stopped moving, and a reopened live
 playlist starts again three segments from its end, i.e. at content already sampled. So the reader
-looks at the playlist itself: :func:`fetch_playlist` (I/O, follows a master playlist to its first
-variant, the one FFmpeg's ``streams.video[0]`` comes from) and the pure :func:`parse_playlist` /
-:meth:`Watermark.new_segments`.
+looks at the playlist itself: :func:`fetch_playlist` (I/O, follows a master playlist to the chosen
+variant) and the pure :mod:`streamwatch.ingest.hlsparse`.
 
 Segment identity is the media sequence number (``#EXT-X-MEDIA-SEQUENCE`` + position) together
 with the segment URI: a packager restart that starts numbering again, or renames segments, is new
@@ -14,103 +13,47 @@ content; the same number and URI is content already read.
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urljoin
 
 from streamwatch.errors import SourceOpenError
-from streamwatch.ingest.url import redact_url
+from streamwatch.ingest.hlsparse import Playlist, SegmentGaps, Variant, Watermark, choose_variant, parse_playlist
+from streamwatch.ingest.url import SourceKind, SourceSpec, redact_url
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Playlist:
-    """One media playlist: ``segments`` are URIs in order, numbered from ``media_sequence``."""
-
-    url: str
-    media_sequence: int
-    target_duration: float
-    segments: tuple[str, ...]
-    ended: bool  # #EXT-X-ENDLIST (or a VOD playlist type): a recording, finished when read
-    discontinuities: int = 0
-    variants: tuple[str, ...] = ()  # a master playlist: its variant URLs (and no segments)
-
-    @property
-    def last(self) -> Watermark | None:
-        """The last segment listed, or None for an empty playlist."""
-        if not self.segments:
-            return None
-        return Watermark(self.media_sequence + len(self.segments) - 1, self.segments[-1])
-
-
-@dataclass(frozen=True, slots=True)
-class Watermark:
-    """The last segment read: its media sequence number and URI."""
-
-    seq: int
-    uri: str
-
-    def new_segments(self, pl: Playlist) -> int:
-        """How many segments at the end of ``pl`` come after this one (0: nothing new).
-
-        >>> pl = Playlist("u", 10, 2.0, ("a", "b", "c"), ended=False)
-        >>> Watermark(11, "b").new_segments(pl), Watermark(12, "c").new_segments(pl)
-        (1, 0)
-        >>> Watermark(7, "x").new_segments(pl), Watermark(90, "z").new_segments(pl)  # fell behind; renumbered
-        (3, 3)
-        """
-        for i, uri in enumerate(pl.segments):
-            if uri == self.uri and pl.media_sequence + i == self.seq:
-                return len(pl.segments) - i - 1
-        if pl.segments and pl.media_sequence + len(pl.segments) - 1 <= self.seq and self.uri in pl.segments:
-            return 0  # renumbered but the same segments (a stale copy)
-        return len(pl.segments)
-
-
-def parse_playlist(text: str, url: str) -> Playlist:
-    """Parse an M3U8 text fetched from ``url`` (segment and variant URIs are made absolute).
-
-    Raises :class:`ValueError` when it is not an M3U8 playlist.
-    """
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines or not lines[0].startswith("#EXTM3U"):
-        raise ValueError("not an M3U8 playlist")
-    seq, target, ended, disc = 0, 0.0, False, 0
-    segments: list[str] = []
-    variants: list[str] = []
-    want_variant = False
-    for ln in lines[1:]:
-        if ln.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            seq = int(ln.split(":", 1)[1])
-        elif ln.startswith("#EXT-X-TARGETDURATION:"):
-            target = float(ln.split(":", 1)[1])
-        elif ln == "#EXT-X-ENDLIST" or ln == "#EXT-X-PLAYLIST-TYPE:VOD":
-            ended = True
-        elif ln == "#EXT-X-DISCONTINUITY":
-            disc += 1
-        elif ln.startswith("#EXT-X-STREAM-INF"):
-            want_variant = True
-        elif not ln.startswith("#"):
-            (variants if want_variant else segments).append(urljoin(url, ln))
-            want_variant = False
-    return Playlist(url, seq, target, tuple(segments), ended, disc, tuple(variants))
-
-
-def _get(url: str, timeout: float) -> str:
+def _get(url: str, timeout: float, what: str = "playlist", limit: int = 4_000_000) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # http(s) only: parse_source checked
-            return str(r.read(4_000_000).decode("utf-8", "replace"))
+            return bytes(r.read(limit))
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or getattr(e, "code", None) or type(e).__name__
-        raise SourceOpenError(f"cannot fetch playlist {redact_url(url)}: {reason}") from None
+        code = getattr(e, "code", None)
+        reason = f"HTTP {code}" if code else getattr(e, "reason", None) or type(e).__name__
+        raise SourceOpenError(f"cannot fetch {what} {redact_url(url)}: {reason}") from None
 
 
-def fetch_playlist(url: str, timeout: float) -> Playlist:
-    """GET the playlist (and, for a master playlist, its first variant). Errors: SourceOpenError."""
-    pl = _parse(_get(url, timeout), url)
+def fetch_playlist(url: str, timeout: float, variant: str = "auto", max_side: int = 960) -> Playlist:
+    """GET the playlist (and, for a master playlist, the chosen variant's). Errors: SourceOpenError."""
+    pl = _parse(_get(url, timeout).decode("utf-8", "replace"), url)
     if pl.variants:
-        pl = _parse(_get(pl.variants[0], timeout), pl.variants[0])
+        v = choose_variant(pl.variants, variant, max_side)
+        pl = _parse(_get(v.url, timeout).decode("utf-8", "replace"), v.url)
     return pl
+
+
+def segment_bitrate(pl: Playlist, timeout: float) -> int | None:
+    """Bit/s of a media playlist from its first segment's size (a HEAD request) and duration; None if unknown."""
+    if not pl.segments or not pl.durations or pl.durations[0] <= 0:
+        return None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(pl.segments[0], method="HEAD"), timeout=timeout) as r:
+            size = int(r.headers.get("Content-Length") or 0)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return int(size * 8 / pl.durations[0]) or None
 
 
 def _parse(text: str, url: str) -> Playlist:
@@ -135,23 +78,67 @@ class Plan:
 
 
 class PlaylistTracker:
-    """Remembers the last segment read from one HLS source across reconnects (blocking I/O).
+    """Remembers the variant watched and the last segment read from one HLS source across reconnects (blocking
+    I/O, in the reader's thread: never on the event loop).
 
-    Before each open, :meth:`plan` fetches the playlist: nothing new after the last segment read
-    means the outage goes on (a stale or stuck playlist is never read again); new segments are
-    opened at the first of them (FFmpeg's ``live_start_index`` counted from the end), so content
-    already sampled is not sampled twice. After a read ends, :meth:`read_to_end` records the last
-    segment listed then (FFmpeg's demuxer ends a live read only once the playlist stops moving).
+    A master playlist is read once per (re)connect: one variant is chosen (``ingest.hls_variant``) and
+    FFmpeg is handed that variant's media playlist, so only its segments are fetched; a variant that
+    disappears (HTTP error) is replaced by the choice among the variants listed now. AES-128 keys are
+    fetched once before the first open: a key that cannot be fetched is said as such (FFmpeg says
+    "Invalid data found"). Before each open, :meth:`plan` fetches the playlist: nothing new after
+    the last segment read means the outage goes on (a stale or stuck playlist is never read again);
+    new segments are opened at the first of them (FFmpeg's ``live_start_index`` counted from the
+    end), so content already sampled is not sampled twice. After a read ends, :meth:`read_to_end`
+    records the last segment listed then (FFmpeg's demuxer ends a live read only once the playlist
+    stops moving).
     """
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, variant: str = "auto", max_side: int = 960) -> None:
         self.url, self.timeout_s = url, timeout_s
+        self.variant, self.max_side = variant, max_side
         self.mark: Watermark | None = None
         self.target_duration = 0.0
+        self.media_url = url  # the media playlist read: the URL itself, or the chosen variant's
+        self.chosen: Variant | None = None
+        self._keys_ok: set[str] = set()
+
+    def media_spec(self, spec: SourceSpec) -> SourceSpec:
+        """What FFmpeg opens: the chosen variant's media playlist (``spec`` itself without a master playlist)."""
+        return spec if self.media_url == self.url else SourceSpec(self.media_url, SourceKind.HLS)
+
+    def gaps(self) -> SegmentGaps:
+        """A hole detector for the video timestamps of the next read."""
+        return SegmentGaps(self.target_duration or 2.0)
+
+    def fetch(self) -> Playlist:
+        """The media playlist watched now (the master playlist read again when there is one). Errors: SourceOpenError."""
+        if self.media_url != self.url:
+            try:
+                return _parse(_get(self.media_url, self.timeout_s).decode("utf-8", "replace"), self.media_url)
+            except SourceOpenError as e:  # the variant is gone: choose again among those listed now
+                logger.warning("HLS variant %s: %s; choosing again", redact_url(self.media_url), e)
+        pl = _parse(_get(self.url, self.timeout_s).decode("utf-8", "replace"), self.url)
+        if not pl.variants:
+            self.media_url = self.url
+            return pl
+        v = choose_variant(pl.variants, self.variant, self.max_side)
+        if v != self.chosen:
+            size = f"{v.width}x{v.height}" if v.width else "size not listed"
+            kbps, n = v.bandwidth // 1000, len(pl.variants)
+            logger.info("HLS %s: variant %s (%s, %d kb/s) of %d", redact_url(self.url), redact_url(v.url), size, kbps, n)
+        self.chosen, self.media_url = v, v.url
+        return _parse(_get(v.url, self.timeout_s).decode("utf-8", "replace"), v.url)
+
+    def _check_keys(self, pl: Playlist) -> None:
+        for key in pl.keys:
+            if key not in self._keys_ok:
+                _get(key, self.timeout_s, "the AES-128 key", 1024)
+                self._keys_ok.add(key)
 
     def plan(self, *, started: bool) -> Plan:
-        """Raises SourceOpenError when the playlist cannot be fetched or parsed."""
-        pl = fetch_playlist(self.url, self.timeout_s)
+        """Raises SourceOpenError when the playlist (or its AES-128 key) cannot be fetched or parsed."""
+        pl = self.fetch()
+        self._check_keys(pl)
         self.target_duration = pl.target_duration or self.target_duration
         if pl.ended and not started:
             return Plan("vod", "recording (EXT-X-ENDLIST)")
@@ -167,8 +154,21 @@ class PlaylistTracker:
     def read_to_end(self) -> Playlist | None:
         """Record the playlist's last segment as read; None when it cannot be fetched now."""
         try:
-            pl = fetch_playlist(self.url, self.timeout_s)
+            pl = self.fetch()
         except SourceOpenError:
             return None
         self.mark = pl.last or self.mark
         return pl
+
+
+__all__ = [
+    "Plan",
+    "Playlist",
+    "PlaylistTracker",
+    "SegmentGaps",
+    "Variant",
+    "Watermark",
+    "fetch_playlist",
+    "parse_playlist",
+    "segment_bitrate",
+]

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import av.error
 
 from streamwatch.config import IngestConfig
-from streamwatch.errors import NoVideoStream, SourceCorrupt
+from streamwatch.errors import SourceCorrupt
 from streamwatch.ingest.frame import display_rotation
-from streamwatch.ingest.reader import open_container
-from streamwatch.ingest.url import SourceSpec
+from streamwatch.ingest.hls import PlaylistTracker, segment_bitrate
+from streamwatch.ingest.hlsparse import Playlist
+from streamwatch.ingest.opening import open_video
+from streamwatch.ingest.url import SourceKind, SourceSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +53,22 @@ class ProbeResult:
         ]
 
 
-def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> ProbeResult:
-    """Open once and read packets for up to ``max_seconds`` of stream time.
+def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0, max_side: int = 960) -> ProbeResult:
+    """Open once and read packets for up to ``max_seconds`` of stream time (a live source: until its
+    second keyframe, i.e. about one keyframe interval after the video arrives).
 
-    Only the first picture is decoded (for its display rotation); the rest is demuxed only.
+    Only the first picture is decoded (for its display rotation); the rest is demuxed only. A live
+    FLV source waits for its video up to ``cfg.open_timeout_s``; an HLS master playlist is probed on
+    the variant ``cfg.hls_variant`` chooses, a recording's duration is its segments'.
     """
-    container = open_container(spec, cfg)
+    hls: Playlist | None = None
+    tracker = None
+    if spec.kind is SourceKind.HLS:
+        tracker = PlaylistTracker(spec.url, cfg.open_timeout_s, cfg.hls_variant, max_side)
+        hls = tracker.fetch()
+        spec = tracker.media_spec(spec)
+    container = open_video(spec, cfg)
     try:
-        if not container.streams.video:
-            raise NoVideoStream(f"{spec.redacted} has no video stream")
         vs = container.streams.video[0]
         ctx = vs.codec_context
         keys: list[float] = []
@@ -76,7 +85,7 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> 
                 first = t if first is None else first
                 if packet.is_keyframe:
                     keys.append(t)
-                if t - first >= max_seconds and len(keys) >= 3:
+                if (spec.live and hls is None and len(keys) >= 2) or (t - first >= max_seconds and len(keys) >= 3):
                     break
         except av.error.FFmpegError as e:
             if not keys:
@@ -84,6 +93,13 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> 
         gaps = [b - a for a, b in itertools.pairwise(keys) if b > a]
         rate = vs.average_rate or vs.guessed_rate
         duration = float(container.duration / 1_000_000) if container.duration else None
+        bitrate = int(container.bit_rate) if container.bit_rate else None
+        if hls is not None:  # FFmpeg knows neither for HLS: the playlist does
+            duration = hls.duration_s if hls.ended and hls.durations else None
+            chosen = tracker.chosen if tracker is not None else None
+            bitrate = chosen.bandwidth if chosen is not None and chosen.bandwidth else segment_bitrate(hls, cfg.open_timeout_s)
+        elif spec.kind is not SourceKind.FILE:
+            duration = None
         return ProbeResult(
             source=spec.redacted,
             format=str(container.format.name),
@@ -94,8 +110,8 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0) -> 
             pix_fmt=getattr(ctx, "pix_fmt", None),
             fps=float(rate) if rate else None,
             keyframe_interval_s=max(gaps) if gaps else None,
-            duration_s=duration if spec.kind.value == "file" else None,
-            bitrate=int(container.bit_rate) if container.bit_rate else None,
+            duration_s=duration,
+            bitrate=bitrate,
             rotation=rotation or 0,
         )
     finally:

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 from streamwatch.errors import BadSource
 from streamwatch.redact import mask_url
 
+_HTTP_FILE_SUFFIXES = {".mp4", ".mkv", ".mov", ".m4v", ".webm"}  # containers no CDN serves live
 _FILE_SUFFIXES = {".mp4", ".flv", ".ts", ".mkv", ".mov", ".m4v", ".webm", ".m3u8"}
 
 
@@ -23,6 +24,7 @@ class SourceKind(enum.Enum):
     HLS = "hls"
     RTSP = "rtsp"
     LISTEN = "listen"  # streamwatch is the RTMP endpoint a publisher pushes to
+    HTTP = "http"  # progressive HTTP (HTTP-FLV, HTTP MPEG-TS): live or a file, told by the response (ingest/httpsrc.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ def _host(url: str) -> str:
 _NOT_YET = {"srt": "SRT", "udp": "UDP", "rist": "RIST", "rtp": "RTP", "tcp": "raw TCP", "whip": "WHIP", "mms": "MMS"}
 _RTMP = {"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"}
 _KNOWN = sorted(_RTMP | {"rtsp", "rtsps", "http", "https", "file"})
-SUPPORTED = "rtmp(s)://, rtsp(s)://, http(s)://….m3u8 (HLS), a video file (a path, file:// or http(s)://)"
+SUPPORTED = "rtmp(s)://, rtsp(s)://, http(s)://….m3u8 (HLS), http(s):// HTTP-FLV or MPEG-TS, a video file (a path, file:// or http(s)://)"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # two letters at least: C:/… is a drive
 _WINDOWS = re.compile(r"^([A-Za-z]:[\\/]|\\\\)|\\")  # C:\…, C:/…, \\server\share, any backslash
 
@@ -134,8 +136,9 @@ def parse_source(url: str, *, listen: bool = False) -> SourceSpec:
     if scheme in {"http", "https"}:
         if ".m3u8" in urlsplit(url).path.lower():
             return SourceSpec(url, SourceKind.HLS)
-        # A progressive file over HTTP is read like a file (it ends when it ends).
-        return SourceSpec(url, SourceKind.FILE)
+        if Path(urlsplit(url).path).suffix.lower() in _HTTP_FILE_SUFFIXES:
+            return SourceSpec(url, SourceKind.FILE)  # a recording over HTTP is read like a file (it ends when it ends)
+        return SourceSpec(url, SourceKind.HTTP)  # HTTP-FLV, HTTP MPEG-TS or unknown: the response says whether it is live
     path = _local_path(url, scheme)
     if path.suffix.lower() not in _FILE_SUFFIXES and not path.exists():
         raise BadSource(f"unknown source {redact_url(url)!r}: expected {SUPPORTED}")

@@ -22,6 +22,7 @@ from streamwatch.events.model import (
     StreamState,
 )
 
+UNWATCHED_PERIODS = ("monitoring_gap", "segment_missing")
 DOWN_STATES = (StreamState.STALLED, StreamState.RECONNECTING)
 _PERIOD = {HealthKind.ANALYSIS: "analysis_failing", HealthKind.STORAGE: "storage_failing"}  # period kinds named otherwise
 _DETAILED = (HealthKind.ANALYSIS, HealthKind.STORAGE)  # periods whose start's reason is their detail
@@ -36,7 +37,7 @@ def hms(offset: float) -> str:
 class Period:
     """A stretch of stream time: an outage, a black or a frozen picture."""
 
-    # outage | cut (the outage an action made: on purpose) | black | frozen | monitoring_gap
+    # outage | cut (the outage an action made: on purpose) | black | frozen | monitoring_gap | segment_missing
     # | analysis_failing (frames skipped: their analysis failed) | storage_failing (the data disk took no writes)
     kind: str
     start: float  # stream offset, seconds
@@ -101,8 +102,8 @@ class Report:
 
     @property
     def gaps(self) -> tuple[Period, ...]:
-        """Monitoring gaps: stretches of the show nobody watched (the daemon was down)."""
-        return tuple(p for p in self.periods if p.kind == "monitoring_gap")
+        """Stretches of the show nobody watched: monitoring gaps (the daemon was down) and missing HLS segments."""
+        return tuple(p for p in self.periods if p.kind in UNWATCHED_PERIODS)
 
     @property
     def ended(self) -> HealthEvent | None:
@@ -212,12 +213,14 @@ def _periods(health: list[HealthEvent], until: float | None = None) -> list[Peri
                 gap = e.gap_s if e.gap_s is not None else e.offset - down_since.offset
                 out.append(closed(down_since, gap))
                 down_since = None
-            elif e.state in (StreamState.STOPPED, StreamState.ENDED) and down_since is not None:
+            elif e.state in (StreamState.STOPPED, StreamState.ENDED, StreamState.NO_VIDEO) and down_since is not None:
                 out.append(closed(down_since, e.offset - down_since.offset))
                 down_since = None
         elif e.kind is HealthKind.MONITORING_GAP:
             unwatched = None  # the next owner's gap measures the unwatched window exactly
             out.append(Period("monitoring_gap", e.offset, e.duration_s, e.reason))
+        elif e.kind is HealthKind.SEGMENT_MISSING:  # a hole in the show nobody could watch (the segment was not served)
+            out.append(Period("segment_missing", e.offset, e.duration_s, e.reason))
         elif e.kind in (HealthKind.BLACK, HealthKind.FROZEN, *_DETAILED):
             if e.active:
                 open_.setdefault(e.kind, e)

@@ -22,6 +22,7 @@ PERIOD_COLORS = {
     "black": "#222222",
     "frozen": "#3aa0c8",
     "monitoring_gap": "#8e44ad",
+    "segment_missing": "#b197fc",
     "analysis_failing": "#e67700",
     "storage_failing": "#7a5c00",
 }

@@ -31,7 +31,7 @@ def report_dict(r: Report) -> dict[str, Any]:
             "outages": len(r.outages),
             "outage_s": round(r.outage_s, 3),
             "monitoring_gaps": len(r.gaps),
-            "monitoring_gap_s": round(sum(p.duration or 0.0 for p in r.gaps), 3),
+            "monitoring_gap_s": round(sum(p.duration or 0.0 for p in r.gaps), 3),  # not watched: gaps and missing HLS segments
             "end": r.ended.state.value if r.ended is not None and r.ended.state is not None else None,
             "replies": r.replies,
             "rejected": r.rejected,

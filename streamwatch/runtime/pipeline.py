@@ -75,5 +75,5 @@ def build_pipeline(stream: StreamConfig, settings: Settings) -> StreamPipeline:
     every = stream.every_s or settings.sampling.every_s
     interval = IntervalSampler(every)
     spec = parse_source(stream.source, listen=stream.listen)
-    reader = FrameReader(spec, stream.id, settings.ingest, every_s=every, keep=interval.due)
+    reader = FrameReader(spec, stream.id, settings.ingest, every_s=every, keep=interval.due, max_side=settings.analysis.max_side)
     return StreamPipeline(stream, reader, Sampler(settings.sampling))

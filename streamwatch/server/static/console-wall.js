@@ -5,7 +5,7 @@
   const SW = window.SW; const $ = SW.$; const el = SW.el; const state = SW.state;
   // stopped: the stream's work stopped on an error (its reason says what follows); unwatched: no worker holds it (cluster)
   const VIEW = { connecting: "connecting", live: "live", stalled: "stalled", reconnecting: "outage", stopped: "stopped", ended: "ended",
-                 unwatched: "unwatched", unknown: "unknown" };
+                 no_video: "no_video", unwatched: "unwatched", unknown: "unknown" };  // no_video: audio only, not an outage
   const NOT_WATCHED = new Set(["stopped", "ended", "unwatched"]);  // a "not monitored" period on the timeline
   const tiles = new Map();
   const status = SW.status = new Map();  // stream id → the latest /streams entry
