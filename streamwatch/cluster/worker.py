@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 
+from streamwatch.cluster.answering import Answering
 from streamwatch.cluster.assign import Member, UnleasedClock, plan
 from streamwatch.cluster.carry import CarryTable
 from streamwatch.cluster.connect import Names, connect, kv_bucket
@@ -29,6 +30,7 @@ from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, 
 from streamwatch.cluster.latest import latest_bucket, publish_latest
 from streamwatch.cluster.leases import Lease, LeaseTable
 from streamwatch.cluster.members import Members
+from streamwatch.cluster.requests import ensure_request_stream
 from streamwatch.cluster.session import CarriedSession
 from streamwatch.config import Settings, StreamConfig
 from streamwatch.errors import ClusterError, LeaseLost, PolicyError, StreamwatchError
@@ -85,6 +87,7 @@ class ClusterWorker:
             self.members = Members(await kv_bucket(js, names.members, ttl_s=c.lease_ttl_s, replicas=c.replicas))
             self.carry = CarryTable(await kv_bucket(js, names.state, ttl_s=None, replicas=c.replicas))
             await ensure_event_stream(js, c, servers)
+            await ensure_request_stream(js, c, servers, roles=c.roles)
             self.store = EventStore(
                 s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb, min_free_mb=s.store.min_free_mb
             )
@@ -101,6 +104,8 @@ class ClusterWorker:
                 async with asyncio.TaskGroup() as tg:
                     watcher = tg.create_task(svc.engines.watch(s.analysis.reload_s, self._config_notice))
                     sharer = tg.create_task(publish_latest(latest_kv, self.streams.ids, svc.latest))
+                    self.answering = Answering(js, c, svc, self.publisher, self.desired, latest_kv, roles=c.roles)
+                    answering = tg.create_task(self.answering.run())  # fans' images and questions from any gateway
                     models = None
                     if svc.models_watch is not None:  # the VLM tier's health on the streams this worker holds
                         svc.models_watch.targets = self.streams.ids
@@ -108,6 +113,7 @@ class ClusterWorker:
                     await self._loop()
                     watcher.cancel()
                     sharer.cancel()
+                    answering.cancel()
                     if models is not None:
                         models.cancel()
             finally:
