@@ -162,6 +162,9 @@ class Answering:
         except NATS_ERRORS as e:
             reraise_cancel()
             logger.warning("answering %s: ack failed (%s): the request may be answered again, the fan sees one answer", role, e)
+        except asyncio.CancelledError:  # stopping (drained): another worker takes it now, not after the ack wait
+            await _quietly(msg.nak())
+            raise
         finally:
             beat.cancel()
 

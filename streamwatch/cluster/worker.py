@@ -19,8 +19,7 @@ import socket
 import time
 from collections.abc import Sequence
 
-from nats.js import JetStreamContext
-
+from streamwatch.cluster.admission import worker_admission
 from streamwatch.cluster.answering import Answering
 from streamwatch.cluster.assign import Member, UnleasedClock, plan
 from streamwatch.cluster.carry import CarryTable
@@ -43,7 +42,6 @@ from streamwatch.runtime.runner import SessionKeeping
 from streamwatch.runtime.services import build_services
 from streamwatch.runtime.supervisor import StreamSet
 from streamwatch.server.metrics import Metrics
-from streamwatch.vlm.router import AdmissionGate
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +90,7 @@ class ClusterWorker:
                 s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb, min_free_mb=s.store.min_free_mb
             )
             self.publisher = JetStreamPublisher(js, self.store, c)
-            admission = await _admission(js, s, self.id, servers)
+            admission = await worker_admission(js, s, self.id, servers)
             svc = self.svc = await build_services(s, self.store, self.publisher, self.metrics, admission=admission)
             svc.frames = self.publisher.publish_frame
             self.streams = StreamSet(
@@ -296,14 +294,3 @@ def _live(cfg: StreamConfig) -> bool:
         return parse_source(cfg.source, listen=cfg.listen).live
     except StreamwatchError:
         return False
-
-
-async def _admission(js: JetStreamContext, settings: Settings, owner: str, servers: int) -> AdmissionGate:
-    """The cluster-wide VLM admission gate: per model ``cluster.vlm_budget``, else its registry concurrency."""
-    from streamwatch.cluster.admission import open_admission
-    from streamwatch.vlm.registry import load_registry
-
-    registry = await asyncio.get_running_loop().run_in_executor(None, load_registry, settings.vlm.registry, settings.vlm.roles)
-    budgets = {mid: spec.concurrency for mid, spec in registry.models.items()} | dict(settings.cluster.vlm_budget)
-    cfg = settings.cluster.model_copy(update={"vlm_budget": budgets})
-    return await open_admission(js, cfg, owner, default_budget=4, servers=servers)
