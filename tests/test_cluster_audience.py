@@ -9,6 +9,7 @@ answer about the picture comes from the frame the cluster shares.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 import threading
@@ -172,17 +173,27 @@ registry = "{registry}"
             added = request(g1.url, {"type": "add_stream", "stream": {"id": "show", "source": nginx.rtmp("audience")}})
             assert added["type"] == "stream_added", added
             yield Audience(rig, vlm, g1, g2)
-        except BaseException:
-            print(rig.logs())
-            raise
         finally:
             rig.stop()
             stop(publisher)
 
 
+@contextlib.contextmanager
+def logs_on_failure(rig: Rig) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        print(rig.logs())
+        raise
+
+
 @pytest.mark.timeout(300)
 def test_a_fan_on_gateway_2_gets_one_reply_when_the_answering_worker_is_killed(audience: Audience) -> None:
-    a = audience
+    with logs_on_failure(audience.rig):
+        _kill_mid_request_then_ask(audience)
+
+
+def _kill_mid_request_then_ask(a: Audience) -> None:
     mod = Moderator(a.g1.url, channels=("replies", "answers"))
     mod.start()
     fan = Fan(a.g2.url)
@@ -245,7 +256,11 @@ def _alive(node: Node) -> bool:
 def test_a_burst_of_100_images_from_20_fans_over_two_gateways(audience: Audience) -> None:
     """Each fan sends 5 images alternately through both gateways (its limit, 3, holds cluster-wide);
     fans 2k and 2k+1 send the same 5 pictures through opposite gateways (re-encoded: other bytes)."""
-    a = audience
+    with logs_on_failure(audience.rig):
+        _burst(audience)
+
+
+def _burst(a: Audience) -> None:
     mods = [Moderator(g.url, channels=("replies",)) for g in (a.g1, a.g2)]
     for m in mods:
         m.start()

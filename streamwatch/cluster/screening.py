@@ -13,7 +13,9 @@ gateways is answered once.
   (pigeonhole), so each band value is a key holding the recent hashes with that band, appended in
   order by revision-checked updates. Of two near-identical images, the later one is the duplicate:
   "later" is decided in the *lowest* band they share, whose list both see in the same order (pure:
-  :func:`earlier_match`), so exactly one of two racing gateways answers ``duplicate``.
+  :func:`earlier_match`), so exactly one of two racing gateways answers ``duplicate``. (Three or
+  more near copies racing at once: at most one is answered; pairs ordered in different bands can
+  form a cycle, and then all are duplicates. The same picture sent again is ordered in one band.)
 """
 
 from __future__ import annotations

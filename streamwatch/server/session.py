@@ -371,11 +371,15 @@ class ClientSession:
         q = Question(uuid.uuid4().hex[:16], msg.stream, self.who.name, msg.question, msg.ref, time.time())
         await self.ws.send(protocol.frame("accepted", ref=msg.ref, question=q.id))
         if forwarder is not None:  # a worker with the qa role answers through the event log
-            try:
-                await forwarder.forward_question(q)
-            except StreamwatchError as e:
-                logger.error("stream %s: question %s not handed to a worker: %s", q.stream, q.id, e)
-                await self._error("responder_failed", "no worker could take the question", msg.ref)
+
+            async def forward() -> None:
+                try:
+                    await forwarder.forward_question(q)
+                except StreamwatchError as e:
+                    logger.error("stream %s: question %s not handed to a worker: %s", q.stream, q.id, e)
+                    await self._error("responder_failed", "no worker could take the question", msg.ref)
+
+            self._spawn(forward())
             return
         assert responder is not None
 
