@@ -407,6 +407,15 @@ class ClusterConfig(_Section):
         int, Field(ge=1, le=100, description="Times one audience request is handed out at most (workers dying on it) before it is dropped.")
     ] = 5
 
+    @model_validator(mode="after")
+    def _answer_once(self) -> ClusterConfig:
+        if self.request_ack_wait_s >= self.dedupe_window_s:
+            raise ValueError(
+                f"cluster.request_ack_wait_s ({self.request_ack_wait_s:g}) must be below cluster.dedupe_window_s"
+                f" ({self.dedupe_window_s:g}): a request answered again after the window would reach the fan twice"
+            )
+        return self
+
 
 class Settings(BaseSettings):
     """The whole streamwatch configuration."""

@@ -178,3 +178,16 @@ def test_rate_limits_and_duplicates_hold_across_two_gateways(nats3: Any) -> None
                 await nc.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(("ack_wait", "window", "ok"), [(30, 120, True), (119, 120, True), (120, 120, False), (300, 120, False)])
+def test_an_ack_wait_past_the_dedupe_window_is_refused_at_load(ack_wait: float, window: float, ok: bool) -> None:
+    from streamwatch.config import load_settings
+    from streamwatch.errors import ConfigError
+
+    cluster = {"nats": ["nats://127.0.0.1:4222"], "request_ack_wait_s": ack_wait, "dedupe_window_s": window}
+    if ok:
+        assert load_settings(None, {"cluster": cluster}).cluster.request_ack_wait_s == ack_wait
+    else:
+        with pytest.raises(ConfigError, match="dedupe_window_s"):
+            load_settings(None, {"cluster": cluster})
