@@ -17,6 +17,7 @@ the cluster shares in the ``latest`` bucket (:mod:`streamwatch.cluster.latest`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Sequence
 
@@ -104,7 +105,7 @@ class Answering:
                     tg.create_task(self._pull(role), name=f"answering-{role}")
         finally:
             for task in list(self._tasks):
-                task.cancel()  # not acked: JetStream hands them to another worker after the ack wait
+                task.cancel()  # each hands its request back (nak): another worker takes it at once
             if self._tasks:
                 await asyncio.wait(self._tasks)
 
@@ -118,6 +119,13 @@ class Answering:
                 logger.warning("answering %s: cannot bind to the request queue: %s; retrying", role, e)
                 await asyncio.sleep(1.0)
         logger.info("answering %s requests (%s)", role, subject(self.cfg, role))
+        try:
+            await self._take(role, sub)
+        finally:  # before the connection drains (a pending pull would hold the drain up)
+            with contextlib.suppress(*NATS_ERRORS):
+                await sub.unsubscribe()
+
+    async def _take(self, role: Role, sub: JetStreamContext.PullSubscription) -> None:
         while True:
             await self.slots.acquire()
             try:
