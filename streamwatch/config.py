@@ -393,6 +393,36 @@ class ClusterConfig(_Section):
         dict[str, int],
         Field(description="Model id → VLM requests in flight across the whole cluster (unset model: its registry concurrency)."),
     ] = {}
+    roles: Annotated[
+        list[Literal["reply", "qa"]],
+        Field(
+            description="Audience requests this worker takes from the cluster's work queue: reply (fans' images), qa (live questions);"
+            " empty: none (gateways ignore it)."
+        ),
+    ] = ["reply", "qa"]
+    answer_concurrency: Annotated[
+        int, Field(ge=1, le=64, description="Audience requests one worker answers at once (each VLM call also takes a cluster slot).")
+    ] = 2
+    request_ack_wait_s: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=600,
+            description="A request a worker took and stopped reporting progress on (it died) goes to another worker after this long.",
+        ),
+    ] = 30.0
+    request_max_deliver: Annotated[
+        int, Field(ge=1, le=100, description="Times one audience request is handed out at most (workers dying on it) before it is dropped.")
+    ] = 5
+
+    @model_validator(mode="after")
+    def _answer_once(self) -> ClusterConfig:
+        if self.request_ack_wait_s >= self.dedupe_window_s:
+            raise ValueError(
+                f"cluster.request_ack_wait_s ({self.request_ack_wait_s:g}) must be below cluster.dedupe_window_s"
+                f" ({self.dedupe_window_s:g}): a request answered again after the window would reach the fan twice"
+            )
+        return self
 
 
 class Settings(BaseSettings):

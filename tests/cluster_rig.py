@@ -35,8 +35,11 @@ def write_config(
     analyzers: tuple[str, ...] = ("qr",),
     name: str = "sw",
     rebalance_after_s: float = 2.0,
+    cluster_extra: str = "",
+    extra: str = "",
 ) -> Path:
-    """A cluster config: QR only (cheap on 2 cores), short leases, admin + moderator tokens."""
+    """A cluster config: QR only (cheap on 2 cores), short leases, admin + moderator tokens.
+    ``cluster_extra``: more TOML lines in ``[cluster]``; ``extra``: more TOML at the end."""
     quoted = ", ".join(json.dumps(u) for u in nats)
     path.write_text(
         f"""log_level = "INFO"
@@ -51,6 +54,7 @@ lease_ttl_s = {lease_ttl_s}
 renew_s = {renew_s}
 rebalance_after_s = {rebalance_after_s}
 connect_timeout_s = 20
+{cluster_extra}
 [[server.tokens]]
 name = "admin"
 role = "admin"
@@ -59,6 +63,7 @@ secret = "{ADMIN}"
 name = "desk"
 role = "moderator"
 secret = "{MODERATOR}"
+{extra}
 """,
         encoding="utf-8",
     )
@@ -141,8 +146,8 @@ class Rig:
     config: Path
     nodes: dict[str, Node] = field(default_factory=dict)
 
-    def add(self, role: str, name: str, *, serve: bool = False) -> Node:
-        node = Node(role, name, self.config, self.root / name, self.root / f"{name}.log", serve=serve)
+    def add(self, role: str, name: str, *, serve: bool = False, config: Path | None = None) -> Node:
+        node = Node(role, name, config or self.config, self.root / name, self.root / f"{name}.log", serve=serve)
         self.nodes[name] = node
         node.start()
         return node

@@ -27,7 +27,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from streamwatch.cluster.events import reraise_cancel
-from streamwatch.config import ClusterConfig
+from streamwatch.config import ClusterConfig, Settings
 from streamwatch.errors import ClusterError
 
 logger = logging.getLogger(__name__)
@@ -146,3 +146,13 @@ class Admission:
                 logger.debug("VLM slot %s expired and was taken meanwhile: not ours to release", key)
             except nats.errors.Error as e:  # the TTL frees it
                 logger.warning("cannot release VLM slot %s (%s); it expires in %.0fs", key, type(e).__name__, self.ttl_s)
+
+
+async def worker_admission(js: JetStreamContext, settings: Settings, owner: str, servers: int) -> Admission:
+    """A worker's cluster-wide VLM admission: per model ``cluster.vlm_budget``, else its registry concurrency."""
+    from streamwatch.vlm.registry import load_registry
+
+    registry = await asyncio.get_running_loop().run_in_executor(None, load_registry, settings.vlm.registry, settings.vlm.roles)
+    budgets = {mid: spec.concurrency for mid, spec in registry.models.items()} | dict(settings.cluster.vlm_budget)
+    cfg = settings.cluster.model_copy(update={"vlm_budget": budgets})
+    return await open_admission(js, cfg, owner, default_budget=4, servers=servers)

@@ -118,6 +118,16 @@ class Names:
         return f"{self.prefix}-members"
 
     @property
+    def fans(self) -> str:
+        """KV bucket: hashed fan (token + user) → image rate token bucket (TTL = time to refill)."""
+        return f"{self.prefix}-fans"
+
+    @property
+    def seen(self) -> str:
+        """KV bucket: pHash band → recent fans' images with that band (TTL = vlm.duplicate_ttl_s)."""
+        return f"{self.prefix}-seen"
+
+    @property
     def state(self) -> str:
         """KV bucket: stream id → the state a new owner carries on (no TTL)."""
         return f"{self.prefix}-state"

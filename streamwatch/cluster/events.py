@@ -230,17 +230,19 @@ class JetStreamPublisher:
         await self._retry(f"upload {rel}", put)
         return True
 
-    async def publish(self, event: Event) -> StoredEvent:
+    async def publish(self, event: Event, *, msg_id: str | None = None, upload: bool = True) -> StoredEvent:
         """Upload the event's files, then append it to the log; returns it with its JetStream sequence as id.
 
-        A repeat (same :func:`event_key` within the dedupe window) returns the first copy, same id and text.
-        Errors: EventLogError after ``deadline_s`` of failed retries, or at once for a refusal.
+        A repeat (same :func:`event_key`, or the same ``msg_id`` when given, within the dedupe window)
+        returns the first copy, same id and text. ``upload=False``: the files are in the bucket already
+        (a fan's thumbnail, put there by the gateway). Errors: EventLogError after ``deadline_s`` of
+        failed retries, or at once for a refusal.
         """
-        for rel in event.files():
+        for rel in event.files() if upload else ():
             await self.upload(rel)
         body = encode_body(event)
         subject = f"{self.cfg.name}.ev.{stream_token(event.stream)}.{event.TYPE}"
-        headers = {"Nats-Msg-Id": event_key(event)}
+        headers = {"Nats-Msg-Id": msg_id or event_key(event)}
         ack = await self._retry(
             f"publish {event.TYPE} of {event.stream}",
             lambda: self.js.publish(subject, body.encode(), timeout=self.attempt_s, stream=self.events_stream, headers=dict(headers)),

@@ -14,8 +14,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from nats.js import JetStreamContext
 
 from streamwatch.analysis.model import AnalyzedFrame
 from streamwatch.cluster.carry import CarryTable
@@ -23,8 +25,11 @@ from streamwatch.cluster.connect import Names, connect, kv_bucket
 from streamwatch.cluster.desired import DesiredStreams
 from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, jetstream
 from streamwatch.cluster.follow import Follower
+from streamwatch.cluster.intake import ClusterIntake
 from streamwatch.cluster.latest import follow_latest, latest_bucket
 from streamwatch.cluster.leases import LeaseTable
+from streamwatch.cluster.requests import RequestQueue, ensure_request_stream
+from streamwatch.cluster.screening import FanLimits, SeenImages
 from streamwatch.config import Settings, StreamConfig
 from streamwatch.errors import ClusterError, ConfigError, EventsError
 from streamwatch.events.bus import EventBus
@@ -100,10 +105,12 @@ class Gateway:
             self.leases = LeaseTable(await kv_bucket(js, names.leases, ttl_s=c.lease_ttl_s, replicas=c.replicas), ttl_s=c.lease_ttl_s)
             self.carry = CarryTable(await kv_bucket(js, names.state, ttl_s=None, replicas=c.replicas))
             await ensure_event_stream(js, c, max(1, len(nc.servers)))
+            await ensure_request_stream(js, c, max(1, len(nc.servers)))
             self.store = EventStore(
                 s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb, min_free_mb=s.store.min_free_mb
             )
             bus = self.bus = GatewayBus(self.store, JetStreamPublisher(js, self.store, c))
+            self.intake = await _intake(js, s, names, bus.publisher, self._offset)
             follower = self.follower = Follower(js, self.store, bus, c)
             await bus.start()
             follower.start()
@@ -116,6 +123,7 @@ class Gateway:
                     metrics=self.metrics,
                     streams=list(self._desired),
                     control=self,
+                    forwarder=self.intake,
                     latest=self.latest.get,
                     offsets=self._offset,
                 )
@@ -246,3 +254,21 @@ class Gateway:
     def _offset(self, sid: str) -> float:
         frame = self.latest.get(sid)
         return frame.analysis.offset if frame is not None else 0.0
+
+
+async def _intake(
+    js: JetStreamContext, s: Settings, names: Names, publisher: JetStreamPublisher, offsets: Callable[[str], float]
+) -> ClusterIntake:
+    """Fans' images and questions to the workers, with cluster-wide rate limits and duplicate checks."""
+    c, srv = s.cluster, s.server
+    refill_s = srv.user_submit_burst / (srv.user_submit_per_min / 60.0)  # an expired bucket is a full one
+    fans = await kv_bucket(js, names.fans, ttl_s=refill_s + 1.0, replicas=c.replicas)
+    seen = await kv_bucket(js, names.seen, ttl_s=s.vlm.duplicate_ttl_s, replicas=c.replicas)
+    return ClusterIntake(
+        RequestQueue(js, c),
+        publisher,
+        FanLimits(fans, srv.user_submit_per_min, srv.user_submit_burst),
+        SeenImages(seen, s.vlm.duplicate_ttl_s),
+        max_side=s.analysis.max_side,
+        offsets=offsets,
+    )

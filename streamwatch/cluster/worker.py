@@ -19,8 +19,8 @@ import socket
 import time
 from collections.abc import Sequence
 
-from nats.js import JetStreamContext
-
+from streamwatch.cluster.admission import worker_admission
+from streamwatch.cluster.answering import Answering
 from streamwatch.cluster.assign import Member, UnleasedClock, plan
 from streamwatch.cluster.carry import CarryTable
 from streamwatch.cluster.connect import Names, connect, kv_bucket
@@ -29,6 +29,7 @@ from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, 
 from streamwatch.cluster.latest import latest_bucket, publish_latest
 from streamwatch.cluster.leases import Lease, LeaseTable
 from streamwatch.cluster.members import Members
+from streamwatch.cluster.requests import ensure_request_stream
 from streamwatch.cluster.session import CarriedSession
 from streamwatch.config import Settings, StreamConfig
 from streamwatch.errors import ClusterError, LeaseLost, PolicyError, StreamwatchError
@@ -41,7 +42,6 @@ from streamwatch.runtime.runner import SessionKeeping
 from streamwatch.runtime.services import build_services
 from streamwatch.runtime.supervisor import StreamSet
 from streamwatch.server.metrics import Metrics
-from streamwatch.vlm.router import AdmissionGate
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,12 @@ class ClusterWorker:
             self.members = Members(await kv_bucket(js, names.members, ttl_s=c.lease_ttl_s, replicas=c.replicas))
             self.carry = CarryTable(await kv_bucket(js, names.state, ttl_s=None, replicas=c.replicas))
             await ensure_event_stream(js, c, servers)
+            await ensure_request_stream(js, c, servers, roles=c.roles)
             self.store = EventStore(
                 s.data_dir, retention_days=s.store.retention_days, retention_mb=s.store.retention_mb, min_free_mb=s.store.min_free_mb
             )
             self.publisher = JetStreamPublisher(js, self.store, c)
-            admission = await _admission(js, s, self.id, servers)
+            admission = await worker_admission(js, s, self.id, servers)
             svc = self.svc = await build_services(s, self.store, self.publisher, self.metrics, admission=admission)
             svc.frames = self.publisher.publish_frame
             self.streams = StreamSet(
@@ -101,6 +102,8 @@ class ClusterWorker:
                 async with asyncio.TaskGroup() as tg:
                     watcher = tg.create_task(svc.engines.watch(s.analysis.reload_s, self._config_notice))
                     sharer = tg.create_task(publish_latest(latest_kv, self.streams.ids, svc.latest))
+                    self.answering = Answering(js, c, svc, self.publisher, self.desired, latest_kv, roles=c.roles)
+                    answering = tg.create_task(self.answering.run())  # fans' images and questions from any gateway
                     models = None
                     if svc.models_watch is not None:  # the VLM tier's health on the streams this worker holds
                         svc.models_watch.targets = self.streams.ids
@@ -108,6 +111,7 @@ class ClusterWorker:
                     await self._loop()
                     watcher.cancel()
                     sharer.cancel()
+                    answering.cancel()
                     if models is not None:
                         models.cancel()
             finally:
@@ -290,14 +294,3 @@ def _live(cfg: StreamConfig) -> bool:
         return parse_source(cfg.source, listen=cfg.listen).live
     except StreamwatchError:
         return False
-
-
-async def _admission(js: JetStreamContext, settings: Settings, owner: str, servers: int) -> AdmissionGate:
-    """The cluster-wide VLM admission gate: per model ``cluster.vlm_budget``, else its registry concurrency."""
-    from streamwatch.cluster.admission import open_admission
-    from streamwatch.vlm.registry import load_registry
-
-    registry = await asyncio.get_running_loop().run_in_executor(None, load_registry, settings.vlm.registry, settings.vlm.roles)
-    budgets = {mid: spec.concurrency for mid, spec in registry.models.items()} | dict(settings.cluster.vlm_budget)
-    cfg = settings.cluster.model_copy(update={"vlm_budget": budgets})
-    return await open_admission(js, cfg, owner, default_budget=4, servers=servers)

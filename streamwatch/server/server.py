@@ -33,7 +33,7 @@ from streamwatch.server.control import StreamAdmin, StreamControl
 from streamwatch.server.door import Door, quiet_websockets_logger
 from streamwatch.server.feedback import VoteBook
 from streamwatch.server.metrics import Metrics
-from streamwatch.server.submit import Inferrer, ModelSwitcher, Responder
+from streamwatch.server.submit import Forwarder, Inferrer, ModelSwitcher, Responder
 from streamwatch.server.wrongport import connection_class
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class EventServer:
         metrics: Metrics | None = None,
         streams: Iterable[str] = (),
         responder: Responder | None = None,
+        forwarder: Forwarder | None = None,
         models: ModelSwitcher | None = None,
         inferrer: Inferrer | None = None,
         search: Callable[[str, str | None, int], list[dict[str, Any]]] | None = None,
@@ -75,6 +76,7 @@ class EventServer:
         self.removed: set[str] = set()  # removed at run time: off the wall, their stored events still readable
         self.stream_admin = StreamAdmin(control, self.streams, self.status, self.removed)
         self.responder = responder
+        self.forwarder = forwarder  # a cluster gateway: images and questions go to the workers (it answers none itself)
         self.models = models
         self.actions = actions  # runs the actions moderators confirm (``act``)
         self.api: ApiServer | None = None

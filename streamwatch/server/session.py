@@ -317,7 +317,7 @@ class ClientSession:
         store = self.server.store
         mime, w, h, pixels = await loop.run_in_executor(None, check_image, data, self.cfg.max_image_pixels, msg.ref)
         # per fan (a relay token submits for many): counted on valid images, before anything is stored
-        if not self.server.user_limiter(self.who.name, msg.user).allow(time.monotonic()):
+        if not await self._fan_allowed(msg.user):
             who = f"user {msg.user!r}" if msg.user else "this client"
             raise ProtocolError("rate_limited", f"{who} may send {self.cfg.user_submit_per_min:g} images a minute; slow down", msg.ref)
         try:
@@ -328,14 +328,31 @@ class ClientSession:
         await self.ws.send(protocol.frame("accepted", ref=msg.ref, submission=sub.id, width=w, height=h))
         self._spawn(self._answer_submission(sub))
 
+    async def _fan_allowed(self, user: str) -> bool:
+        """The fan's rate limit: cluster-wide on a gateway (the gateway's own if the cluster cannot say)."""
+        if self.server.forwarder is not None:
+            try:
+                return await self.server.forwarder.allow(self.who.name, user)
+            except StreamwatchError as e:
+                logger.warning("fan rate limit: the cluster cannot say (%s); this gateway's own limit holds", e)
+        return self.server.user_limiter(self.who.name, user).allow(time.monotonic())
+
     async def _answer_submission(self, sub: Submission) -> None:
         server = self.server
 
         def rejected(reason: str, message: str) -> RejectedEvent:
             return rejection(sub, reason, message, server.offsets(sub.stream))
 
-        result: ReplyEvent | RejectedEvent
-        if server.responder is None:
+        result: ReplyEvent | RejectedEvent | None
+        if server.forwarder is not None:  # a worker answers through the event log
+            try:
+                result = await server.forwarder.forward_submission(sub)
+            except StreamwatchError as e:
+                logger.error("stream %s: submission %s not handed to a worker: %s", sub.stream, sub.id, e)
+                result = rejected("responder_failed", "no worker could take the image")
+            if result is None:
+                return
+        elif server.responder is None:
             result = rejected("no_responder", "no responder is configured for audience images")
         else:
             try:
@@ -348,11 +365,23 @@ class ClientSession:
 
     async def _ask(self, msg: AskMsg) -> None:
         self._check_stream(msg.stream, msg.ref)
-        responder = self.server.responder
-        if responder is None:
+        responder, forwarder = self.server.responder, self.server.forwarder
+        if responder is None and forwarder is None:
             raise ProtocolError("no_responder", "no responder is configured for questions", msg.ref)
         q = Question(uuid.uuid4().hex[:16], msg.stream, self.who.name, msg.question, msg.ref, time.time())
         await self.ws.send(protocol.frame("accepted", ref=msg.ref, question=q.id))
+        if forwarder is not None:  # a worker with the qa role answers through the event log
+
+            async def forward() -> None:
+                try:
+                    await forwarder.forward_question(q)
+                except StreamwatchError as e:
+                    logger.error("stream %s: question %s not handed to a worker: %s", q.stream, q.id, e)
+                    await self._error("responder_failed", "no worker could take the question", msg.ref)
+
+            self._spawn(forward())
+            return
+        assert responder is not None
 
         async def answer() -> None:
             try:

@@ -105,6 +105,23 @@ class ModelSwitcher(Protocol):
     async def switch_model(self, role: str, model: str, by: str) -> SwitchReport: ...
 
 
+class Forwarder(Protocol):
+    """Hands fans' images and questions to whoever answers them elsewhere (a cluster gateway to its
+    workers): the reply, rejection or answer then comes back through the event log, under one id."""
+
+    async def allow(self, submitter: str, user: str) -> bool:
+        """Whether the fan may send one more image now (counted if so)."""
+        ...
+
+    async def forward_submission(self, submission: Submission) -> RejectedEvent | None:
+        """Queue an accepted image; a rejection to publish instead (a duplicate), or None. Raises StreamwatchError."""
+        ...
+
+    async def forward_question(self, question: Question) -> None:
+        """Queue a question. Raises StreamwatchError."""
+        ...
+
+
 class Responder(Protocol):
     """Answers audience images and questions (implemented by the VLM tier)."""
 

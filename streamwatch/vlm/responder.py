@@ -48,6 +48,7 @@ class AudienceResponder:
         offsets: Callable[[str], float] = lambda _s: 0.0,
         duplicate_ttl_s: float = 600.0,
         max_side: int = 960,
+        dedupe: bool = True,
     ) -> None:
         self.cascade = cascade
         self.policy_for = policy_for
@@ -57,6 +58,7 @@ class AudienceResponder:
         self.latest = latest
         self.offsets = offsets
         self.max_side = max_side
+        self.dedupe = dedupe  # False: duplicates were checked before (a cluster gateway)
         self._seen: PHashCache[str] = PHashCache(radius=4, ttl_s=duplicate_ttl_s, max_entries=4096)
 
     def _rejected(self, sub: Submission, reason: str, message: str) -> RejectedEvent:
@@ -69,9 +71,10 @@ class AudienceResponder:
             return self._rejected(sub, "bad_image", "the image could not be decoded")
         h = phash_luma(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         now = time.monotonic()
-        if self._seen.get(h, now) is not None:
-            return self._rejected(sub, "duplicate", "this image was already answered recently")
-        self._seen.put(h, sub.id, now)
+        if self.dedupe:
+            if self._seen.get(h, now) is not None:
+                return self._rejected(sub, "duplicate", "this image was already answered recently")
+            self._seen.put(h, sub.id, now)
         evidence, refusal = await self._screen(rgb, h, sub.stream, sub.received_at)
         if refusal is not None:
             return self._rejected(sub, refusal.rule, refusal.message)
