@@ -99,7 +99,7 @@ def test_the_demo_asks_only_for_what_the_demo_needs(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not all(shutil.which(t) for t in ("ffmpeg", "nginx", "chromium")), reason="needs this machine's packages")
 def test_nothing_is_installed_when_everything_is_there(tmp_path: Path) -> None:
-    b = _bin(tmp_path, uid=0, have=("ffmpeg", "nginx", "chromium"))
+    b = _bin(tmp_path, uid=0, have=("ffmpeg", "nginx", "chromium", "qemu-x86_64", "mosquitto"))
     r = _run(b, "venv", "demo", "test")
     assert r.returncode == 0, r.stderr
     assert _calls(tmp_path) == [] and r.stderr == ""
