@@ -174,7 +174,9 @@ async def bench(spec: ModelSpec, requests: int) -> dict[Capability, RoleStats]:
 
 
 def table(stats: dict[Capability, RoleStats], timeout_s: float) -> list[str]:
-    head = f"{'role':<11} {'req':>4} {'model':>6} {'local':>6} " + " ".join(f"{k:>9}" for k in ("cut", "unusable", "schema", "timeout", "refused", "http"))
+    head = f"{'role':<11} {'req':>4} {'model':>6} {'local':>6} " + " ".join(
+        f"{k:>9}" for k in ("cut", "unusable", "schema", "timeout", "refused", "http")
+    )
     head += f" {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'>timeout':>8} {'retries':>8} {'changed':>8}"
     lines = [head]
     for role, s in stats.items():
@@ -185,7 +187,8 @@ def table(stats: dict[Capability, RoleStats], timeout_s: float) -> list[str]:
             f"{role.value:<11} {len(xs):>4} {s.by_model:>6} {s.by_local:>6} {counts} {np.percentile(xs, 50):>7.2f} "
             f"{np.percentile(xs, 95):>7.2f} {max(xs):>7.2f} {over:>8} {s.retries:>8} {sum(s.changed.values()):>8}"
         )
-    lines.append(f"(failures per attempt; latency end to end per request, timeout_s = {timeout_s:g}; a retry after a server error repeats the request)")
+    note = "a retry after a server error repeats the request"
+    lines.append(f"(failures per attempt; latency end to end per request, timeout_s = {timeout_s:g}; {note})")
     for role, s in stats.items():
         for what, n in s.changed.most_common():
             lines.append(f"  {role.value} retry changed: {what} ×{n}")
@@ -226,4 +229,3 @@ def run(url: str, model: str, requests: int, timeout_s: float, max_tokens: int, 
     say(f"model {model} at {url}: {requests} requests, timeout_s {timeout_s:g}, max_output_tokens {max_tokens}")
     for line in table(dict(sorted(stats.items(), key=lambda kv: ROLES.index(kv[0]))), timeout_s):
         say(line)
-
