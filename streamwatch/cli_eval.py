@@ -140,7 +140,7 @@ async def _run(
                     continue
                 seconds = time.perf_counter() - t0
                 if answer is None:
-                    outcomes.append(Outcome(frame, None, seconds, "no answer"))
+                    outcomes.append(Outcome(frame, None, seconds, "no answer", tokens=usage.tokens))
                     continue
                 fired = fired_rules(engine, answer.detections(), rgb.shape[1], rgb.shape[0], f"eval-{mid}-{i}")
                 outcomes.append(Outcome(frame, answers_of(answer, questions), seconds, rules=fired, tokens=usage.tokens))

@@ -78,7 +78,7 @@ class ModelScore:
     p95_s: float | None
     questions: tuple[QuestionScore, ...] = field(default=())
     rules: tuple[RuleScore, ...] = field(default=())
-    output_tokens: float | None = None  # mean per answered frame, where the server reports usage
+    output_tokens: float | None = None  # mean per frame (answered or not), where the server reports usage
     misjudged: tuple[Outcome, ...] = field(default=(), repr=False)
 
 
@@ -145,7 +145,7 @@ def score(model: str, outcomes: Sequence[Outcome], questions: Sequence[Complianc
         if wrong or rules_wrong(o.frame.rules, o.rules):
             misjudged.append(o)
     seconds = [o.seconds for o in outcomes if o.answers is not None]
-    tokens = [o.tokens for o in outcomes if o.answers is not None and o.tokens]
+    tokens = [o.tokens for o in outcomes if o.tokens]  # failed frames spent theirs too
     return ModelScore(
         model,
         len(outcomes),
