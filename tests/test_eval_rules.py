@@ -1,7 +1,7 @@
 """`streamwatch eval` scores the local cascade (nudity, OCR word lists, QR) per policy rule, side by side with
 the rules a model's answers raise through the same policy, and counts each model's output tokens (issue 21).
 
-The dataset is generated: real photos (scikit-image) with planted QR codes (segno; off-site and allowed
+The dataset is generated (tools/make_eval_set.py): real photos (scikit-image) with planted QR codes (segno; off-site and allowed
 domains) and captions (Pillow + Noto Sans CJK: contact spam, gambling, clean), labelled with
 ``rules: {rule: bool}`` as export-reviews writes them. Expected counts come from the construction."""
 
@@ -12,8 +12,6 @@ import random
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from chat_server import ChatServer
 
@@ -22,17 +20,8 @@ from streamwatch.vlm.backend import VLMRequest
 from streamwatch.vlm.evaluate_rules import rules_wrong, score_rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import make_overlay_suite as suite
+from make_eval_set import FONT, RULES, generated_set
 
-PHOTOS = ["coffee", "astronaut", "chelsea", "rocket", "camera", "cat"]
-CAPTIONS = {  # caption → the rule it must raise ("" = none)
-    "主播福利 加微信 abc12345 送礼物": "contact_spam",
-    "QQ群 123456789 进群领福利": "contact_spam",
-    "网赌平台 注册送彩金": "gambling",
-    "今晚的舞台真好看 谢谢大家": "",
-}
-QRS = {"https://evil.example/join?g=7": "qr_code", "https://example-show.com/tickets": ""}  # the show's own domain is allowed
-RULES = ("contact_spam", "gambling", "qr_code", "exposure")
 MODEL_TEXT = "加微信 abc12345"  # the stand-in model reads this on every frame
 
 
@@ -56,30 +45,6 @@ def test_rule_scores_count_frames(seed: int) -> None:
         assert rules_wrong(t, f) == (f is not None and any((r in f) != v for r, v in t.items()))
 
 
-def generated_set(folder: Path, seed: int, n: int) -> list[dict[str, object]]:
-    rng = random.Random(seed)
-    folder.mkdir()
-    frames = []
-    for i in range(n):
-        img = np.ascontiguousarray(suite.background(PHOTOS[i % len(PHOTOS)], 1280, 720, 0)[:720, :1280])
-        rules = dict.fromkeys(RULES, False)
-        caption = rng.choice([*CAPTIONS, None])
-        if caption is not None:
-            rgba = suite.caption_image(caption, rng.choice([32, 40]), band=True)
-            suite.paste(img, rgba, *suite.place(rng.choice(["bottom-left", "top-left"]), rgba.shape[1], rgba.shape[0], 1280, 720))
-            if CAPTIONS[caption]:
-                rules[CAPTIONS[caption]] = True
-        payload = rng.choice([*QRS, None])
-        if payload is not None:
-            rgba = suite.qr_image(payload, rng.choice([180, 240]), inverted=rng.random() < 0.3)
-            suite.paste(img, rgba, *suite.place("top-right", rgba.shape[1], rgba.shape[0], 1280, 720))
-            rules["qr_code"] = rules["qr_code"] or bool(QRS[payload])
-        cv2.imwrite(str(folder / f"f{i}.png"), img[:, :, ::-1])
-        frames.append({"image": f"f{i}.png", "answers": {"exposure": False}, "rules": rules})
-    (folder / "labels.json").write_text(json.dumps({"frames": frames}, ensure_ascii=False))
-    return frames
-
-
 def reader(req: VLMRequest) -> str:
     """A stand-in model: no exposure, and it reads the same contact text on every frame."""
     answer = {
@@ -99,7 +64,7 @@ def reader(req: VLMRequest) -> str:
 def test_eval_scores_the_local_cascade_per_rule_beside_a_model(seed: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("rapidocr_onnxruntime")
     pytest.importorskip("zxingcpp")
-    if not suite.FONT.exists():
+    if not FONT.exists():
         pytest.skip("Noto Sans CJK missing (Debian fonts-noto-cjk)")
     frames = generated_set(tmp_path / "set", seed, 8)
     with ChatServer(reader) as srv:

@@ -75,6 +75,7 @@ class Recorder:
 
     requests: list[VLMRequest] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # per attempt: "ok" or a failure kind
+    tokens: int = 0  # output tokens the server reported (answers cut off included)
 
     def factory(self, spec: ModelSpec) -> VLMBackend:
         return _Recording(create_backend(spec), self)
@@ -85,7 +86,7 @@ class Recorder:
             self.kinds.append({"ok": "ok", "bad_output": "unusable", "timeout": "timeout", "refused": "refused"}.get(outcome, "http"))
 
     def reset(self) -> None:
-        self.requests, self.kinds = [], []
+        self.requests, self.kinds, self.tokens = [], [], 0
 
 
 class _Recording:
@@ -99,10 +100,14 @@ class _Recording:
     async def generate(self, request: VLMRequest) -> VLMResult:
         self.rec.requests.append(request)
         try:
-            return await self.inner.generate(request)
+            result = await self.inner.generate(request)
         except (VLMError, TimeoutError) as e:
             self.rec.kinds.append(kind_of(e))
+            if isinstance(e, VLMTruncated) and isinstance(e.result, VLMResult):
+                self.rec.tokens += e.result.completion_tokens
             raise
+        self.rec.tokens += result.completion_tokens
+        return result
 
     async def warm(self) -> None:
         await self.inner.warm()
@@ -120,6 +125,7 @@ class RoleStats:
     retries: int = 0
     changed: Counter[str] = field(default_factory=Counter)  # what changed → retries
     unchanged: int = 0
+    tokens: int = 0
 
 
 def photos(n: int) -> list[np.ndarray]:
@@ -161,6 +167,7 @@ async def bench(spec: ModelSpec, requests: int) -> dict[Capability, RoleStats]:
             s.by_model += model == spec.id
             s.by_local += model == "local"
             s.kinds.update(k for k in rec.kinds if k != "ok")
+            s.tokens += rec.tokens
             for first, second, why in zip(rec.requests, rec.requests[1:], rec.kinds, strict=False):
                 s.retries += 1
                 what = changes(first, second)
@@ -177,17 +184,18 @@ def table(stats: dict[Capability, RoleStats], timeout_s: float) -> list[str]:
     head = f"{'role':<11} {'req':>4} {'model':>6} {'local':>6} " + " ".join(
         f"{k:>9}" for k in ("cut", "unusable", "schema", "timeout", "refused", "http")
     )
-    head += f" {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'>timeout':>8} {'retries':>8} {'changed':>8}"
+    head += f" {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'>timeout':>8} {'retries':>8} {'changed':>8} {'tok/s':>7}"
     lines = [head]
     for role, s in stats.items():
         xs = s.latencies
         over = sum(x > timeout_s for x in xs)
+        rate = s.tokens / sum(xs)
         counts = " ".join(f"{s.kinds.get(k, 0):>9}" for k in KINDS)
         lines.append(
             f"{role.value:<11} {len(xs):>4} {s.by_model:>6} {s.by_local:>6} {counts} {np.percentile(xs, 50):>7.2f} "
-            f"{np.percentile(xs, 95):>7.2f} {max(xs):>7.2f} {over:>8} {s.retries:>8} {sum(s.changed.values()):>8}"
+            f"{np.percentile(xs, 95):>7.2f} {max(xs):>7.2f} {over:>8} {s.retries:>8} {sum(s.changed.values()):>8} {rate:>7.1f}"
         )
-    note = "a retry after a server error repeats the request"
+    note = "tok/s: output tokens over request seconds; a retry after a server error repeats the request"
     lines.append(f"(failures per attempt; latency end to end per request, timeout_s = {timeout_s:g}; {note})")
     for role, s in stats.items():
         for what, n in s.changed.most_common():
