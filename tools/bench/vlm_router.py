@@ -121,6 +121,7 @@ class RoleStats:
     latencies: list[float] = field(default_factory=list)
     by_model: int = 0
     by_local: int = 0
+    by_none: int = 0  # refused: the request failed alone (its input), no fallback
     kinds: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     changed: Counter[str] = field(default_factory=Counter)  # what changed → retries
@@ -156,16 +157,15 @@ async def bench(spec: ModelSpec, requests: int) -> dict[Capability, RoleStats]:
             role, img = ROLES[i % len(ROLES)], images[i % len(images)]
             rec.reset()
             t0 = time.perf_counter()
-            if role is Capability.COMPLIANCE:
-                model = "local" if await service.compliance(img, ev) is None else spec.id
-            elif role is Capability.REPLY:
-                model = (await service.reply(PERSONA, img, ev, FANS[i % len(FANS)], f"k{i}")).model
-            else:
-                model = (await service.answer(QUESTIONS[i % len(QUESTIONS)], img, ev)).model
+            try:
+                model = await _ask(service, role, img, ev, i, spec.id)
+            except VLMInputError:
+                model = ""
             s = stats[role]
             s.latencies.append(time.perf_counter() - t0)
             s.by_model += model == spec.id
             s.by_local += model == "local"
+            s.by_none += model == ""
             s.kinds.update(k for k in rec.kinds if k != "ok")
             s.tokens += rec.tokens
             for first, second, why in zip(rec.requests, rec.requests[1:], rec.kinds, strict=False):
@@ -178,6 +178,15 @@ async def bench(spec: ModelSpec, requests: int) -> dict[Capability, RoleStats]:
     finally:
         await router.close()
     return stats
+
+
+async def _ask(service: VLMService, role: Capability, img: np.ndarray, ev: ImageEvidence, i: int, mid: str) -> str:
+    """One request of ``role`` through the service; the id of the model that answered."""
+    if role is Capability.COMPLIANCE:
+        return "local" if await service.compliance(img, ev) is None else mid
+    if role is Capability.REPLY:
+        return (await service.reply(PERSONA, img, ev, FANS[i % len(FANS)], f"k{i}")).model
+    return (await service.answer(QUESTIONS[i % len(QUESTIONS)], img, ev)).model
 
 
 def table(stats: dict[Capability, RoleStats], timeout_s: float) -> list[str]:
@@ -195,7 +204,7 @@ def table(stats: dict[Capability, RoleStats], timeout_s: float) -> list[str]:
             f"{role.value:<11} {len(xs):>4} {s.by_model:>6} {s.by_local:>6} {counts} {np.percentile(xs, 50):>7.2f} "
             f"{np.percentile(xs, 95):>7.2f} {max(xs):>7.2f} {over:>8} {s.retries:>8} {sum(s.changed.values()):>8} {rate:>7.1f}"
         )
-    note = "tok/s: output tokens over request seconds; a retry after a server error repeats the request"
+    note = "tok/s: output tokens over request seconds; req - model - local: refused; a retry after a server error repeats the request"
     lines.append(f"(failures per attempt; latency end to end per request, timeout_s = {timeout_s:g}; {note})")
     for role, s in stats.items():
         for what, n in s.changed.most_common():
