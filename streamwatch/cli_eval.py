@@ -1,5 +1,6 @@
-"""``streamwatch eval DATASET --models a,b``: each model's compliance answers over labelled frames, scored
-per question (:mod:`streamwatch.vlm.evaluate`); ``streamwatch export-reviews STREAM``: the moderators'
+"""``streamwatch eval DATASET --models a,b``: the local cascade's rules and each model's compliance answers
+over labelled frames, scored per rule and per question (:mod:`streamwatch.vlm.evaluate`);
+``streamwatch export-reviews STREAM``: the moderators'
 decisions as such a dataset (:mod:`streamwatch.vlm.dataset`). Kept apart so cli.py stays small."""
 
 from __future__ import annotations
@@ -10,20 +11,26 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamwatch.errors import ConfigError, EventsError
+from streamwatch.errors import ConfigError, EventsError, VLMTruncated
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from streamwatch.analysis.rules import RuleEngine
+    from streamwatch.config import Settings
+    from streamwatch.vlm.backend import VLMBackend, VLMRequest, VLMResult
     from streamwatch.vlm.evaluate import Frame, ModelScore, Outcome
     from streamwatch.vlm.prompts import ComplianceQuestion
-    from streamwatch.vlm.registry import Registry
+    from streamwatch.vlm.registry import ModelSpec, Registry
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("eval", help="score each model's compliance answers on labelled frames (precision, recall, latency, failures)")
+    p = sub.add_parser(
+        "eval", help="score the local cascade's rules and each model's answers on labelled frames (precision, recall, latency)"
+    )
     p.add_argument("dataset", type=Path, help="folder with the images and labels.json")
-    p.add_argument("--models", required=True, help="registry ids, comma-separated (each is asked alone: no failover)")
+    p.add_argument("--models", default="", help="registry ids, comma-separated (each is asked alone: no failover)")
+    p.add_argument("--no-cascade", action="store_true", help="do not run the local analyzers (score the models only)")
     p.add_argument("-c", "--config", type=Path, help="TOML config file ([vlm] registry, questions)")
     p.add_argument("-o", "--output", type=Path, help="also write an HTML report with the misjudged frames")
     p.set_defaults(func=_cmd_eval)
@@ -36,17 +43,21 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from streamwatch.vlm.registry import LOCAL, Capability, load_registry
 
     settings = load_settings(a.config)
-    registry = load_registry(settings.vlm.registry, settings.vlm.roles)
     models = [m.strip() for m in a.models.split(",") if m.strip()]
+    if not models and a.no_cascade:
+        raise ConfigError("nothing to score: name --models, or leave out --no-cascade")
+    registry = load_registry(settings.vlm.registry, settings.vlm.roles)
     for mid in models:
         spec = registry.get(mid, "--models")
         if mid == LOCAL or not spec.serves(Capability.COMPLIANCE):
-            raise ConfigError(f"--models: {mid!r} cannot answer compliance questions (the local cascade is not scored here)")
+            raise ConfigError(f"--models: {mid!r} cannot answer compliance questions (the local cascade is scored without --models)")
     questions = DEFAULT_QUESTIONS
     if settings.vlm.questions is not None:
         questions = tuple(ComplianceQuestion(q.id, q.question, q.kind, tuple(q.options)) for q in settings.vlm.questions)  # type: ignore[arg-type]
     frames = load_dataset(a.dataset)
-    scores = asyncio.run(_run(registry, models, frames, questions))
+    engine = _engine(settings)
+    scores = [] if a.no_cascade else [_cascade(settings, engine, frames)]
+    scores += asyncio.run(_run(registry, models, frames, questions, engine))
     print(render_text(scores))
     if a.output is not None:
         thumbs = {f.image: f.image.read_bytes() for s in scores for o in s.misjudged for f in (o.frame,)}
@@ -64,9 +75,47 @@ def _read(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-async def _run(registry: Registry, models: list[str], frames: list[Frame], questions: tuple[ComplianceQuestion, ...]) -> list[ModelScore]:
+def _engine(settings: Settings) -> RuleEngine:
+    from streamwatch.analysis.policy import load_policy
+    from streamwatch.analysis.rules import RuleEngine
+
+    return RuleEngine(load_policy(settings.analysis.policy), settings.ui.language)
+
+
+def _cascade(settings: Settings, engine: RuleEngine, frames: list[Frame]) -> ModelScore:
+    """The local analyzers on each frame (as the daemon runs them: the analysis image at ``analysis.max_side``,
+    QR at the source resolution) and the policy's frame rules they raise."""
+    import cv2
+
+    from streamwatch.analysis.base import create
+    from streamwatch.analysis.detectors import AnalyzerSettings
+    from streamwatch.errors import AnalysisError
+    from streamwatch.vlm.evaluate import Outcome, score
+    from streamwatch.vlm.evaluate_rules import fired_rules
+
+    analyzers = [create(name, AnalyzerSettings(device=settings.analysis.device)) for name in settings.analysis.analyzers]
+    outcomes = []
+    for i, frame in enumerate(frames):
+        src = _read(frame.image)
+        t0 = time.perf_counter()
+        scale = settings.analysis.max_side / max(src.shape[:2])
+        img = cv2.resize(src, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else src
+        try:
+            dets = [d for a in analyzers for d in a.analyze([src if getattr(a, "source_resolution", False) else img])[0]]
+        except AnalysisError as e:
+            outcomes.append(Outcome(frame, None, time.perf_counter() - t0, str(e)[:300]))
+            continue
+        fired = fired_rules(engine, dets, img.shape[1], img.shape[0], f"eval-cascade-{i}")
+        outcomes.append(Outcome(frame, {}, time.perf_counter() - t0, rules=fired))
+    return score("local cascade", outcomes, ())
+
+
+async def _run(
+    registry: Registry, models: list[str], frames: list[Frame], questions: tuple[ComplianceQuestion, ...], engine: RuleEngine
+) -> list[ModelScore]:
     from streamwatch.errors import VLMError
     from streamwatch.vlm.evaluate import Outcome, answers_of, score
+    from streamwatch.vlm.evaluate_rules import fired_rules
     from streamwatch.vlm.local import ImageEvidence
     from streamwatch.vlm.registry import Capability
     from streamwatch.vlm.router import ModelRouter
@@ -76,24 +125,72 @@ async def _run(registry: Registry, models: list[str], frames: list[Frame], quest
     out = []
     for mid in models:
         # the model alone: no failover, and a breaker that never opens (every frame is asked)
-        router = ModelRouter(registry, breaker_failures=1 << 30)
+        usage = _Usage()
+        router = ModelRouter(registry, breaker_failures=1 << 30, factory=usage.factory)
         router.chains = {role: [mid] for role in Capability}
         service = VLMService(router, questions=questions)
         outcomes: list[Outcome] = []
         try:
-            for frame, rgb in zip(frames, images, strict=True):
-                t0 = time.perf_counter()
+            for i, (frame, rgb) in enumerate(zip(frames, images, strict=True)):
+                t0, usage.tokens = time.perf_counter(), None
                 try:
                     answer = await service.compliance(rgb, ImageEvidence(rgb.shape[1], rgb.shape[0]))
                 except VLMError as e:
-                    outcomes.append(Outcome(frame, None, time.perf_counter() - t0, str(e)[:300]))
+                    outcomes.append(Outcome(frame, None, time.perf_counter() - t0, str(e)[:300], tokens=usage.tokens))
                     continue
-                got = answers_of(answer, questions) if answer is not None else None
-                outcomes.append(Outcome(frame, got, time.perf_counter() - t0, "" if got is not None else "no answer"))
+                seconds = time.perf_counter() - t0
+                if answer is None:
+                    outcomes.append(Outcome(frame, None, seconds, "no answer", tokens=usage.tokens))
+                    continue
+                fired = fired_rules(engine, answer.detections(), rgb.shape[1], rgb.shape[0], f"eval-{mid}-{i}")
+                outcomes.append(Outcome(frame, answers_of(answer, questions), seconds, rules=fired, tokens=usage.tokens))
         finally:
             await router.close()
         out.append(score(mid, outcomes, questions))
     return out
+
+
+class _Usage:
+    """Wraps the router's backends: the output tokens the server reported, summed over a frame's attempts."""
+
+    def __init__(self) -> None:
+        self.tokens: int | None = None
+
+    def factory(self, spec: ModelSpec) -> VLMBackend:
+        from streamwatch.vlm.router import create_backend
+
+        return _Counting(create_backend(spec), self)
+
+
+class _Counting:
+    def __init__(self, inner: VLMBackend, usage: _Usage) -> None:
+        self.inner, self.usage = inner, usage
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    async def generate(self, request: VLMRequest) -> VLMResult:
+        from streamwatch.vlm.backend import VLMResult
+
+        try:
+            result = await self.inner.generate(request)
+        except VLMTruncated as e:  # a cut-off answer spent its tokens too
+            if isinstance(e.result, VLMResult):
+                self._count(e.result)
+            raise
+        self._count(result)
+        return result
+
+    def _count(self, result: VLMResult) -> None:
+        if result.completion_tokens:
+            self.usage.tokens = (self.usage.tokens or 0) + result.completion_tokens
+
+    async def warm(self) -> None:
+        await self.inner.warm()
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import random
 
+import numpy as np
 import pytest
 
 from streamwatch.errors import VLMOutputError, VLMUnavailable
@@ -163,3 +164,142 @@ def test_a_switch_is_no_recovery(new_state: str) -> None:
         assert fell == []
     else:
         assert [(n.active, n.reason) for n in fell] == [(True, "qa: falls back from b to a (b is failing)")]
+
+
+# --- a role that falls back for single failed requests, before any breaker opens ----------------------------
+
+FAILURES = ("garbled", "cut", "down")  # unusable text, an answer cut off without a full sentence, HTTP 503 (the probe too)
+
+
+def _failed_qa(kind: str) -> tuple[list[str], list[object]]:
+    """The server's script (one fault per HTTP request) and answers for one Q&A request whose model fails."""
+    from chat_server import Answer
+
+    if kind == "garbled":
+        bad = Answer("\x01\x02\ufffd\ufffd\x03\ufffd ok\x04\ufffd")
+        return ["ok", "ok"], [bad, bad]
+    if kind == "cut":
+        cut = Answer("the stage lights are and the", finish_reason="length")
+        return ["ok", "ok"], [cut, cut]
+    return ["503", "503", "503"], []  # two attempts and the probe (a model that fails a probe is failing)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_role_that_falls_back_once_is_news_once_per_episode(seed: int) -> None:
+    """A scripted server (tests/chat_server.py) behind a real router whose breakers never open: random runs
+    of failed Q&A requests (garbled text, cut off, server down) between answered ones, replies always answered.
+    Each run of failures makes exactly one 'qa: falls back' notice with the failure in it, the next answer
+    one 'qa: back on'; replies, served by the same model, make none."""
+    from chat_server import Answer, ChatServer
+
+    from streamwatch.vlm.service import VLMService
+
+    rng = random.Random(seed)
+    plan = [rng.choice(["ok", "ok", *FAILURES]) for _ in range(rng.randint(6, 10))]
+    answers: list[object] = []
+
+    def respond(_req: VLMRequest) -> Answer:
+        return answers.pop(0)  # type: ignore[return-value]
+
+    published: list[ModelNotice] = []
+
+    async def publish(n: ModelNotice, _streams: object) -> None:
+        published.append(n)
+
+    with ChatServer(respond) as server:
+        spec = ModelSpec(id="m", backend="openai", endpoint=server.url, model_name="m",
+                         capabilities=[Capability.QA, Capability.REPLY], timeout_s=10)  # fmt: skip
+        registry = Registry(RegistrySpec(models=[spec], roles={Capability.QA: ["m", "local"], Capability.REPLY: ["m", "local"]}))
+
+        async def go() -> list[str]:
+            watch = ModelWatch(ModelHealth(unusable_after=1000))
+            router = ModelRouter(registry, breaker_failures=1000, observe=watch.observe)
+            watch.attach(lambda: router_snapshot(router))
+            runner = asyncio.create_task(watch.run(publish, every_s=0.01))
+            service = VLMService(router)
+            served = []
+            try:
+                for step in plan:
+                    if step == "ok":
+                        server.script += ["ok"]
+                        answers.append(Answer("今天的舞台很美。"))
+                    else:
+                        script, bad = _failed_qa(step)
+                        server.script += script
+                        answers.extend(bad)
+                    served.append((await service.answer("舞台上有什么？", None, _evidence())).model)
+                    server.script += ["ok"]
+                    answers.append(Answer("谢谢你的支持！"))
+                    assert (await service.reply(_persona(), np.zeros((64, 64, 3), np.uint8), _evidence(), "hi", "k")).model == "m"
+                    await asyncio.sleep(0.03)
+            finally:
+                runner.cancel()
+                await watch.flush(publish)
+                await router.close()
+            return served
+
+        served = asyncio.run(go())
+    assert served == ["m" if s == "ok" else "local" for s in plan]
+    assert not answers and not server.script  # every scripted answer was asked for: the plan ran as written
+    expected: list[tuple[bool, str]] = []
+    failing = False
+    for step in plan:
+        if step != "ok" and not failing:
+            expected.append((True, step))
+        elif step == "ok" and failing:
+            expected.append((False, "ok"))
+        failing = step != "ok"
+    role_notices = [n for n in published if n.role is not None]
+    assert all(n.role == "qa" and n.model == "m" for n in role_notices), role_notices  # replies never fell back
+    assert [n.active for n in role_notices] == [a for a, _ in expected]
+    words = {"garbled": "garbled", "cut": "cut off", "down": "503"}
+    for n, (active, kind) in zip(role_notices, expected, strict=True):
+        if active:
+            assert n.reason.startswith("qa: falls back from m to local templates") and words[kind] in n.reason, (kind, n.reason)
+        else:
+            assert n.reason == "qa: back on m"
+    assert not [n for n in published if n.role is None]  # no breaker opened, no streak notice: the role's notices alone
+
+
+def _evidence() -> object:
+    from streamwatch.vlm.local import ImageEvidence
+
+    return ImageEvidence(64, 64)
+
+
+def _persona() -> object:
+    from streamwatch.vlm.persona import Persona
+
+    return Persona(id="p", name="小雪")
+
+
+@pytest.mark.parametrize("open_role", ["compliance", "reply", "qa"])
+def test_a_breaker_open_for_one_role_moves_only_that_role(open_role: str) -> None:
+    """Breakers are per (model, role): the model's breaker open for one role falls back that role only."""
+    from streamwatch.runtime.model_health import Served
+
+    chains = {"compliance": ["a", "local"], "reply": ["a", "local"], "qa": ["a", "local"]}
+    health = ModelHealth()
+    served = {r: Served("a", "", 1) for r in chains}
+    assert health.update(chains, {"a": "closed"}, 0.0, served, {("a", r): "closed" for r in chains}) == []
+    per_role = {("a", r): "open" if r == open_role else "closed" for r in chains}
+    notices = health.update(chains, {"a": "open"}, 1.0, served, per_role)
+    assert [n.role for n in notices if n.role] == [open_role]
+
+
+@pytest.mark.parametrize("answers_after_switch", [0, 1])
+def test_answers_from_before_a_switch_say_nothing_of_the_new_chain(answers_after_switch: int) -> None:
+    """qa fell back from a to b (one failed request); then b is switched in as primary: the old answer (by b) is
+    no news; a new answer by a (now second) is a fallback from b."""
+    from streamwatch.runtime.model_health import Served
+
+    health = ModelHealth()
+    breakers = {"a": "closed", "b": "closed"}
+    health.update({"qa": ["a", "b", "local"]}, breakers, 0.0, {"qa": Served("a", "", 1)})
+    fell = health.update({"qa": ["a", "b", "local"]}, breakers, 1.0, {"qa": Served("b", "a: broken", 2)})
+    assert [(n.active, n.reason) for n in fell] == [(True, "qa: falls back from a to b (a: broken)")]
+    after = health.update({"qa": ["b", "a", "local"]}, breakers, 2.0, {"qa": Served("b", "a: broken", 2)})
+    assert after == []
+    if answers_after_switch:
+        later = health.update({"qa": ["b", "a", "local"]}, breakers, 3.0, {"qa": Served("a", "b: down", 3)})
+        assert [(n.active, n.reason) for n in later] == [(True, "qa: falls back from b to a (b: down)")]

@@ -8,14 +8,25 @@
 #   tools/gpu_check.sh --fetch-wheels  (on a machine with PyPI access) download into .whl/ the few pure
 #                                      packages a torch-only GPU image lacks (pydantic and its needs,
 #                                      CPython 3.12 manylinux); carry .whl/ (git ignores it) to the GPU machine
+#   tools/gpu_check.sh --servers-only  only the real-server path below; --no-servers: without it
+#
+# The real-server path (after the CUDA checks), when vllm or sglang is importable by $PY: it starts that
+# server on $GPU_CHECK_VLM_MODEL (a model folder; default: a tiny random-weight Qwen3-VL built here by
+# tools/tiny_vlm.py), runs tools/bench/vlm.py --router against it (p50/p95 per request, tokens/s, failures
+# by kind) and `streamwatch eval` on a generated set (tools/make_eval_set.py: the local cascade beside the
+# model), writes vlm-bench.txt, eval.txt, eval.html and the server's log to the out folder, and stops the
+# server. Any step that fails stops the path with "gpu_check: FAILED: <step>" and the log's tail (exit 1).
+# Knobs: GPU_CHECK_VLM_MODEL, GPU_CHECK_GPU_MEM (fraction of GPU memory for the server, 0.6),
+# GPU_CHECK_SERVER_WAIT_S (start-up limit, 420), GPU_CHECK_REQUESTS (30).
 #
 # Python: $PY, else .venv/bin/python when its torch sees CUDA, else python3. Wheels in .whl/ are
 # installed to a private folder (never into that Python) when a module the check needs is missing.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
-WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5)
-NEEDED="pydantic cv2 numpy torch transformers tokenizers onnx onnxscript onnxruntime skimage PIL"
+WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+  pydantic-settings==2.16.3 python-dotenv==1.2.4 segno==1.6.6)
+NEEDED=(pydantic cv2 numpy torch transformers tokenizers onnx onnxscript onnxruntime skimage PIL)
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
   mkdir -p .whl
@@ -27,6 +38,20 @@ fi
 
 cpu_trial=0
 case " $* " in *" --device cpu "*) cpu_trial=1 ;; esac  # try the script's code paths without a GPU (no figures)
+servers=auto
+args=()
+out=${OUT:-artifacts/gpu-check}
+prev=""
+for arg in "$@"; do
+  case $arg in
+    --servers-only) servers=only ;;
+    --no-servers) servers=no ;;
+    *) args+=("$arg") ;;
+  esac
+  case $prev in --out) out=$arg ;; esac
+  case $arg in --out=*) out=${arg#--out=} ;; esac
+  prev=$arg
+done
 
 if [ "$cpu_trial" = 0 ] && { ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; }; then
   echo "gpu_check: no NVIDIA GPU here (nvidia-smi missing or sees no device): run this on a CUDA machine" >&2
@@ -46,7 +71,7 @@ fi
 
 missing() { "$PY" -c "
 import importlib.util, sys
-print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))" $NEEDED; }
+print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))" "${NEEDED[@]}"; }
 lack=$(missing)
 if [ -n "$lack" ] && ls .whl/*.whl >/dev/null 2>&1; then
   echo "gpu_check: installing carried wheels for: $lack"
@@ -60,4 +85,13 @@ if [ -n "$lack" ]; then
 fi
 
 export PYTHONUNBUFFERED=1
-exec timeout 450 "$PY" tools/gpu_check.py "$@"
+rc=0
+if [ "$servers" != only ]; then
+  timeout 450 "$PY" tools/gpu_check.py "${args[@]}" || rc=$?
+fi
+if [ "$servers" != no ]; then
+  # shellcheck source=tools/gpu_check_servers.sh
+  . tools/gpu_check_servers.sh
+  server_path || rc=1
+fi
+exit "$rc"

@@ -30,6 +30,7 @@ class RoleState:
     chain: tuple[str, ...]
     served_by: str | None  # the model that gave the role's last answer (None: no request yet)
     fallback_reason: str  # why the last answer did not come from the chain's first model ("" when it did)
+    answers: int = 0  # answers given for the role so far (tells a new answer from the last one seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class RouteTracker:
     cooldown_s: float = 30.0
     _tracks: dict[tuple[str, Capability], _Track] = field(default_factory=dict)
     _served: dict[Capability, tuple[str, str]] = field(default_factory=dict)
+    _answers: dict[Capability, int] = field(default_factory=dict)
 
     def track(self, model: str, role: Capability) -> _Track:
         key = (model, role)
@@ -81,6 +83,7 @@ class RouteTracker:
 
     def served(self, role: Capability, model: str, fallback_reason: str) -> None:
         self._served[role] = (model, fallback_reason)
+        self._answers[role] = self._answers.get(role, 0) + 1
 
     def last_served(self, role: Capability) -> str | None:
         served = self._served.get(role)
@@ -108,7 +111,7 @@ class RouteTracker:
             for (m, r), t in sorted(self._tracks.items(), key=lambda kv: (kv[0][0], kv[0][1].value))
         )
         roles = tuple(
-            RoleState(r, tuple(chain), *(self._served.get(r) or (None, "")))
+            RoleState(r, tuple(chain), self._served.get(r, (None, ""))[0], self._served.get(r, (None, ""))[1], self._answers.get(r, 0))
             for r, chain in sorted(chains.items(), key=lambda kv: kv[0].value)
         )
         return RouterStatus(models, roles)

@@ -10,6 +10,14 @@ the ratio (target: ≥ 2.5× fewer seconds per frame), and image tokens at 512 p
     python tools/bench/vlm.py --path /models/Qwen3-VL-4B-Instruct       # in-process transformers
     python tools/bench/vlm.py                                          # a tiny random-weight Qwen3-VL (machinery only)
 
+``--router``: the VLM tier against a real server through streamwatch's router and client (compliance,
+reply, Q&A round-robin): failures by kind, end-to-end p50/p95 vs ``timeout_s``, retries that changed
+the request (:mod:`vlm_router`). ``--start hf|llama`` serves a tiny random-weight checkpoint itself
+(``transformers serve`` via tools/hf_serve.py, or llama-server built by ``make llama-server``):
+
+    python tools/bench/vlm.py --router --start hf --requests 30 --max-tokens 48
+    python tools/bench/vlm.py --router --url http://127.0.0.1:8000/v1 --model Qwen/Qwen3-VL-8B-Instruct --server vllm
+
 Answer budgets are those of real answers: ``--tokens-all`` (a compact JSON object, default 64) and
 ``--tokens-one`` (one short answer, default 16). A random-weight model never stops early, so both
 paths spend their whole budget: the fair worst case for the one-call prompt.
@@ -105,7 +113,27 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=512)
     ap.add_argument("--tokens-all", type=int, default=64)
     ap.add_argument("--tokens-one", type=int, default=16)
+    ap.add_argument("--router", action="store_true", help="failures, latency and retries through the router (see above)")
+    ap.add_argument("--start", choices=["hf", "llama"], help="--router: start a real server with a tiny checkpoint")
+    ap.add_argument("--requests", type=int, default=30, help="--router: requests (compliance, reply, Q&A in turn)")
+    ap.add_argument("--timeout-s", type=float, default=30.0, help="--router: the model's timeout_s")
+    ap.add_argument("--max-tokens", type=int, default=256, help="--router: the model's max_output_tokens")
+    ap.add_argument("--server", help="--router: the registry's server family (vllm, sglang, llamacpp, transformers, …)")
     a = ap.parse_args()
+    if a.router:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import vlm_router
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if a.start:
+                with vlm_router.started(a.start, Path(tmp)) as (url, name):
+                    server = a.server or {"hf": "transformers", "llama": "llamacpp"}[a.start]
+                    vlm_router.run(url, name, a.requests, a.timeout_s, a.max_tokens, server, a.api_key_env)
+            elif a.url:
+                vlm_router.run(a.url, a.model, a.requests, a.timeout_s, a.max_tokens, a.server, a.api_key_env)
+            else:
+                ap.error("--router needs --url or --start")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         backend: VLMBackend
         if a.url:
