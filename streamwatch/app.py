@@ -99,6 +99,7 @@ class Daemon:
         )
         self.bus = EventBus(self.store)
         svc = self.svc = await build_services(s, self.store, self.bus, self.metrics)
+        self.bus.cpu = svc.cpu
         if self.on_sample is not None:
             svc.on_sample = self.on_sample
         if self.on_analyzed is not None:

@@ -173,7 +173,18 @@ class AnalysisConfig(_Section):
     device: Annotated[
         str, Field(pattern=r"^(auto|cpu|cuda|tensorrt)$", description="Where models run: auto (CUDA when present), cpu, cuda, tensorrt.")
     ] = "auto"
-    threads: Annotated[int, Field(ge=0, description="Analysis worker threads (0 = CPU cores).")] = 0
+    cpu_threads: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1024,
+            description="The process's CPU budget in threads (0 = the machine's cores): it sizes the analysis executor, "
+            "ONNX Runtime intra-op threads per session, OpenCV's threads and each stream's decoder threads.",
+        ),
+    ] = 0
+    threads: Annotated[
+        int, Field(ge=0, description="Analysis calls at once (0 = the CPU budget); each then gets budget / threads library threads.")
+    ] = 0
     max_side: Annotated[int, Field(ge=160, le=4096, description="Long side of the image the analyzers see.")] = 960
     max_batch: Annotated[int, Field(ge=1, description="Frames per analyzer batch (across streams).")] = 8
     queue_size: Annotated[int, Field(ge=1, description="Kept frames waiting for analysis per stream; live sources drop the oldest.")] = 4

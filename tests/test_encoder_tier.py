@@ -232,3 +232,8 @@ def test_the_daemon_indexes_kept_frames_for_search(encoder_dir: Path, short_clip
     hits = daemon._search("a concert stage", "s", 2)
     assert len(hits) == 2 and hits[0]["stream"] == "s"
     assert daemon.metrics.registry.get_sample_value("streamwatch_stage_latency_seconds_count", {"stage": "analyzer_encoder"})
+    cpu = {
+        st: daemon.metrics.registry.get_sample_value("streamwatch_stage_cpu_seconds_total", {"stream": "s", "stage": st})
+        for st in ("encoder", "qr", "nudity")
+    }
+    assert (cpu["encoder"] or 0) > 0 and (cpu["qr"] or 0) > 0 and cpu["nudity"] is None  # the encoder's CPU is counted to the stream

@@ -35,6 +35,7 @@ from streamwatch.analysis.cache import EmbeddingCache
 from streamwatch.analysis.model import Detection, FrameAnalysis
 from streamwatch.analysis.reuse import Plan, PlanKind, Reference, References
 from streamwatch.errors import AnalysisError
+from streamwatch.runtime.cpu_account import CpuAccount, Stage, weights
 from streamwatch.sampling.phash import PHash
 from streamwatch.sampling.regions import Box
 
@@ -50,6 +51,7 @@ class _Request:
     source: Source | None
     boxes: tuple[Box, ...]  # empty: the whole frame
     future: asyncio.Future[tuple[Detection, ...]]
+    stream: str = ""
     src: np.ndarray | None = field(default=None)
 
 
@@ -89,8 +91,10 @@ class Cascade:
         region_min: float = 0.03,
         regional: bool = True,
         region_max_area: float = 0.5,
+        cpu: CpuAccount | None = None,
     ) -> None:
         self.analyzers = list(analyzers)
+        self.cpu = cpu or CpuAccount()  # CPU seconds per stream and stage (analyzers, encoder, reuse plan, source RGB)
         self.executor = executor
         self.max_batch = max_batch
         self.observe = observe or (lambda _name, _s: None)
@@ -102,7 +106,7 @@ class Cascade:
         self.semantic_threshold = semantic_threshold
         self.encoder_wait_s = encoder_wait_s
         self._semantic: dict[str, EmbeddingCache[Reference]] = {}
-        self._encode_pending: list[tuple[np.ndarray, asyncio.Future[tuple[np.ndarray, tuple[Detection, ...]]]]] = []
+        self._encode_pending: list[tuple[str, np.ndarray, asyncio.Future[tuple[np.ndarray, tuple[Detection, ...]]]]] = []
         self._encode_wake = asyncio.Event()
         self._encode_worker: asyncio.Task[None] | None = None
         self.semantic_hits = 0
@@ -150,20 +154,16 @@ class Cascade:
         loop = asyncio.get_running_loop()
         h, w = image.shape[:2]
         refs = self.references(stream)
-        plan = await loop.run_in_executor(
-            self.executor, lambda: refs.plan(phash, signature, (w, h), time.monotonic(), regional=self.regional_names)
-        )
+        plan = await loop.run_in_executor(self.executor, lambda: self._planned(stream, refs, phash, signature, (w, h), None))
         embedding: np.ndarray | None = None
         labels: tuple[Detection, ...] = ()
         if plan.kind is not PlanKind.HIT and self.encoder is not None:
-            embedding, labels = await self._encode(image)
+            embedding, labels = await self._encode(image, stream)
             semantic = self.semantic(stream)
             found = semantic.get(embedding, time.monotonic()) if semantic is not None else None
             if found is not None:
                 extra = found[0]
-                alt = await loop.run_in_executor(
-                    self.executor, lambda: refs.plan(phash, signature, (w, h), time.monotonic(), extra, regional=self.regional_names)
-                )
+                alt = await loop.run_in_executor(self.executor, lambda: self._planned(stream, refs, phash, signature, (w, h), extra))
                 if alt.kind is PlanKind.HIT:
                     self.semantic_hits += 1
                     plan = alt
@@ -177,7 +177,7 @@ class Cascade:
         self.misses += 1
         if plan.kind is PlanKind.REGIONS:
             self.regional += 1
-        found_now = await self._submit(image, source, plan)
+        found_now = await self._submit(image, source, plan, stream)
         detections = plan.carried(self.regional_names) + found_now + labels
         ref = Reference(phash, signature, detections, (w, h), time.monotonic(), embedding)
         refs.put(ref)
@@ -186,12 +186,18 @@ class Cascade:
             semantic.put(embedding, ref, time.monotonic())
         return FrameAnalysis(stream, offset, at, received_at, detections, w, h, embedding=embedding)
 
-    async def _submit(self, image: np.ndarray, source: Source | None, plan: Plan) -> tuple[Detection, ...]:
+    def _planned(
+        self, stream: str, refs: References, phash: PHash, signature: np.ndarray | None, size: tuple[int, int], extra: Reference | None
+    ) -> Plan:
+        with self.cpu.measure(stream, Stage.REGIONS):
+            return refs.plan(phash, signature, size, time.monotonic(), extra, regional=self.regional_names)
+
+    async def _submit(self, image: np.ndarray, source: Source | None, plan: Plan, stream: str = "") -> tuple[Detection, ...]:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="analysis-batcher")
         fut: asyncio.Future[tuple[Detection, ...]] = asyncio.get_running_loop().create_future()
         boxes = plan.boxes if plan.kind is PlanKind.REGIONS else ()
-        self._pending.append(_Request(image, source, boxes, fut))
+        self._pending.append(_Request(image, source, boxes, fut, stream))
         self._wake.set()
         return await fut
 
@@ -199,11 +205,11 @@ class Cascade:
         """The encoder's embedding and labels for one image (micro-batched with the streams' frames)."""
         if self.encoder is None:
             raise AnalysisError("no vision encoder is configured")
-        return await self._encode(image)
+        return await self._encode(image, "")
 
-    async def _encode(self, image: np.ndarray) -> tuple[np.ndarray, tuple[Detection, ...]]:
+    async def _encode(self, image: np.ndarray, stream: str) -> tuple[np.ndarray, tuple[Detection, ...]]:
         fut: asyncio.Future[tuple[np.ndarray, tuple[Detection, ...]]] = asyncio.get_running_loop().create_future()
-        self._encode_pending.append((image, fut))
+        self._encode_pending.append((stream, image, fut))
         self._encode_wake.set()
         if self._encode_worker is None or self._encode_worker.done():
             self._encode_worker = asyncio.create_task(self._run_encoder(), name="encoder-batcher")
@@ -224,17 +230,26 @@ class Cascade:
                 continue
             t0 = time.perf_counter()
             try:
-                embeds, labels = await loop.run_in_executor(self.executor, encoder.encode, [img for img, _ in batch])
+                embeds, labels = await loop.run_in_executor(self.executor, self._encoded, encoder, batch)
             except Exception as e:  # a failed batch fails its frames only; the batcher goes on for every stream
                 err = _wrapped(e, f"encoder {encoder.name}")
-                for _, f in batch:
+                for _, _, f in batch:
                     if not f.done():
                         f.set_exception(err)
                 continue
             self.observe(encoder.name, time.perf_counter() - t0)
-            for i, (_, f) in enumerate(batch):
+            for i, (_, _, f) in enumerate(batch):
                 if not f.done():
                     f.set_result((embeds[i], labels[i]))
+
+    def _encoded(
+        self, encoder: FrameEncoder, batch: list[tuple[str, np.ndarray, asyncio.Future[tuple[np.ndarray, tuple[Detection, ...]]]]]
+    ) -> tuple[np.ndarray, list[tuple[Detection, ...]]]:
+        t0 = time.thread_time()
+        try:
+            return encoder.encode([img for _, img, _ in batch])
+        finally:  # shared by the frames' streams (requests that are not a stream's, e.g. a question's image: "")
+            self.cpu.share(weights([s for s, _, _ in batch], [1.0] * len(batch)), Stage.ENCODER, time.thread_time() - t0)
 
     async def close(self) -> None:
         for task in (self._worker, self._encode_worker):
@@ -263,10 +278,11 @@ class Cascade:
                 jobs: list[Awaitable[list[tuple[Detection, ...]]]] = []
                 for a in self.analyzers:
                     images = [i.image for i in inputs[a.name]]
+                    streams = [batch[i.index].stream for i in inputs[a.name]]
                     if getattr(a, "batched", False) or len(images) <= 1:
-                        jobs.append(loop.run_in_executor(self.executor, self._call, a, images))
+                        jobs.append(loop.run_in_executor(self.executor, self._call, a, images, streams))
                     else:
-                        jobs.append(self._per_image(loop, a, images))
+                        jobs.append(self._per_image(loop, a, images, streams))
                 results = await asyncio.gather(*jobs)
                 found: list[list[Detection]] = [[] for _ in batch]
                 for a, per_input in zip(self.analyzers, results, strict=True):
@@ -288,7 +304,11 @@ class Cascade:
         wants_source = any(getattr(a, "source_resolution", False) for a in self.analyzers)
         for r in batch:
             if r.source is not None and (r.boxes or wants_source):
-                r.src = await loop.run_in_executor(self.executor, r.source)
+                r.src = await loop.run_in_executor(self.executor, self._source, r.stream, r.source)
+
+    def _source(self, stream: str, source: Source) -> np.ndarray:
+        with self.cpu.measure(stream, Stage.CONVERSION):
+            return source()
 
     def _inputs(self, a: Analyzer, batch: list[_Request]) -> list[_Input]:
         out = []
@@ -312,14 +332,18 @@ class Cascade:
                 out.append(_Input(i, r.image, (0, 0), 1.0))
         return out
 
-    async def _per_image(self, loop: asyncio.AbstractEventLoop, a: Analyzer, images: list[np.ndarray]) -> list[tuple[Detection, ...]]:
-        parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self._call, a, [img]) for img in images))
+    async def _per_image(
+        self, loop: asyncio.AbstractEventLoop, a: Analyzer, images: list[np.ndarray], streams: list[str]
+    ) -> list[tuple[Detection, ...]]:
+        jobs = (loop.run_in_executor(self.executor, self._call, a, [img], [s]) for img, s in zip(images, streams, strict=True))
+        parts = await asyncio.gather(*jobs)
         return [p[0] for p in parts]
 
-    def _call(self, analyzer: Analyzer, images: list[np.ndarray]) -> list[tuple[Detection, ...]]:
+    def _call(self, analyzer: Analyzer, images: list[np.ndarray], streams: list[str] | None = None) -> list[tuple[Detection, ...]]:
         if not images:
             return []
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         try:
             out = analyzer.analyze(images)
         except AnalysisError:
@@ -328,12 +352,28 @@ class Cascade:
             sizes = ", ".join(f"{i.shape[1]}x{i.shape[0]}" for i in images[:4])
             raise AnalysisError(f"analyzer {analyzer.name} failed on {len(images)} frame(s) ({sizes}): {type(e).__name__}: {e}") from e
         took = time.perf_counter() - t0
+        self._count_cpu(analyzer, images, streams or [""] * len(images), time.thread_time() - c0)
         self.observe(analyzer.name, took)
         self.busy[analyzer.name] = self.busy.get(analyzer.name, 0.0) + took
         self.pixels[analyzer.name] = self.pixels.get(analyzer.name, 0) + sum(int(i.shape[0] * i.shape[1]) for i in images)
         if len(out) != len(images):
             raise AnalysisError(f"analyzer {analyzer.name} returned {len(out)} results for {len(images)} images")
         return out
+
+    def _count_cpu(self, analyzer: Analyzer, images: list[np.ndarray], streams: list[str], cpu: float) -> None:
+        """This thread's CPU time of one analyzer call, shared by the inputs' streams by pixels; an analyzer
+        with ``cpu_split()`` (OCR: detection, recognition) says how its last call on this thread divides."""
+        split = getattr(analyzer, "cpu_split", None)
+        parts: dict[str, float] = split() if split is not None else {}
+        rest = cpu - sum(parts.values())
+        if parts:  # what the analyzer did around its parts (colour order, boxes) goes to its first part
+            first = next(iter(parts))
+            parts[first] += max(0.0, rest)
+        else:
+            parts = {analyzer.name: cpu}
+        w = weights(streams, [int(i.shape[0] * i.shape[1]) for i in images])
+        for stage, sec in parts.items():
+            self.cpu.share(w, stage, sec)
 
 
 def _placed(d: Detection, inp: _Input) -> Detection:

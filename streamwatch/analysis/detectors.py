@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -128,9 +131,17 @@ class TextReader:
         except Exception as e:
             raise ModelLoadError(f"cannot start RapidOCR: {e}") from e
         self.providers: tuple[str, ...] = ("CUDAExecutionProvider",) if cuda else ("CPUExecutionProvider",)
+        self._cpu = threading.local()  # this thread's CPU seconds of the last call, by part
+        self.engine.text_det = _Timed(self.engine.text_det, "ocr_detection", self._cpu)
+        self.engine.text_rec = _Timed(self.engine.text_rec, "ocr_recognition", self._cpu)
 
     def analyze(self, images: Sequence[np.ndarray]) -> list[tuple[Detection, ...]]:
+        self._cpu.parts = {"ocr_detection": 0.0, "ocr_recognition": 0.0}
         return [self._one(img) for img in images]
+
+    def cpu_split(self) -> dict[str, float]:
+        """CPU seconds of this thread's last :meth:`analyze`: text detection, text recognition."""
+        return dict(getattr(self._cpu, "parts", {}))
 
     def _one(self, img: np.ndarray) -> tuple[Detection, ...]:
         try:
@@ -144,6 +155,25 @@ class TextReader:
             x2, y2 = pts.max(0)
             out.append(Detection("ocr", "text", round(float(score), 4), (int(x1), int(y1), int(x2), int(y2)), str(text)))
         return tuple(out)
+
+
+class _Timed:
+    """A RapidOCR stage (text_det, text_rec) whose calls add this thread's CPU time to ``local.parts[part]``."""
+
+    def __init__(self, inner: Callable[..., Any], part: str, local: threading.local) -> None:
+        self._inner, self._part, self._local = inner, part, local
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return self._inner(*args, **kw)
+        finally:
+            parts = getattr(self._local, "parts", None)
+            if parts is not None:
+                parts[self._part] = parts.get(self._part, 0.0) + time.thread_time() - t0
+
+    def __getattr__(self, name: str) -> Any:  # RapidOCR reaches into its stages (postprocess_op …)
+        return getattr(self._inner, name)
 
 
 class QRReader:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from streamwatch.errors import EventsError, StorageError
 from streamwatch.events.codec import encode_body
 from streamwatch.events.model import Event
 from streamwatch.events.store import EventStore, StoredEvent
+from streamwatch.runtime.cpu_account import CpuAccount, Stage, weights
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class EventBus:
         self.checkpoint_s = checkpoint_s
         self.retention_s = retention_s
         self.last_id = store.last_id()  # last id handed to subscribers
+        self.cpu: CpuAccount | None = None  # commit and fan-out CPU time, shared by the events' streams
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn`` with each committed batch (metrics, stream status). Must not block."""
@@ -195,7 +198,7 @@ class EventBus:
             events = [ev for ev, _ in items]
             held = list(self.held)
             try:
-                stored = await loop.run_in_executor(self._executor, self.store.append, held + events)
+                stored = await loop.run_in_executor(self._executor, self._append, held + events)
             except StorageError as e:
                 self._hold(items, e)
                 if stopping and self.held:
@@ -291,7 +294,27 @@ class EventBus:
             except Exception:
                 logger.exception("event store housekeeping failed unexpectedly")
 
+    def _append(self, events: list[Event]) -> list[StoredEvent]:
+        t0 = time.thread_time()
+        try:
+            return self.store.append(events)
+        finally:
+            if self.cpu is not None:
+                self._count(Stage.STORE, [e.stream for e in events], time.thread_time() - t0)
+
+    def _count(self, stage: str, streams: list[str], seconds: float) -> None:
+        assert self.cpu is not None
+        self.cpu.share(weights(streams, [1.0] * len(streams)), stage, seconds)
+
     def _fan_out(self, stored: Sequence[StoredEvent]) -> None:
+        t0 = time.thread_time()
+        try:
+            self._fan_out_now(stored)
+        finally:
+            if self.cpu is not None:
+                self._count(Stage.DELIVERY, [e.stream for e in stored], time.thread_time() - t0)
+
+    def _fan_out_now(self, stored: Sequence[StoredEvent]) -> None:
         self.last_id = stored[-1].id
         chunks: dict[object, Chunk | None] = {}
         for sub in self._subs:

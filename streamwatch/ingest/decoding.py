@@ -26,6 +26,7 @@ from streamwatch.ingest.frame import Frame, display_rotation, upright
 from streamwatch.ingest.hlsparse import SegmentGaps
 from streamwatch.ingest.opening import AudioOnly, open_container, scrub
 from streamwatch.ingest.url import SourceSpec
+from streamwatch.runtime.cpu_account import CpuAccount, Stage
 
 logger = logging.getLogger("streamwatch.ingest.reader")  # one logger for the reader's lifecycle lines
 
@@ -41,6 +42,7 @@ class ReaderStats:
     connections: int = 0
     reconnects: int = 0
     dropped: int = 0  # frames the consumer side threw away (see ingest.aio)
+    decoder_threads: int = 0  # the decoder's thread count as the codec context took it
 
 
 class DecodingReader:
@@ -57,6 +59,8 @@ class DecodingReader:
         rng: random.Random | None = None,
         session_start: float | None = None,
         max_side: int = 960,
+        decoder_threads: int = 0,
+        cpu: CpuAccount | None = None,
     ) -> None:
         self.spec, self.stream_id, self.cfg = spec, stream_id, cfg
         self.every_s, self.keep = every_s, keep
@@ -76,6 +80,8 @@ class DecodingReader:
         self._seq = 0
         self.keyframe_interval: float | None = None
         self.max_side = max_side  # what analysis looks at: an HLS master playlist's variant is chosen for it
+        self.decoder_threads = decoder_threads  # frame threads per decoder (0 = FFmpeg sizes them to the machine)
+        self.cpu = cpu  # decode CPU time of this thread, per stream (None: not counted)
         self._bodies: list[Any] = []  # HTTP bodies PyAV reads from (ingest.httpsrc; closed with the container)
 
     # ---- control -------------------------------------------------------------------------
@@ -150,12 +156,17 @@ class DecodingReader:
         vs = container.streams.video[0]
         plan = DecodePlan(self.cfg.decode, self.every_s)
         vs.thread_type = "AUTO"  # frame threading: +35-45% on single-slice streams; set before decoding
+        if self.decoder_threads:
+            vs.codec_context.thread_count = self.decoder_threads  # the process's CPU budget, not the machine's cores
+        self.stats.decoder_threads = vs.codec_context.thread_count
         ctx = vs.codec_context
         skip = "DEFAULT"
         tb = vs.time_base
         pace = self.cfg.realtime and not self.live
         start = time.monotonic()
         rotation = 0  # display rotation of this connection (a display-orientation SEI holds until the next)
+        cpu, sid = self.cpu, self.stream_id
+        t_cpu = time.thread_time()  # demux + decode + upright since the last frame handed on
         for packet in _demux(container, vs, self.live, self.cfg.read_timeout_s):
             if self._stop.is_set():
                 return
@@ -201,7 +212,12 @@ class DecodingReader:
                 self.stats.emitted += 1
                 self.keyframe_interval = plan.keyframe_interval
                 pic = upright(f, rotation)
+                if cpu is not None:
+                    now = time.thread_time()
+                    cpu.add(sid, Stage.DECODE, now - t_cpu)
+                    t_cpu = now
                 yield Frame(self.stream_id, self._seq, offset, time.time(), time.monotonic(), f.time, bool(f.key_frame), pic, rotation)
+                t_cpu = time.thread_time()  # what the consumer did with the frame on this thread is not decode
 
 
 def _demux(container: Any, vs: Any, live: bool, video_timeout_s: float) -> Iterator[Any]:

@@ -7,6 +7,7 @@ in its own thread behind a bounded queue (:meth:`StreamPipeline.arun`, the daemo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from streamwatch.ingest.aio import aiter_reader
 from streamwatch.ingest.frame import Frame
 from streamwatch.ingest.reader import FrameReader
 from streamwatch.ingest.url import parse_source
+from streamwatch.runtime.cpu_account import CpuAccount, cpu_budget
 from streamwatch.runtime.faults import describe
 from streamwatch.sampling.interval import IntervalSampler
 from streamwatch.sampling.sampler import Sample, Sampler
@@ -70,10 +72,21 @@ class StreamPipeline:
                 yield out
 
 
-def build_pipeline(stream: StreamConfig, settings: Settings) -> StreamPipeline:
-    """Reader + sampler for ``stream``. Raises ConfigError for a malformed source."""
+def build_pipeline(stream: StreamConfig, settings: Settings, cpu: CpuAccount | None = None) -> StreamPipeline:
+    """Reader + sampler for ``stream`` (decoder threads from the CPU budget; ``cpu`` counts their CPU time
+    per stage). Raises ConfigError for a malformed source."""
     every = stream.every_s or settings.sampling.every_s
     interval = IntervalSampler(every)
     spec = parse_source(stream.source, listen=stream.listen)
-    reader = FrameReader(spec, stream.id, settings.ingest, every_s=every, keep=interval.due, max_side=settings.analysis.max_side)
-    return StreamPipeline(stream, reader, Sampler(settings.sampling))
+    a = settings.analysis
+    reader = FrameReader(
+        spec,
+        stream.id,
+        settings.ingest,
+        every_s=every,
+        keep=interval.due,
+        max_side=a.max_side,
+        decoder_threads=cpu_budget(a.cpu_threads, os.cpu_count(), a.threads).decoder,
+        cpu=cpu,
+    )
+    return StreamPipeline(stream, reader, Sampler(settings.sampling, cpu))

@@ -24,7 +24,8 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from streamwatch.events.alerts import build_alerts, build_scene
 from streamwatch.events.model import HealthEvent, HealthKind, StreamState
 from streamwatch.events.session import SessionKeeper
 from streamwatch.events.store import EventStore
+from streamwatch.runtime.cpu_account import Stage
 from streamwatch.runtime.faults import FailureStreak, describe
 from streamwatch.runtime.pipeline import SkippedFrame, StreamPipeline, build_pipeline
 from streamwatch.runtime.services import StreamServices
@@ -46,6 +48,7 @@ from streamwatch.vlm.registry import LOCAL, Capability
 from streamwatch.vlm.verdict import second_opinion
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SessionKeeping(Protocol):
@@ -89,7 +92,7 @@ class StreamRunner:
 
     async def run(self) -> None:
         svc, cfg = self.svc, self.cfg
-        self.pipeline = pipeline = build_pipeline(cfg, svc.settings)
+        self.pipeline = pipeline = build_pipeline(cfg, svc.settings, svc.cpu)
         if svc.actions is not None:
             svc.actions.register(cfg)
         live = pipeline.reader.spec.live
@@ -184,7 +187,7 @@ class StreamRunner:
             lat.labels("queued").observe(max(0.0, time.time() - frame.wall))
             t0 = time.perf_counter()
             try:
-                image = await loop.run_in_executor(svc.pool, frame.rgb, svc.settings.analysis.max_side)
+                image = await loop.run_in_executor(svc.pool, self._timed, Stage.CONVERSION, frame.rgb, svc.settings.analysis.max_side)
                 fa = await svc.cascade.analyze(
                     sid,
                     image,
@@ -205,13 +208,19 @@ class StreamRunner:
             svc.latest[sid] = AnalyzedFrame(fa, image)
             await self._index(fa, image, sample)
             t1 = time.perf_counter()
-            drafts = svc.engines.engine_for(sid).evaluate(fa)
+            with svc.cpu.measure(sid, Stage.POLICY):
+                drafts = svc.engines.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)
             svc.on_analyzed(sid, time.time() - frame.wall)
             if drafts:
                 await self._publish_alerts(drafts, fa, image)
             if svc.router.primary(Capability.COMPLIANCE) != LOCAL:  # stream time, so files are checked like live shows
                 svc.escalations.offer(sid, svc.latest[sid], [d.rule for d in drafts if d.escalate], frame.offset)
+
+    def _timed(self, stage: Stage, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on this (executor) thread, its CPU time counted to this stream's ``stage``."""
+        with self.svc.cpu.measure(self.sid, stage):
+            return fn(*args)
 
     async def _frame_failed(self, offset: float, e: Exception) -> None:
         """A frame whose conversion, sampling or analysis failed: skipped and counted; a streak of them is said once."""
@@ -239,11 +248,11 @@ class StreamRunner:
         else:
             return
         try:
-            row = await loop.run_in_executor(None, thumbnail_record, svc.store, fa, image, model, side)
+            row = await loop.run_in_executor(None, self._timed, Stage.STORE, thumbnail_record, svc.store, fa, image, model, side)
             if svc.frames is not None:
                 await svc.frames(*row)
             else:
-                await loop.run_in_executor(None, svc.store.add_frame, *row)
+                await loop.run_in_executor(None, self._timed, Stage.STORE, svc.store.add_frame, *row)
         except StorageError as e:  # not kept for search; the storage health event says why
             logger.debug("stream %s: frame at %.1fs not indexed: %s", self.sid, fa.offset, e)
 
@@ -360,7 +369,8 @@ class StreamRunner:
     async def _publish_alerts(self, drafts: list[AlertDraft], fa: FrameAnalysis, image: np.ndarray | None, *, late: bool = False) -> None:
         svc = self.svc
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(None, lambda: build_alerts(drafts, fa, image, svc.store, late=late))
+        build = functools.partial(build_alerts, drafts, fa, image, svc.store, late=late)
+        events = await loop.run_in_executor(None, self._timed, Stage.STORE, build)
         for ev in events:
             stored = await svc.bus.publish(ev)
             svc.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))

@@ -27,6 +27,7 @@ from streamwatch.config import Settings
 from streamwatch.events.model import Event, HealthEvent, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
 from streamwatch.outbound.actions import ActionDesk
+from streamwatch.runtime.cpu_account import CpuAccount, CpuBudget, cpu_budget
 from streamwatch.runtime.model_health import ModelHealth, ModelWatch, router_snapshot
 from streamwatch.runtime.policies import Engines
 from streamwatch.server.metrics import Metrics
@@ -83,6 +84,8 @@ class StreamServices:
     states: dict[str, StreamState] = field(default_factory=dict)  # the last state published per stream
     latest: dict[str, AnalyzedFrame] = field(default_factory=dict)  # last analysed frame per stream (live Q&A)
     actions: ActionDesk | None = None  # actions on the stream that alerts ask for (None: none run here)
+    cpu: CpuAccount = field(default_factory=CpuAccount)  # CPU seconds per stream and stage
+    budget: CpuBudget | None = None  # how the process's CPU budget was spent (threads)
 
     async def publish_health(self, ev: HealthEvent) -> None:
         """Publish ``ev`` of a running stream: its state becomes the stream's last, its rules see it first."""
@@ -101,15 +104,26 @@ class StreamServices:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def load_encoder(settings: Settings) -> EncoderTier | None:
+def load_encoder(settings: Settings, threads: int = 0) -> EncoderTier | None:
     """Blocking: the encoder tier when ``analysis.encoder.path`` is set (else None)."""
     cfg = settings.analysis.encoder
     if cfg.path is None:
         return None
-    encoder = Encoder(cfg.path, device=settings.analysis.device, variant=cfg.variant)
+    encoder = Encoder(cfg.path, device=settings.analysis.device, variant=cfg.variant, threads=threads)
     labels = load_labels(cfg.labels, encoder) if cfg.labels is not None and cfg.labels.is_file() else None
     logger.info("vision encoder %s on %s (%d labels)", encoder.manifest.name, encoder.providers[0], len(labels.labels) if labels else 0)
     return EncoderTier(encoder, labels)
+
+
+def apply_budget(settings: Settings) -> CpuBudget:
+    """The process's CPU budget from ``analysis.cpu_threads``, applied to OpenCV now (ONNX sessions, the
+    executor and the decoders take it when they are made), and logged."""
+    import cv2
+
+    budget = cpu_budget(settings.analysis.cpu_threads, os.cpu_count(), settings.analysis.threads)
+    cv2.setNumThreads(budget.per_call)
+    logger.info("%s (machine: %s cores)", budget.describe(), os.cpu_count())
+    return budget
 
 
 async def build_services(
@@ -118,16 +132,18 @@ async def build_services(
     """Load policies, analyzers, the encoder and the VLM router. Raises ConfigError/PolicyError/ModelLoadError."""
     s = settings
     loop = asyncio.get_running_loop()
-    pool = ThreadPoolExecutor(s.analysis.threads or os.cpu_count() or 2, thread_name_prefix="analysis")
+    budget = apply_budget(s)
+    cpu = CpuAccount(metrics.on_cpu)
+    pool = ThreadPoolExecutor(budget.executor, thread_name_prefix="analysis")
     engines = Engines(s.analysis.policy, s.ui.language)
     await engines.load(s.analysis.policy)
     for c in s.streams:  # a bad policy of a configured stream fails at start, as before
         await engines.assign(c.id, c.policy)
-    a_settings = AnalyzerSettings(device=s.analysis.device)
+    a_settings = AnalyzerSettings(device=s.analysis.device, threads=budget.per_call)
     analyzers = [await loop.run_in_executor(None, create, name, a_settings) for name in s.analysis.analyzers]
     for a in analyzers:
         logger.info("analyzer %s on %s", a.name, ", ".join(a.providers))
-    tier = await loop.run_in_executor(None, load_encoder, s)
+    tier = await loop.run_in_executor(None, load_encoder, s, budget.per_call)
     enc = s.analysis.encoder
     cascade = Cascade(
         analyzers,
@@ -144,6 +160,7 @@ async def build_services(
         region_min=s.sampling.region_min,
         regional=s.analysis.regional,
         region_max_area=s.analysis.region_max_area,
+        cpu=cpu,
     )
     persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
     registry = await loop.run_in_executor(None, load_registry, s.vlm.registry, s.vlm.roles)
@@ -188,4 +205,6 @@ async def build_services(
         search=search,
         models_watch=watch,
         actions=actions,
+        cpu=cpu,
+        budget=budget,
     )

@@ -14,6 +14,7 @@ pHash is within the radius and no tile holds new content compared with the last 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 from streamwatch.config import SamplingConfig
 from streamwatch.events.model import HealthEvent, HealthKind
 from streamwatch.ingest.frame import Frame
+from streamwatch.runtime.cpu_account import CpuAccount, Stage
 from streamwatch.sampling.dedupe import Deduper
 from streamwatch.sampling.phash import PHash, phash_luma
 from streamwatch.sampling.quality import QualityGate, QualityReport
@@ -86,8 +88,9 @@ class _Period:
 class Sampler:
     """Decide, for each interval-sampled frame of one stream, whether it is worth analysing."""
 
-    def __init__(self, cfg: SamplingConfig) -> None:
+    def __init__(self, cfg: SamplingConfig, cpu: CpuAccount | None = None) -> None:
         self.cfg = cfg
+        self.cpu = cpu  # CPU time per stage of this thread (conversion, pHash, regions), per stream
         self.gate = QualityGate(cfg)
         self.dedupe = Deduper(cfg.dedupe_radius, cfg.heartbeat_s, cfg.region_level, cfg.region_min)
         self._prev_sig: np.ndarray | None = None
@@ -98,9 +101,13 @@ class Sampler:
         self.counts: dict[Decision, int] = dict.fromkeys(Decision, 0)
 
     def feed(self, frame: Frame) -> list[Sample | HealthEvent]:
+        t0 = time.thread_time()
         gray = frame.gray(WORK_SIDE)
+        luminance = frame.luminance()
+        t1 = time.thread_time()
+        h = phash_luma(luminance)
+        t2 = time.thread_time()
         q = self.gate.measure(gray)
-        h = phash_luma(frame.luminance())
         out: list[Sample | HealthEvent] = []
 
         moved: RegionChange | None = None
@@ -144,6 +151,11 @@ class Sampler:
             change = verdict.change
             decision = Decision.KEPT if verdict.new else Decision.DUPLICATE
         self.counts[decision] += 1
+        if self.cpu is not None:
+            t3 = time.thread_time()
+            self.cpu.add(frame.stream, Stage.CONVERSION, t1 - t0)
+            self.cpu.add(frame.stream, Stage.PHASH, t2 - t1)
+            self.cpu.add(frame.stream, Stage.REGIONS, t3 - t2)
         out.append(Sample(frame, decision, h, distance, q, signature, change, moved))
         return out
 

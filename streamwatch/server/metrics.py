@@ -25,6 +25,12 @@ class Metrics:
         self.stage_latency = Histogram(
             "streamwatch_stage_latency_seconds", "Per-stage latency, by stage.", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.stage_cpu = Counter(
+            "streamwatch_stage_cpu_seconds",
+            "CPU seconds of the threads doing each stage's work, by stream and stage (thread_time; see runtime/cpu_account.py).",
+            ["stream", "stage"],
+            registry=r,
+        )
         self.frames_failed = Counter(
             "streamwatch_frames_failed", "Frames skipped because their analysis failed (an analyzer or model error).", registry=r
         )
@@ -45,6 +51,9 @@ class Metrics:
             "streamwatch_vlm_latency_seconds", "VLM attempt latency, by model.", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.vlm_late = Counter("streamwatch_vlm_late", "Compliance answers that arrived after the deadline.", registry=r)
+
+    def on_cpu(self, stream: str, stage: str, seconds: float) -> None:
+        self.stage_cpu.labels(stream, stage).inc(seconds)
 
     def on_vlm(self, model: str, outcome: str, seconds: float) -> None:
         self.vlm_requests.labels(model, outcome).inc()

@@ -4,7 +4,8 @@
 N copies of a 1080p30 concert clip are published in a loop with ffmpeg -re to nginx-rtmp; one daemon
 pulls all N (decode → sample → dedupe → cache → nudity + OCR + QR → policy). For each N it reports:
 decoder lag (wall time elapsed minus stream time decoded, worst stream), analysis lag (frame arrival
-→ policy done; p95 over all streams) and frames dropped before analysis. A stream is sustained while
+→ policy done; p95 over all streams), frames dropped before analysis, and the CPU seconds per
+stream-hour of each stage (``streamwatch_stage_cpu_seconds_total`` over the measured window). A stream is sustained while
 both lags stay < 2 s. Baseline: N = 1. Target: ≥ 4 streams. Run: ``python tools/bench/streams.py``.
 """
 
@@ -28,12 +29,13 @@ from media import nginx_rtmp, publish  # noqa: E402
 
 from streamwatch.app import Daemon  # noqa: E402
 from streamwatch.config import load_settings  # noqa: E402
+from streamwatch.runtime.cpu_account import STAGES, per_stream_hour  # noqa: E402
 
 TRACE = bool(os.environ.get("BENCH_TRACE"))
 WARMUP = 15.0
 
 
-async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path, over: dict[str, Any] | None = None) -> dict[str, float]:
+async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path, over: dict[str, Any] | None = None) -> dict[str, Any]:
     urls = [f"rtmp://127.0.0.1:{port}/live/s{n}_{i}" for i in range(n)]
     # independent shows are not frame-synchronised: start each copy at a different point of the clip
     pubs = [publish(clip, u, loop=True, start=(i * 13.0) % 60) for i, u in enumerate(urls)]
@@ -59,7 +61,10 @@ async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path, over
     settings = load_settings(None, {"data_dir": tmp / f"d{n}-{len(over or {})}", "streams": streams, **(over or {})})
     daemon = Daemon(settings, serve=False, on_sample=on_sample, on_analyzed=on_analyzed)
     runner = asyncio.create_task(daemon.run())
-    await asyncio.sleep(WARMUP + seconds)
+    await asyncio.sleep(WARMUP)
+    cpu0, proc0 = daemon.svc.cpu.spent(), time.process_time()  # after the warm-up: steady state only
+    await asyncio.sleep(seconds)
+    cpu1, proc1 = daemon.svc.cpu.spent(), time.process_time()
     daemon.stop()
     await runner
     for p in pubs:
@@ -80,17 +85,33 @@ async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path, over
         "drops": drops,
         "model_runs": daemon.cascade.frames,
         "ocr_s": daemon.cascade.busy.get("ocr", 0.0),
+        # CPU s per stream-hour per stage (thread_time of the threads doing the work), over the measured window
+        "cpu": per_stream_hour({k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in STAGES}, n * seconds),
+        "process_cpu": per_stream_hour({"process": proc1 - proc0}, n * seconds)["process"],
     }
+
+
+def cpu_table(cpu: dict[str, float], process: float) -> str:
+    """CPU s per stream-hour, per stage, with the process's own CPU time (what the stages do not account for:
+    library worker threads with a budget above 1, the event loop's own work, the interpreter)."""
+    acc = sum(cpu.values())
+    rows = [f"    {stage:16s} {cpu.get(stage, 0.0):8.0f} s  {100 * cpu.get(stage, 0.0) / max(acc, 1e-9):5.1f}%" for stage in STAGES]
+    rows.append(f"    {'accounted':16s} {acc:8.0f} s  of process {process:.0f} s ({100 * acc / max(process, 1e-9):.0f}%)")
+    return "  CPU per stream-hour by stage:\n" + "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--counts", default="1,2,4,8")
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument(
+        "--cpu-threads", type=int, default=0, help="analysis.cpu_threads (0 = the machine's cores; 1 = complete per-stage figures)"
+    )
     ap.add_argument("--gate", choices=["regions", "phash"], default="regions",
                     help="phash: the global-pHash gate before the region change signal (for comparison)")  # fmt: skip
     a = ap.parse_args()
-    over = {"sampling": {"regions": False}, "analysis": {"regional": False}} if a.gate == "phash" else {}
+    over: dict[str, Any] = {"sampling": {"regions": False}, "analysis": {"regional": False}} if a.gate == "phash" else {"analysis": {}}
+    over["analysis"]["cpu_threads"] = a.cpu_threads
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         clip = ROOT / "artifacts" / "bench" / "concert1080.mp4"  # reused between runs
@@ -109,6 +130,7 @@ def main() -> None:
                 print(f"{n} streams: decoder lag {r['decode_lag']:5.2f} s (worst)  {lag}"
                       f"  analysed {r['analysed']:4.0f} (model runs {r['model_runs']:3.0f}, OCR {r['ocr_s']:5.1f} s)"
                       f"  dropped {r['drops']:3.0f}  -> {verdict}", flush=True)  # fmt: skip
+                print(cpu_table(r["cpu"], r["process_cpu"]), flush=True)
     print(f"\nsustained: {best} concurrent 1080p30 streams (baseline 1); target >= 4: {'MET' if best >= 4 else 'NOT MET'}")
 
 
