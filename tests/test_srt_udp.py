@@ -10,6 +10,7 @@ and an SRT source without the relay (no FFmpeg CLI with SRT) is one line, exit 2
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,7 +49,11 @@ SHAPES = [
     Shape("udp", "udp://127.0.0.1:{port}", "udp://127.0.0.1:{port}?pkt_size=1316"),
     Shape("udp-any-host", "udp://@:{port}", "udp://127.0.0.1:{port}?pkt_size=1316"),
     Shape("rtp", "rtp://127.0.0.1:{port}", "rtp://127.0.0.1:{port}", fmt="rtp_mpegts"),
-    Shape("udp-multicast", "udp://239.255.42.{last}:{port}?localaddr=127.0.0.1", "udp://239.255.42.{last}:{port}?pkt_size=1316&ttl=0&localaddr=127.0.0.1"),
+    Shape(
+        "udp-multicast",
+        "udp://239.255.42.{last}:{port}?localaddr=127.0.0.1",
+        "udp://239.255.42.{last}:{port}?pkt_size=1316&ttl=0&localaddr=127.0.0.1",
+    ),
 ]
 
 
@@ -248,8 +253,9 @@ def test_run_source_srt_is_no_longer_refused(clip: Path, procs: list[subprocess.
     finally:
         p.send_signal(signal.SIGTERM)
         try:
-            out, err = p.communicate(timeout=30)
+            _, err = p.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
-            out, err = p.communicate()
+            _, err = p.communicate()
     assert "not supported" not in err and "Traceback" not in err, err[-2000:]
+    assert re.search(r"srt://127\.0\.0\.1:\d+\?mode=\*\*\* live\b", err), err[-2000:]  # the stream went live
