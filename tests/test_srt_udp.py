@@ -259,3 +259,82 @@ def test_run_source_srt_is_no_longer_refused(clip: Path, procs: list[subprocess.
             _, err = p.communicate()
     assert "not supported" not in err and "Traceback" not in err, err[-2000:]
     assert re.search(r"srt://127\.0\.0\.1:\d+\?mode=\*\*\* live\b", err), err[-2000:]  # the stream went live
+
+
+def test_a_daemon_stream_whose_srt_relay_is_missing_is_stopped_not_retried(tmp_path: Path) -> None:
+    """Past the CLI's check (a stream added over the API): the reader refuses it once, no restart loop."""
+    import asyncio
+
+    from streamwatch.app import Daemon
+    from streamwatch.config import load_settings
+    from streamwatch.events.model import HealthKind
+    from streamwatch.events.store import EventStore
+
+    data = tmp_path / "d"
+    over = {
+        "data_dir": data,
+        "streams": [{"id": "show", "source": f"srt://127.0.0.1:{free_port()}?mode=caller"}],
+        "ingest": {"ffmpeg": "/nonexistent/ffmpeg"},
+        "analysis": {"analyzers": ["qr"], "threads": 1},
+    }
+    daemon = Daemon(load_settings(None, over), serve=False)
+    asyncio.run(asyncio.wait_for(daemon.run(), 60))
+    assert daemon.all_failed() == ["show"]
+    assert daemon.metrics.stream_restarts.labels("restarted")._value.get() == 0
+    store = EventStore(data)
+    try:
+        states = [e for e in store.events("show") if isinstance(e, HealthEvent) and e.kind is HealthKind.STATE]
+    finally:
+        store.close()
+    assert [e.state for e in states] == [StreamState.STOPPED]
+    assert "needs the FFmpeg CLI as a relay" in (states[0].reason or "")
+
+
+@pytest.mark.parametrize(
+    ("url", "listener"),
+    [
+        ("srt://:{p}?mode=listener", True),
+        ("srt://0.0.0.0:{p}?mode=listener&latency=120000", True),
+        ("srt://127.0.0.1:{p}?latency=120000&mode=listener", True),
+        ("srt://:{p}", True),  # no host: nobody to call
+        ("srt://127.0.0.1:{p}", False),
+        ("srt://encoder.example:{p}?mode=caller&streamid=#!::r=live/show", False),
+        ("srt://:{p}?mode=caller", False),  # said so: calls (FFmpeg then says what is wrong)
+    ],
+)
+def test_srt_mode_of_each_url_shape(url: str, listener: bool) -> None:
+    from streamwatch.ingest.srtrelay import is_listener
+    from streamwatch.ingest.url import SourceKind
+
+    for p in (1, 9000, 65535):
+        spec = parse_source(url.format(p=p))
+        assert spec.kind is SourceKind.SRT and spec.live
+        assert is_listener(spec.url) is listener
+
+
+@pytest.mark.parametrize("scheme", ["udp", "rtp", "UDP"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "@", "", "239.1.2.3", "[::1]"])
+def test_udp_and_rtp_shapes_are_live_mpegts(scheme: str, host: str) -> None:
+    from streamwatch.errors import BadSource
+    from streamwatch.ingest.url import SourceKind
+
+    assert parse_source(f"{scheme}://{host}:1234?fifo_size=100").kind is SourceKind.UDP
+    with pytest.raises(BadSource, match="has no port"):
+        parse_source(f"{scheme}://{host}")
+    with pytest.raises(BadSource, match="listen mode needs an rtmp"):
+        parse_source(f"{scheme}://{host}:1234", listen=True)
+
+
+@pytest.mark.parametrize("secret_at", ["passphrase", "streamid"])
+def test_relay_errors_keep_srt_secrets_masked(secret_at: str) -> None:
+    """Nobody listening, no retries: the relay's own message is the error, with the SRT options masked."""
+    from streamwatch.errors import SourceOpenError, SourceTimeout
+
+    secret = "S3cretPassphrase" + secret_at
+    url = f"srt://127.0.0.1:{free_port()}?mode=caller&{secret_at}={secret}"
+    cfg = IngestConfig(open_timeout_s=4, read_timeout_s=2, max_retries=0)
+    items: list[object] = []
+    with pytest.raises((SourceOpenError, SourceTimeout)) as caught:
+        items.extend(FrameReader(parse_source(url), "sec", cfg))
+    shown = str(caught.value) + " ".join(e.describe() for e in items if isinstance(e, HealthEvent))
+    assert secret not in shown and "127.0.0.1" in shown, shown

@@ -15,6 +15,7 @@ from streamwatch.events.model import HealthEvent, StreamState
 from streamwatch.ingest.aio import aiter_reader
 from streamwatch.ingest.frame import Frame
 from streamwatch.ingest.reader import FrameReader
+from streamwatch.ingest.preflight import check_tools
 from streamwatch.ingest.url import parse_source
 from streamwatch.runtime.faults import describe
 from streamwatch.sampling.interval import IntervalSampler
@@ -71,9 +72,10 @@ class StreamPipeline:
 
 
 def build_pipeline(stream: StreamConfig, settings: Settings) -> StreamPipeline:
-    """Reader + sampler for ``stream``. Raises ConfigError for a malformed source."""
+    """Reader + sampler for ``stream``. Raises ConfigError for a malformed source or a missing relay."""
     every = stream.every_s or settings.sampling.every_s
     interval = IntervalSampler(every)
     spec = parse_source(stream.source, listen=stream.listen)
+    check_tools(spec, settings.ingest)  # an SRT source's relay: refused before the stream starts
     reader = FrameReader(spec, stream.id, settings.ingest, every_s=every, keep=interval.due, max_side=settings.analysis.max_side)
     return StreamPipeline(stream, reader, Sampler(settings.sampling))
