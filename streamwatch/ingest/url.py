@@ -70,7 +70,10 @@ _NOT_YET = {"rist": "RIST", "tcp": "raw TCP", "whip": "WHIP", "mms": "MMS"}
 _RTMP = {"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"}
 _PORT_ONLY = {"srt", "udp", "rtp"}  # a host may be left out (listen on every address): the port is needed
 _KNOWN = sorted(_RTMP | _PORT_ONLY | {"rtsp", "rtsps", "http", "https", "file"})
-SUPPORTED = "rtmp(s)://, rtsp(s)://, srt://, udp:// and rtp:// (MPEG-TS), http(s)://….m3u8 (HLS), http(s):// HTTP-FLV or MPEG-TS, a video file (a path, file:// or http(s)://)"
+SUPPORTED = (
+    "rtmp(s)://, rtsp(s)://, srt://, udp:// and rtp:// (MPEG-TS), http(s)://….m3u8 (HLS), http(s):// HTTP-FLV or MPEG-TS, "
+    "a video file (a path, file:// or http(s)://)"
+)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # two letters at least: C:/… is a drive
 _WINDOWS = re.compile(r"^([A-Za-z]:[\\/]|\\\\)|\\")  # C:\…, C:/…, \\server\share, any backslash
 

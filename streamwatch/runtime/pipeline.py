@@ -14,8 +14,8 @@ from streamwatch.config import Settings, StreamConfig
 from streamwatch.events.model import HealthEvent, StreamState
 from streamwatch.ingest.aio import aiter_reader
 from streamwatch.ingest.frame import Frame
-from streamwatch.ingest.reader import FrameReader
 from streamwatch.ingest.preflight import check_tools
+from streamwatch.ingest.reader import FrameReader
 from streamwatch.ingest.url import parse_source
 from streamwatch.runtime.faults import describe
 from streamwatch.sampling.interval import IntervalSampler
