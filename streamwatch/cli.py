@@ -55,10 +55,10 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from streamwatch.app import build_pipeline
     from streamwatch.config import StreamConfig, load_settings
     from streamwatch.events.model import HealthEvent
-    from streamwatch.ingest.preflight import check_source
+    from streamwatch.ingest.preflight import check_source, check_tools
     from streamwatch.sampling.export import SampleWriter
 
-    check_source(a.source, listen=a.listen)
+    spec = check_source(a.source, listen=a.listen)
 
     overrides = _ingest_overrides(a)
     sampling: dict[str, Any] = {"every_s": a.every} if a.every is not None else {}
@@ -67,6 +67,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     if sampling:
         overrides["sampling"] = sampling
     settings = load_settings(a.config, overrides)
+    check_tools(spec, settings.ingest)
     _setup_logging(settings.log_level)
     stream = StreamConfig(id=a.id, source=a.source, listen=a.listen)
     pipeline = build_pipeline(stream, settings)
@@ -94,11 +95,12 @@ def _cmd_sample(a: argparse.Namespace) -> int:
 
 def _cmd_probe(a: argparse.Namespace) -> int:
     from streamwatch.config import load_settings
-    from streamwatch.ingest.preflight import check_source
+    from streamwatch.ingest.preflight import check_source, check_tools
     from streamwatch.ingest.probe import probe
 
     spec = check_source(a.source, listen=a.listen)
     settings = load_settings(a.config, _ingest_overrides(a))
+    check_tools(spec, settings.ingest)
     _setup_logging(settings.log_level)
     result = probe(spec, settings.ingest, max_side=settings.analysis.max_side)
     print("\n".join(result.lines()))

@@ -58,10 +58,10 @@ def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 def check_streams(settings: Settings) -> None:
     """Every configured source parsed and, for a local file, found on disk; BadSource naming the stream."""
-    from streamwatch.ingest.preflight import check_source
+    from streamwatch.ingest.preflight import check_source, check_tools
 
     for s in settings.streams:
-        check_source(s.source, listen=s.listen, stream=s.id)
+        check_tools(check_source(s.source, listen=s.listen, stream=s.id), settings.ingest, stream=s.id)
 
 
 def missing_for_run(settings: Settings, config: Path | None) -> str | None:

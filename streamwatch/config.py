@@ -78,6 +78,9 @@ class IngestConfig(_Section):
         ),
     ] = "auto"
     nginx: Annotated[str, Field(description="The nginx binary for the listen relay.")] = "nginx"
+    ffmpeg: Annotated[
+        str, Field(description="The FFmpeg CLI run as the relay for SRT sources (PyAV's FFmpeg has no SRT; Debian's has libsrt).")
+    ] = "/usr/bin/ffmpeg"
     nginx_rtmp_module: Annotated[str, Field(description="Path of nginx's RTMP module (Debian: libnginx-mod-rtmp).")] = (
         "/usr/lib/nginx/modules/ngx_rtmp_module.so"
     )

@@ -23,17 +23,18 @@ from streamwatch.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (source, what the one line must say): unknown schemes (typos and others), SRT/UDP/RIST until their
-# ingest exists, Windows paths of several shapes, a URL whose slash was lost
+# (source, what the one line must say): unknown schemes (typos and others), RIST until its ingest
+# exists, SRT/UDP/RTP addresses without a port, Windows paths of several shapes, a URL whose slash was lost
 REFUSED = [
     ("rtmpp://x", "unsupported source scheme 'rtmpp'"),
     ("rtmpp:/x", "unsupported source scheme 'rtmpp'"),
     ("htps://cdn.example/live.m3u8", "did you mean http"),
     ("ftp://user:pw@host/show.mp4", "unsupported source scheme 'ftp'"),
-    ("srt://127.0.0.1:9000?mode=caller", "SRT sources are not supported yet"),
-    ("srt://:9000?mode=listener", "SRT sources are not supported yet"),
-    ("udp://239.0.0.1:1234", "UDP sources are not supported yet"),
     ("rist://127.0.0.1:5000", "RIST sources are not supported yet"),
+    ("srt://127.0.0.1?mode=caller", "has no port or a bad one"),
+    ("srt://host:99999", "has no port or a bad one"),
+    ("udp://239.0.0.1", "has no port or a bad one"),
+    ("rtp://@:notaport", "has no port or a bad one"),
     ("C:\\Users\\主播\\Videos\\show 1.mp4", "is a Windows path"),
     ("D:/shows/2026-12-01.flv", "is a Windows path"),
     ("\\\\nas\\share\\show.mp4", "is a Windows path"),
@@ -123,7 +124,7 @@ def test_a_run_whose_every_stream_failed_exits_non_zero(short_clip: Clip, tmp_pa
     cfg = tmp_path / "two.toml"  # two streams, a file that is not a video and an RTMP server that is not there
     cfg.write_text(
         "[ingest]\nmax_retries = 0\nopen_timeout_s = 1\n"
-        f"[[streams]]\nid = \"junk\"\nsource = '{junk}'\n[[streams]]\nid = \"gone\"\nsource = \"rtmp://127.0.0.1:9/live/k\"\n"
+        f'[[streams]]\nid = "junk"\nsource = \'{junk}\'\n[[streams]]\nid = "gone"\nsource = "rtmp://127.0.0.1:9/live/k"\n'
     )
     r = sw("run", "-c", str(cfg), "--port", "0", "--data", str(tmp_path / "d2"), cwd=tmp_path, timeout=180)
     assert r.returncode == 1 and "every stream failed (gone, junk)" in r.stderr, r.stderr[-2000:]
@@ -190,7 +191,7 @@ def test_a_misspelt_key_gets_did_you_mean_with_its_line_or_its_variable(
             if typo in model.model_fields:
                 continue
             cfg = tmp_path / "c.toml"
-            cfg.write_text(f"log_level = \"INFO\"\n\n[{section}]\n{typo} = 1\n")
+            cfg.write_text(f'log_level = "INFO"\n\n[{section}]\n{typo} = 1\n')
             with pytest.raises(ConfigError) as e:
                 load_settings(cfg)
             assert f"{section}.{typo} (line 4): Extra inputs are not permitted (did you mean {key}?)" in str(e.value)
@@ -222,7 +223,7 @@ def test_analyze_refuses_a_live_source_and_names_a_bad_one_as_probe_does(tmp_pat
     assert r.returncode == 2 and "'rtmpp'" in one_line(r) and "rtmpp:/x" not in r.stderr
 
 
-@pytest.mark.parametrize("source", ["rtmpp://x", "srt://127.0.0.1:9000?mode=caller", "udp://127.0.0.1:1234", "C:\\Users\\主播\\a.mp4"])
+@pytest.mark.parametrize("source", ["rtmpp://x", "rist://127.0.0.1:9000", "udp://127.0.0.1", "C:\\Users\\主播\\a.mp4"])
 def test_a_running_stream_whose_source_is_refused_is_stopped_not_retried(source: str, tmp_path: Path) -> None:
     """Past the CLI's check (a desired set written by hand, a library caller): one stopped event, no restart loop."""
     import asyncio

@@ -58,6 +58,10 @@ def open_options(spec: SourceSpec, probe_s: float = SHORT_PROBE_S) -> dict[str, 
         return {"m3u8_hold_counters": "3"}
     if spec.kind is SourceKind.RTSP:
         return {"rtsp_transport": "tcp"}
+    if spec.kind is SourceKind.UDP:  # a bigger socket buffer and FIFO; a full FIFO drops packets instead of failing
+        return {"fpsprobesize": "0", "analyzeduration": "1000000", "buffer_size": "4194304", "fifo_size": "50000", "overrun_nonfatal": "1"}
+    if spec.kind is SourceKind.SRT:  # the relay's MPEG-TS on a pipe (ingest/srtrelay.py)
+        return {"format": "mpegts", "fpsprobesize": "0", "analyzeduration": "1000000"}
     return {}
 
 
@@ -93,6 +97,8 @@ def open_container(spec: SourceSpec, cfg: IngestConfig, options: dict[str, str] 
         kwargs["format"] = opts.pop("format")
     if spec.live and source is None:
         kwargs["timeout"] = (cfg.open_timeout_s, cfg.read_timeout_s)
+    if spec.kind is SourceKind.UDP:  # the socket's own read timeout (µs), under the one above
+        opts.setdefault("timeout", str(int(cfg.read_timeout_s * 1_000_000)))
     if cfg.hwaccel is not HwAccel.NONE:
         from av.codec.hwaccel import HWAccel, hwdevices_available
 

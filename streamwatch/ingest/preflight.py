@@ -3,7 +3,8 @@ and a local file that is missing, a folder or unreadable.
 
 The CLI runs these before loading models or binding ports (``run``, ``analyze``, ``probe``,
 ``sample``, ``check-config``), so one fault gives one line and exit code 2 whichever command met it.
-A live source is not contacted here: a publisher may start later, and ingest reconnects.
+An SRT source's relay (the FFmpeg CLI, built with SRT) is looked for by :func:`check_tools` once the
+settings are loaded. A live source is not contacted here: a publisher may start later, and ingest reconnects.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from streamwatch.config import IngestConfig
 from streamwatch.errors import BadSource
 from streamwatch.ingest.url import SourceKind, SourceSpec, parse_source, source_scheme
 
@@ -26,6 +28,20 @@ def check_source(url: str, *, listen: bool = False, stream: str | None = None) -
             raise
         raise BadSource(f"stream {stream}: {e}") from e
     return spec
+
+
+def check_tools(spec: SourceSpec, cfg: IngestConfig, *, stream: str | None = None) -> None:
+    """BadSource when the tool a source needs is missing: an SRT source's relay (the FFmpeg CLI with SRT)."""
+    if spec.kind is not SourceKind.SRT:
+        return
+    from streamwatch.ingest.srtrelay import check_relay
+
+    try:
+        check_relay(spec, cfg)
+    except BadSource as e:
+        if stream is None:
+            raise
+        raise BadSource(f"stream {stream}: {e}") from e
 
 
 def _check_file(path: Path) -> None:

@@ -13,6 +13,7 @@ from streamwatch.ingest.frame import display_rotation
 from streamwatch.ingest.hls import PlaylistTracker, segment_bitrate
 from streamwatch.ingest.hlsparse import Playlist
 from streamwatch.ingest.opening import open_video
+from streamwatch.ingest.srtrelay import SrtRelay
 from streamwatch.ingest.url import SourceKind, SourceSpec
 
 
@@ -67,7 +68,17 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0, max
         tracker = PlaylistTracker(spec.url, cfg.open_timeout_s, cfg.hls_variant, max_side)
         hls = tracker.fetch()
         spec = tracker.media_spec(spec)
-    container = open_video(spec, cfg)
+    relay = SrtRelay(spec, cfg) if spec.kind is SourceKind.SRT else None
+    try:
+        if relay is not None:
+            pipe = relay.connect()
+            container = open_video(spec, cfg, reopen=lambda: pipe)
+        else:
+            container = open_video(spec, cfg)
+    except BaseException:
+        if relay is not None:
+            relay.close()
+        raise
     try:
         vs = container.streams.video[0]
         ctx = vs.codec_context
@@ -116,3 +127,5 @@ def probe(spec: SourceSpec, cfg: IngestConfig, *, max_seconds: float = 12.0, max
         )
     finally:
         container.close()
+        if relay is not None:
+            relay.close()

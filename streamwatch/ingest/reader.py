@@ -25,6 +25,7 @@ from streamwatch.ingest.frame import Frame
 from streamwatch.ingest.hls import Plan, PlaylistTracker, SegmentGaps
 from streamwatch.ingest.opening import AudioOnly, open_container, open_video, scrub
 from streamwatch.ingest.relay import RtmpRelay, relay_available
+from streamwatch.ingest.srtrelay import SrtRelay
 from streamwatch.ingest.url import SourceKind, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class FrameReader(DecodingReader):
     ``keep(offset) -> bool`` chooses which decoded frames become ``Frame`` records (the interval
     sampler); ``every_s`` tells the decoder how sparse those are so it can skip work.
     """
+
+    _srt: SrtRelay | None = None  # an SRT source's relay (the FFmpeg CLI), while reading
 
     def __iter__(self) -> Iterator[Item]:
         if not self.spec.live:
@@ -50,11 +53,15 @@ class FrameReader(DecodingReader):
                 relay = RtmpRelay(self.spec, self.cfg).start()  # SourceOpenError: nginx cannot listen there
             else:
                 logger.warning("[%s] nginx-rtmp not installed: FFmpeg's single-connection listener", self.stream_id)
+        if self.spec.kind is SourceKind.SRT:
+            self._srt = SrtRelay(self.spec, self.cfg)  # BadSource: no FFmpeg CLI with SRT
         try:
             yield from self._read_connections(relay)
         finally:
             if relay is not None:
                 relay.close()
+            if self._srt is not None:
+                self._srt.close()
 
     def _read_connections(self, relay: RtmpRelay | None) -> Iterator[Item]:
         outage_since: float | None = None  # monotonic time the last outage began
@@ -63,7 +70,8 @@ class FrameReader(DecodingReader):
         if self.spec.kind is SourceKind.HLS:
             hls = PlaylistTracker(self.spec.url, self.cfg.open_timeout_s, self.cfg.hls_variant, self.max_side)
         source = relay.pull if relay is not None else self.spec
-        if self.spec.kind is SourceKind.LISTEN:
+        listener = self.spec.kind is SourceKind.LISTEN or (self._srt is not None and self._srt.listener)
+        if listener:
             logger.info("[%s] listening for a publisher on %s", self.stream_id, self.spec.redacted)
         while not self.stopped:
             failure: str | None = None
@@ -102,7 +110,7 @@ class FrameReader(DecodingReader):
                 except NoVideoStream as e:
                     failure = str(e)
                 except (SourceOpenError, SourceTimeout) as e:
-                    if self.spec.kind is SourceKind.LISTEN and isinstance(e, SourceTimeout):
+                    if listener and isinstance(e, SourceTimeout):
                         continue  # nobody published yet: re-arm the listener
                     if relay is not None and not relay.publishing():
                         self._stop.wait(0.05)
@@ -154,6 +162,8 @@ class FrameReader(DecodingReader):
                 reason = str(e)
             finally:
                 self._close(container)
+                if self._srt is not None:
+                    self._srt.close()  # the relay is the connection: a listener frees its port for the next one
             if self.stopped:
                 break
             if no_video is not None:
@@ -170,7 +180,7 @@ class FrameReader(DecodingReader):
                 outage_since = time.monotonic() - (self.cfg.read_timeout_s if reason.startswith("no data") else 0.0)
             if got_frame:
                 yield self._health(StreamState.STALLED, reason=reason)
-            if self.spec.kind is SourceKind.LISTEN and got_frame:
+            if listener and got_frame:
                 yield self._health(StreamState.RECONNECTING, reason="waiting for the publisher")
                 continue  # re-arm at once
             attempt += 1
@@ -193,6 +203,9 @@ class FrameReader(DecodingReader):
         """Open one connection with its video stream (see :func:`~streamwatch.ingest.opening.open_video`)."""
         if relay is not None:  # a waiting player gets the publish's first packets: no need to probe long
             options = {"analyzeduration": "500000"}
+        if self._srt is not None:
+            pipe = self._srt.connect()  # SourceTimeout: nobody yet; SourceOpenError: the relay's message
+            return open_video(source, self.cfg, options, reopen=lambda: pipe)
         if source.kind is not SourceKind.HTTP:
             return open_video(source, self.cfg, options)
         first = [httpsrc.get(source, self.cfg.open_timeout_s, self.cfg.read_timeout_s)]

@@ -25,6 +25,8 @@ class SourceKind(enum.Enum):
     RTSP = "rtsp"
     LISTEN = "listen"  # streamwatch is the RTMP endpoint a publisher pushes to
     HTTP = "http"  # progressive HTTP (HTTP-FLV, HTTP MPEG-TS): live or a file, told by the response (ingest/httpsrc.py)
+    SRT = "srt"  # caller or listener, through the FFmpeg CLI as a relay (ingest/srtrelay.py)
+    UDP = "udp"  # MPEG-TS over UDP or RTP (unicast or multicast), read by PyAV directly
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +66,14 @@ def _host(url: str) -> str:
 
 
 # Schemes PyAV could be pointed at but streamwatch does not ingest (yet): refused by name.
-_NOT_YET = {"srt": "SRT", "udp": "UDP", "rist": "RIST", "rtp": "RTP", "tcp": "raw TCP", "whip": "WHIP", "mms": "MMS"}
+_NOT_YET = {"rist": "RIST", "tcp": "raw TCP", "whip": "WHIP", "mms": "MMS"}
 _RTMP = {"rtmp", "rtmps", "rtmpt", "rtmpe", "rtmpte", "rtmpts"}
-_KNOWN = sorted(_RTMP | {"rtsp", "rtsps", "http", "https", "file"})
-SUPPORTED = "rtmp(s)://, rtsp(s)://, http(s)://….m3u8 (HLS), http(s):// HTTP-FLV or MPEG-TS, a video file (a path, file:// or http(s)://)"
+_PORT_ONLY = {"srt", "udp", "rtp"}  # a host may be left out (listen on every address): the port is needed
+_KNOWN = sorted(_RTMP | _PORT_ONLY | {"rtsp", "rtsps", "http", "https", "file"})
+SUPPORTED = (
+    "rtmp(s)://, rtsp(s)://, srt://, udp:// and rtp:// (MPEG-TS), http(s)://….m3u8 (HLS), http(s):// HTTP-FLV or MPEG-TS, "
+    "a video file (a path, file:// or http(s)://)"
+)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # two letters at least: C:/… is a drive
 _WINDOWS = re.compile(r"^([A-Za-z]:[\\/]|\\\\)|\\")  # C:\…, C:/…, \\server\share, any backslash
 
@@ -106,6 +112,19 @@ def _local_path(url: str, scheme: str) -> Path:
     return Path(url)
 
 
+def _port_only(url: str, scheme: str, listen: bool) -> SourceSpec:
+    """An SRT, UDP or RTP address: the port is needed, the host may be left out (``srt://:9000?mode=listener``)."""
+    try:
+        port = urlsplit(url).port if "://" in url else None
+    except ValueError:
+        port = None
+    if not port:
+        raise BadSource(f"source {redact_url(url)!r} has no port or a bad one: expected {scheme}://[HOST]:PORT")
+    if listen:
+        raise BadSource(f"listen mode needs an rtmp:// address, got {redact_url(url)} (an SRT listener is srt://:PORT?mode=listener)")
+    return SourceSpec(url, SourceKind.SRT if scheme == "srt" else SourceKind.UDP)
+
+
 def parse_source(url: str, *, listen: bool = False) -> SourceSpec:
     """Classify ``url``. ``listen=True`` makes an ``rtmp://`` URL a listen address.
 
@@ -123,6 +142,8 @@ def parse_source(url: str, *, listen: bool = False) -> SourceSpec:
         raise BadSource(f"malformed source URL {redact_url(url)}: {e}") from e
     if scheme and scheme not in _KNOWN:
         raise _refuse_scheme(scheme, url)
+    if scheme in _PORT_ONLY:
+        return _port_only(url, scheme, listen)
     if scheme and scheme != "file" and ("://" not in url or not _host(url)):
         raise BadSource(f"source {redact_url(url)!r} has no host or a bad port: expected {scheme}://HOST[:PORT]/…")
     if listen:

@@ -15,6 +15,7 @@ from streamwatch.config import Settings, StreamConfig
 from streamwatch.events.model import HealthEvent, StreamState
 from streamwatch.ingest.aio import aiter_reader
 from streamwatch.ingest.frame import Frame
+from streamwatch.ingest.preflight import check_tools
 from streamwatch.ingest.reader import FrameReader
 from streamwatch.ingest.url import parse_source
 from streamwatch.runtime.cpu_account import CpuAccount, cpu_budget
@@ -74,10 +75,11 @@ class StreamPipeline:
 
 def build_pipeline(stream: StreamConfig, settings: Settings, cpu: CpuAccount | None = None) -> StreamPipeline:
     """Reader + sampler for ``stream`` (decoder threads from the CPU budget; ``cpu`` counts their CPU time
-    per stage). Raises ConfigError for a malformed source."""
+    per stage). Raises ConfigError for a malformed source or a missing relay."""
     every = stream.every_s or settings.sampling.every_s
     interval = IntervalSampler(every)
     spec = parse_source(stream.source, listen=stream.listen)
+    check_tools(spec, settings.ingest)  # an SRT source's relay: refused before the stream starts
     a = settings.analysis
     reader = FrameReader(
         spec,
