@@ -9,7 +9,12 @@ parameter names is kept. The rule, applied by :func:`mask_url`:
 - userinfo becomes ``***@`` (``rtsp://***@host/…``): everything before the last ``@`` of the part
   before the query, so a password holding an unencoded ``/`` does not leak either;
 - a fragment becomes ``#***``;
-- in ``rtmp*://host/app/KEY`` the last path element (the stream key) becomes ``***``.
+- in ``rtmp*://host/app/KEY`` the last path element (the stream key) becomes ``***``;
+- a path element that is a signature token becomes ``***``: 32+ hex digits (an MD5/SHA hash: Aliyun
+  type B/C and Tencent type B/C put ``/<hash>/<time>/`` or ``/<time>/<hash>/`` in the path), a JWT, or
+  a base64url run of 24+ characters mixing upper case, lower case and digits; a time stamp beside such
+  a token (8 hex digits, 10 digits, or ``YYYYMMDDHHMM``) goes with it. Ordinary names, dates, numbers
+  and file names (``seg-00042.ts``) stay.
 
 :func:`mask_text` applies it to every ``scheme://…`` URL inside free text (FFmpeg and PyAV errors
 quote the URL they opened; HLS segment URLs carry their own ``auth_key`` that the stream URL never
@@ -36,6 +41,29 @@ _URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"
 _TRAILING = ".,;:!?)]}"  # punctuation that ends a sentence rather than the URL
 # A query without a URL around it ("fname = key?txSecret=…&txTime=…"): values up to a separator.
 _QUERY_IN_TEXT = re.compile(r"(?<=[?&])([A-Za-z0-9_.~%+-]+)=([^\s'\"<>`&#]*[^\s'\"<>`&#.,;:!?)\]}])")
+
+
+_HASH = re.compile(r"[0-9a-fA-F]{32,}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_B64 = re.compile(r"(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{24,}")
+_STAMP = re.compile(r"[0-9a-fA-F]{8}|[0-9]{10}|[0-9]{12,14}")
+
+
+def _is_token(segment: str) -> bool:
+    return any(rx.fullmatch(segment) for rx in (_HASH, _JWT, _B64))
+
+
+def _mask_path(path: str) -> str:
+    """Signature tokens in a URL path (and the time stamps beside them) masked; see the module docstring."""
+    segs = path.split("/")
+    tokens = [_is_token(s) for s in segs]
+    if not any(tokens):
+        return path
+    out = []
+    for i, seg in enumerate(segs):
+        beside = (i > 0 and tokens[i - 1]) or (i + 1 < len(segs) and tokens[i + 1])
+        out.append(MASK if tokens[i] or (beside and _STAMP.fullmatch(seg)) else seg)
+    return "/".join(out)
 
 
 def _mask_query(query: str) -> str:
@@ -73,7 +101,7 @@ def mask_url(url: str) -> str:
             if len(segs) >= 2 and segs[-1]:
                 segs[-1] = MASK
                 path = "/".join(segs)
-        rest = f"//{host}{slash}{path}"
+        rest = f"//{host}{slash}{_mask_path(path)}"
     out = f"{scheme}:{rest}"
     if qmark:
         out += "?" + _mask_query(query)

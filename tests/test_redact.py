@@ -238,3 +238,68 @@ def test_uncaught_errors_in_the_cli_process_print_masked_tracebacks() -> None:
         assert r.stderr.count("Traceback") == 2 and "Exception in thread reader" in r.stderr and "OSError" in r.stderr
         _assert_hidden(r.stderr, case)
         assert mask_url(case.url) in r.stderr
+
+
+# Signatures carried in the path (Aliyun type B/C, Tencent type B/C, a JWT or an opaque token as a path
+# element): {t} a time stamp, {h} a hash/token; both hidden. {name} and the file name are shown.
+PATH_SHAPES = [
+    "http://{host}/{h}/{t}/live/{name}.m3u8",  # Aliyun C: /md5/timestamp-hex/
+    "http://{host}/{t}/{h}/live/{name}.flv",  # Aliyun/Tencent B: /YYYYMMDDHHMM/md5/
+    "https://{host}/live/{name}/{h}/{t}/seg-00042.ts",
+    "https://{host}/hls/{h}/{name}/index.m3u8",  # a token alone
+]
+
+
+def _path_token(rng: random.Random) -> str:
+    kind = rng.choice(["md5", "sha256", "jwt", "b64"])
+    if kind == "md5":
+        return "".join(rng.choices("0123456789abcdef", k=32))
+    if kind == "sha256":
+        return "".join(rng.choices("0123456789ABCDEF", k=64))
+    if kind == "jwt":
+        part = lambda k: "".join(rng.choices(string.ascii_letters + string.digits + "-_", k=k))  # noqa: E731
+        return f"eyJ{part(20)}.{part(30)}.{part(43)}"
+    core = "".join(rng.choices(string.ascii_letters + string.digits + "-_", k=rng.randint(24, 44)))
+    return "aZ9" + core  # mixed case and digits, as base64url tokens are
+
+
+def _path_cases(n: int, seed: int) -> list[Case]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        template = PATH_SHAPES[i % len(PATH_SHAPES)]
+        minute = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(0, 23):02d}{rng.randint(0, 59):02d}"
+        stamp = rng.choice([f"{rng.randint(0x60000000, 0x7FFFFFFF):08x}", str(rng.randint(1_600_000_000, 1_999_999_999)), minute])
+        fields = {"host": rng.choice(HOSTS), "h": _path_token(rng), "t": stamp, "name": "room" + str(rng.randint(1, 999))}
+        url = template.format(**fields)
+        secrets = (fields["h"],) + ((stamp,) if "{t}" in template else ())
+        out.append(Case(url, secrets, (), (fields["host"], fields["name"], url.rsplit("/", 1)[1])))
+    return out
+
+
+PATH_CASES = _path_cases(64, seed=25)
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=lambda c: c.url[:48])
+def test_signatures_in_the_path_are_masked_with_their_time_stamps(case: Case) -> None:
+    shown = mask_url(case.url)
+    _assert_hidden(shown, case)
+    assert all(k in shown for k in case.kept), shown
+    assert mask_url(shown) == shown
+    text = f"[hls @ 0x55d5c0a1b2c0] Opening '{case.url}' for reading"
+    _assert_hidden(mask_text(text), case)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h/hls/2026/12/03/seg-00042.ts",  # dates and numbers
+        "http://h/vod/1733212345/index.m3u8",  # a time stamp with no token beside it
+        "http://h/live/room123/index.m3u8",
+        "https://h/v1/streams/show-2026-12-03_main/playlist.m3u8",
+        "http://h/live/8b1a9953c4611296a827abf8c47804d7.m3u8",  # a hash-named file keeps its extension: a name
+        "https://h/live/concert_night_stage_left_camera/index.m3u8",  # long, but no digits or upper case
+    ],
+)
+def test_ordinary_paths_are_shown_as_they_are(url: str) -> None:
+    assert mask_url(url) == url
