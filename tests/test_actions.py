@@ -357,3 +357,61 @@ def test_a_moderator_confirms_once_and_never_on_a_show_switched_off() -> None:
     assert [(e.alert_id, e.status) for e in bus.events] == [(1, ActionStatus.PENDING), (2, ActionStatus.OFF), (1, ActionStatus.DONE)]
     assert calls == ["cut:nginx"] and len(refused) == 3
     assert "ran already" in refused[0] and "off" in refused[1] and "no action" in refused[2]
+
+
+def test_a_restarted_daemon_never_runs_a_confirmed_action_twice(tmp_path: Path) -> None:
+    """The desk's memory is gone after a restart: the event log (a real SQLite store) says what ran."""
+    from streamwatch.errors import ActionRefused
+    from streamwatch.events.store import EventStore
+    from streamwatch.outbound.actions import Outcome, ran_in
+
+    calls: list[int] = []
+
+    async def caller(_action: str, _backend: str, _cfg: Any, _t: Any, fields: dict[str, object]) -> Outcome:
+        calls.append(1)
+        return Outcome(True, "live/x", "ok")
+
+    store = EventStore(tmp_path)
+    rules = {"qr_code": rule(action="cut")}
+
+    class StoreBus:
+        async def publish(self, event: Any) -> StoredEvent:
+            return store.append([event])[0]
+
+    async def ran_before(a: AlertEvent) -> bool:
+        return ran_in(store.events(a.stream, start=a.at), a.id)
+
+    def desk() -> ActionDesk:
+        d = ActionDesk(ActionsConfig(), StoreBus(), lambda _s, r: rules.get(r), caller=caller, ran_before=ran_before)
+        d.register(StreamConfig(id="s", source="rtmp://h/live/x"))
+        return d
+
+    async def go() -> list[str]:
+        first, other = alert(id=1), alert(id=2)
+        done = await desk().confirm(first, "mod-a")  # the first process
+        assert done.status is ActionStatus.DONE
+        refused = []
+        again = desk()  # the restarted process: nothing in memory
+        try:
+            await again.confirm(first, "mod-b")
+        except ActionRefused as e:
+            refused.append(str(e))
+        assert (await again.confirm(other, "mod-b")).status is ActionStatus.DONE  # another alert still runs
+
+        async def broken(_a: AlertEvent) -> bool:
+            from streamwatch.errors import EventsError
+
+            raise EventsError("database is locked")
+
+        blind = desk()
+        blind.ran_before = broken
+        try:
+            await blind.confirm(alert(id=3), "mod-c")
+        except ActionRefused as e:
+            refused.append(str(e))
+        return refused
+
+    refused = asyncio.run(go())
+    assert calls == [1, 1]  # alerts 1 and 2 once each; 3 not run while the log could not tell
+    assert "ran already" in refused[0] and "cannot tell" in refused[1] and "database is locked" in refused[1]
+    store.close()

@@ -16,14 +16,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 from streamwatch.analysis.policy import RuleSpec
 from streamwatch.config import StreamConfig
-from streamwatch.errors import ActionError, ActionRefused
+from streamwatch.errors import ActionError, ActionRefused, StreamwatchError
 from streamwatch.events.codec import iso
 from streamwatch.events.model import ActionEvent, ActionStatus, AlertEvent, Event, HealthEvent, HealthKind, StreamState
 from streamwatch.events.store import StoredEvent
@@ -144,18 +144,28 @@ class Outcome:
 
 Caller = Callable[[str, str, ActionsConfig, Target | None, dict[str, object]], Awaitable[Outcome]]
 RuleOf = Callable[[str, str], RuleSpec | None]  # (stream, rule id) → the rule in the stream's current policy
+RanBefore = Callable[[AlertEvent], Awaitable[bool]]  # did an earlier process run this alert's action (the event log)?
+RAN = frozenset({ActionStatus.DONE, ActionStatus.FAILED, ActionStatus.DRY_RUN})  # an action that was carried out
+
+
+def ran_in(events: Iterable[object], alert_id: int) -> bool:
+    """Whether ``events`` (a stream's stored events) hold an action carried out for ``alert_id``."""
+    return any(isinstance(e, ActionEvent) and e.alert_id == alert_id and e.status in RAN for e in events)
 
 
 class ActionDesk:
     """Runs the actions alerts ask for; keeps which streams are in a cut's outage."""
 
-    def __init__(self, cfg: ActionsConfig, bus: Bus, rule_of: RuleOf, caller: Caller | None = None) -> None:
+    def __init__(
+        self, cfg: ActionsConfig, bus: Bus, rule_of: RuleOf, caller: Caller | None = None, ran_before: RanBefore | None = None
+    ) -> None:
         from streamwatch.outbound.actions_http import call
 
         self.cfg = cfg
         self.bus = bus
         self.rule_of = rule_of
         self.caller = caller or call
+        self.ran_before = ran_before  # the event log, so a restarted daemon never runs an action twice
         self.streams: dict[str, StreamConfig] = {}
         self.cuts: dict[str, int] = {}  # stream → id of the cut whose outage is under way
         self._acted: set[int] = set()  # alert ids whose action ran or runs (at most once each)
@@ -193,6 +203,13 @@ class ActionDesk:
         if alert.id in self._acted:
             raise ActionRefused(f"alert {alert.id}: its action ran already")
         self._acted.add(alert.id)
+        try:
+            before = self.ran_before is not None and await self.ran_before(alert)  # ran before this process started
+        except StreamwatchError as e:  # at most once: not run while the log cannot tell
+            self._acted.discard(alert.id)
+            raise ActionRefused(f"alert {alert.id}: cannot tell whether its action ran already ({e})") from e
+        if before:
+            raise ActionRefused(f"alert {alert.id}: its action ran already")
         return await self._run(alert, rule.action, by, auto=False)
 
     def attribute(self, ev: HealthEvent) -> HealthEvent:

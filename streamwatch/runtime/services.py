@@ -24,9 +24,9 @@ from streamwatch.analysis.encoder import Encoder, EncoderTier, load_labels
 from streamwatch.analysis.model import AnalyzedFrame
 from streamwatch.analysis.search import FrameSearch
 from streamwatch.config import Settings
-from streamwatch.events.model import Event, HealthEvent, StreamState
+from streamwatch.events.model import AlertEvent, Event, HealthEvent, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
-from streamwatch.outbound.actions import ActionDesk
+from streamwatch.outbound.actions import ActionDesk, ran_in
 from streamwatch.runtime.cpu_account import CpuAccount, CpuBudget, cpu_budget
 from streamwatch.runtime.model_health import ModelHealth, ModelWatch, router_snapshot
 from streamwatch.runtime.policies import Engines
@@ -189,7 +189,12 @@ async def build_services(
         s.vlm.pending_per_stream, s.vlm.compliance_every_s, on_drop=lambda _sid: metrics.queue_drops.labels("vlm").inc()
     )
     search = FrameSearch(tier.encoder, store) if tier is not None else None
-    actions = ActionDesk(s.actions, bus, engines.rule_of)
+
+    async def ran_before(alert: AlertEvent) -> bool:  # the stored log: a restarted daemon never runs an action twice
+        events = await asyncio.get_running_loop().run_in_executor(None, lambda: store.events(alert.stream, start=alert.at))
+        return ran_in(events, alert.id)
+
+    actions = ActionDesk(s.actions, bus, engines.rule_of, ran_before=ran_before)
     return StreamServices(
         settings=s,
         pool=pool,
