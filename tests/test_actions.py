@@ -415,3 +415,46 @@ def test_a_restarted_daemon_never_runs_a_confirmed_action_twice(tmp_path: Path) 
     assert calls == [1, 1]  # alerts 1 and 2 once each; 3 not run while the log could not tell
     assert "ran already" in refused[0] and "cannot tell" in refused[1] and "database is locked" in refused[1]
     store.close()
+
+
+def test_an_admin_switches_a_shows_actions_at_run_time_over_the_websocket(receiver: Receiver, tmp_path: Path) -> None:
+    """``switch_actions`` on a real server and WebSocket clients: dry_run stops the call, the change is a
+    ``config`` health event that every moderator sees, a moderator may not switch, ``on`` calls again."""
+    from evserver import ServerThread
+    from websockets.sync.client import connect
+
+    s = ServerThread(tmp_path / "d")
+    try:
+        cfg = ActionsConfig.model_validate({"cut": "ban", "http": [{"name": "ban", "url": f"{receiver.url}/ban/{{stream}}"}]})
+        rules = {"qr_code": rule(action="cut")}
+        desk = ActionDesk(cfg, s.bus, lambda _s, r: rules.get(r))
+        desk.register(StreamConfig(id="s1", source="rtmp://h/live/x"))
+        s.server.actions = desk
+        receiver.answers["/ban/"] = (200, "{}", 0.0)
+        ids = [s.publish(alert(stream="s1", id=0)).id for _ in range(2)]
+
+        def send(ws: Any, msg: dict[str, Any]) -> dict[str, Any]:
+            ws.send(json.dumps(msg))
+            while True:
+                got = json.loads(ws.recv(timeout=15))
+                if got.get("ref") == msg.get("ref") or got.get("type") == "error":
+                    return got  # type: ignore[no-any-return]
+
+        with connect(s.ws_url("admin")) as admin, connect(s.ws_url("moderator", since="0")) as mod:
+            refused = send(mod, {"type": "switch_actions", "stream": "s1", "actions": "off", "ref": "m"})
+            assert refused["type"] == "error" and refused["code"] == "forbidden"
+            bad = send(admin, {"type": "switch_actions", "stream": "s1", "actions": "maybe", "ref": "b"})
+            assert bad["type"] == "error" and bad["code"] == "bad_field"
+            unknown = send(admin, {"type": "switch_actions", "stream": "nope", "actions": "off", "ref": "u"})
+            assert unknown["type"] == "error" and unknown["code"] == "unknown_stream"
+            ok = send(admin, {"type": "switch_actions", "stream": "s1", "actions": "dry_run", "ref": "a"})
+            assert (ok["type"], ok["old"], ok["actions"]) == ("actions_switched", "on", "dry_run")
+            dry = send(mod, {"type": "act", "alert": ids[0], "ref": "x"})
+            assert dry["status"] == "dry_run" and receiver.got == []
+            send(admin, {"type": "switch_actions", "stream": "s1", "actions": "on", "ref": "c"})
+            done = send(mod, {"type": "act", "alert": ids[1], "ref": "y"})
+            assert done["status"] == "done" and [g["path"] for g in receiver.got] == ["/ban/s1"]
+        notices = [e for e in s.store.events("s1") if isinstance(e, HealthEvent) and e.kind is HealthKind.CONFIG]
+        assert [n.reason for n in notices] == ["actions on → dry_run (admin-client)", "actions dry_run → on (admin-client)"]
+    finally:
+        s.close()

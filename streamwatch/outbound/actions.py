@@ -167,6 +167,7 @@ class ActionDesk:
         self.caller = caller or call
         self.ran_before = ran_before  # the event log, so a restarted daemon never runs an action twice
         self.streams: dict[str, StreamConfig] = {}
+        self.switches: dict[str, str] = {}  # per-show switches set at run time (``switch_actions``)
         self.cuts: dict[str, int] = {}  # stream → id of the cut whose outage is under way
         self._acted: set[int] = set()  # alert ids whose action ran or runs (at most once each)
         self._tasks: set[asyncio.Task[ActionEvent]] = set()
@@ -176,8 +177,16 @@ class ActionDesk:
         self.streams[cfg.id] = cfg
 
     def switch(self, stream: str) -> str:
+        if (value := self.switches.get(stream)) is not None:
+            return value
         cfg = self.streams.get(stream)
         return cfg.actions if cfg is not None else "on"
+
+    def set_switch(self, stream: str, value: str) -> str:
+        """A show's switch set at run time (``on``/``dry_run``/``off``, until a restart); the value it had."""
+        old = self.switch(stream)
+        self.switches[stream] = value
+        return old
 
     async def on_alert(self, alert: AlertEvent) -> None:
         """A stored alert: its rule's action is recorded pending, off, or started (in its own task)."""

@@ -33,7 +33,9 @@ ACTIONS: dict[Role, frozenset[str]] = {
     Role.OVERLAY: frozenset(),
     Role.MODERATOR: frozenset({"ack", "ask", "feedback", "act"}),
     Role.SUBMITTER: frozenset({"submit", "feedback"}),
-    Role.ADMIN: frozenset({"ack", "act", "ask", "submit", "switch_model", "feedback", "add_stream", "remove_stream", "list_streams"}),
+    Role.ADMIN: frozenset(
+        {"ack", "act", "switch_actions", "ask", "submit", "switch_model", "feedback", "add_stream", "remove_stream", "list_streams"}
+    ),
 }
 
 

@@ -50,6 +50,18 @@ class Act:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchActions:
+    """An admin switches a show's actions at run time (``on``, ``dry_run``, ``off``) until the daemon restarts."""
+
+    stream: str
+    actions: str
+    ref: str | None = None
+
+
+ACTION_SWITCHES = ("on", "dry_run", "off")
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitMsg:
     stream: str
     image: str  # base64, validated by server.submit
@@ -105,7 +117,9 @@ class ListStreams:
 
 MODEL_ROLES = ("compliance", "reply", "qa", "summary")
 
-ClientMessage = Subscribe | Ack | Act | SubmitMsg | AskMsg | Ping | SwitchModel | FeedbackMsg | AddStream | RemoveStream | ListStreams
+ClientMessage = (
+    Subscribe | Ack | Act | SwitchActions | SubmitMsg | AskMsg | Ping | SwitchModel | FeedbackMsg | AddStream | RemoveStream | ListStreams
+)
 
 
 def _str(d: dict[str, Any], key: str, ref: str | None, *, required: bool = True, max_len: int = 1000) -> str:
@@ -162,6 +176,11 @@ def parse(text: str | bytes | dict[str, Any]) -> ClientMessage:
         if not isinstance(aid, int) or isinstance(aid, bool) or aid <= 0:
             raise ProtocolError("bad_field", "'alert' must be a positive integer (the alert id)", ref)
         return Act(aid, ref)
+    if kind == "switch_actions":
+        value = d.get("actions")
+        if value not in ACTION_SWITCHES:
+            raise ProtocolError("bad_field", f"'actions' must be one of {', '.join(ACTION_SWITCHES)}", ref)
+        return SwitchActions(_str(d, "stream", ref, max_len=64), value, ref)
     if kind == "submit":
         return SubmitMsg(
             _str(d, "stream", ref, max_len=64),

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streamwatch.errors import ActionRefused, StreamwatchError
 from streamwatch.events.bus import Chunk, Subscription
-from streamwatch.events.model import AlertEvent, RejectedEvent, ReplyEvent, ReviewEvent
+from streamwatch.events.model import AlertEvent, HealthEvent, HealthKind, RejectedEvent, ReplyEvent, ReviewEvent
 from streamwatch.server import protocol
 from streamwatch.server.auth import Principal, RateLimiter, resolve_channels
 from streamwatch.server.protocol import (
@@ -36,6 +36,7 @@ from streamwatch.server.protocol import (
     RemoveStream,
     SubmitMsg,
     Subscribe,
+    SwitchActions,
     SwitchModel,
 )
 from streamwatch.server.submit import Question, Submission, check_image, decode_base64, rejection, thumbnail_jpeg
@@ -52,6 +53,7 @@ BATCH_BYTES = 256 * 1024
 _ACTIONS: dict[type, str] = {
     Ack: "ack",
     Act: "act",
+    SwitchActions: "switch_actions",
     SubmitMsg: "submit",
     AskMsg: "ask",
     SwitchModel: "switch_model",
@@ -167,6 +169,8 @@ class ClientSession:
             await self._ack(msg)
         elif isinstance(msg, Act):
             await self._act(msg)
+        elif isinstance(msg, SwitchActions):
+            await self._switch_actions(msg)
         elif isinstance(msg, SubmitMsg):
             await self._submit(msg)
         elif isinstance(msg, AskMsg):
@@ -301,6 +305,19 @@ class ClientSession:
         await self.ws.send(
             protocol.frame("acted", ref=msg.ref, id=ev.id, alert_id=msg.alert, action=ev.action, status=ev.status.value, detail=ev.detail)
         )
+
+    async def _switch_actions(self, msg: SwitchActions) -> None:
+        desk = self.server.actions
+        if desk is None:
+            raise ProtocolError("no_actions", "this server runs no actions on streams", msg.ref)
+        if msg.stream not in desk.streams:
+            raise ProtocolError("unknown_stream", f"no stream {msg.stream!r} runs here", msg.ref)
+        old = desk.set_switch(msg.stream, msg.actions)
+        reason = f"actions {old} → {msg.actions} ({self.who.name})"
+        logger.info("stream %s: %s", msg.stream, reason)
+        offset = self.server.offsets(msg.stream)
+        await self.server.bus.publish(HealthEvent(stream=msg.stream, at=time.time(), offset=offset, kind=HealthKind.CONFIG, reason=reason))
+        await self.ws.send(protocol.frame("actions_switched", ref=msg.ref, stream=msg.stream, old=old, actions=msg.actions))
 
     async def _feedback(self, msg: FeedbackMsg) -> None:
         vote, alert = await self.server.votes.cast(self.server.bus, self.who, msg)
