@@ -160,6 +160,8 @@ class DecodingReader:
         if threads != 1:
             vs.thread_type = "AUTO"  # frame threading: +35-45% on single-slice streams; set before decoding
         vs.codec_context.thread_count = threads
+        if self.every_s is not None and self.cfg.skip_deblock:  # sampling, not every frame exactly: see IngestConfig
+            vs.codec_context.options = {**vs.codec_context.options, "skip_loop_filter": "nokey"}
         helpers = ThreadGroup("av:") if threads != 1 and self.cpu is not None else None  # frame threads: counted to decode
         self.stats.decoder_threads = vs.codec_context.thread_count
         ctx = vs.codec_context

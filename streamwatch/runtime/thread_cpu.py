@@ -76,15 +76,15 @@ class ThreadGroup:
 
     @contextmanager
     def adopt_new(self) -> Iterator[None]:
-        """Adopt the threads named ``prefix…`` that appear while the block runs (one block at a time
-        process-wide, so two decoders opening together do not take each other's threads)."""
+        """Adopt the threads that appear while the block runs and are (or later get) named ``prefix…``
+        (one block at a time process-wide, so two decoders opening together do not take each other's threads)."""
         with _OPENING:
-            before = {tid for tid, t in snapshot().items() if t.name.startswith(self.prefix)}
+            before = set(snapshot())
             try:
                 yield
             finally:
-                now = snapshot()
-                new = tuple(tid for tid, t in now.items() if t.name.startswith(self.prefix) and tid not in before)
+                # every new thread: one just started may not have named itself yet (take() checks the name)
+                new = tuple(tid for tid in snapshot() if tid not in before)
                 self._tids += new
                 for tid in new:
                     self._last[tid] = 0.0
