@@ -249,7 +249,7 @@ def cpu_table(cols: list[tuple[str, dict[str, Any]]]) -> str:
     )
     kinds = sorted({k for _, r in cols for k in r.get("threads", {})})
     for k in kinds:
-        rows.append(f"    {'  by thread: ' + k:24s}" + "".join(f"{r.get('threads', {}).get(k, 0.0):12.0f}" for _, r in cols))
+        rows.append(f"    {'thread ' + k[:17]:24s}" + "".join(f"{r.get('threads', {}).get(k, 0.0):12.0f}" for _, r in cols))
     return "\n".join(rows)
 
 
