@@ -102,3 +102,21 @@ def test_conversions_start_no_threads(clip720: Path) -> None:
         f.luminance()
         started |= set(snapshot()) - before
     assert not started
+
+
+def test_openblas_pools_are_found_in_the_maps_and_sized_to_the_budget() -> None:
+    import ctypes
+
+    import cv2  # noqa: F401  (loads OpenCV's OpenBLAS)
+
+    from streamwatch.runtime.blas import limit_blas, loaded_openblas
+
+    maps = "7f00-7f01 r-xp 00000000 08:01 42 /x/opencv.libs/libopenblasp-r0.so\n7f02-7f03 r--p 0 00:00 0 [heap]\n"
+    assert loaded_openblas(maps) == ["/x/opencv.libs/libopenblasp-r0.so"]
+    changed = limit_blas(1)
+    assert any("opencv" in p for p in changed)
+    for path in changed:
+        lib = ctypes.CDLL(path)
+        get = getattr(lib, "openblas_get_num_threads", None) or getattr(lib, "scipy_openblas_get_num_threads64_", None)
+        if get is not None:
+            assert get() == 1
