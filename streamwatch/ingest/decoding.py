@@ -235,11 +235,11 @@ def decoder_thread_count(live: bool, budget: int) -> int:
     """Decoder threads for one source: a live source decodes on its reader thread (1), a file with
     ``budget`` frame threads (0 = FFmpeg sizes them to the machine).
 
-    A live stream is paced by its publisher: one thread decodes 1080p30 in well under real time, so
-    frame threads only add hand-offs (each live decoder with 2 frame threads cost about twice the CPU
-    of one thread with 12 streams on 2 cores), and the reader thread's CPU time is then the whole
-    ``decode`` stage. Parallelism with many streams comes from the streams. A file is read as fast
-    as it decodes: there frame threads shorten the wall time.
+    A live stream is paced by its publisher: one thread decodes 1080p30 (non-reference frames
+    skipped) in a fraction of real time, so frame threads only add hand-offs (7% more CPU per stream
+    with 12 paced decoders, tools/bench/decoders.py) and 2 threads per stream that the reader
+    thread's clock does not see. Parallelism with many streams comes from the streams. A file is
+    read as fast as it decodes: there frame threads shorten the wall time.
     """
     return 1 if live else budget
 
