@@ -13,7 +13,7 @@ while both lags stay < 2 s and nothing is dropped.
 Each measurement runs in a fresh child process. ``--baseline REF`` measures the same counts on git
 ``REF`` too (checked out with ``git worktree add`` into a temporary folder), alternating with this tree
 in the same run, so the two columns saw the same machine. ``--floor`` adds the decode-only floor:
-N ``ffmpeg -skip_frame noref -threads 1 -i URL -f null -`` readers, their CPU per stream-hour and
+N ``ffmpeg -skip_frame noref -threads 1 -i URL -an -f null -`` readers (video only), their CPU per stream-hour and
 whether they keep up with real time.
 
 Run: ``python tools/bench/streams.py --counts 1,4,8,12,16 --seconds 30 --baseline main --floor``.
@@ -210,7 +210,7 @@ def floor(clip: Path, port: int, n: int, seconds: float, tmp: Path) -> dict[str,
     pubs = [publish(clip, u, loop=True, start=(i * 13.0) % 60) for i, u in enumerate(urls)]
     time.sleep(2)
     prog = [tmp / f"floor{n}_{i}.txt" for i in range(n)]
-    cmd = "ffmpeg -nostdin -v error -skip_frame noref -threads 1 -i {u} -f null -progress {p} -stats_period 0.5 -"
+    cmd = "ffmpeg -nostdin -v error -skip_frame noref -threads 1 -i {u} -an -f null -progress {p} -stats_period 0.5 -"
     readers = [subprocess.Popen(cmd.format(u=u, p=p).split(), stdin=subprocess.DEVNULL) for u, p in zip(urls, prog, strict=True)]
     time.sleep(WARMUP / 3)
     c0, s0, w0 = [_ticks(r.pid) for r in readers], [_progress(p) for p in prog], time.monotonic()
