@@ -115,6 +115,7 @@ def test_the_budget_reaches_onnx_sessions_opencv_and_the_decoder(clip: Any, cpu_
     a = AnalyzerSettings(device="cpu", threads=budget.per_call)
     nudity: Any = create("nudity", a)
     assert nudity.session.get_session_options().intra_op_num_threads == budget.per_call
+    assert nudity.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     ocr: Any = create("ocr", a)
     assert ocr.engine.text_det.infer.session.get_session_options().intra_op_num_threads == budget.per_call
     assert ocr.engine.text_rec.session.session.get_session_options().intra_op_num_threads == budget.per_call

@@ -66,8 +66,9 @@ def seed(data: Path, span: float) -> EventStore:
         health("show", 6 * q + 3, StreamState.STALLED, reason="no data for 2s", caused_by=cut.id),
         health("show", 6 * q + 5, StreamState.RECONNECTING, reason="no data for 2s", caused_by=cut.id),
         health("show", 8 * q, StreamState.LIVE, gap_s=2 * q - 3, caused_by=cut.id),
-        ReplyEvent(stream="show", at=0.0, offset=9 * q, submission="a1", submitter="fans", text="谢谢!", model="qwen3-vl-4b",
-                   persona="星喵"),
+        ReplyEvent(
+            stream="show", at=0.0, offset=9 * q, submission="a1", submitter="fans", text="谢谢!", model="qwen3-vl-4b", persona="星喵"
+        ),
     ]
     later = [dataclasses.replace(e, at=T0 + e.offset) for e in later]
     reply = [store.add(e) for e in later][-1]

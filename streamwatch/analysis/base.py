@@ -59,6 +59,9 @@ def onnx_session(path: Path | str, device: str = "auto", threads: int = 0) -> An
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    # idle intra-op workers (a per-call budget above 1) sleep instead of spinning on cores the streams need
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3  # a CUDA provider that cannot start logs an error and falls back to CPU
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)

@@ -130,6 +130,9 @@ class TextReader:
             self.engine = RapidOCR(**kw)
         except Exception as e:
             raise ModelLoadError(f"cannot start RapidOCR: {e}") from e
+        if not cuda:  # RapidOCR turns ONNX Runtime's CPU memory arena off: ~18% more CPU per detection run
+            for infer in (self.engine.text_det.infer, self.engine.text_rec.session):
+                infer.session = onnx_session(infer.session._model_path, "cpu", s.threads)
         self.providers: tuple[str, ...] = ("CUDAExecutionProvider",) if cuda else ("CPUExecutionProvider",)
         self._cpu = threading.local()  # this thread's CPU seconds of the last call, by part
         self.engine.text_det = _Timed(self.engine.text_det, "ocr_detection", self._cpu)

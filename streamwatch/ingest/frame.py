@@ -16,6 +16,10 @@ _DISPLAYMATRIX = Type.DISPLAYMATRIX
 # Pixel formats whose first plane is 8-bit luma at full resolution.
 _LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
 _I420 = {"yuv420p", "yuvj420p"}
+# swscale threads per conversion: the calling thread. swscale's default (0 = one per core) starts and
+# joins a slice-thread pool on every ``reformat`` (PyAV makes a new context per call): hundreds of
+# short-lived OS threads a minute with a dozen streams, and more CPU per frame than one thread.
+SWS_THREADS = 1
 
 
 def display_rotation(picture: av.VideoFrame) -> int | None:
@@ -48,10 +52,10 @@ def upright(picture: av.VideoFrame, rotation: int) -> av.VideoFrame:
         return picture
     w, h = int(picture.width), int(picture.height)
     if w % 2 or h % 2:
-        rgb = np.ascontiguousarray(np.rot90(picture.to_ndarray(format="rgb24"), k), dtype=np.uint8)
+        rgb = np.ascontiguousarray(np.rot90(picture.to_ndarray(format="rgb24", threads=SWS_THREADS), k), dtype=np.uint8)
         out = av.VideoFrame.from_ndarray(rgb, format="rgb24")
     else:
-        pic = picture if picture.format.name in _I420 else picture.reformat(format="yuv420p")
+        pic = picture if picture.format.name in _I420 else picture.reformat(format="yuv420p", threads=SWS_THREADS)
         y = np.rot90(_plane(pic, 0, w, h), k)
         u, v = (np.rot90(_plane(pic, i, w // 2, h // 2), k) for i in (1, 2))
         flat = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
@@ -98,13 +102,13 @@ class Frame:
             plane = pic.planes[0]
             buf = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
             return buf[: pic.height, : pic.width]
-        return pic.reformat(format="gray").to_ndarray()
+        return pic.reformat(format="gray", threads=SWS_THREADS).to_ndarray()
 
     def luminance(self) -> np.ndarray:
         """BT.601 luma of the decoded RGB picture, (height, width) uint8: what Pillow's ``convert("L")``
         gives for ``picture.to_image()`` (the input imagehash hashes). Unlike the luma plane it is
         full range and reflects RGB clipping of saturated colours."""
-        return cv2.cvtColor(self.picture.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+        return cv2.cvtColor(self.picture.to_ndarray(format="rgb24", threads=SWS_THREADS), cv2.COLOR_RGB2GRAY)
 
     def gray(self, min_side: int = 128) -> np.ndarray:
         """Grayscale reduced by the largest integer factor that keeps both sides ≥ ``min_side``.
@@ -116,7 +120,7 @@ class Frame:
         f = max(min(w, h) // min_side, 1)
         if f == 1:
             return self.luma()
-        return self.picture.reformat(w // f, h // f, "gray", interpolation="AREA").to_ndarray()
+        return self.picture.reformat(w // f, h // f, "gray", interpolation="AREA", threads=SWS_THREADS).to_ndarray()
 
     def rgb(self, max_side: int | None = None) -> np.ndarray:
         """RGB (height, width, 3) uint8, downscaled so the long side is at most ``max_side``."""
@@ -125,7 +129,7 @@ class Frame:
             if max_side and max(w, h) > max_side:
                 scale = max_side / max(w, h)
                 w, h = max(2, round(w * scale)), max(2, round(h * scale))
-                return self.picture.reformat(w, h, "rgb24", interpolation="AREA").to_ndarray()
-            return self.picture.to_ndarray(format="rgb24")
+                return self.picture.reformat(w, h, "rgb24", interpolation="AREA", threads=SWS_THREADS).to_ndarray()
+            return self.picture.to_ndarray(format="rgb24", threads=SWS_THREADS)
         except (av.FFmpegError, ValueError) as e:  # a pixel format or size swscale cannot convert
             raise IngestError(f"cannot convert a {self.width}x{self.height} {self.picture.format.name} frame to RGB: {e}") from e

@@ -4,10 +4,11 @@ Each stage is timed with :func:`time.thread_time` (the CPU time of the thread do
 wall time: a stage that waits on a lock or a slower neighbour costs nothing here) where it runs, and
 accumulated per (stream, stage) in a :class:`CpuAccount`. Work a batch does for several streams (one
 nudity run over frames of three shows, one SQLite commit of many events) is shared out by weight
-(pixels, events). A library's own worker threads (FFmpeg frame threads, ONNX Runtime intra-op threads
-beyond the calling one) are not the calling thread: with ``analysis.cpu_threads: 1`` every library
-works on the calling thread and the figures are complete; with more they are a lower bound of those
-stages, which :func:`per_stream_hour` users compare with the process's CPU time.
+(pixels, events). A library's own worker threads are not the calling thread: live decoders run on
+their reader thread (one decoder thread), a file decoder's frame threads are added to ``decode`` from
+``/proc`` (:mod:`streamwatch.runtime.thread_cpu`), swscale converts on the calling thread, and ONNX
+Runtime runs one intra-op thread per call by default; with a per-call budget above 1 its extra
+intra-op threads are outside the figures (compare :func:`per_stream_hour` with the process's CPU).
 
 The budget (:func:`cpu_budget`) sizes from one number what each library would otherwise size to the
 machine: the analysis executor, ONNX Runtime intra-op threads per session, OpenCV's threads and the

@@ -27,6 +27,7 @@ from streamwatch.config import Settings
 from streamwatch.events.model import AlertEvent, Event, HealthEvent, StreamState
 from streamwatch.events.store import EventStore, StoredEvent
 from streamwatch.outbound.actions import ActionDesk, ran_in
+from streamwatch.runtime.blas import limit_blas
 from streamwatch.runtime.cpu_account import CpuAccount, CpuBudget, cpu_budget
 from streamwatch.runtime.model_health import ModelHealth, ModelWatch, router_snapshot
 from streamwatch.runtime.policies import Engines
@@ -122,6 +123,7 @@ def apply_budget(settings: Settings) -> CpuBudget:
 
     budget = cpu_budget(settings.analysis.cpu_threads, os.cpu_count(), settings.analysis.threads)
     cv2.setNumThreads(budget.per_call)
+    limit_blas(budget.per_call)  # OpenCV's and numpy's OpenBLAS pools: idle workers spin otherwise
     logger.info("%s (machine: %s cores)", budget.describe(), os.cpu_count())
     return budget
 
