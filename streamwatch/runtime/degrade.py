@@ -182,7 +182,7 @@ class Keep(enum.IntEnum):
     """Why a kept frame waits for analysis, lowest dropped first."""
 
     UNCHANGED = 0  # kept by the heartbeat or a pHash move, no tile holds new content
-    CHANGED = 1  # tiles and the pHash moved (motion, a new scene)
+    CHANGED = 1  # tiles and the pHash moved (motion, a new scene), or the stream's first frame
     OVERLAY = 2  # a region-change keep: same picture, some tiles new (an overlay appearing): never dropped
     ESCALATED = 3  # its stream had an alert or escalation recently: never dropped
 
@@ -196,8 +196,8 @@ def classify(tiles_changed: bool, distance: int | None, radius: int, hot: bool) 
     last kept frame and the dedupe radius, and whether its stream is hot (:meth:`Activity.hot`)."""
     if hot:
         return Keep.ESCALATED
-    if not tiles_changed:
-        return Keep.UNCHANGED
+    if not tiles_changed:  # (the stream's first frame is new to us)
+        return Keep.CHANGED if distance is None else Keep.UNCHANGED
     if distance is not None and distance <= radius:
         return Keep.OVERLAY
     return Keep.CHANGED
