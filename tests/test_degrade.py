@@ -9,6 +9,7 @@ frames (a photo, the same photo with a QR code pasted in a corner, another photo
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import av
 import cv2
@@ -119,7 +120,7 @@ def test_the_episode_opens_once_with_the_lag_seen() -> None:
 def test_the_order_is_named_and_widens_calm_streams_first() -> None:
     assert [s.name for s in ORDER] == ["normal", "calm_x2", "calm_x4", "all_x2"]
     assert [(s.factor(True), s.factor(False)) for s in ORDER] == [(1, 1), (2, 1), (4, 1), (4, 2)]
-    for a, b in zip(ORDER, ORDER[1:], strict=False):  # each step degrades at least as much as the one before
+    for a, b in itertools.pairwise(ORDER):  # each step degrades at least as much as the one before
         assert b.calm >= a.calm and b.busy >= a.busy and (b.calm, b.busy) != (a.calm, a.busy)
 
 
@@ -158,16 +159,16 @@ def test_classify_protects_overlays_and_escalated_streams() -> None:
 
 
 def test_a_full_queue_drops_the_oldest_unchanged_then_the_oldest_other_never_a_protected_frame() -> None:
-    U, C, O, E = Keep.UNCHANGED, Keep.CHANGED, Keep.OVERLAY, Keep.ESCALATED
-    assert pick_drop([O, C, U, U], C) == pick_drop([O, C, U, U], O)
-    d = pick_drop([O, C, U, U], C)
+    u, c, o, e = Keep.UNCHANGED, Keep.CHANGED, Keep.OVERLAY, Keep.ESCALATED
+    assert pick_drop([o, c, u, u], c) == pick_drop([o, c, u, u], o)
+    d = pick_drop([o, c, u, u], c)
     assert d is not None and (d.index, d.reason) == (2, "unchanged")
-    d = pick_drop([E, C, O, C], U)
+    d = pick_drop([e, c, o, c], u)
     assert d is not None and (d.index, d.reason) == (4, "unchanged")  # the newcomer is the least worth
-    d = pick_drop([E, C, O, C], O)
+    d = pick_drop([e, c, o, c], o)
     assert d is not None and (d.index, d.reason) == (1, "oldest")
-    assert pick_drop([O, E, O, O], O) is None and pick_drop([E], E) is None  # the producer waits instead
-    d = pick_drop([O, E, O, O], C)
+    assert pick_drop([o, e, o, o], o) is None and pick_drop([e], e) is None  # the producer waits instead
+    d = pick_drop([o, e, o, o], c)
     assert d is not None and d.index == 4
 
 
