@@ -381,8 +381,8 @@ class StreamRunner:
         loop = asyncio.get_running_loop()
         build = functools.partial(build_alerts, drafts, fa, image, svc.store, late=late)
         events = await loop.run_in_executor(None, self._timed, Stage.STORE, build)
-        if events:
-            svc.overload.on_alert(self.sid)  # its frames are kept from drops and its sampling from widening for a while
+        if events and image is not None:  # a content alert (not a health rule's): for a while its stream's frames are never
+            svc.overload.on_alert(self.sid)  # dropped and its sampling is not widened before the other streams'
         for ev in events:
             stored = await svc.bus.publish(ev)
             svc.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))
