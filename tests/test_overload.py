@@ -192,7 +192,7 @@ def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_say
     assert {e["stream"] for e in ov if e["active"]} == {"calm", *LOAD}
     text = during["event"]["reason"]
     assert "behind" in text and "step 1 (calm_x2" in text and "this stream calm, sampled every 2s" in text, text
-    end = [e for e in ov if e["active"] is False][0]
+    end = next(e for e in ov if e["active"] is False and e["stream"] == "calm")
     assert end["duration_s"] > 0 and "back to normal" in end["reason"]
 
     # while overloaded: the level, the calm stream's step, and drops of busy frames, counted by reason
