@@ -295,3 +295,38 @@ def test_the_events_name_the_lag_the_step_and_this_streams_sampling_in_both_lang
     end = HealthEvent(stream="calm", at=0.0, offset=0.0, kind=HealthKind.OVERLOADED, active=False, duration_s=12.5, reason="x")
     assert "12.5" in describe_health(end, "en") and "恢复" in describe_health(end, "zh")
     assert w.as_json()["streams"]["calm"] == {"every_s": 2.0, "calm": True}
+
+
+def _overloaded(active: bool, at: float, offset: float, **kw: object) -> HealthEvent:
+    return HealthEvent(stream="s1", at=at, offset=offset, kind=HealthKind.OVERLOADED, active=active, **kw)  # type: ignore[arg-type]
+
+
+def test_an_overload_rule_alerts_after_min_s_of_wall_time_and_the_report_has_the_period() -> None:
+    from streamwatch.analysis.policy import Policy, PolicySpec
+    from streamwatch.analysis.rules import RuleEngine
+    from streamwatch.report.build import _periods
+
+    spec = {
+        "version": 1,
+        "rule": [
+            {
+                "id": "box_overloaded",
+                "severity": "medium",
+                "message": "overloaded since {started}",
+                "when": {"health": "overloaded", "min_s": 60},
+            }
+        ],
+    }
+    engine = RuleEngine(Policy(PolicySpec.model_validate(spec), {}))
+    start = _overloaded(True, 1000.0, 62.0, reason="analysis 5.9s behind (over 2s for 3s); step 1 (calm_x2 …)")
+    engine.on_health(start)
+    assert engine.tick("s1", 1030.0, 200.0) == []  # wall time counts (a stream's samples thin out meanwhile)
+    assert [(o, d.rule, d.message) for o, d in engine.tick("s1", 1060.5, 70.0)] == [(62.0, "box_overloaded", "overloaded since 00:01:02")]
+    assert engine.tick("s1", 1100.0, 90.0) == []  # once per episode
+    end = _overloaded(False, 1131.0, 93.0, duration_s=131.0, reason="worst 5.9s behind, step 3 (all_x2)")
+    engine.on_health(end)
+    periods = _periods([start, end], until=2000.0)
+    assert [(p.kind, p.start, p.duration, p.open) for p in periods] == [("overloaded", 62.0, 131.0, False)]
+    assert "calm_x2" in periods[0].detail
+    assert end.describe() == "overload over, sampling back to normal after 131.0s: worst 5.9s behind, step 3 (all_x2)"
+    assert end.describe("zh").startswith("分析负载已恢复")

@@ -112,7 +112,7 @@ class OverloadWatch:
         if change.ended:
             return (
                 f"analysis {change.lag_s:.1f}s behind, under {t.lag_s * t.recover_share:.1f}s for {t.recover_s:g}s; "
-                f"worst {change.peak_lag_s:.1f}s at step {change.peak_level} ({ORDER[change.peak_level].name}); sampling back to normal"
+                f"worst {change.peak_lag_s:.1f}s behind, step {change.peak_level} ({ORDER[change.peak_level].name})"
             )
         every = self.every_s(stream)
         calm = self.activity.calm(stream, time.monotonic())
