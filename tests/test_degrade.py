@@ -288,13 +288,17 @@ def test_the_events_name_the_lag_the_step_and_this_streams_sampling_in_both_lang
         w.finished("busy", 4.2)
     assert c is not None and c.began and w.as_json()["level"] == 1 and w.as_json()["step"] == "calm_x2"
     assert w.every_s("calm") == 2.0 and w.every_s("busy") == 1.0
-    text = w.reason(c, "calm")
+    text = w.reason("calm")
     assert "4.2s behind" in text and "calm_x2" in text and "sampled every 2s" in text and "never dropped" in text
     ev = HealthEvent(stream="calm", at=0.0, offset=0.0, kind=HealthKind.OVERLOADED, active=True, reason=text)
     assert describe_health(ev, "zh").startswith("分析过载") and describe_health(ev, "en").startswith("overloaded")
     end = HealthEvent(stream="calm", at=0.0, offset=0.0, kind=HealthKind.OVERLOADED, active=False, duration_s=12.5, reason="x")
     assert "12.5" in describe_health(end, "en") and "恢复" in describe_health(end, "zh")
     assert w.as_json()["streams"]["calm"] == {"every_s": 2.0, "calm": True}
+    assert w.leave("calm", 5.0) is None  # (only a stream told of the episode has a period to end)
+    assert w.lag(1000.0) == 4.2  # the busy stream's last frame, once
+    w.finished("file", 60.0)  # a stream not registered (a file) is never behind
+    assert w.lag(1000.0) == 0.0
 
 
 def _overloaded(active: bool, at: float, offset: float, **kw: object) -> HealthEvent:

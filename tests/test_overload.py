@@ -189,7 +189,11 @@ def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_say
     # the episode is said once on each stream watched then, and ends once
     ov = [e for e in seen if e.get("type") == "health" and e.get("kind") == "overloaded"]
     assert [e["active"] for e in ov if e["stream"] == "calm"] == [True, False], ov
-    assert {e["stream"] for e in ov if e["active"]} == {"calm", *LOAD}
+    for sid in LOAD:  # each removed stream's period ends when it stops being watched, before its end
+        said = [(e["active"], e["reason"]) for e in ov if e["stream"] == sid]
+        assert [a for a, _ in said] == [True, False] and said[1][1] == "stopped watching it", said
+        states = [e for e in seen if e.get("stream") == sid and e.get("state") == "ended"]
+        assert states and seen.index(states[0]) > seen.index(next(e for e in ov if e["stream"] == sid and not e["active"]))
     text = during["event"]["reason"]
     assert "behind" in text and "step 1 (calm_x2" in text and "this stream calm, sampled every 2s" in text, text
     end = next(e for e in ov if e["active"] is False and e["stream"] == "calm")

@@ -48,6 +48,8 @@ class OverloadWatch:
         self._base: dict[str, float] = {}  # each stream's own sampling step
         self._finished: dict[str, float] = {}  # the largest lag finished since the last look, per stream
         self._waiting: dict[str, float] = {}  # wall time of the oldest frame waiting or in analysis, per stream
+        self._told: set[str] = set()  # the streams told of the open episode
+        self._began: float | None = None  # wall time the open episode was said
 
     # --- what runners tell --------------------------------------------------------------------------
 
@@ -60,10 +62,11 @@ class OverloadWatch:
         self.activity.forget(stream)
 
     def finished(self, stream: str, lag: float) -> None:
-        self._finished[stream] = max(lag, self._finished.get(stream, 0.0))
+        if stream in self._base:  # (live streams only: a file read faster than real time waits, it is not behind)
+            self._finished[stream] = max(lag, self._finished.get(stream, 0.0))
 
     def waiting(self, stream: str, oldest_wall: float | None) -> None:
-        if oldest_wall is None:
+        if oldest_wall is None or stream not in self._base:
             self._waiting.pop(stream, None)
         else:
             self._waiting[stream] = oldest_wall
@@ -106,21 +109,33 @@ class OverloadWatch:
             )
         return change
 
-    def reason(self, change: Change, stream: str) -> str:
-        """What an ``overloaded`` event on ``stream`` says (display text; English, like other reasons)."""
-        t = self.governor.t
-        if change.ended:
+    def reason(self, stream: str, ended: Change | None = None) -> str:
+        """What an ``overloaded`` event on ``stream`` says now, or at the episode's end (display text;
+        English, like other reasons)."""
+        g, t = self.governor, self.governor.t
+        if ended is not None:
             return (
-                f"analysis {change.lag_s:.1f}s behind, under {t.lag_s * t.recover_share:.1f}s for {t.recover_s:g}s; "
-                f"worst {change.peak_lag_s:.1f}s behind, step {change.peak_level} ({ORDER[change.peak_level].name})"
+                f"analysis {ended.lag_s:.1f}s behind, under {t.lag_s * t.recover_share:.1f}s for {t.recover_s:g}s; "
+                f"worst {ended.peak_lag_s:.1f}s behind, step {ended.peak_level} ({ORDER[ended.peak_level].name})"
             )
-        every = self.every_s(stream)
+        step, every = ORDER[g.level], self.every_s(stream)
         calm = self.activity.calm(stream, time.monotonic())
         here = f"this stream {'calm' if calm else 'busy'}, sampled every {every:g}s" if every is not None else "not sampled here"
         return (
-            f"analysis {change.lag_s:.1f}s behind (over {t.lag_s:g}s for {t.after_s:g}s); "
-            f"step {change.new} ({change.step.name}: calm streams ×{change.step.calm}, others ×{change.step.busy}); {here}; "
+            f"analysis {g.lag_s:.1f}s behind (over {t.lag_s:g}s for {t.after_s:g}s); "
+            f"step {step.level} ({step.name}: calm streams ×{step.calm}, others ×{step.busy}); {here}; "
             "escalated and overlay frames are never dropped"
+        )
+
+    def leave(self, stream: str, offset: float) -> HealthEvent | None:
+        """A stream that ends (or stops) during an episode: the end of its ``overloaded`` period (None: none open)."""
+        if stream not in self._told:
+            return None
+        self._told.discard(stream)
+        now = time.time()
+        lasted = round(now - self._began, 3) if self._began is not None else None
+        return HealthEvent(
+            stream=stream, at=now, offset=offset, kind=HealthKind.OVERLOADED, active=False, duration_s=lasted, reason="stopped watching it"
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -136,27 +151,29 @@ class OverloadWatch:
         }
 
     async def run(self, publish: Publish, offsets: Mapping[str, float], every_s: float = 1.0) -> None:
-        """Forever: look once a second; an episode's start and end go on every stream watched then."""
-        started = 0.0
+        """Forever: look once a second. An episode's start goes on every stream watched (a stream that
+        starts during it is told at once), its end on every stream told."""
         while True:
             await asyncio.sleep(every_s)
             change = self.look(time.monotonic(), time.time())
-            if change is None or not (change.began or change.ended):
-                continue
             now = time.time()
-            started = now if change.began else started
-            duration = round(now - started, 3) if change.ended and started else None
-            for sid in self.targets():
-                ev = HealthEvent(
-                    stream=sid,
-                    at=now,
-                    offset=offsets.get(sid, 0.0),
-                    kind=HealthKind.OVERLOADED,
-                    active=change.began,
-                    duration_s=duration,
-                    reason=self.reason(change, sid),
-                )
-                await publish(ev)
+            if change is not None and change.began:
+                self._began = now
+            if change is not None and change.ended:
+                lasted = round(now - self._began, 3) if self._began is not None else None
+                for sid in [s for s in self.targets() if s in self._told]:
+                    await publish(self._event(sid, now, offsets, False, self.reason(sid, change), lasted))
+                self._told.clear()
+                self._began = None
+            elif self.governor.level > 0:
+                for sid in [s for s in self.targets() if s not in self._told]:
+                    self._told.add(sid)
+                    await publish(self._event(sid, now, offsets, True, self.reason(sid), None))
+
+    @staticmethod
+    def _event(sid: str, now: float, offsets: Mapping[str, float], active: bool, reason: str, lasted: float | None) -> HealthEvent:
+        offset = offsets.get(sid, 0.0)
+        return HealthEvent(stream=sid, at=now, offset=offset, kind=HealthKind.OVERLOADED, active=active, duration_s=lasted, reason=reason)
 
 
 class AnalysisQueue:

@@ -116,7 +116,7 @@ class StreamRunner:
             )
         )
         queue = self._queue = AnalysisQueue(svc.settings.analysis.queue_size, live, svc.metrics.on_drop)
-        if pipeline.interval is not None:
+        if live and pipeline.interval is not None:  # (a file is analysed as fast as it can be: never degraded)
             svc.overload.register(cfg.id, pipeline.interval.every_s)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -145,6 +145,8 @@ class StreamRunner:
             keeper = None  # the session stays open: a restart continues it
         finally:
             svc.overload.forget(cfg.id)
+        if (ev := svc.overload.leave(cfg.id, svc.offsets.get(cfg.id, 0.0))) is not None:  # its overloaded period ends here
+            await svc.publish_health(ev)
         if keeper is not None:  # stopped on purpose, or the source finished: the session ends
             await self._end_session(pipeline, keeper)
         elif not live and not self.failed and not self.stopping and self.keeper is not None:
