@@ -227,7 +227,7 @@ def test_the_sampler_decisions_classify_as_expected(kept: dict[str, Sample]) -> 
 def test_a_live_queue_under_pressure_keeps_overlay_frames_and_counts_drops_by_reason(kept: dict[str, Sample]) -> None:
     async def scenario() -> tuple[list[float | None], dict[str, int], bool]:
         drops: dict[str, int] = {}
-        q = AnalysisQueue(2, live=True, on_drop=lambda r: drops.__setitem__(r, drops.get(r, 0) + 1))
+        q = AnalysisQueue(2, live=lambda: True, on_drop=lambda r: drops.__setitem__(r, drops.get(r, 0) + 1))
         w = watch()
         order = ["overlay", "heartbeat", "scene", "heartbeat", "first", "overlay"]
         for name in order[:5]:
@@ -257,7 +257,7 @@ def test_a_file_queue_never_drops() -> None:
     frames = samples([(float(t), coffee if t % 2 else with_qr(coffee)) for t in range(6)])
 
     async def scenario() -> list[float]:
-        q = AnalysisQueue(1, live=False, on_drop=lambda r: pytest.fail(f"dropped ({r})"))
+        q = AnalysisQueue(1, live=lambda: False, on_drop=lambda r: pytest.fail(f"dropped ({r})"))
 
         async def produce() -> None:
             for s in frames:
@@ -294,7 +294,7 @@ def test_the_events_name_the_lag_the_step_and_this_streams_sampling_in_both_lang
     assert describe_health(ev, "zh").startswith("分析过载") and describe_health(ev, "en").startswith("overloaded")
     end = HealthEvent(stream="calm", at=0.0, offset=0.0, kind=HealthKind.OVERLOADED, active=False, duration_s=12.5, reason="x")
     assert "12.5" in describe_health(end, "en") and "恢复" in describe_health(end, "zh")
-    assert w.as_json()["streams"]["calm"] == {"every_s": 2.0, "calm": True}
+    assert w.as_json()["streams"]["calm"] == {"every_s": 2.0, "calm": True, "kept": {}}
     assert w.leave("calm", 5.0) is None  # (only a stream told of the episode has a period to end)
     assert w.lag(1000.0) == 4.2  # the busy stream's last frame, once
     w.finished("file", 60.0)  # a stream not registered (a file) is never behind

@@ -54,9 +54,11 @@ def with_qr(rgb: np.ndarray, payload: str) -> np.ndarray:
 
 
 def encode(path: Path, frames: list[np.ndarray]) -> Path:
-    """H.264 at FPS, a keyframe every second (a joining player waits at most 1 s)."""
+    """H.264 at FPS, a keyframe every second (a joining player waits at most 1 s), constant quantiser (a
+    still picture's keyframes decode alike, loop after loop: its 1 s samples are duplicates)."""
     with av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "x264-params": f"keyint={FPS}:min-keyint={FPS}"})
+        params = f"keyint={FPS}:min-keyint={FPS}:qp=20"
+        st = out.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "x264-params": params})
         st.width, st.height, st.pix_fmt = W, H, "yuv420p"
         st.thread_type = "FRAME"
         for i, rgb in enumerate(frames):
@@ -91,9 +93,9 @@ def metric(text: str, name: str) -> float:
 
 def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_says_the_recovery(nginx: Nginx, tmp_path: Path) -> None:
     still = photo("coffee", W, H)
-    calm_clip = encode(tmp_path / "calm.mp4", [still] * (6 * FPS))
-    qr_clip = encode(tmp_path / "calm-qr.mp4", [with_qr(still, "https://evil.example/join?g=1")] * (6 * FPS))
-    load_clips = [cuts(tmp_path / f"{sid}.mp4", 12, seed) for seed, sid in enumerate(LOAD)]
+    calm_clip = encode(tmp_path / "calm.mp4", [still] * (3 * FPS))
+    qr_clip = encode(tmp_path / "calm-qr.mp4", [with_qr(still, "https://evil.example/join?g=1")] * (3 * FPS))
+    load_clips = [cuts(tmp_path / f"{sid}.mp4", 8, seed) for seed, sid in enumerate(LOAD)]
     pubs = {sid: publish(clip, nginx.rtmp(sid), loop=True) for sid, clip in zip(LOAD, load_clips, strict=True)}
     pubs["calm"] = publish(calm_clip, nginx.rtmp("calm"), loop=True)
     settings = load_settings(
@@ -149,10 +151,11 @@ def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_say
             began = await until(ws, "an overloaded event", overloaded(True), 75)
             marks["began"] = time.time()
             during["event"] = began
-            # the calm stream's sampling widens: wait for a few samples at the new step
-            deadline = time.monotonic() + 30
-            while len([t for t, _ in samples if t > marks["began"] + 2.5]) < 3:
-                assert time.monotonic() < deadline, f"the calm stream stopped sampling: {samples[-5:]}"
+            # the calm stream's sampling widens: wait until its last samples are 2 s or more apart
+            deadline = time.monotonic() + 40
+            while len(late := [o for t, o in samples if t > marks["began"]]) < 3 or min(np.diff(late[-3:])) < 1.9:
+                hz = json.loads(await asyncio.to_thread(get, f"{base}/healthz"))["overload"]
+                assert time.monotonic() < deadline, f"the calm stream's step did not widen: {late}, {hz}"
                 await asyncio.sleep(0.5)
             during["healthz"] = json.loads(await asyncio.to_thread(get, f"{base}/healthz"))
             during["metrics"] = (await asyncio.to_thread(get, f"{base}/metrics")).decode()
@@ -168,6 +171,7 @@ def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_say
             marks["removed"] = time.time()
             await until(ws, "the recovery", overloaded(False), 60)
 
+    marks["start"] = time.time()
     thread.start()
     try:
         deadline = time.monotonic() + 60
@@ -207,11 +211,9 @@ def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_say
     assert metric(during["metrics"], "streamwatch_degradation_level") >= 1
     assert metric(during["metrics"], "streamwatch_analysis_drops_total") >= 1
 
-    # the calm stream's samples: 1 s apart before the overload, 2 s or more once its step widened
+    # the calm stream's samples: 1 s apart before the overload (2 s or more after it: waited for above)
     before = [o for t, o in samples if t < marks["began"]]
-    widened = [o for t, o in samples if marks["began"] + 2.5 < t < marks["planted"]]
     assert min(np.diff(before)) < 1.5, before
-    assert len(widened) >= 3 and min(np.diff(widened)) >= 1.9, widened
 
     # the overlay planted during the overload is alerted, before any recovery
     assert during["alert"]["stream"] == "calm" and during["level_at_alert"] >= 1
@@ -221,3 +223,4 @@ def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_say
     assert after["overload"]["level"] == 0 and not after["overload"]["overloaded"], after["overload"]
     assert after["streams"]["calm"]["overloaded"] is False
     assert metric(after_metrics, "streamwatch_degradation_level") == 0
+    print("phases (s after the daemon started):", {k: round(v - marks["start"], 1) for k, v in marks.items()})

@@ -49,6 +49,7 @@ class OverloadWatch:
         self._finished: dict[str, float] = {}  # the largest lag finished since the last look, per stream
         self._waiting: dict[str, float] = {}  # wall time of the oldest frame waiting or in analysis, per stream
         self._told: set[str] = set()  # the streams told of the open episode
+        self._keeps: dict[str, dict[str, int]] = {}  # kept frames by Keep, per stream (/healthz)
         self._began: float | None = None  # wall time the open episode was said
 
     # --- what runners tell --------------------------------------------------------------------------
@@ -57,7 +58,7 @@ class OverloadWatch:
         self._base[stream] = every_s
 
     def forget(self, stream: str) -> None:
-        for d in (self._base, self._finished, self._waiting):
+        for d in (self._base, self._finished, self._waiting, self._keeps):
             d.pop(stream, None)
         self.activity.forget(stream)
 
@@ -80,7 +81,10 @@ class OverloadWatch:
         now = time.monotonic()
         self.activity.on_kept(sample.frame.stream, now, change.fraction if change is not None else 0.0)
         changed = change is not None and change.any
-        return classify(changed, sample.distance, self.radius, self.activity.hot(sample.frame.stream, now))
+        keep = classify(changed, sample.distance, self.radius, self.activity.hot(sample.frame.stream, now))
+        counts = self._keeps.setdefault(sample.frame.stream, {})
+        counts[keep.name.lower()] = counts.get(keep.name.lower(), 0) + 1
+        return keep
 
     def factor(self, stream: str) -> int:
         return ORDER[self.governor.level].factor(self.activity.calm(stream, time.monotonic()))
@@ -147,7 +151,10 @@ class OverloadWatch:
             "lag_s": round(g.lag_s, 3),
             "overloaded": g.level > 0,
             "since": g.since,
-            "streams": {sid: {"every_s": self.every_s(sid), "calm": self.activity.calm(sid, time.monotonic())} for sid in self._base},
+            "streams": {
+                sid: {"every_s": self.every_s(sid), "calm": self.activity.calm(sid, time.monotonic()), "kept": self._keeps.get(sid, {})}
+                for sid in self._base
+            },
         }
 
     async def run(self, publish: Publish, offsets: Mapping[str, float], every_s: float = 1.0) -> None:
@@ -179,12 +186,13 @@ class OverloadWatch:
 class AnalysisQueue:
     """One stream's kept frames waiting for analysis (oldest first), bounded, with a named drop choice.
 
-    ``live``: a full queue drops per :func:`~streamwatch.runtime.degrade.pick_drop` (``on_drop(reason)``
-    counts it) or, when everything is protected, the producer waits; files always wait. The end
-    marker (None) is always taken.
+    While ``live()`` (asked at each put: an HLS recording turns out not to be live), a full queue drops
+    per :func:`~streamwatch.runtime.degrade.pick_drop` (``on_drop(reason)`` counts it) or, when
+    everything is protected, the producer waits; files always wait. The end marker (None) is always
+    taken.
     """
 
-    def __init__(self, maxsize: int, live: bool, on_drop: Callable[[str], None]) -> None:
+    def __init__(self, maxsize: int, live: Callable[[], bool], on_drop: Callable[[str], None]) -> None:
         self.maxsize, self.live, self.on_drop = maxsize, live, on_drop
         self._items: deque[tuple[Sample | None, Keep]] = deque()
         self._changed = asyncio.Condition()
@@ -199,7 +207,7 @@ class AnalysisQueue:
     async def put(self, sample: Sample, keep: Keep) -> None:
         async with self._changed:
             while len(self._items) >= self.maxsize:
-                drop = pick_drop([k for _s, k in self._items], keep) if self.live else None
+                drop = pick_drop([k for _s, k in self._items], keep) if self.live() else None
                 if drop is not None:
                     self.on_drop(drop.reason)
                     if drop.index == len(self._items):

@@ -115,7 +115,7 @@ class StreamRunner:
                 reason=reason,
             )
         )
-        queue = self._queue = AnalysisQueue(svc.settings.analysis.queue_size, live, svc.metrics.on_drop)
+        queue = self._queue = AnalysisQueue(svc.settings.analysis.queue_size, lambda: pipeline.reader.live, svc.metrics.on_drop)
         if live and pipeline.interval is not None:  # (a file is analysed as fast as it can be: never degraded)
             svc.overload.register(cfg.id, pipeline.interval.every_s)
         try:
@@ -308,6 +308,9 @@ class StreamRunner:
     def _overload(self, pipeline: StreamPipeline) -> None:
         """Tell the overload watch the oldest frame still waiting or in analysis; take the sampling step it asks for."""
         ov, queue = self.svc.overload, self._queue
+        if not pipeline.reader.live:  # (an HLS recording: read as a file, never degraded)
+            ov.forget(self.sid)
+            return
         waits = [w for w in (self._inflight, queue.oldest_wall() if queue is not None else None) if w is not None]
         ov.waiting(self.sid, min(waits, default=None))
         every = ov.every_s(self.sid)
