@@ -196,6 +196,7 @@ class AnalysisQueue:
         self.maxsize, self.live, self.on_drop = maxsize, live, on_drop
         self._items: deque[tuple[Sample | None, Keep]] = deque()
         self._changed = asyncio.Condition()
+        self._wake: asyncio.Task[None] | None = None  # the end marker's wake-up (kept: a task nobody holds may vanish)
 
     def oldest_wall(self) -> float | None:
         """Arrival wall time of the oldest frame waiting (None: none)."""
@@ -221,7 +222,7 @@ class AnalysisQueue:
     def end(self) -> None:
         """The end marker, without waiting (it never replaces a frame)."""
         self._items.append((None, Keep.ESCALATED))
-        asyncio.get_running_loop().create_task(self._notify())
+        self._wake = asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
         async with self._changed:
