@@ -334,3 +334,16 @@ def test_an_overload_rule_alerts_after_min_s_of_wall_time_and_the_report_has_the
     assert "calm_x2" in periods[0].detail
     assert end.describe() == "overload over, sampling back to normal after 131.0s: worst 5.9s behind, step 3 (all_x2)"
     assert end.describe("zh").startswith("分析负载已恢复")
+
+
+def test_max_level_0_says_the_overload_and_degrades_nothing() -> None:
+    w = OverloadWatch(OverloadConfig(max_level=0, after_s=2.0), heartbeat_s=30.0, radius=4)
+    w.register("s", 1.0)
+    changes = []
+    for t in range(6):
+        w.finished("s", 3.0)
+        changes.append(w.look(float(t), 1000.0))
+    began = [c for c in changes if c is not None]
+    assert len(began) == 1 and began[0].began  # the episode is said (once: there is no deeper step)
+    assert w.every_s("s") == 1.0 and w.as_json()["level"] == 0 and w.as_json()["overloaded"] is True
+    assert "step 0 (normal" in w.reason("s")

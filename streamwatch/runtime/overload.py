@@ -25,7 +25,7 @@ from typing import Any
 
 from streamwatch.config import OverloadConfig
 from streamwatch.events.model import HealthEvent, HealthKind
-from streamwatch.runtime.degrade import ORDER, Activity, Change, Governor, Keep, Thresholds, classify, pick_drop, widened
+from streamwatch.runtime.degrade import ORDER, Activity, Change, Governor, Keep, Step, Thresholds, classify, pick_drop, widened
 from streamwatch.sampling.sampler import Sample
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class OverloadWatch:
     def __init__(
         self, cfg: OverloadConfig, *, heartbeat_s: float, radius: int, on_level: Callable[[int, float], None] | None = None
     ) -> None:
-        t = Thresholds(cfg.lag_s, cfg.after_s, cfg.recover_s, cfg.recover_share, cfg.max_level)
+        t = Thresholds(cfg.lag_s, cfg.after_s, cfg.recover_s, cfg.recover_share, max(1, cfg.max_level))
+        self.cap = cfg.max_level  # the deepest step applied (0: an episode is said, nothing is degraded)
         self.governor = Governor(t)
         self.activity = Activity(cfg.calm_after_s, cfg.calm_tiles)
         self.heartbeat_s, self.radius = heartbeat_s, radius
@@ -87,7 +88,12 @@ class OverloadWatch:
         return keep
 
     def factor(self, stream: str) -> int:
-        return ORDER[self.governor.level].factor(self.activity.calm(stream, time.monotonic()))
+        return self.step.factor(self.activity.calm(stream, time.monotonic()))
+
+    @property
+    def step(self) -> Step:
+        """The degradation step applied now."""
+        return ORDER[min(self.governor.level, self.cap)]
 
     def every_s(self, stream: str) -> float | None:
         """The stream's sampling step now (None: not registered)."""
@@ -106,7 +112,7 @@ class OverloadWatch:
         lag = self.lag(now_wall)
         change = self.governor.update(now, lag)
         if self.on_level is not None:
-            self.on_level(self.governor.level, lag)
+            self.on_level(self.step.level, lag)
         if change is not None:
             (logger.warning if change.new > change.old else logger.info)(
                 "overload: degradation %d → %d (%s), analysis %.1fs behind", change.old, change.new, change.step.name, lag
@@ -120,9 +126,10 @@ class OverloadWatch:
         if ended is not None:
             return (
                 f"analysis {ended.lag_s:.1f}s behind, under {t.lag_s * t.recover_share:.1f}s for {t.recover_s:g}s; "
-                f"worst {ended.peak_lag_s:.1f}s behind, step {ended.peak_level} ({ORDER[ended.peak_level].name})"
+                f"worst {ended.peak_lag_s:.1f}s behind, step {min(ended.peak_level, self.cap)} "
+                f"({ORDER[min(ended.peak_level, self.cap)].name})"
             )
-        step, every = ORDER[g.level], self.every_s(stream)
+        step, every = self.step, self.every_s(stream)
         calm = self.activity.calm(stream, time.monotonic())
         here = f"this stream {'calm' if calm else 'busy'}, sampled every {every:g}s" if every is not None else "not sampled here"
         return (
@@ -146,8 +153,8 @@ class OverloadWatch:
         """For ``/healthz``: the level, its step, the last lag and each stream's sampling step now."""
         g = self.governor
         return {
-            "level": g.level,
-            "step": ORDER[g.level].name,
+            "level": self.step.level,
+            "step": self.step.name,
             "lag_s": round(g.lag_s, 3),
             "overloaded": g.level > 0,
             "since": g.since,

@@ -315,7 +315,7 @@ class StreamRunner:
         ov.waiting(self.sid, min(waits, default=None))
         every = ov.every_s(self.sid)
         if pipeline.interval is not None and every is not None and every != pipeline.interval.every_s:
-            logger.info("stream %s: sampled every %.2gs (overload step %d)", self.sid, every, ov.governor.level)
+            logger.info("stream %s: sampled every %.2gs (overload step %d)", self.sid, every, ov.step.level)
             pipeline.interval.every_s = every  # the decoder thread reads it for its next frame
 
     async def _beat(self, keeper: SessionKeeping, *, force: bool = False) -> None:
