@@ -128,6 +128,7 @@ class Daemon:
         watch = svc.models_watch
         if watch is not None:
             watch.targets = self.streams.ids
+        svc.overload.targets = self.streams.ids
         await self.bus.start()
         try:
             if self.serve:
@@ -138,10 +139,12 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(svc.engines.watch(s.analysis.reload_s, self._config_notice))
                 models = tg.create_task(watch.run(self._model_notice)) if watch is not None else None
+                overload = tg.create_task(svc.overload.run(svc.publish_health, svc.offsets))
                 for c in initial:
                     await self._start(c)
                 await self._wait()
                 watcher.cancel()
+                overload.cancel()
                 if models is not None:
                     models.cancel()
         finally:
@@ -172,6 +175,7 @@ class Daemon:
             control=self if self.desired is not None else None,
             actions=self.svc.actions,
             ui=self.settings.ui,
+            overload=self.svc.overload.as_json,
         )
         await self.server.start()
 

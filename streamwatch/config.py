@@ -177,6 +177,38 @@ class EncoderConfig(_Section):
     index: Annotated[bool, Field(description="Keep each analysed frame's embedding and thumbnail for search.")] = True
 
 
+class OverloadConfig(_Section):
+    lag_s: Annotated[
+        float,
+        Field(gt=0, description="Analysis lag (frame arrival → policy done, the worst stream) over which the box is overloaded."),
+    ] = 2.0
+    after_s: Annotated[
+        float,
+        Field(ge=0, description="How long the lag must stay over lag_s before one degradation step (and again for each next step)."),
+    ] = 3.0
+    recover_s: Annotated[float, Field(ge=0, description="How long the lag must stay under the recover line before one step is undone.")] = (
+        10.0
+    )
+    recover_share: Annotated[
+        float, Field(gt=0, le=1, description="The recover line as a share of lag_s (between the lines the level holds).")
+    ] = 0.5
+    max_level: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=3,
+            description="Deepest degradation step: 1 calm streams sampled ×2, 2 calm ×4, 3 all streams ×2 too "
+            "(0 = say the overload, degrade nothing).",
+        ),
+    ] = 3
+    calm_after_s: Annotated[
+        float, Field(gt=0, description="A stream is calm after this long without an alert or escalation (and with few changed tiles).")
+    ] = 30.0
+    calm_tiles: Annotated[
+        float, Field(gt=0, le=1, description="Calm: the recent kept frames changed on average less than this share of the tiles.")
+    ] = 0.25
+
+
 class AnalysisConfig(_Section):
     policy: Annotated[Path, Field(description="Policy file (rules + word lists); hot-reloaded on change.")] = default_policy()
     analyzers: Annotated[list[str], Field(description="Local analyzers to run: nudity, ocr, qr.")] = ["nudity", "ocr", "qr"]
@@ -218,6 +250,9 @@ class AnalysisConfig(_Section):
     ] = 0.5
     reload_s: Annotated[float, Field(gt=0, description="How often the policy files are checked for changes.")] = 1.0
     encoder: Annotated[EncoderConfig, Field(description="The ONNX vision encoder tier (labels, semantic cache, search).")] = EncoderConfig()
+    overload: Annotated[
+        OverloadConfig, Field(description="When analysis falls behind: the overloaded event and the degradation order.")
+    ] = OverloadConfig()
 
 
 def default_persona() -> Path:

@@ -72,6 +72,8 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "health.webhook_off": {"zh": "回调推送已恢复", "en": "webhook delivers again"},
     "health.storage_on": {"zh": "存储失败（磁盘满）", "en": "storage failing"},
     "health.storage_off": {"zh": "存储已恢复", "en": "storage ok"},
+    "health.overloaded_on": {"zh": "分析过载，已降级采样", "en": "overloaded, sampling degraded"},
+    "health.overloaded_off": {"zh": "分析负载已恢复，采样恢复正常", "en": "overload over, sampling back to normal"},
     "health.gap": {"zh": "监控中断 {s:.1f} 秒", "en": "monitoring gap of {s:.1f}s"},
     "health.analysis_on": {"zh": "分析失败", "en": "analysis failing"},
     "health.analysis_off": {"zh": "分析已恢复", "en": "analysis works again"},
@@ -106,6 +108,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "period.analysis_failing": {"zh": "分析失败", "en": "analysis failing"},
     "period.segment_missing": {"zh": "分片缺失", "en": "segment missing"},
     "period.storage_failing": {"zh": "存储失败（磁盘满）", "en": "storage failing"},
+    "period.overloaded": {"zh": "分析过载", "en": "overloaded"},
     "period.open": {"zh": "未结束", "en": "open"},
     "period.open_so_far": {"zh": "未结束，已 {s:.1f} 秒", "en": "open, {s:.1f}s so far"},
     "review.pending": {"zh": "待审", "en": "pending"},
@@ -177,9 +180,9 @@ def describe_health(ev: HealthEvent, lang: Lang = "zh") -> str:
         text = t("health.again_after", lang, state=state, s=ev.gap_s) if ev.gap_s is not None else state
     elif ev.kind is HealthKind.CONFIG or (ev.kind is HealthKind.MODEL and ev.active is None):
         text = t("health." + ev.kind.value, lang)
-    elif ev.kind in (HealthKind.MODEL, HealthKind.WEBHOOK, HealthKind.STORAGE):  # on: failing; off: works again
+    elif ev.kind in (HealthKind.MODEL, HealthKind.WEBHOOK, HealthKind.STORAGE, HealthKind.OVERLOADED):  # on: failing; off: ok again
         text = t(f"health.{ev.kind.value}_{'on' if ev.active else 'off'}", lang)
-        if ev.kind is HealthKind.STORAGE and ev.duration_s is not None:
+        if ev.kind in (HealthKind.STORAGE, HealthKind.OVERLOADED) and ev.duration_s is not None:
             text += t("health.after", lang, s=ev.duration_s)
     elif ev.kind is HealthKind.MONITORING_GAP:
         text = t("health.gap", lang, s=ev.duration_s or 0.0)

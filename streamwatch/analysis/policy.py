@@ -36,10 +36,11 @@ class When(_Strict):
     label: Annotated[str | None, Field(description="A zero-shot label of the vision encoder (labels file).")] = None
     min_score: Annotated[float | None, Field(ge=-1, le=1, description="label: lowest score (cosine) that counts.")] = None
     health: Annotated[
-        Literal["black", "frozen", "outage", "monitoring_gap", "storage", "no_video"] | None,
+        Literal["black", "frozen", "outage", "monitoring_gap", "storage", "no_video", "overloaded"] | None,
         Field(
             description="A stream health condition (monitoring_gap: the daemon was not running during a stream session; "
-            "storage: the data folder takes no writes, e.g. a full disk; no_video: the source is up but sends audio only)."
+            "storage: the data folder takes no writes, e.g. a full disk; no_video: the source is up but sends audio only; "
+            "overloaded: analysis fell behind and sampling is degraded)."
         ),
     ] = None
     min_s: Annotated[float, Field(ge=0, description="How long the health condition must last.")] = 0.0

@@ -243,7 +243,7 @@ class RuleEngine:
 
     def on_health(self, ev: HealthEvent) -> None:
         """Track open black / frozen / outage / no-video periods from health events."""
-        if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.STORAGE):
+        if ev.kind in (HealthKind.BLACK, HealthKind.FROZEN, HealthKind.STORAGE, HealthKind.OVERLOADED):
             key = (ev.stream, ev.kind.value)
             if ev.active:
                 self._periods.setdefault(key, _Period(ev.at, ev.offset))
@@ -280,7 +280,8 @@ class RuleEngine:
             period = self._periods.get((stream, cond))
             if period is None or period.alerted:
                 continue
-            wall = cond in ("outage", "monitoring_gap", "storage", "no_video") or offset is None  # no samples arrive, or not about them
+            # no samples arrive, or not about them
+            wall = cond in ("outage", "monitoring_gap", "storage", "no_video", "overloaded") or offset is None
             lasted = now - period.since if wall or offset is None else offset - period.offset
             if period.closed is not None:
                 lasted = period.closed

@@ -57,6 +57,7 @@ class HealthKind(enum.Enum):
     ANALYSIS = "analysis"  # active: frames in a row skipped because their analysis failed; inactive: it works again
     WEBHOOK = "webhook"  # active: a webhook endpoint has failed for a while (reason names it); inactive: it recovered
     STORAGE = "storage"  # active: the data folder takes no writes (disk full): events held, evidence not saved; inactive: ok again
+    OVERLOADED = "overloaded"  # process-wide, on every stream: active: analysis fell behind, sampling degraded; inactive: keeps up again
 
 
 class Severity(enum.Enum):

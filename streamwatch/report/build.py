@@ -25,7 +25,7 @@ from streamwatch.events.model import (
 UNWATCHED_PERIODS = ("monitoring_gap", "segment_missing")
 DOWN_STATES = (StreamState.STALLED, StreamState.RECONNECTING)
 _PERIOD = {HealthKind.ANALYSIS: "analysis_failing", HealthKind.STORAGE: "storage_failing"}  # period kinds named otherwise
-_DETAILED = (HealthKind.ANALYSIS, HealthKind.STORAGE)  # periods whose start's reason is their detail
+_DETAILED = (HealthKind.ANALYSIS, HealthKind.STORAGE, HealthKind.OVERLOADED)  # periods whose start's reason is their detail
 
 
 def hms(offset: float) -> str:
@@ -39,6 +39,7 @@ class Period:
 
     # outage | cut (the outage an action made: on purpose) | black | frozen | monitoring_gap | segment_missing
     # | analysis_failing (frames skipped: their analysis failed) | storage_failing (the data disk took no writes)
+    # | overloaded (analysis fell behind: sampling degraded; the detail names the lag and the step)
     kind: str
     start: float  # stream offset, seconds
     duration: float | None  # open ones: up to the report's end (None without one)

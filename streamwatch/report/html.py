@@ -25,6 +25,7 @@ PERIOD_COLORS = {
     "segment_missing": "#b197fc",
     "analysis_failing": "#e67700",
     "storage_failing": "#7a5c00",
+    "overloaded": "#c2255c",
 }
 ACTION_COLOR = "#7048e8"
 

@@ -44,6 +44,7 @@ class StreamPipeline:
     stream: StreamConfig
     reader: FrameReader
     sampler: Sampler
+    interval: IntervalSampler | None = None  # which decoded frames are sampled; its step may be widened while running (overload)
 
     def _feed(self, item: Frame | HealthEvent) -> Sequence[Output]:
         if isinstance(item, Frame):
@@ -91,4 +92,4 @@ def build_pipeline(stream: StreamConfig, settings: Settings, cpu: CpuAccount | N
         decoder_threads=cpu_budget(a.cpu_threads, os.cpu_count(), a.threads).decoder,
         cpu=cpu,
     )
-    return StreamPipeline(stream, reader, Sampler(settings.sampling, cpu))
+    return StreamPipeline(stream, reader, Sampler(settings.sampling, cpu), interval)

@@ -6,10 +6,12 @@ what differs is where events go (a :class:`Publisher`: the SQLite bus, or JetStr
 session clock survives a crash (a :class:`SessionKeeping`: SQLite, or the cluster's carried state).
 
 A runner's TaskGroup: a producer (decoder thread → sampler; health events straight to the
-publisher), a bounded queue of kept frames (live: drop the oldest, counted; files: wait), a consumer
-(cascade → policy → alerts), the compliance loop and a one-second ticker for health rules and
-session heartbeats. :meth:`StreamRunner.stop` ends the stream on purpose (queued frames are still
-analysed, an ``ended`` event, the session closed); cancelling the task abandons it (a lost cluster
+publisher), a bounded queue of kept frames (:class:`~streamwatch.runtime.overload.AnalysisQueue`;
+live: a named drop choice that never drops escalated or overlay frames, counted; files: wait), a consumer
+(cascade → policy → alerts), the compliance loop and a one-second ticker for health rules, session
+heartbeats and the overload watch (how far behind analysis is; the sampling step it asks for).
+:meth:`StreamRunner.stop` ends the stream on purpose (queued frames are still analysed, an
+``ended`` event, the session closed); cancelling the task abandons it (a lost cluster
 lease): nothing more is published and the session stays open for the next owner.
 
 A data folder that takes no writes (a full disk) never stops a runner: a heartbeat, thumbnail or
@@ -39,6 +41,7 @@ from streamwatch.events.session import SessionKeeper
 from streamwatch.events.store import EventStore
 from streamwatch.runtime.cpu_account import Stage
 from streamwatch.runtime.faults import FailureStreak, describe
+from streamwatch.runtime.overload import AnalysisQueue
 from streamwatch.runtime.pipeline import SkippedFrame, StreamPipeline, build_pipeline
 from streamwatch.runtime.services import StreamServices
 from streamwatch.sampling.regions import SIGNATURE_INDEX, signature_vector
@@ -83,6 +86,8 @@ class StreamRunner:
         self._streak = FailureStreak()  # frames in a row whose analysis failed
         self._storage_since: float | None = None  # wall time this runner said storage is failing (None: ok)
         self.failed = False  # the source was given up on (retries exhausted, unreadable file)
+        self._queue: AnalysisQueue | None = None
+        self._inflight: float | None = None  # arrival wall time of the frame in analysis now
 
     def stop(self) -> None:
         """End on purpose: ingest stops, queued frames are still analysed, then ``ended``."""
@@ -110,10 +115,12 @@ class StreamRunner:
                 reason=reason,
             )
         )
-        queue: asyncio.Queue[Sample | None] = asyncio.Queue(svc.settings.analysis.queue_size)
+        queue = self._queue = AnalysisQueue(svc.settings.analysis.queue_size, lambda: pipeline.reader.live, svc.metrics.on_drop)
+        if live and pipeline.interval is not None:  # (a file is analysed as fast as it can be: never degraded)
+            svc.overload.register(cfg.id, pipeline.interval.every_s)
         try:
             async with asyncio.TaskGroup() as tg:
-                self._producer = tg.create_task(self._produce(pipeline, queue, live))
+                self._producer = tg.create_task(self._produce(pipeline, queue))
                 if self.stopping:
                     self._producer.cancel()
                 consumer = tg.create_task(self._consume(queue))
@@ -136,6 +143,10 @@ class StreamRunner:
                 )
             )
             keeper = None  # the session stays open: a restart continues it
+        finally:
+            svc.overload.forget(cfg.id)
+        if (ev := svc.overload.leave(cfg.id, svc.offsets.get(cfg.id, 0.0))) is not None:  # its overloaded period ends here
+            await svc.publish_health(ev)
         if keeper is not None:  # stopped on purpose, or the source finished: the session ends
             await self._end_session(pipeline, keeper)
         elif not live and not self.failed and not self.stopping and self.keeper is not None:
@@ -146,9 +157,8 @@ class StreamRunner:
 
     # --- the tasks -------------------------------------------------------------------------------
 
-    async def _produce(self, pipeline: StreamPipeline, queue: asyncio.Queue[Sample | None], live: bool) -> None:
+    async def _produce(self, pipeline: StreamPipeline, queue: AnalysisQueue) -> None:
         svc, sid = self.svc, self.sid
-        ended = False
         try:
             async for out in pipeline.arun(svc.settings.ingest.queue_size):
                 if isinstance(out, SkippedFrame):  # the sampler could not take this frame
@@ -160,30 +170,18 @@ class StreamRunner:
                 svc.offsets[sid] = out.offset
                 svc.on_sample(sid, out.offset)
                 await self._health_alerts(out.offset)
-                if not out.kept:
-                    continue
-                if pipeline.reader.live and queue.full():  # analysis is behind: drop the oldest kept frame
-                    queue.get_nowait()
-                    svc.metrics.queue_drops.labels("analysis").inc()
-                await queue.put(out)
-            ended = True
+                if out.kept:  # analysis behind: the queue drops per its named choice, or waits (files, protected frames)
+                    await queue.put(out, svc.overload.keep_of(out))
         finally:
-            if ended and not live:  # a file that ended: its last frames are analysed, nothing is dropped
-                await queue.put(None)
-            else:  # stopped or live: the end marker without waiting; if the queue is full it replaces the oldest frame
-                try:
-                    queue.put_nowait(None)
-                except asyncio.QueueFull:
-                    queue.get_nowait()
-                    svc.metrics.queue_drops.labels("analysis").inc()
-                    queue.put_nowait(None)
+            queue.end()  # queued frames are still analysed
 
-    async def _consume(self, queue: asyncio.Queue[Sample | None]) -> None:
+    async def _consume(self, queue: AnalysisQueue) -> None:
         svc, sid = self.svc, self.sid
         loop = asyncio.get_running_loop()
         lat = svc.metrics.stage_latency
         while (sample := await queue.get()) is not None:
             frame = sample.frame
+            self._inflight = frame.wall
             lat.labels("queued").observe(max(0.0, time.time() - frame.wall))
             t0 = time.perf_counter()
             try:
@@ -199,6 +197,7 @@ class StreamRunner:
                     source=frame.rgb,
                 )
             except (AnalysisError, IngestError) as e:  # this frame is skipped; the stream goes on
+                self._inflight = None
                 await self._frame_failed(frame.offset, e)
                 continue
             if (streak := self._streak.ok()) is not None:
@@ -211,7 +210,9 @@ class StreamRunner:
             with svc.cpu.measure(sid, Stage.POLICY):
                 drafts = svc.engines.engine_for(sid).evaluate(fa)
             lat.labels("policy").observe(time.perf_counter() - t1)
-            svc.on_analyzed(sid, time.time() - frame.wall)
+            svc.on_analyzed(sid, lag := time.time() - frame.wall)
+            svc.overload.finished(sid, lag)
+            self._inflight = None
             if drafts:
                 await self._publish_alerts(drafts, fa, image)
             if svc.router.primary(Capability.COMPLIANCE) != LOCAL:  # stream time, so files are checked like live shows
@@ -300,8 +301,22 @@ class StreamRunner:
             await asyncio.sleep(1.0)
             await self._storage_health(pipeline.reader.offset_now())
             await self._health_alerts(None)
+            self._overload(pipeline)
             if keeper is not None:  # the heartbeat that bounds a monitoring gap after a crash
                 await self._beat(keeper)
+
+    def _overload(self, pipeline: StreamPipeline) -> None:
+        """Tell the overload watch the oldest frame still waiting or in analysis; take the sampling step it asks for."""
+        ov, queue = self.svc.overload, self._queue
+        if not pipeline.reader.live:  # (an HLS recording: read as a file, never degraded)
+            ov.forget(self.sid)
+            return
+        waits = [w for w in (self._inflight, queue.oldest_wall() if queue is not None else None) if w is not None]
+        ov.waiting(self.sid, min(waits, default=None))
+        every = ov.every_s(self.sid)
+        if pipeline.interval is not None and every is not None and every != pipeline.interval.every_s:
+            logger.info("stream %s: sampled every %.2gs (overload step %d)", self.sid, every, ov.step.level)
+            pipeline.interval.every_s = every  # the decoder thread reads it for its next frame
 
     async def _beat(self, keeper: SessionKeeping, *, force: bool = False) -> None:
         """A session heartbeat; one the data folder does not take is skipped (the storage health event says it)."""
@@ -371,6 +386,8 @@ class StreamRunner:
         loop = asyncio.get_running_loop()
         build = functools.partial(build_alerts, drafts, fa, image, svc.store, late=late)
         events = await loop.run_in_executor(None, self._timed, Stage.STORE, build)
+        if events and image is not None:  # a content alert (not a health rule's): for a while its stream's frames are never
+            svc.overload.on_alert(self.sid)  # dropped and its sampling is not widened before the other streams'
         for ev in events:
             stored = await svc.bus.publish(ev)
             svc.metrics.stage_latency.labels("glass_to_stored").observe(max(0.0, time.time() - fa.received_at))

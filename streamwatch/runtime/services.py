@@ -30,6 +30,7 @@ from streamwatch.outbound.actions import ActionDesk, ran_in
 from streamwatch.runtime.blas import limit_blas
 from streamwatch.runtime.cpu_account import CpuAccount, CpuBudget, cpu_budget
 from streamwatch.runtime.model_health import ModelHealth, ModelWatch, router_snapshot
+from streamwatch.runtime.overload import OverloadWatch
 from streamwatch.runtime.policies import Engines
 from streamwatch.server.metrics import Metrics
 from streamwatch.vlm.escalation import EscalationQueue
@@ -76,6 +77,7 @@ class StreamServices:
     vlm: VLMService
     escalations: EscalationQueue
     persona: Persona
+    overload: OverloadWatch  # analysis lag → the overloaded event, each stream's sampling step, the drop choice
     search: FrameSearch | None = None
     models_watch: ModelWatch | None = None  # the VLM tier's health notices (roles falling back, breakers, unusable output)
     frames: FrameIndexer | None = None  # None: indexed frames go into ``store``
@@ -209,6 +211,9 @@ async def build_services(
         vlm=VLMService(router, questions=questions, deadline_s=s.vlm.answer_deadline_s),
         escalations=escalations,
         persona=persona,
+        overload=OverloadWatch(
+            s.analysis.overload, heartbeat_s=s.sampling.heartbeat_s, radius=s.sampling.dedupe_radius, on_level=metrics.on_level
+        ),
         search=search,
         models_watch=watch,
         actions=actions,

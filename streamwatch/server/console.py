@@ -97,6 +97,7 @@ class ConsoleData:
                     "frozen": bool(st.get("frozen")),
                     "analysis_failing": bool(st.get("analysis_failing")),
                     "storage_failing": bool(st.get("storage_failing")),
+                    "overloaded": bool(st.get("overloaded")),
                     "offset": round(offset, 3),
                     "frame": None if frame is None else {"offset": round(frame.analysis.offset, 3), "at": iso(frame.analysis.at)},
                 }

@@ -22,6 +22,19 @@ class Metrics:
         self.lagging = Counter("streamwatch_clients_lagging", "Clients disconnected for falling behind.", registry=r)
         self.refused = Counter("streamwatch_handshakes_refused", "WebSocket handshakes refused, by HTTP status.", ["status"], registry=r)
         self.queue_drops = Counter("streamwatch_queue_drops", "Items dropped from bounded queues, by queue.", ["queue"], registry=r)
+        self.analysis_drops = Counter(
+            "streamwatch_analysis_drops",
+            "Kept frames dropped from a live stream's full analysis queue, by reason (unchanged|oldest; "
+            "never escalated or overlay frames).",
+            ["reason"],
+            registry=r,
+        )
+        self.degradation = Gauge(
+            "streamwatch_degradation_level", "Overload degradation step now (0 normal … 3; see runtime/degrade.py).", registry=r
+        )
+        self.analysis_lag = Gauge(
+            "streamwatch_analysis_lag_seconds", "The process's analysis lag at the last look (worst stream).", registry=r
+        )
         self.stage_latency = Histogram(
             "streamwatch_stage_latency_seconds", "Per-stage latency, by stage.", ["stage"], buckets=LATENCY_BUCKETS, registry=r
         )
@@ -51,6 +64,14 @@ class Metrics:
             "streamwatch_vlm_latency_seconds", "VLM attempt latency, by model.", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.vlm_late = Counter("streamwatch_vlm_late", "Compliance answers that arrived after the deadline.", registry=r)
+
+    def on_level(self, level: int, lag: float) -> None:
+        self.degradation.set(level)
+        self.analysis_lag.set(lag)
+
+    def on_drop(self, reason: str) -> None:
+        self.queue_drops.labels("analysis").inc()
+        self.analysis_drops.labels(reason).inc()
 
     def on_cpu(self, stream: str, stage: str, seconds: float) -> None:
         self.stage_cpu.labels(stream, stage).inc(seconds)

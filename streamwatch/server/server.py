@@ -62,6 +62,7 @@ class EventServer:
         control: StreamControl | None = None,
         actions: ActionDesk | None = None,
         ui: UIConfig | None = None,
+        overload: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.ui = ui or UIConfig()  # the desk's language and time zone (hello, reports)
@@ -79,6 +80,7 @@ class EventServer:
         self.forwarder = forwarder  # a cluster gateway: images and questions go to the workers (it answers none itself)
         self.models = models
         self.actions = actions  # runs the actions moderators confirm (``act``)
+        self.overload = overload  # the degradation level and each stream's sampling step now (/healthz)
         self.api: ApiServer | None = None
         if cfg.api_port is not None:
             self.api = ApiServer(cfg, self.tokens, inferrer, self.limiter, self.metrics, self.streams, self.stream_admin)
@@ -191,6 +193,8 @@ class EventServer:
                 entry["analysis_failing"] = bool(d.get("active"))
             elif d.get("kind") == "storage":  # (delivered unsaved while it lasts: the disk is full)
                 entry["storage_failing"] = bool(d.get("active"))
+            elif d.get("kind") == "overloaded":  # process-wide, said on every stream
+                entry["overloaded"] = bool(d.get("active"))
 
     def health(self) -> dict[str, Any]:
         return {
@@ -200,6 +204,7 @@ class EventServer:
             "last_id": self.bus.last_id,
             "clients": self.bus.subscriptions,
             "streams": self.status,
+            **({"overload": self.overload()} if self.overload is not None else {}),
         }
 
     def user_limiter(self, token: str, user: str) -> RateLimiter:

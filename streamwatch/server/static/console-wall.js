@@ -59,6 +59,7 @@
     if (s.frozen) badge.push(SW.t("frozen"));
     if (s.analysis_failing) badge.push(SW.t("analysis_failing"));
     if (s.storage_failing) badge.push(SW.t("storage_failing"));
+    if (s.overloaded) badge.push(SW.t("overloaded"));
     if (!s.frame && view === "live") badge.push(SW.t("no_picture"));
     t.querySelector(".badge").textContent = badge.join(" · ");
     t.title = s.reason || "";
