@@ -29,13 +29,13 @@ KINDS: tuple[SuiteClip, ...] = (
         Overlay(14.6, 18, "qr", "https://evil.example/logo?s=1", 150, "top-left", "qr_code", case="qr_logo", logo=True),
         Overlay(19.2, 21.5, "caption", "今晚的舞台真好看 谢谢大家", 30, "bottom-left", "", case="translucent", alpha=0.5),
     )),
-    SuiteClip("kinds-pan-720p", "astronaut", 1280, 720, 25, 22, 8.0, (
-        Overlay(2.6, 6.5, "caption", "加V信 mei2024 领福利", 16, "bottom-right", "contact_spam", case="corner16"),
-        Overlay(3.5, 7.5, "caption", "Monster Energy 魔爪能量 限时特惠", 28, "top-left", "unauthorized_brand", case="marquee",
-                speed=120),
-        Overlay(8.2, 12, "caption", "在线百家乐 注册就送88元", 32, "center-bottom", "gambling", case="translucent", alpha=0.45),
+    SuiteClip("kinds-pan-720p", "astronaut", 1280, 720, 25, 22, 16.0, (
+        Overlay(2.6, 6.5, "caption", "加微信领红包", 28, "right-edge", "contact_spam", case="vertical", vertical=True, color=RED),
+        Overlay(3.4, 7, "caption", "网赌平台 注册送彩金", 16, "bottom-right", "gambling", case="corner16"),
+        Overlay(8.2, 12, "caption", "KFC 肯德基 疯狂星期四 限时特惠", 28, "top-left", "unauthorized_brand", case="marquee", speed=120),
         Overlay(13.7, 17, "qr", "https://evil.example/skew?a=20", 200, "top-right", "qr_code", case="qr_skew", skew=20),
         Overlay(18.3, 21.5, "caption", "欢迎来到直播间", 28, "left-edge", "", case="vertical", vertical=True),
+        Overlay(18.3, 21.5, "caption", "今晚的舞台真好看 谢谢大家", 30, "center-bottom", "", case="translucent", alpha=0.5),
     )),
     SuiteClip("kinds-zoom-1080p", "rocket", 1920, 1080, 15, 22, 2.0, (
         Overlay(2.5, 6, "caption", "QQ群 12345678 进群领福利", 16, "bottom-left", "contact_spam", case="corner16"),

@@ -33,6 +33,7 @@ import numpy as np
 from streamwatch.analysis.base import Analyzer
 from streamwatch.analysis.cache import EmbeddingCache
 from streamwatch.analysis.model import Detection, FrameAnalysis
+from streamwatch.analysis.reread import Line, merged, small_lines
 from streamwatch.analysis.reuse import Plan, PlanKind, Reference, References
 from streamwatch.errors import AnalysisError
 from streamwatch.runtime.cpu_account import CpuAccount, Stage, weights
@@ -92,11 +93,13 @@ class Cascade:
         regional: bool = True,
         region_max_area: float = 0.5,
         cpu: CpuAccount | None = None,
+        small_text_px: int = 24,
     ) -> None:
         self.analyzers = list(analyzers)
         self.cpu = cpu or CpuAccount()  # CPU seconds per stream and stage (analyzers, encoder, reuse plan, source RGB)
         self.executor = executor
         self.max_batch = max_batch
+        self.small_text_px = small_text_px  # OCR lines under this many analysis px tall are read again at the source resolution
         self.observe = observe or (lambda _name, _s: None)
         self._ref_args = (cache_radius, cache_ttl_s, cache_size)
         self._ref_kw = {"level": region_level, "min_fraction": region_min, "max_area": region_max_area if regional else 0.0}
@@ -170,7 +173,10 @@ class Cascade:
         if plan.kind is PlanKind.HIT:
             ref = plan.reference
             assert ref is not None
-            refs.touch(ref)
+            if plan.change is not None and plan.change.shift != (0, 0):  # the picture moved: compare with it next
+                refs.put(Reference(phash, signature, ref.detections, (w, h), ref.born, ref.embedding))
+            else:
+                refs.touch(ref)
             self.hits += 1
             emb = embedding if embedding is not None else ref.embedding
             return FrameAnalysis(stream, offset, at, received_at, ref.detections, w, h, cached=True, embedding=emb)
@@ -284,6 +290,7 @@ class Cascade:
                     else:
                         jobs.append(self._per_image(loop, a, images, streams))
                 results = await asyncio.gather(*jobs)
+                results = [await self._reread(loop, a, inputs[a.name], per, batch) for a, per in zip(self.analyzers, results, strict=True)]
                 found: list[list[Detection]] = [[] for _ in batch]
                 for a, per_input in zip(self.analyzers, results, strict=True):
                     for inp, dets in zip(inputs[a.name], per_input, strict=True):
@@ -330,6 +337,30 @@ class Cascade:
                 out.append(_Input(i, src, (0, 0), scale))
             else:
                 out.append(_Input(i, r.image, (0, 0), 1.0))
+        return out
+
+    async def _reread(
+        self, loop: asyncio.AbstractEventLoop, a: Analyzer, inputs: list[_Input], found: list[tuple[Detection, ...]], batch: list[_Request]
+    ) -> list[tuple[Detection, ...]]:
+        """OCR lines too small at the analysis scale, read again on crops of the source frame (:mod:`.reread`)."""
+        if a.name not in self.regional_names or getattr(a, "source_resolution", False):
+            return found
+        todo: list[tuple[int, list[Line], np.ndarray, float]] = []
+        for k, (inp, dets) in enumerate(zip(inputs, found, strict=True)):
+            r = batch[inp.index]
+            if r.src is not None and dets:
+                gain = r.src.shape[1] / r.image.shape[1]
+                lines = small_lines(dets, inp.offset, gain, self.small_text_px, (r.src.shape[1], r.src.shape[0]))
+                if lines:
+                    todo.append((k, lines, r.src, gain))
+        if not todo:
+            return found
+        crops = [np.ascontiguousarray(src[y1:y2, x1:x2]) for _, lines, src, _ in todo for x1, y1, x2, y2 in (ln.box for ln in lines)]
+        streams = [batch[inputs[k].index].stream for k, lines, _, _ in todo for _ in lines]
+        readings = iter(await self._per_image(loop, a, crops, streams))
+        out = list(found)
+        for k, lines, _, gain in todo:
+            out[k] = merged(found[k], lines, [next(readings) for _ in lines], inputs[k].offset, gain)
         return out
 
     async def _per_image(
