@@ -96,47 +96,47 @@ def background(name: str, w: int, h: int, pan_px: float, margin: int = 0) -> np.
     return cv2.resize(img, (int(img.shape[1] * f) + 2, int(img.shape[0] * f) + 2), interpolation=cv2.INTER_AREA)
 
 
-def caption_image(o: Overlay) -> np.ndarray:
-    """RGBA image of a caption whose text is about ``o.size`` high (one character per line if vertical)."""
+def caption_image(
+    text: str, px: int, band: bool = False, *, color: tuple[int, int, int] = (255, 255, 255), vertical: bool = False
+) -> np.ndarray:
+    """RGBA image of a caption whose text is about ``px`` high (one character per line if ``vertical``),
+    on a dark band or with an outline (dark around light text, white around dark or coloured text)."""
     if not FONT.exists():
         raise SystemExit(f"{FONT} not found: install Debian's fonts-noto-cjk")
-    px = o.size
     font = ImageFont.truetype(str(FONT), px)
-    stroke = 0 if o.band else (1 if px < 20 else 2)
-    outline = (0, 0, 0, 255) if sum(o.color) > 480 else (255, 255, 255, 255)
-    lines = list(o.text) if o.vertical else [o.text]
+    stroke = 0 if band else (1 if px < 20 else 2)
+    outline = (0, 0, 0, 255) if sum(color) > 480 else (255, 255, 255, 255)
+    lines = list(text) if vertical else [text]
     step = int(px * 1.2)
     boxes = [font.getbbox(t, stroke_width=stroke) for t in lines]
     x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
     tw = max(b[2] for b in boxes) - x0
     th = (len(lines) - 1) * step + max(b[3] for b in boxes) - y0
     pad = max(px // 3, 4)
-    img = Image.new("RGBA", (tw + 2 * pad, th + 2 * pad), (10, 10, 30, 210) if o.band else (0, 0, 0, 0))
+    img = Image.new("RGBA", (tw + 2 * pad, th + 2 * pad), (10, 10, 30, 210) if band else (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     for i, (t, b) in enumerate(zip(lines, boxes, strict=True)):
-        dx = (tw - (b[2] - b[0])) // 2 if o.vertical else 0
-        draw.text((pad - b[0] + dx, pad - y0 + i * step), t, font=font, fill=(*o.color, 255), stroke_width=stroke, stroke_fill=outline)
+        dx = (tw - (b[2] - b[0])) // 2 if vertical else 0
+        draw.text((pad - b[0] + dx, pad - y0 + i * step), t, font=font, fill=(*color, 255), stroke_width=stroke, stroke_fill=outline)
     return np.asarray(img)
 
 
-def qr_image(o: Overlay) -> np.ndarray:
-    """RGBA image of a QR code ``o.size`` px wide (before any skew), with its quiet zone."""
+def qr_image(payload: str, side: int, inverted: bool = False, *, logo: bool = False, skew: float = 0.0) -> np.ndarray:
+    """RGBA image of a QR code ``side`` px wide (before any skew), with its quiet zone."""
     import segno
 
     buf = io.BytesIO()
-    segno.make(o.text, error="h" if o.logo else "m").save(buf, kind="png", scale=8, border=4)
+    segno.make(payload, error="h" if logo else "m").save(buf, kind="png", scale=8, border=4)
     img = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_GRAYSCALE)
-    img = cv2.resize(img, (o.size, o.size), interpolation=cv2.INTER_AREA)
-    if o.inverted:
+    img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+    if inverted:
         img = 255 - img
     rgba = np.dstack([img, img, img, np.full_like(img, 255)])
-    if o.logo:  # a brand badge over the centre (about 6% of the code's area): level H restores it
-        s, c = o.size // 4, o.size // 2
+    if logo:  # a brand badge over the centre (about 6% of the code's area): level H restores it
+        s, c = side // 4, side // 2
         cv2.rectangle(rgba, (c - s // 2, c - s // 2), (c + s // 2, c + s // 2), (220, 30, 40, 255), -1)
         cv2.circle(rgba, (c, c), s // 3, (255, 255, 255, 255), -1)
-    if o.skew:
-        rgba = skewed(rgba, o.skew)
-    return rgba
+    return skewed(rgba, skew) if skew else rgba
 
 
 def skewed(rgba: np.ndarray, degrees: float) -> np.ndarray:
@@ -167,7 +167,9 @@ def place(where: str, ow: int, oh: int, w: int, h: int) -> tuple[int, int]:
 
 
 def overlay_rgba(o: Overlay) -> np.ndarray:
-    return qr_image(o) if o.kind == "qr" else caption_image(o)
+    if o.kind == "qr":
+        return qr_image(o.text, o.size, o.inverted, logo=o.logo, skew=o.skew)
+    return caption_image(o.text, o.size, o.band, color=o.color, vertical=o.vertical)
 
 
 def paste(frame: np.ndarray, rgba: np.ndarray, x: int, y: int, alpha: float = 1.0) -> None:
