@@ -30,9 +30,7 @@ class Line:
     box: PixelBox  # in source pixels
 
 
-def small_lines(
-    detections: Sequence[Detection], offset: tuple[int, int], gain: float, min_px: int, source: tuple[int, int]
-) -> list[Line]:
+def small_lines(detections: Sequence[Detection], offset: tuple[int, int], gain: float, min_px: int, source: tuple[int, int]) -> list[Line]:
     """The lines of one OCR input (boxes in its pixels, the input at ``offset`` of the analysis image)
     that are under ``min_px`` tall, with their boxes in the source picture of ``source`` (width, height)
     pixels, ``gain`` source pixels per analysis pixel. Empty when ``gain`` < MIN_GAIN."""
