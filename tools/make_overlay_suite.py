@@ -7,8 +7,12 @@ with small overlays appearing for 2–6 s at known times: Chinese and English ca
 (dark-on-light and light-on-dark, near an edge). A 64-bit global pHash moves by 0–2 bits for most
 of them. Labels (``<clip>.labels.json``) list every overlay with the rule it must raise ("" = none).
 
+The second part (``--kinds``, clips in tools/overlay_kinds.py) moves the camera (pan, zoom, shake) and
+plants the variants spammers answer a caught caption with: translucent captions, marquees, 16 px
+corner text, vertical text at an edge, skewed QR codes and QR codes with a logo, and clean look-alikes.
+
 Captions are drawn with Noto Sans CJK (Debian ``fonts-noto-cjk``); QR codes with segno.
-Usage: ``python tools/make_overlay_suite.py OUT_DIR [--only NAME]``.
+Usage: ``python tools/make_overlay_suite.py OUT_DIR [--kinds] [--only NAME]``.
 """
 
 from __future__ import annotations
@@ -246,20 +250,24 @@ def write_clip(c: SuiteClip, out: Path) -> dict[str, object]:
     return labels
 
 
-def write_suite(out_dir: Path, only: str | None = None) -> list[tuple[Path, dict[str, object]]]:
-    names = [c.name for c in SUITE]
+def write_suite(out_dir: Path, only: str | None = None, suite: tuple[SuiteClip, ...] = SUITE) -> list[tuple[Path, dict[str, object]]]:
+    names = [c.name for c in suite]
     if only is not None and only not in names:
         raise SystemExit(f"no clip {only!r} in the suite; the clips are: {', '.join(names)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [(out_dir / f"{c.name}.mp4", write_clip(c, out_dir / f"{c.name}.mp4")) for c in SUITE if only in (None, c.name)]
+    return [(out_dir / f"{c.name}.mp4", write_clip(c, out_dir / f"{c.name}.mp4")) for c in suite if only in (None, c.name)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--only", help="one clip of the suite: " + ", ".join(c.name for c in SUITE))
+    ap.add_argument("--only", help="one clip of the suite: " + ", ".join(c.name for c in SUITE) + " (or of --kinds)")
+    ap.add_argument("--kinds", action="store_true", help="the second part: moving cameras and the spammers' variants")
     a = ap.parse_args()
-    for path, labels in write_suite(a.out, a.only):
+    if a.kinds:
+        from overlay_kinds import KINDS
+
+    for path, labels in write_suite(a.out, a.only, KINDS if a.kinds else SUITE):
         print(f"wrote {path} ({labels['duration']} s, {len(labels['overlays'])} overlays)")  # type: ignore[arg-type]
 
 
