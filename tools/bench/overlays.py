@@ -85,13 +85,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = [(c, Path(tmp) / f"{c.name}.mp4") for c in clips]
         labels = {c.name: write_clip(c, path) for c, path in paths}
-        results: dict[str, tuple[dict[str, dict[str, Any]], int]] = {}
+        results: dict[str, tuple[dict[str, dict[str, Any]], dict[str, int]]] = {}
         for g, (gate, over) in enumerate(GATES.items()):
             per: dict[str, dict[str, Any]] = defaultdict(lambda: {"total": 0, "delays": [], "missed": [], "false": 0})
-            frames = 0
+            frames = {"suite": 0, "kinds": 0}
             for c, path in paths:
                 alerts, n = run(path, Path(tmp) / f"d-{g}-{c.name}", over)
-                frames += n
+                frames["kinds" if c in KINDS else "suite"] += n
                 score(labels[c.name]["overlays"], alerts, per)  # type: ignore[arg-type]
             results[gate] = (dict(per), frames)
     n_on = sum(1 for c in clips for o in c.overlays if o.expect)
@@ -106,7 +106,7 @@ def main() -> None:
         summary[gate] = (caught, total, false, delays)
         onset = f"onset mean {statistics.mean(delays):.2f} s, max {max(delays):.2f} s" if delays else "no onsets"
         print(f"\n{gate}: recall {caught}/{total} = {caught / max(total, 1):.1%}; {onset}; false alerts {false}; "
-              f"frames through the models {frames}")  # fmt: skip
+              f"frames through the models {sum(frames.values())} (first part {frames['suite']}, kinds {frames['kinds']})")  # fmt: skip
         for name in sorted(per):
             k = per[name]
             d = k["delays"]
