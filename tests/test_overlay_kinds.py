@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streamwatch.analysis.reuse import PlanKind, Reference, References
 from streamwatch.cli import main
 from streamwatch.events.model import AlertEvent
 from streamwatch.events.store import EventStore
 from streamwatch.sampling.dedupe import Deduper
-from streamwatch.sampling.phash import PHash
+from streamwatch.sampling.phash import PHash, phash_luma
 from streamwatch.sampling.regions import signature_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -103,3 +104,28 @@ def test_an_edge_caption_appearing_during_a_pan_is_new_content_at_once() -> None
         elif second:
             assert verdict.new and verdict.change is not None and verdict.change.shift[0] < 0  # the pan keeps the reference fresh
             assert not verdict.change.any  # a pan alone is no new content
+
+
+def test_what_slides_in_during_a_pan_is_analysed_once_the_camera_moved_a_tile() -> None:
+    """The cascade's reference follows the moving picture (no blind edge), and what slid in since the last
+    model run is analysed as a strip along that edge once it is a tile wide: not every second, not never."""
+    w, h, speed = 640, 360, 6  # px per second: 3 px of the 320×180 reduced picture per sample
+    bg = background("astronaut", w, h, speed * 20)
+    refs = References()
+    plans = []
+    for second in range(10):
+        frame = np.ascontiguousarray(bg[:h, second * speed : second * speed + w])
+        sig = signature_of(frame)
+        plan = refs.plan(phash_luma(sig), sig, (w, h), float(second))
+        plans.append(plan)
+        if plan.kind is PlanKind.HIT:
+            assert plan.reference is not None
+            refs.put(Reference(plan.reference.phash, sig, (), (w, h), 0.0, None, plan.drift))
+        else:
+            refs.put(Reference(phash_luma(sig), sig, (), (w, h), float(second), None, plan.drift))
+    kinds = [p.kind for p in plans]
+    assert kinds[0] is PlanKind.FULL and kinds.count(PlanKind.REGIONS) >= 1, kinds
+    strip = next(p for p in plans if p.kind is PlanKind.REGIONS)
+    assert all(b[0] >= 0.8 and b[2] == 1.0 for b in strip.boxes), strip.boxes  # along the right edge only
+    assert all(p.kind is PlanKind.HIT for p in plans[1 : plans.index(strip)])  # the pan alone before that
+    assert max(abs(v) for v in plans[-1].drift) < 20  # counted again from the strip's model run

@@ -174,7 +174,7 @@ class Cascade:
             ref = plan.reference
             assert ref is not None
             if plan.change is not None and plan.change.shift != (0, 0):  # the picture moved: compare with it next
-                refs.put(Reference(phash, signature, ref.detections, (w, h), ref.born, ref.embedding))
+                refs.put(Reference(phash, signature, ref.detections, (w, h), ref.born, ref.embedding, plan.drift))
             else:
                 refs.touch(ref)
             self.hits += 1
@@ -185,7 +185,7 @@ class Cascade:
             self.regional += 1
         found_now = await self._submit(image, source, plan, stream)
         detections = plan.carried(self.regional_names) + found_now + labels
-        ref = Reference(phash, signature, detections, (w, h), time.monotonic(), embedding)
+        ref = Reference(phash, signature, detections, (w, h), time.monotonic(), embedding, plan.drift)
         refs.put(ref)
         semantic = self.semantic(stream)
         if semantic is not None and embedding is not None:
