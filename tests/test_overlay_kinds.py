@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from make_overlay_suite import Overlay, background, overlay_rgba, paste, place, write_clip
 from overlay_kinds import KINDS, RED
 
+pytestmark = pytest.mark.timeout(900)  # the first test's setup encodes and analyses all four clips (~2 min on 2 cores)
 CONTENT_RULES = {"contact_spam", "gambling", "unauthorized_brand", "qr_code", "exposure"}
 ONSET_S = 2.0
 CASES = sorted({o.case for c in KINDS for o in c.overlays})

@@ -21,7 +21,7 @@ from make_overlay_suite import Overlay, SuiteClip
 RED = (230, 30, 30)
 
 KINDS: tuple[SuiteClip, ...] = (
-    SuiteClip("kinds-still-720p", "coffee", 1280, 720, 25, 22, 0.0, (
+    SuiteClip("kinds-still-720p", "coffee", 1280, 720, 15, 22, 0.0, (
         Overlay(2.3, 6.5, "caption", "加微信领红包", 28, "right-edge", "contact_spam", case="vertical", vertical=True, color=RED),
         Overlay(4.4, 8, "caption", "星巴克 Starbucks 买一送一", 16, "top-right", "unauthorized_brand", case="corner16"),
         Overlay(8.4, 12.5, "caption", "网赌平台 注册就送彩金 真人荷官在线发牌", 30, "bottom-left", "gambling", band=True,
@@ -29,7 +29,7 @@ KINDS: tuple[SuiteClip, ...] = (
         Overlay(14.6, 18, "qr", "https://evil.example/logo?s=1", 150, "top-left", "qr_code", case="qr_logo", logo=True),
         Overlay(19.2, 21.5, "caption", "今晚的舞台真好看 谢谢大家", 30, "bottom-left", "", case="translucent", alpha=0.5),
     )),
-    SuiteClip("kinds-pan-720p", "astronaut", 1280, 720, 25, 22, 16.0, (
+    SuiteClip("kinds-pan-720p", "astronaut", 1280, 720, 15, 22, 16.0, (
         Overlay(2.6, 6.5, "caption", "加微信领红包", 28, "right-edge", "contact_spam", case="vertical", vertical=True, color=RED),
         Overlay(3.4, 7, "caption", "网赌平台 注册送彩金", 16, "bottom-right", "gambling", case="corner16"),
         Overlay(8.2, 12, "caption", "KFC 肯德基 疯狂星期四 限时特惠", 28, "top-left", "unauthorized_brand", case="marquee", speed=120),
@@ -45,7 +45,7 @@ KINDS: tuple[SuiteClip, ...] = (
         Overlay(13.4, 17, "qr", "https://evil.example/zoom?l=h", 220, "right-edge", "qr_code", case="qr_logo", logo=True),
         Overlay(18.2, 21.5, "caption", "欢迎新朋友 点点关注不迷路", 30, "bottom-left", "", case="marquee", speed=150),
     ), camera="zoom"),
-    SuiteClip("kinds-shake-720p", "immunohistochemistry", 1280, 720, 25, 22, 6.0, (
+    SuiteClip("kinds-shake-720p", "immunohistochemistry", 1280, 720, 15, 22, 6.0, (
         Overlay(2.4, 6.5, "caption", "加微信领红包", 28, "right-edge", "contact_spam", case="vertical", vertical=True, color=RED),
         Overlay(3.2, 7, "caption", "真人荷官 在线百家乐 注册就送", 30, "top-left", "gambling", case="marquee", speed=250),
         Overlay(8.1, 12, "caption", "Starbucks 星巴克 新品", 32, "bottom-left", "unauthorized_brand", case="translucent",
