@@ -170,13 +170,11 @@ class Cascade:
                 if alt.kind is PlanKind.HIT:
                     self.semantic_hits += 1
                     plan = alt
+        refs.seen(signature)
         if plan.kind is PlanKind.HIT:
             ref = plan.reference
             assert ref is not None
-            if plan.change is not None and plan.change.shift != (0, 0):  # the picture moved: compare with it next
-                refs.put(Reference(phash, signature, ref.detections, (w, h), ref.born, ref.embedding, plan.drift))
-            else:
-                refs.touch(ref)
+            refs.touch(ref)
             self.hits += 1
             emb = embedding if embedding is not None else ref.embedding
             return FrameAnalysis(stream, offset, at, received_at, ref.detections, w, h, cached=True, embedding=emb)
@@ -185,7 +183,7 @@ class Cascade:
             self.regional += 1
         found_now = await self._submit(image, source, plan, stream)
         detections = plan.carried(self.regional_names) + found_now + labels
-        ref = Reference(phash, signature, detections, (w, h), time.monotonic(), embedding, plan.drift)
+        ref = Reference(phash, signature, detections, (w, h), time.monotonic(), embedding)
         refs.put(ref)
         semantic = self.semantic(stream)
         if semantic is not None and embedding is not None:

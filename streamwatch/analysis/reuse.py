@@ -13,10 +13,10 @@ candidate decides the plan:
 - ``full``: everything is analysed again.
 
 A cached analysis never hides a change: a frame is only matched to a reference whose tiles agree.
-A moving picture (pan, shake) is matched at the measured shift and becomes the next reference, so a
-caption appearing at the edge is not hidden in the strip that slid in since an old reference; what
-slid in is counted (``drift``, in reduced pixels since the detections' model run) and analysed as a
-strip along the edge once the camera has moved a whole tile.
+On a moving picture the comparison with a reference is blind along the edge where picture slid in
+since (until the camera has moved a whole tile, then that strip is new content): there, the frame
+is compared with the previous frame planned (``seen``; the sampler keeps every moving frame), so a
+caption appearing at the edge during a pan is not hidden in the strip.
 Without signatures (``regions`` off) this is the plain pHash-radius cache.
 Time is passed in (monotonic seconds); expired entries are skipped on read and dropped on write.
 """
@@ -50,7 +50,6 @@ class Reference:
     size: tuple[int, int]  # (width, height) of the analysis image the boxes refer to
     born: float
     embedding: np.ndarray | None = field(default=None, compare=False)
-    drift: tuple[int, int] = (0, 0)  # camera motion (reduced px) since the model run whose detections these are
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,6 @@ class Plan:
     reference: Reference | None = None
     boxes: tuple[Box, ...] = ()  # regions to analyse again (fractions of the picture), for REGIONS
     change: RegionChange | None = None
-    drift: tuple[int, int] = (0, 0)  # the motion the frame's reference carries on (what slid in, not yet analysed)
 
     def carried(self, regional: frozenset[str]) -> tuple[Detection, ...]:
         """Detections of the reference's regional analyzers that lie outside every box (REGIONS)."""
@@ -75,20 +73,6 @@ def _touches(bbox: BBox | None, boxes: tuple[Box, ...], w: int, h: int) -> bool:
         return True  # a detection without a place cannot be kept apart from the change
     x1, y1, x2, y2 = bbox[0] / w, bbox[1] / h, bbox[2] / w, bbox[3] / h
     return any(x1 < b[2] and b[0] < x2 and y1 < b[3] and b[1] < y2 for b in boxes)
-
-
-def _slid_in(drift: tuple[int, int], size: tuple[int, int]) -> list[Box]:
-    """The strips along the edges where ``drift`` (reduced px; the picture moved by it) brought in new
-    picture, one tile wider inwards."""
-    (dx, dy), (w, h) = drift, size
-    out: list[Box] = []
-    if dx:
-        x = min(abs(dx) + TILE, w) / w
-        out.append((1.0 - x, 0.0, 1.0, 1.0) if dx < 0 else (0.0, 0.0, x, 1.0))
-    if dy:
-        y = min(abs(dy) + TILE, h) / h
-        out.append((0.0, 1.0 - y, 1.0, 1.0) if dy < 0 else (0.0, 0.0, 1.0, y))
-    return out
 
 
 class References:
@@ -113,6 +97,7 @@ class References:
         self.candidates = candidates
         self._items: OrderedDict[int, Reference] = OrderedDict()  # insertion order = age; last = newest
         self._serial = 0
+        self._recent: np.ndarray | None = None  # the signature of the last frame planned
 
     def __len__(self) -> int:
         return len(self._items)
@@ -154,13 +139,10 @@ class References:
         if best is None:
             return Plan(PlanKind.FULL)
         _, ref, change = best
-        drift = (ref.drift[0] + change.shift[0], ref.drift[1] + change.shift[1])
-        strips = _slid_in(drift, change.size) if max(abs(drift[0]), abs(drift[1])) >= TILE else []
-        if strips:
-            drift = (0, 0)
-        if not change.any and not strips:
-            return Plan(PlanKind.HIT, ref, (), change, drift)
-        boxes = [*change.boxes(), *strips]
+        change = self._edge(signature, change)
+        if not change.any:
+            return Plan(PlanKind.HIT, ref, (), change)
+        boxes = list(change.boxes())
         w, h = size
         # a kept text line or code that the change touches is read again whole, not cut at the box
         for d in ref.detections:
@@ -169,7 +151,33 @@ class References:
         merged = tuple(merge_boxes(boxes))
         if box_area(list(merged)) > self.max_area:
             return Plan(PlanKind.FULL, None, (), change)
-        return Plan(PlanKind.REGIONS, ref, merged, change, drift)
+        return Plan(PlanKind.REGIONS, ref, merged, change)
+
+    def seen(self, signature: np.ndarray | None) -> None:
+        """The frame just planned: the next one's edge strip is compared with it."""
+        self._recent = signature
+
+    def _edge(self, signature: np.ndarray, change: RegionChange) -> RegionChange:
+        """``change`` with the tiles of its blind edge strip (what slid in since the reference, less than a
+        tile) judged against the previous frame instead."""
+        dx, dy = change.shift
+        recent = self._recent
+        if (dx, dy) == (0, 0) or max(abs(dx), abs(dy)) >= TILE or recent is None or recent.shape != signature.shape:
+            return change
+        rows, cols = change.changed.shape
+        strip = np.zeros((rows, cols), bool)
+        if dx:
+            strip[:, -1 if dx < 0 else 0] = True  # the strip is narrower than a tile: the outermost column
+            if dx < 0 and signature.shape[1] % TILE and signature.shape[1] % TILE < -dx:
+                strip[:, -2] = True
+        if dy:
+            strip[-1 if dy < 0 else 0, :] = True
+            if dy < 0 and signature.shape[0] % TILE and signature.shape[0] % TILE < -dy:
+                strip[-2, :] = True
+        fresh = content_change(signature, recent, level=self.level, min_fraction=self.min_fraction).changed & strip
+        if not fresh.any():
+            return change
+        return RegionChange(change.scores, change.changed | fresh, change.shift, change.size)
 
     def put(self, ref: Reference) -> None:
         for key in [k for k, r in self._items.items() if ref.born - r.born > self.ttl_s]:

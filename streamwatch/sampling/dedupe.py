@@ -28,11 +28,11 @@ class Deduper:
     ``heartbeat_s`` has passed since that keep (then it is kept, so a static scene is still analysed
     now and then). Without signatures it is the pHash test alone.
 
-    A frame whose picture moved (a pan, zoom or shake measured as a global shift) is kept too: content
-    that slid in at the border is not judged until the motion since the reference reaches a whole
-    tile, so an old reference would leave a strip along the edge blind for seconds (a vertical caption
-    at the right edge of a pan). Kept, the moving frame becomes the reference (the cascade reuses the
-    analysis when its tiles match, without a model run), and the blind strip is one sample's motion.
+    A frame whose picture moved (a pan or shake measured as a global shift) is kept too: content that
+    slid in at the border is not judged until the motion since the reference reaches a whole tile, so
+    an old reference would leave a strip along the edge blind for seconds (a vertical caption at the
+    right edge of a pan). Kept, the moving frame becomes the reference here, and the cascade compares
+    the edge strip with it (it reuses the analysis when the tiles match: no model run).
     """
 
     radius: int = 6
