@@ -13,6 +13,9 @@ analyzers (nudity) run on the whole frame. With a vision encoder, a frame is emb
 to ``max_batch`` frames or ``encoder_wait_s``): its zero-shot labels join the detections, and the
 semantically closest recent frame becomes one more candidate (reused only if its tiles match).
 
+OCR lines too small to read at the analysis scale (under ``small_text_px``: 16 px corner text on a
+1080p source) are read again on crops of the source frame (:mod:`streamwatch.analysis.reread`).
+
 Analyzers say what they take: ``regional = True`` (crops are fine; OCR, QR) and
 ``source_resolution = True`` (whole frames at the source resolution; QR, whose modules must stay
 readable). Boxes always come back in the analysis image's pixels.
