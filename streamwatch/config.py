@@ -248,6 +248,14 @@ class AnalysisConfig(_Section):
     region_max_area: Annotated[
         float, Field(gt=0, le=1, description="Above this share of the picture changed, the whole frame is analysed again.")
     ] = 0.5
+    small_text_px: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="OCR lines under this many analysis-image pixels tall are read again on a crop of the source frame "
+            "(16 px corner text on 1080p is 8 px at the analysis scale); 0 = never.",
+        ),
+    ] = 24
     reload_s: Annotated[float, Field(gt=0, description="How often the policy files are checked for changes.")] = 1.0
     encoder: Annotated[EncoderConfig, Field(description="The ONNX vision encoder tier (labels, semantic cache, search).")] = EncoderConfig()
     overload: Annotated[

@@ -13,6 +13,9 @@ analyzers (nudity) run on the whole frame. With a vision encoder, a frame is emb
 to ``max_batch`` frames or ``encoder_wait_s``): its zero-shot labels join the detections, and the
 semantically closest recent frame becomes one more candidate (reused only if its tiles match).
 
+OCR lines too small to read at the analysis scale (under ``small_text_px``: 16 px corner text on a
+1080p source) are read again on crops of the source frame (:mod:`streamwatch.analysis.reread`).
+
 Analyzers say what they take: ``regional = True`` (crops are fine; OCR, QR) and
 ``source_resolution = True`` (whole frames at the source resolution; QR, whose modules must stay
 readable). Boxes always come back in the analysis image's pixels.
@@ -33,6 +36,7 @@ import numpy as np
 from streamwatch.analysis.base import Analyzer
 from streamwatch.analysis.cache import EmbeddingCache
 from streamwatch.analysis.model import Detection, FrameAnalysis
+from streamwatch.analysis.reread import Line, merged, small_lines
 from streamwatch.analysis.reuse import Plan, PlanKind, Reference, References
 from streamwatch.errors import AnalysisError
 from streamwatch.runtime.cpu_account import CpuAccount, Stage, weights
@@ -92,11 +96,13 @@ class Cascade:
         regional: bool = True,
         region_max_area: float = 0.5,
         cpu: CpuAccount | None = None,
+        small_text_px: int = 24,
     ) -> None:
         self.analyzers = list(analyzers)
         self.cpu = cpu or CpuAccount()  # CPU seconds per stream and stage (analyzers, encoder, reuse plan, source RGB)
         self.executor = executor
         self.max_batch = max_batch
+        self.small_text_px = small_text_px  # OCR lines under this many analysis px tall are read again at the source resolution
         self.observe = observe or (lambda _name, _s: None)
         self._ref_args = (cache_radius, cache_ttl_s, cache_size)
         self._ref_kw = {"level": region_level, "min_fraction": region_min, "max_area": region_max_area if regional else 0.0}
@@ -167,6 +173,7 @@ class Cascade:
                 if alt.kind is PlanKind.HIT:
                     self.semantic_hits += 1
                     plan = alt
+        refs.seen(signature)
         if plan.kind is PlanKind.HIT:
             ref = plan.reference
             assert ref is not None
@@ -284,6 +291,7 @@ class Cascade:
                     else:
                         jobs.append(self._per_image(loop, a, images, streams))
                 results = await asyncio.gather(*jobs)
+                results = [await self._reread(loop, a, inputs[a.name], per, batch) for a, per in zip(self.analyzers, results, strict=True)]
                 found: list[list[Detection]] = [[] for _ in batch]
                 for a, per_input in zip(self.analyzers, results, strict=True):
                     for inp, dets in zip(inputs[a.name], per_input, strict=True):
@@ -330,6 +338,30 @@ class Cascade:
                 out.append(_Input(i, src, (0, 0), scale))
             else:
                 out.append(_Input(i, r.image, (0, 0), 1.0))
+        return out
+
+    async def _reread(
+        self, loop: asyncio.AbstractEventLoop, a: Analyzer, inputs: list[_Input], found: list[tuple[Detection, ...]], batch: list[_Request]
+    ) -> list[tuple[Detection, ...]]:
+        """OCR lines too small at the analysis scale, read again on crops of the source frame (:mod:`.reread`)."""
+        if a.name not in self.regional_names or getattr(a, "source_resolution", False):
+            return found
+        todo: list[tuple[int, list[Line], np.ndarray, float]] = []
+        for k, (inp, dets) in enumerate(zip(inputs, found, strict=True)):
+            r = batch[inp.index]
+            if r.src is not None and dets:
+                gain = r.src.shape[1] / r.image.shape[1]
+                lines = small_lines(dets, inp.offset, gain, self.small_text_px, (r.src.shape[1], r.src.shape[0]))
+                if lines:
+                    todo.append((k, lines, r.src, gain))
+        if not todo:
+            return found
+        crops = [np.ascontiguousarray(src[y1:y2, x1:x2]) for _, lines, src, _ in todo for x1, y1, x2, y2 in (ln.box for ln in lines)]
+        streams = [batch[inputs[k].index].stream for k, lines, _, _ in todo for _ in lines]
+        readings = iter(await self._per_image(loop, a, crops, streams))
+        out = list(found)
+        for k, lines, _, gain in todo:
+            out[k] = merged(found[k], lines, [next(readings) for _ in lines], inputs[k].offset, gain)
         return out
 
     async def _per_image(

@@ -13,6 +13,10 @@ candidate decides the plan:
 - ``full``: everything is analysed again.
 
 A cached analysis never hides a change: a frame is only matched to a reference whose tiles agree.
+On a moving picture the comparison with a reference is blind along the edge where picture slid in
+since (until the camera has moved a whole tile, then that strip is new content): there, the frame
+is compared with the previous frame planned (``seen``; the sampler keeps every moving frame), so a
+caption appearing at the edge during a pan is not hidden in the strip.
 Without signatures (``regions`` off) this is the plain pHash-radius cache.
 Time is passed in (monotonic seconds); expired entries are skipped on read and dropped on write.
 """
@@ -27,7 +31,7 @@ import numpy as np
 
 from streamwatch.analysis.model import BBox, Detection
 from streamwatch.sampling.phash import PHash
-from streamwatch.sampling.regions import Box, RegionChange, box_area, content_change, merge_boxes
+from streamwatch.sampling.regions import TILE, Box, RegionChange, box_area, content_change, merge_boxes
 
 
 class PlanKind(enum.Enum):
@@ -93,6 +97,7 @@ class References:
         self.candidates = candidates
         self._items: OrderedDict[int, Reference] = OrderedDict()  # insertion order = age; last = newest
         self._serial = 0
+        self._recent: np.ndarray | None = None  # the signature of the last frame planned
 
     def __len__(self) -> int:
         return len(self._items)
@@ -134,6 +139,7 @@ class References:
         if best is None:
             return Plan(PlanKind.FULL)
         _, ref, change = best
+        change = self._edge(signature, change)
         if not change.any:
             return Plan(PlanKind.HIT, ref, (), change)
         boxes = list(change.boxes())
@@ -146,6 +152,32 @@ class References:
         if box_area(list(merged)) > self.max_area:
             return Plan(PlanKind.FULL, None, (), change)
         return Plan(PlanKind.REGIONS, ref, merged, change)
+
+    def seen(self, signature: np.ndarray | None) -> None:
+        """The frame just planned: the next one's edge strip is compared with it."""
+        self._recent = signature
+
+    def _edge(self, signature: np.ndarray, change: RegionChange) -> RegionChange:
+        """``change`` with the tiles of its blind edge strip (what slid in since the reference, less than a
+        tile) judged against the previous frame instead."""
+        dx, dy = change.shift
+        recent = self._recent
+        if (dx, dy) == (0, 0) or max(abs(dx), abs(dy)) >= TILE or recent is None or recent.shape != signature.shape:
+            return change
+        rows, cols = change.changed.shape
+        strip = np.zeros((rows, cols), bool)
+        if dx:
+            strip[:, -1 if dx < 0 else 0] = True  # the strip is narrower than a tile: the outermost column
+            if dx < 0 and signature.shape[1] % TILE and signature.shape[1] % TILE < -dx:
+                strip[:, -2] = True
+        if dy:
+            strip[-1 if dy < 0 else 0, :] = True
+            if dy < 0 and signature.shape[0] % TILE and signature.shape[0] % TILE < -dy:
+                strip[-2, :] = True
+        fresh = content_change(signature, recent, level=self.level, min_fraction=self.min_fraction).changed & strip
+        if not fresh.any():
+            return change
+        return RegionChange(change.scores, change.changed | fresh, change.shift, change.size)
 
     def put(self, ref: Reference) -> None:
         for key in [k for k, r in self._items.items() if ref.born - r.born > self.ttl_s]:

@@ -164,6 +164,7 @@ async def build_services(
         region_min=s.sampling.region_min,
         regional=s.analysis.regional,
         region_max_area=s.analysis.region_max_area,
+        small_text_px=s.analysis.small_text_px,
         cpu=cpu,
     )
     persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)

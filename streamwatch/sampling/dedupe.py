@@ -27,6 +27,12 @@ class Deduper:
     tile holds new content (a caption or QR code in a corner moves the pHash by 0–2 bits), unless
     ``heartbeat_s`` has passed since that keep (then it is kept, so a static scene is still analysed
     now and then). Without signatures it is the pHash test alone.
+
+    A frame whose picture moved (a pan or shake measured as a global shift) is kept too: content that
+    slid in at the border is not judged until the motion since the reference reaches a whole tile, so
+    an old reference would leave a strip along the edge blind for seconds (a vertical caption at the
+    right edge of a pan). Kept, the moving frame becomes the reference here, and the cascade compares
+    the edge strip with it (it reuses the analysis when the tiles match: no model run).
     """
 
     radius: int = 6
@@ -50,7 +56,8 @@ class Deduper:
         if signature is not None and self._last_sig is not None and self._last_sig.shape == signature.shape:
             change = content_change(signature, self._last_sig, level=self.level, min_fraction=self.min_fraction)
         reshaped = signature is not None and (self._last_sig is None or self._last_sig.shape != signature.shape)
-        new = d is None or d > self.radius or reshaped or (change is not None and change.any) or self.heartbeat_due(offset)
+        moved = change is not None and change.shift != (0, 0)
+        new = d is None or d > self.radius or reshaped or (change is not None and change.any) or moved or self.heartbeat_due(offset)
         if new:
             self.keep(h, offset, signature)
         return Verdict(new, d, change)
