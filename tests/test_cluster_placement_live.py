@@ -52,8 +52,9 @@ async def _records(urls: list[str], bucket: str) -> dict[str, Member]:
         await nc.close()
 
 
-def records(urls: list[str]) -> dict[str, Member]:
-    return {w: m for w, m in asyncio.run(_records(urls, "sw-members")).items() if m.capacity > 0}
+def records(urls: list[str], cluster: str = "sw") -> dict[str, Member]:
+    """The workers' membership records (gateways left out), read from NATS."""
+    return {w: m for w, m in asyncio.run(_records(urls, f"{cluster}-members")).items() if m.capacity > 0}
 
 
 def loads(recs: dict[str, Member]) -> dict[str, float]:
@@ -93,8 +94,8 @@ def test_two_heavy_and_six_light_shows_keep_every_worker_under_its_budget(
             assert answer["type"] == "stream_added", answer
         names = {n for n, *_ in shows}
         deadline = time.monotonic() + 120
-        while not settled(recs := records(cluster.urls), names):
-            assert time.monotonic() < deadline, f"w1 never measured its shows: {recs}\n{w1.tail()}"
+        while not (settled(recs := records(cluster.urls), names) and loads(recs)["w1"] > BUDGET):  # a window or two
+            assert time.monotonic() < deadline, f"w1 alone should be measured over its budget: {loads(recs)}\n{w1.tail()}"
             time.sleep(1.0)
         alone = loads(recs)["w1"]
         print(f"\nw1 alone: load {alone} (budget {BUDGET})")
@@ -128,7 +129,6 @@ def test_two_heavy_and_six_light_shows_keep_every_worker_under_its_budget(
         if 2 * min(costs[n] for n, *_ in HEAVY) > BUDGET:  # two heavies cannot share a worker
             holder = {s: w for w, m in recs.items() for s in m.streams}
             assert holder["heavy0"] != holder["heavy1"], recs
-        assert alone > BUDGET, f"one worker with every show should be over budget: {alone}"
         assert 2 <= moves <= 8, f"moves: {moved}"
         assert len(set(moved)) == moves, f"a show moved twice (flapping): {moved}"
     except BaseException:
