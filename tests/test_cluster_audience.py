@@ -391,7 +391,7 @@ def test_feedback_and_the_summary_from_any_gateway(audience: Audience) -> None:
 
     with logs_on_failure(audience.rig):
         a = audience
-        mod = Moderator(a.g1.url, channels=("replies", "alerts"))
+        mod = Moderator(a.g1.url, channels=("replies", "feedback"))
         mod.start()
         fan1, fan2 = Fan(a.g1.url), Fan(a.g2.url)
         try:
