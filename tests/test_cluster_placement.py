@@ -8,6 +8,7 @@ releases as the real workers do, with the cool-down of a moved stream on its new
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -104,22 +105,26 @@ def test_count_placement_would_put_both_heavies_on_one_worker_where_cost_does_no
 
 
 @pytest.mark.parametrize("cooldown", [0, 20])
-def test_a_show_whose_cost_rises_moves_once_not_back_and_forth(cooldown: int) -> None:
+@pytest.mark.parametrize("risen", [0.3, 0.4])
+def test_a_show_whose_cost_rises_moves_once_not_back_and_forth(cooldown: int, risen: float) -> None:
+    """A light show becomes expensive (a scene with many captions): 0.4 puts its worker over budget
+    (something must move), 0.3 does not (counts may still be evened within the margin). Either way no
+    show moves twice, the changed one at most once, and the placement settles under budget."""
     budgets = {"w1": 0.6, "w2": 0.6, "w3": 0.6}
     sim = Sim(mixed(), budgets, cooldown=cooldown)
     sim.run(20)
-    settled = dict(sim.leases)
-    moves_before = len(sim.moves)
-    holder = settled["light0"]
-    sim.costs["light0"] = 0.3  # a scene with many captions: OCR everywhere
-    sim.run(60)
-    after = sim.moves[moves_before:]
-    assert len(after) <= 1, after
-    streams_moved = [s for _, s, _ in after]
-    assert len(set(streams_moved)) == len(streams_moved), f"nothing moved twice: {after}"
+    before = len(sim.moves)
+    holder = sim.leases["light0"]
+    sim.costs["light0"] = risen
+    over = sim.load()[holder] > budgets[holder]
+    sim.run(80)
+    after = sim.moves[before:]
+    moved = [s for _, s, _ in after]
+    assert len(set(moved)) == len(moved) <= 3, f"nothing moved twice: {after}"
+    assert not [m for m in after if m[0] > sim.r - 60], f"settled: {after}"
     assert all(v <= 0.6 for v in sim.load().values()), sim.load()
-    if after and after[0][1] == "light0":
-        assert sim.leases["light0"] != holder
+    assert not over or after, "a worker over budget hands something over"
+    assert moved.count("light0") <= 1 and (sim.leases["light0"] != holder) == ("light0" in moved)
 
 
 def test_noise_inside_the_dead_band_moves_nothing() -> None:
@@ -202,3 +207,16 @@ def test_budget_defaults_to_most_of_the_cores_and_the_keeper_carries_costs() -> 
     keeper.handed_over("t", 0.0)
     assert keeper.pinned(5.0) == {"s"} and keeper.handed(5.0) == ("t",)
     assert keeper.pinned(10.5) == set() and keeper.handed(10.5) == ()
+
+
+def test_a_returning_worker_gets_its_shows_back_in_a_lightly_loaded_cluster() -> None:
+    """Far under budget the costs never call for a move; the counts are evened (2 + 2 + 2) within the
+    margin, so one crash hits fewer shows, and nothing moves after that."""
+    costs = {f"s{i}": 0.03 + 0.002 * i for i in range(6)}
+    sim = Sim(costs, {"w1": 1.6, "w2": 1.6})
+    sim.run(10)
+    assert sorted(Counter(sim.leases.values()).values()) == [3, 3]
+    sim.budgets["w3"] = 1.6
+    sim.run(20)
+    assert sorted(Counter(sim.leases.values()).values()) == [2, 2, 2], sim.leases
+    assert len(sim.moves) == 2 and all(r < 15 for r, _, _ in sim.moves), sim.moves

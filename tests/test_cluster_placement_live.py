@@ -34,7 +34,6 @@ LIGHT = [(f"light{i}", 426, 240, 15) for i in range(6)]
 CLUSTER = f"""cpu_budget = {BUDGET}
 cost_window_s = 3
 move_cooldown_s = 60
-rebalance_margin = 0.4
 """
 
 

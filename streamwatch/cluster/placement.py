@@ -12,10 +12,13 @@ place of counts; every worker computes the same answer from the same records:
   chosen only when every worker would be (a stream is better watched over budget than not at all).
   A stream not measured anywhere weighs :func:`prior`: the mean of the known costs.
 * **Rebalancing** (``receivers`` not None), in a calm view (every desired stream leased, nobody
-  draining), only by the most utilised worker: it hands one stream per round to the least utilised
-  receiver when it is over budget or above that receiver by more than ``margin``, and only a stream
-  whose move lowers the pair's peak utilisation by more than :data:`BAND` (with fixed costs the peak
-  strictly falls, so moves cannot cycle): the one that evens the pair best.
+  draining), one stream per round. Uneven by cost (a worker over budget, or the most utilised above
+  the least utilised receiver by more than ``margin``): the most utilised worker hands over the
+  stream whose move lowers the pair's peak utilisation most, and only by more than :data:`BAND` (with
+  fixed costs the peak strictly falls, so these moves cannot cycle). Even by cost: the worker with
+  the most streams hands one to the receiver with the fewest when they differ by 2 or more, only if
+  afterwards every worker is within its budget and the spread within ``margin`` (so a count move never
+  starts a cost move): a returning worker gets shows back even in a lightly loaded cluster.
 * **Hysteresis.** The new owner of a moved stream passes it as ``pinned`` for a cool-down; the
   worker that handed it over lists it in its record's ``handed``, so nobody gives it back; costs are
   published with a dead band (load.py), so noise moves nothing.
@@ -171,19 +174,31 @@ def _move(
 ) -> str | None:
     """The stream ``me`` hands over this round to even the load, if any (see the module docstring)."""
     util = {w: utilisation(load[w], budget[w]) for w in workers}
-    if not movable or max(workers, key=lambda w: (util[w], w)) != me:
-        return None  # only the most utilised worker moves: one move per round in the cluster
     takers = [w for w in workers if w != me and w in receivers and count[w] < members[w].capacity]
-    if not takers:
+    if not movable or not takers:
         return None
     low = min(takers, key=lambda w: (util[w], w))
-    if not (util[me] > 1.0 or util[me] - util[low] > margin):
+    top = max(workers, key=lambda w: (util[w], w))
+    if util[top] > 1.0 or util[top] - util[low] > margin:  # uneven by cost: only the most utilised worker moves
+        if top != me:
+            return None
+        best: tuple[float, int, str] | None = None
+        for s in movable:
+            c = cost(s)
+            peak = max(utilisation(load[me] - c, budget[me]), utilisation(load[low] + c, budget[low]))
+            if peak < util[me] - BAND:
+                key = (peak, weight(s, me), s)
+                best = key if best is None or key < best else best
+        return None if best is None else best[2]
+    # even by cost: even the counts too (fewer shows hit by one crash), never leaving the margin or a budget
+    few = min(takers, key=lambda w: (count[w], util[w], w))
+    if max(workers, key=lambda w: (count[w], w)) != me or count[me] - count[few] < 2:
         return None
-    best: tuple[float, int, str] | None = None
+    even: tuple[float, int, str] | None = None
     for s in movable:
-        c = cost(s)
-        peak = max(utilisation(load[me] - c, budget[me]), utilisation(load[low] + c, budget[low]))
-        if peak < util[me] - BAND:
-            key = (peak, weight(s, me), s)
-            best = key if best is None or key < best else best
-    return None if best is None else best[2]
+        after = {**util, me: utilisation(load[me] - cost(s), budget[me]), few: utilisation(load[few] + cost(s), budget[few])}
+        spread = max(after.values()) - min(after.values())
+        if after[few] <= 1.0 and spread <= margin:
+            key = (spread, weight(s, me), s)
+            even = key if even is None or key < even else even
+    return None if even is None else even[2]

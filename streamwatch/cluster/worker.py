@@ -177,8 +177,9 @@ class ClusterWorker:
         mine_ended = tuple(sid for sid in self.leases if sid not in self.streams)  # read to the end (or never started)
         spent = {sid: sum(self.svc.cpu.spent(sid).values()) for sid in self.streams.ids()}
         costs = self.load.costs(spent, [sid for sid in self.leases if sid not in mine_ended], now)
-        me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined,
-                                    ended=mine_ended, budget=self.load.budget, costs=costs, handed=self.load.handed(now))  # fmt: skip
+        put = partial(self.members.put, self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined,
+                      ended=mine_ended, budget=self.load.budget, costs=costs)  # fmt: skip
+        me = await put(handed=self.load.handed(now))
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
         holders.update({sid: self.id for sid in self.leases})  # ours, even if the listing lags
         members = await self.members.live()
@@ -196,6 +197,8 @@ class ClusterWorker:
         for sid in todo.rebalance:
             self.load.handed_over(sid, now)
             logger.info("worker %s: stream %s handed over to even the load (%d streams, %d workers)", self.id, sid, len(want), len(members))
+        if todo.rebalance:  # in the record before the lease goes: whoever sees it unleased knows it was handed over
+            await put(handed=self.load.handed(now))
         for sid in todo.release:
             await self._release(sid, ended=sid not in desired)
         for sid in todo.claim:

@@ -40,7 +40,7 @@ def one(root: Path, urls: list[str], rtmp: dict[str, str], mode: str, run: int, 
     """Start 3 workers placing by ``mode`` (``join``: w1 alone takes every show, then w2 and w3 join), add
     the shows, wait until placement settles; the figures."""
     name = f"p{mode}{run}{'j' if join else 't'}"
-    extra = f'placement = "{mode}"\ncpu_budget = {BUDGET}\ncost_window_s = 3\nmove_cooldown_s = 60\nrebalance_margin = 0.4\n'
+    extra = f'placement = "{mode}"\ncpu_budget = {BUDGET}\ncost_window_s = 3\nmove_cooldown_s = 60\n'
     rig = Rig(root / name, write_config(root / f"{name}.toml", urls, name=name, lease_ttl_s=4.0, cluster_extra=extra))
     (root / name).mkdir()
     ids = {f"r{run}-{s}": src for s, src in rtmp.items()}
