@@ -17,8 +17,9 @@ place of counts; every worker computes the same answer from the same records:
   stream whose move lowers the pair's peak utilisation most, and only by more than :data:`BAND` (with
   fixed costs the peak strictly falls, so these moves cannot cycle). Even by cost: the worker with
   the most streams hands one to the receiver with the fewest when they differ by 2 or more, only if
-  afterwards every worker is within its budget and the spread within ``margin`` (so a count move never
-  starts a cost move): a returning worker gets shows back even in a lightly loaded cluster.
+  the receiver ends below the donor's utilisation, the peak does not rise and the spread stays within
+  ``margin`` (so a count move never starts a cost move, nor puts a light show beside a heavy one on a
+  busier worker): a returning worker gets shows back even in a lightly loaded cluster.
 * **Hysteresis.** The new owner of a moved stream passes it as ``pinned`` for a cool-down; the
   worker that handed it over lists it in its record's ``handed``, so nobody gives it back; costs are
   published with a dead band (load.py), so noise moves nothing.
@@ -198,7 +199,7 @@ def _move(
     for s in movable:
         after = {**util, me: utilisation(load[me] - cost(s), budget[me]), few: utilisation(load[few] + cost(s), budget[few])}
         spread = max(after.values()) - min(after.values())
-        if after[few] <= 1.0 and spread <= margin:
+        if after[few] < util[me] and max(after.values()) <= max(util.values()) and spread <= margin:  # toward less load only
             key = (spread, weight(s, me), s)
             even = key if even is None or key < even else even
     return None if even is None else even[2]
