@@ -2,11 +2,11 @@
 shows from nginx-rtmp, NATS JetStream (one node, to spare the 2 cores).
 
 Each worker measures the CPU of every stream it runs (cpu_account.py, every stage) and publishes the
-smoothed figures and its budget in its membership record; the test reads those records from NATS and
-checks, once placement has settled, that no worker is over its budget, that the two heavy shows run
-on different workers, and that few moves were needed. The budget is sized so one heavy show and all
-the light ones fit a worker but two heavy shows do not (the ratio is measured, not assumed: the test
-skips placement checks it cannot make if the measured heavy/light ratio is too small to matter).
+smoothed figures and its budget in its membership record; the test reads those records from NATS.
+w1 starts alone and takes all 8 shows (measured over its budget); w2 and w3 join. Once placement
+has settled, no worker is over its budget, few moves were made and none twice, and (when two heavy
+shows measure above the budget together, as they do here) the heavy shows run on different workers.
+The budget is sized so one heavy show and the light ones fit a worker but two heavy shows do not.
 """
 
 from __future__ import annotations
@@ -138,4 +138,3 @@ def test_two_heavy_and_six_light_shows_keep_every_worker_under_its_budget(
         for p in publishers:
             stop(p)
         cluster.stop()
-
