@@ -441,6 +441,36 @@ class ClusterConfig(_Section):
     rebalance_after_s: Annotated[
         float, Field(ge=0, le=3600, description="A worker must have been a member this long before running streams are moved to it.")
     ] = 15.0
+    placement: Annotated[
+        Literal["cost", "count"],
+        Field(
+            description="How streams are spread: cost = by each stream's measured CPU cost against each worker's cpu_budget"
+            " (counts until every worker publishes a budget); count = an even number of streams per worker."
+        ),
+    ] = "cost"
+    cpu_budget: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1024,
+            description="CPU seconds per second this worker's streams may use together (placement by cost); 0 = 80% of its cores.",
+        ),
+    ] = 0.0
+    cost_window_s: Annotated[
+        float, Field(gt=0, le=600, description="A stream's CPU cost is measured over windows of this many seconds (EWMA-smoothed).")
+    ] = 5.0
+    rebalance_margin: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=10,
+            description="Placement by cost moves a running stream when the busiest worker's load/budget exceeds the least busy one's"
+            " by more than this (or its own budget).",
+        ),
+    ] = 0.2
+    move_cooldown_s: Annotated[
+        float, Field(ge=0, le=3600, description="A stream moved to even the load is not moved again for this long.")
+    ] = 60.0
     replicas: Annotated[
         int, Field(ge=1, le=5, description="JetStream replicas of the event stream and buckets (capped at the servers present).")
     ] = 3

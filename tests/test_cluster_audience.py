@@ -381,3 +381,46 @@ def _get(url: str) -> bytes:
 
     with urllib.request.urlopen(url, timeout=10) as r:
         return bytes(r.read())
+
+
+@pytest.mark.timeout(300)
+def test_feedback_and_the_summary_from_any_gateway(audience: Audience) -> None:
+    """A fan's vote on its reply sent through gateway 2 reaches gateway 1's moderator under one id, and
+    the post-show summary written from gateway 2's own store has the fan's image in its collage."""
+    from streamwatch.cli import main
+
+    with logs_on_failure(audience.rig):
+        a = audience
+        mod = Moderator(a.g1.url, channels=("replies", "feedback"))
+        mod.start()
+        fan1, fan2 = Fan(a.g1.url), Fan(a.g2.url)
+        try:
+            fan1.submit(picture(4242), "小绿", "给你画的", "fb")
+            frames = fan1.wait(lambda fs: any(f.get("ref") == "fb" for f in fs), 30, "accepted")
+            sid = next(f for f in frames if f.get("ref") == "fb")["submission"]
+            reply = answers_to(fan1.wait(lambda fs: bool(answers_to(fs, sid)), 90, f"a reply to {sid}"), sid)[0]
+            assert reply["type"] == "reply", reply
+            fan2.wait(lambda fs: bool(answers_to(fs, sid)), 30, "the reply on gateway 2")
+            fan2.ws.send(json.dumps({"type": "feedback", "reply": reply["id"], "vote": "up", "user": "小绿", "ref": "vote"}))
+            voted = _answer(fan2, "vote")
+            assert voted["type"] == "voted" and voted["reply"] == reply["id"], voted
+            fan2.ws.send(json.dumps({"type": "feedback", "reply": reply["id"], "vote": "up", "user": "小绿", "ref": "again"}))
+            assert _answer(fan2, "again").get("code") == "duplicate_vote"  # one vote per voter, cluster-wide
+
+            def the_vote(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                return [e for e in evs if e.get("type") == "feedback" and e["id"] == voted["id"]]
+
+            seen = mod.wait_for(lambda evs: bool(the_vote(evs)), 30, "the vote on gateway 1")
+            assert [e["reply_id"] for e in the_vote(seen)] == [reply["id"]]
+        finally:
+            fan1.close()
+            fan2.close()
+            mod.close()
+        out = a.g2.data.parent / "g2-summary"
+        assert main(["summary", "show", "--data", str(a.g2.data), "-o", str(out), "--template"]) == 0
+        assert (out / "collage.jpg").read_bytes()[:2] == b"\xff\xd8"
+
+
+def _answer(fan: Fan, ref: str) -> dict[str, Any]:
+    frames = fan.wait(lambda fs: any(f.get("ref") == ref for f in fs), 30, f"the answer to {ref}")
+    return next(f for f in frames if f.get("ref") == ref)

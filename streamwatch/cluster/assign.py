@@ -25,7 +25,10 @@ class Member:
     ``capacity``: streams it runs at most (0: a gateway); ``draining``: it is shutting down and hands
     its streams over; ``streams``: the ones it runs; ``rss_mb``: its resident memory (MiB); ``at``:
     wall time (s since the epoch) of the record; ``since``: wall time it joined (its first record);
-    ``ended``: held streams whose run is over.
+    ``ended``: held streams whose run is over. Load (see placement.py): ``budget``: CPU seconds per
+    second its streams may use together (0: not published, placement counts streams); ``costs``:
+    (stream, CPU s per stream-second) measured here or carried; ``handed``: streams it just handed
+    over to even the load (nobody hands them back to it).
     """
 
     capacity: int
@@ -35,6 +38,9 @@ class Member:
     at: float = 0.0
     since: float = 0.0
     ended: tuple[str, ...] = ()  # held streams whose run is over (a file read to its end)
+    budget: float = 0.0
+    costs: tuple[tuple[str, float], ...] = ()
+    handed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

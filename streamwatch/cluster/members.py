@@ -1,9 +1,11 @@
 """Worker membership: each worker writes its record every renew into a KV bucket with a TTL, so a
 worker that stops writing (crashed, cut off) drops out of :meth:`Members.live` after the TTL.
 
-Key: the worker id; value JSON ``{"capacity", "draining", "streams", "rss_mb", "at", "since", "ended"}``
-(``at``: wall time of the record in seconds since the epoch; ``since``: when the worker joined;
-``rss_mb``: resident memory in MiB).
+Key: the worker id; value JSON ``{"capacity", "draining", "streams", "rss_mb", "at", "since", "ended",
+"budget", "costs", "handed"}`` (``at``: wall time of the record in seconds since the epoch; ``since``:
+when the worker joined; ``rss_mb``: resident memory in MiB; ``budget``: CPU s per s for its streams;
+``costs``: ``[[stream, CPU s per stream-second], …]``; ``handed``: streams just handed over to even the
+load, see placement.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 
 import nats.js.errors
@@ -50,6 +53,9 @@ class Members:
         streams: tuple[str, ...] = (),
         since: float | None = None,
         ended: tuple[str, ...] = (),
+        budget: float = 0.0,
+        costs: Mapping[str, float] | None = None,
+        handed: tuple[str, ...] = (),
     ) -> Member:
         """Write ``worker``'s record now (call every renew; ``since``: when it joined, default now);
         the record written. Raises :class:`ClusterError` when NATS fails.
@@ -57,7 +63,18 @@ class Members:
         now = time.time()
         joined = now if since is None else since
         held, over = tuple(sorted(streams)), tuple(sorted(ended))
-        member = Member(capacity=capacity, draining=draining, streams=held, rss_mb=rss_mb(), at=now, since=joined, ended=over)
+        member = Member(
+            capacity=capacity,
+            draining=draining,
+            streams=held,
+            rss_mb=rss_mb(),
+            at=now,
+            since=joined,
+            ended=over,
+            budget=budget,
+            costs=tuple(sorted((costs or {}).items())),
+            handed=tuple(sorted(handed)),
+        )
         try:
             await self.kv.put(worker, json.dumps(asdict(member)).encode())  # tuples become JSON lists
         except NATS_ERRORS as e:
@@ -88,6 +105,9 @@ class Members:
                     at=float(d.get("at", 0.0)),
                     since=float(d.get("since", d.get("at", 0.0))),
                     ended=tuple(str(s) for s in d.get("ended", ())),
+                    budget=float(d.get("budget", 0.0)),
+                    costs=tuple((str(s), float(c)) for s, c in d.get("costs", ())),
+                    handed=tuple(str(s) for s in d.get("handed", ())),
                 )
             except (ValueError, KeyError, TypeError) as e:
                 logger.warning("member %s: unreadable record, ignored: %s", key, e)

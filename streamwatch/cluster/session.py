@@ -16,9 +16,11 @@ from collections.abc import Callable
 
 from streamwatch.analysis.rules import RuleEngine
 from streamwatch.cluster.carry import CarryTable, StreamCarry
-from streamwatch.errors import ClusterError
+from streamwatch.config import StreamConfig
+from streamwatch.errors import ClusterError, StreamwatchError
 from streamwatch.events.codec import iso
 from streamwatch.events.model import HealthEvent, HealthKind
+from streamwatch.ingest.url import parse_source
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +90,11 @@ class CarriedSession:
         now = time.time()  # a file read to its end (or stopped: the worker then forgets the record)
         done = StreamCarry(None, now, 0.0, self.engine().export_cooldowns(self.stream), finished_at=now)
         await self.table.save(self.stream, done, force=True)
+
+
+def live_source(cfg: StreamConfig) -> bool:
+    """Whether ``cfg`` is a live source (one that a new owner continues; a file would start again)."""
+    try:
+        return parse_source(cfg.source, listen=cfg.listen).live
+    except StreamwatchError:
+        return False

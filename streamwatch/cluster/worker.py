@@ -1,13 +1,12 @@
 """``streamwatch worker``: run the streams this worker holds leases on, publish their events to JetStream.
 
-Every ``cluster.renew_s`` a round: renew the leases held (a renewal that fails drops that stream at
-once: another worker may already own it), write this worker's membership, read the desired set and
-the leases, and follow :func:`~streamwatch.cluster.assign.plan`: claim unleased streams that fall to
-this worker (rendezvous hashing over the live workers, with capacity), release the ones no longer
-desired (ended on purpose) or over capacity (handed over). SIGTERM drains: the worker says it is
-draining, hands every stream over (a last heartbeat, the lease released) and exits; the next owner
-continues each session with a short ``monitoring_gap``. A worker killed with ``kill -9`` stops
-renewing: its leases expire after ``cluster.lease_ttl_s`` and its streams are claimed within a round.
+Every ``cluster.renew_s`` a round: renew the leases held (a failed renewal drops that stream at once),
+write this worker's membership (with its CPU budget and its streams' measured costs, load.py), read
+the desired set and the leases, and follow the plan (placement.py by cost once every worker publishes
+a budget, else assign.py by count): claim the unleased streams that fall to it, release the ones no
+longer desired, over capacity, or handed over to even the load. SIGTERM drains: the worker hands every
+stream over (a last heartbeat, the lease released) and exits; the next owner continues each session
+with a short ``monitoring_gap``. After ``kill -9`` its leases expire after ``cluster.lease_ttl_s``.
 """
 
 from __future__ import annotations
@@ -18,24 +17,26 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from functools import partial
 
 from streamwatch.cluster.admission import worker_admission
 from streamwatch.cluster.answering import Answering
-from streamwatch.cluster.assign import Member, UnleasedClock, plan
+from streamwatch.cluster.assign import UnleasedClock, plan
 from streamwatch.cluster.carry import CarryTable
 from streamwatch.cluster.connect import Names, connect, kv_bucket
 from streamwatch.cluster.desired import DesiredStreams
 from streamwatch.cluster.events import JetStreamPublisher, ensure_event_stream, jetstream
 from streamwatch.cluster.latest import latest_bucket, publish_latest
 from streamwatch.cluster.leases import Lease, LeaseTable
+from streamwatch.cluster.load import CostMeter, LoadKeeper, cpu_budget
 from streamwatch.cluster.members import Members
+from streamwatch.cluster.placement import cost_ready, plan_by_cost, settled
 from streamwatch.cluster.requests import ensure_request_stream
-from streamwatch.cluster.session import CarriedSession
+from streamwatch.cluster.session import CarriedSession, live_source
 from streamwatch.config import Settings, StreamConfig
-from streamwatch.errors import ClusterError, LeaseLost, PolicyError, StreamwatchError
+from streamwatch.errors import ClusterError, LeaseLost, PolicyError
 from streamwatch.events.model import HealthEvent, HealthKind
 from streamwatch.events.store import EventStore
-from streamwatch.ingest.url import parse_source
 from streamwatch.runtime.faults import RestartBackoff
 from streamwatch.runtime.model_health import ModelNotice
 from streamwatch.runtime.runner import SessionKeeping
@@ -68,6 +69,8 @@ class ClusterWorker:
         self.clock = UnleasedClock()
         self.joined = time.time()
         self.avoid: dict[str, float] = {}  # stream → monotonic time until which this worker does not claim it
+        meter = CostMeter(window_s=self.cfg.cost_window_s)  # placement by cost (placement.py)
+        self.load = LoadKeeper(cpu_budget(self.cfg.cpu_budget), meter, cooldown_s=self.cfg.move_cooldown_s)
 
     def stop(self) -> None:
         """Drain: hand every stream over, then return from :meth:`run`."""
@@ -96,7 +99,8 @@ class ClusterWorker:
             self.streams = StreamSet(
                 svc, self._keeper, backoff=lambda: RestartBackoff(give_up_after=GIVE_UP_AFTER), on_give_up=self._gave_up
             )
-            logger.info("worker %s: capacity %d streams, lease %.1fs", self.id, c.capacity, c.lease_ttl_s)
+            logger.info("worker %s: capacity %d streams, CPU budget %.2f, placement by %s, lease %.1fs",
+                        self.id, c.capacity, self.load.budget, c.placement, c.lease_ttl_s)  # fmt: skip
             try:
                 latest_kv = await latest_bucket(js, c.name, c.replicas)
                 async with asyncio.TaskGroup() as tg:
@@ -125,7 +129,7 @@ class ClusterWorker:
                 logger.warning("worker %s: NATS drain failed: %s", self.id, e)
 
     def _keeper(self, cfg: StreamConfig) -> SessionKeeping | None:
-        return CarriedSession(self.carry, cfg.id, lambda: self.svc.engines.engine_for(cfg.id), self.id, live=_live(cfg))
+        return CarriedSession(self.carry, cfg.id, lambda: self.svc.engines.engine_for(cfg.id), self.id, live=live_source(cfg))
 
     async def _loop(self) -> None:
         """Renewals on their own cadence (a slow listing must never delay them), planning rounds beside them."""
@@ -171,7 +175,11 @@ class ClusterWorker:
         desired = await self.desired.all()
         want = {sid: cfg for sid, cfg in desired.items() if sid not in self.avoid}
         mine_ended = tuple(sid for sid in self.leases if sid not in self.streams)  # read to the end (or never started)
-        me = await self.members.put(self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined, ended=mine_ended)
+        spent = {sid: sum(self.svc.cpu.spent(sid).values()) for sid in self.streams.ids()}
+        costs = self.load.costs(spent, [sid for sid in self.leases if sid not in mine_ended], now)
+        put = partial(self.members.put, self.id, capacity=self.cfg.capacity, streams=tuple(self.leases), since=self.joined,
+                      ended=mine_ended, budget=self.load.budget, costs=costs)  # fmt: skip
+        me = await put(handed=self.load.handed(now))
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
         holders.update({sid: self.id for sid in self.leases})  # ours, even if the listing lags
         members = await self.members.live()
@@ -179,23 +187,23 @@ class ClusterWorker:
         ages = self.clock.observe(set(want) - holders.keys(), time.monotonic())
         grace = max(2.0, 2 * self.cfg.renew_s)
         ended = {sid for w, m in members.items() if w != self.id for sid in m.ended if holders.get(sid) == w} | set(mine_ended)
-        pinned = {sid for sid in self.leases if sid in want and not _live(want[sid])}
-        receivers = self._receivers(members)
-        todo = plan(set(want), holders, members, self.id, unleased_for=ages, grace_s=grace, receivers=receivers, pinned=pinned, ended=ended)
+        self.load.saw(m.costs for m in members.values())
+        pinned = {sid for sid in self.leases if sid in want and not live_source(want[sid])} | self.load.pinned(now)
+        receivers = settled(members, time.time(), self.cfg.rebalance_after_s) if self.cfg.rebalance else None
+        by_cost = self.cfg.placement == "cost" and cost_ready(members)  # else by count (no budgets known yet)
+        planner = partial(plan_by_cost, margin=self.cfg.rebalance_margin) if by_cost else plan
+        todo = planner(set(want), holders, members, self.id, unleased_for=ages, grace_s=grace, receivers=receivers,
+                       pinned=pinned, ended=ended)  # fmt: skip
         for sid in todo.rebalance:
+            self.load.handed_over(sid, now)
             logger.info("worker %s: stream %s handed over to even the load (%d streams, %d workers)", self.id, sid, len(want), len(members))
+        if todo.rebalance:  # in the record before the lease goes: whoever sees it unleased knows it was handed over
+            await put(handed=self.load.handed(now))
         for sid in todo.release:
             await self._release(sid, ended=sid not in desired)
         for sid in todo.claim:
-            if sid in want:
-                await self._claim(want[sid])
-
-    def _receivers(self, members: dict[str, Member]) -> set[str] | None:
-        """Workers that may be handed running streams: members for ``cluster.rebalance_after_s`` (None: rebalancing off)."""
-        if not self.cfg.rebalance:
-            return None
-        now = time.time()
-        return {w for w, m in members.items() if now - m.since >= self.cfg.rebalance_after_s}
+            if sid in want and await self._claim(want[sid]) and any(sid in m.handed for m in members.values()):
+                self.load.moved_in(sid, now)  # handed over to even the load: not moved again for the cool-down
 
     async def _renew(self) -> None:
         """Renew every held lease at once (a renewal may retry for up to the TTL through a NATS failover)."""
@@ -214,21 +222,23 @@ class ClusterWorker:
 
         await asyncio.gather(*[renew(sid, lease) for sid, lease in list(self.leases.items())])
 
-    async def _claim(self, cfg: StreamConfig) -> None:
+    async def _claim(self, cfg: StreamConfig) -> bool:
+        """Claim ``cfg``'s lease and start it; whether the lease is ours."""
         lease = await self.lease_table.claim(cfg.id, self.id)
         if lease is None:
-            return  # another worker was quicker
+            return False  # another worker was quicker
         self.leases[cfg.id] = lease
         try:
             await self.svc.engines.assign(cfg.id, cfg.policy)
         except PolicyError as e:
             logger.error("worker %s: stream %s not started, its policy cannot be loaded: %s", self.id, cfg.id, e)
-            return  # kept leased so no worker loops on it; fix the policy and re-add the stream
-        if not _live(cfg) and await self._finished(cfg.id):
+            return True  # kept leased so no worker loops on it; fix the policy and re-add the stream
+        if not live_source(cfg) and await self._finished(cfg.id):
             logger.info("worker %s: stream %s claimed; its file was read to the end before: not read again", self.id, cfg.id)
-            return  # held, not run: it counts as ended
+            return True  # held, not run: it counts as ended
         logger.info("worker %s: stream %s claimed", self.id, cfg.id)
         self.streams.start(cfg)
+        return True
 
     async def _finished(self, sid: str) -> bool:
         try:
@@ -278,19 +288,10 @@ class ClusterWorker:
 
     async def _model_notice(self, notice: ModelNotice, streams: Sequence[str]) -> None:
         for sid in streams:
-            offset = self.svc.offsets.get(sid, 0.0)
-            ev = HealthEvent(stream=sid, at=notice.at, offset=offset, kind=HealthKind.MODEL, active=notice.active, reason=notice.reason)
-            await self.publisher.publish(ev)
+            await self.publisher.publish(HealthEvent(stream=sid, at=notice.at, offset=self.svc.offsets.get(sid, 0.0),
+                                                     kind=HealthKind.MODEL, active=notice.active, reason=notice.reason))  # fmt: skip
 
     async def _config_notice(self, streams: list[str], reason: str) -> None:
         for sid in streams:
             ev = HealthEvent(stream=sid, at=time.time(), offset=self.svc.offsets.get(sid, 0.0), kind=HealthKind.CONFIG, reason=reason)
             await self.publisher.publish(ev)
-
-
-def _live(cfg: StreamConfig) -> bool:
-    """Whether ``cfg`` is a live source (one that a new owner continues; a file would start again)."""
-    try:
-        return parse_source(cfg.source, listen=cfg.listen).live
-    except StreamwatchError:
-        return False

@@ -14,8 +14,11 @@ One run, each figure against a named baseline measured in the same run:
    clients and rate. Latency: event creation (just before publish) to receipt.
 3. RSS per worker with its shows running (psutil) against one ``streamwatch run`` daemon running the
    same N shows.
+4. Fans' images: submission → reply p50/p95 through a gateway vs the single box, replies lost or
+   doubled over worker kills (tools/bench/cluster_replies.py).
+5. Placement: the spread of measured load across workers, by cost vs by count (cluster_placement.py).
 
-Run: ``python tools/bench/cluster.py [--shows 3 --rounds 10 --rate 1000 --seconds 5]``.
+Run: ``python tools/bench/cluster.py [--parts core,replies,placement --shows 3 --rounds 10 --rate 1000 --seconds 5]``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools"), str(ROOT / "tools" / "bench"), str(ROOT)]
 
+import cluster_placement  # noqa: E402  (tools/bench/cluster_placement.py)
+import cluster_replies  # noqa: E402  (tools/bench/cluster_replies.py)
 import events as single_box  # noqa: E402  (tools/bench/events.py)
 import psutil  # noqa: E402
 from cluster_rig import ADMIN, MODERATOR, Moderator, Rig, request, write_config  # noqa: E402
@@ -198,7 +203,21 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--settle", type=float, default=10.0, help="seconds of running shows before RSS is read")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    ap.add_argument("--parts", default="core,replies,placement", help="core (1-3 above), replies, placement (see their files)")
+    ap.add_argument("--submissions", type=int, default=20, help="replies: timed submissions on each side")
+    ap.add_argument("--kills", type=int, default=10, help="replies: answering workers killed mid-request")
+    ap.add_argument("--placement-runs", type=int, default=3, help="placement: runs of each mode")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
+    if "core" in parts:
+        core(a)
+    if "replies" in parts:  # 4. submission → reply through a gateway vs the single box; replies over kills
+        cluster_replies.report(cluster_replies.replies(a.submissions, a.kills), a.submissions)
+    if "placement" in parts:  # 5. measured load per worker: placement by cost vs by count
+        cluster_placement.report(cluster_placement.placement(a.placement_runs, a.keep))
+
+
+def core(a: argparse.Namespace) -> None:
     ttl = 3.0
     root = Path(tempfile.mkdtemp(prefix="sw-bench-cluster-"))
     print(f"work folder {root}", flush=True)
