@@ -150,6 +150,13 @@ def test_a_session_survives_kill_9_and_the_unwatched_window_is_a_monitoring_gap(
         first.wait(10)
         killed_at = time.time()
         before = max(offsets())
+        s0 = EventStore(data)
+        try:
+            last_beat = s0.session("show")
+        finally:
+            s0.close()
+        assert last_beat is not None
+        beat_offset = last_beat.heartbeat_offset  # the last second known watched: the gap starts here
         time.sleep(8)  # nobody watching
         second = start(logs[1])
         try:
@@ -170,7 +177,7 @@ def test_a_session_survives_kill_9_and_the_unwatched_window_is_a_monitoring_gap(
     assert len(gaps) == 1
     gap = gaps[0]
     assert 8 <= (gap.duration_s or 0) <= 8 + 4 + 30  # kill → restart, bounded by the 3 s heartbeat and start-up
-    assert gap.offset >= 8 and gap.offset <= before + 0.1 and gap.at - (gap.duration_s or 0) <= killed_at
+    assert gap.offset >= 8 and gap.offset <= max(before, beat_offset) + 0.1 and gap.at - (gap.duration_s or 0) <= killed_at
     alerts = [e for e in events if isinstance(e, AlertEvent) and e.rule == "monitoring_gap"]
     assert len(alerts) == 1 and abs(alerts[0].offset - gap.offset) < 0.01 and f"起 {gap.duration_s:.1f} 秒无人监看" in alerts[0].message
     after = [e.offset for e in events if e.id > gap.id and isinstance(e, HealthEvent)]
