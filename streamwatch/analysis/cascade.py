@@ -1,9 +1,14 @@
 """The local analysis cascade: reuse of earlier analyses, vision encoder + semantic candidates, then
 the analyzers, batched across streams, off the loop.
 
-Requests from every stream go through one batcher: whatever is waiting when the previous batch ends
-forms the next one (no added delay when idle, bigger batches under load), each analyzer runs its
-batch in the thread pool (ONNX Runtime and OpenCV release the GIL), and per-call latency is recorded.
+Requests from every stream go through one batcher: whatever is waiting when a batch slot frees forms
+the next batch (no added delay when idle, bigger batches under load); up to ``parallel`` batches run at
+once (the pool's size), so the tail of one batch (its last OCR call) never leaves a core idle while
+frames wait. Each analyzer runs its batch in the thread pool (ONNX Runtime and OpenCV release the GIL),
+and per-call latency is recorded. The short steps around a frame (the reuse plan, the source-resolution
+frame) run on ``prep``, a thread of their own, so a frame is not queued behind other frames' model
+calls three times over (shortest work first: under a burst of scene cuts this is what keeps the lag
+of the frames that are cheap to settle, the reused ones, near zero).
 
 Reuse (:mod:`streamwatch.analysis.reuse`): a frame whose tiles all match a recent analysis (the last
 one, or one within the pHash cache radius) reuses its detections; one where a few regions changed
@@ -97,10 +102,14 @@ class Cascade:
         region_max_area: float = 0.5,
         cpu: CpuAccount | None = None,
         small_text_px: int = 24,
+        prep: Executor | None = None,
+        parallel: int = 1,
     ) -> None:
         self.analyzers = list(analyzers)
         self.cpu = cpu or CpuAccount()  # CPU seconds per stream and stage (analyzers, encoder, reuse plan, source RGB)
         self.executor = executor
+        self.prep = prep or executor  # short per-frame steps (reuse plan, source RGB): not behind model calls
+        self.parallel = max(1, parallel)  # batches in flight at once (the analysis pool's threads)
         self.max_batch = max_batch
         self.small_text_px = small_text_px  # OCR lines under this many analysis px tall are read again at the source resolution
         self.observe = observe or (lambda _name, _s: None)
@@ -160,7 +169,7 @@ class Cascade:
         loop = asyncio.get_running_loop()
         h, w = image.shape[:2]
         refs = self.references(stream)
-        plan = await loop.run_in_executor(self.executor, lambda: self._planned(stream, refs, phash, signature, (w, h), None))
+        plan = await loop.run_in_executor(self.prep, lambda: self._planned(stream, refs, phash, signature, (w, h), None))
         embedding: np.ndarray | None = None
         labels: tuple[Detection, ...] = ()
         if plan.kind is not PlanKind.HIT and self.encoder is not None:
@@ -169,7 +178,7 @@ class Cascade:
             found = semantic.get(embedding, time.monotonic()) if semantic is not None else None
             if found is not None:
                 extra = found[0]
-                alt = await loop.run_in_executor(self.executor, lambda: self._planned(stream, refs, phash, signature, (w, h), extra))
+                alt = await loop.run_in_executor(self.prep, lambda: self._planned(stream, refs, phash, signature, (w, h), extra))
                 if alt.kind is PlanKind.HIT:
                     self.semantic_hits += 1
                     plan = alt
@@ -269,50 +278,72 @@ class Cascade:
         self._worker = self._encode_worker = None
 
     async def _run(self) -> None:
+        slots = asyncio.Semaphore(self.parallel)
+        running: set[asyncio.Task[None]] = set()
+
+        def done(t: asyncio.Task[None]) -> None:
+            running.discard(t)
+            slots.release()
+
+        try:
+            while True:
+                await self._wake.wait()
+                await slots.acquire()
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                if not self._pending:
+                    self._wake.clear()
+                if not batch:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._batch(batch), name="analysis-batch")
+                running.add(task)
+                task.add_done_callback(done)
+        finally:
+            for t in list(running):
+                t.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _batch(self, batch: list[_Request]) -> None:
+        """One batch through every analyzer; each frame's future gets its detections or the batch's error."""
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            if not self._pending:
-                self._wake.clear()
-            if not batch:
-                continue
-            try:
-                await self._sources(loop, batch)
-                inputs = {a.name: self._inputs(a, batch) for a in self.analyzers}
-                # batched analyzers (nudity) take the whole batch in one call; per-image ones (OCR, QR)
-                # get one job per input, so the pool's threads share them
-                jobs: list[Awaitable[list[tuple[Detection, ...]]]] = []
-                for a in self.analyzers:
-                    images = [i.image for i in inputs[a.name]]
-                    streams = [batch[i.index].stream for i in inputs[a.name]]
-                    if getattr(a, "batched", False) or len(images) <= 1:
-                        jobs.append(loop.run_in_executor(self.executor, self._call, a, images, streams))
-                    else:
-                        jobs.append(self._per_image(loop, a, images, streams))
-                results = await asyncio.gather(*jobs)
-                results = [await self._reread(loop, a, inputs[a.name], per, batch) for a, per in zip(self.analyzers, results, strict=True)]
-                found: list[list[Detection]] = [[] for _ in batch]
-                for a, per_input in zip(self.analyzers, results, strict=True):
-                    for inp, dets in zip(inputs[a.name], per_input, strict=True):
-                        found[inp.index].extend(_placed(d, inp) for d in dets)
-            except Exception as e:  # a failed batch fails its frames only; the batcher goes on for every stream
-                err = _wrapped(e, "analysis")
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(err)
-                continue
-            self.frames += len(batch)
-            for r, per_request in zip(batch, found, strict=True):
+        try:
+            await self._sources(loop, batch)
+            inputs = {a.name: self._inputs(a, batch) for a in self.analyzers}
+            # batched analyzers (nudity) take the whole batch in one call; per-image ones (OCR, QR)
+            # get one job per input, so the pool's threads share them
+            jobs: list[Awaitable[list[tuple[Detection, ...]]]] = []
+            for a in self.analyzers:
+                images = [i.image for i in inputs[a.name]]
+                streams = [batch[i.index].stream for i in inputs[a.name]]
+                if getattr(a, "batched", False) or len(images) <= 1:
+                    jobs.append(loop.run_in_executor(self.executor, self._call, a, images, streams))
+                else:
+                    jobs.append(self._per_image(loop, a, images, streams))
+            results = await asyncio.gather(*jobs)
+            results = [await self._reread(loop, a, inputs[a.name], per, batch) for a, per in zip(self.analyzers, results, strict=True)]
+            found: list[list[Detection]] = [[] for _ in batch]
+            for a, per_input in zip(self.analyzers, results, strict=True):
+                for inp, dets in zip(inputs[a.name], per_input, strict=True):
+                    found[inp.index].extend(_placed(d, inp) for d in dets)
+        except Exception as e:  # a failed batch fails its frames only; the batcher goes on for every stream
+            err = _wrapped(e, "analysis")
+            for r in batch:
                 if not r.future.done():
-                    r.future.set_result(tuple(per_request))
+                    r.future.set_exception(err)
+            return
+        self.frames += len(batch)
+        for r, per_request in zip(batch, found, strict=True):
+            if not r.future.done():
+                r.future.set_result(tuple(per_request))
 
     async def _sources(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         """The source-resolution frames the batch needs (crops, or a source-resolution analyzer)."""
         wants_source = any(getattr(a, "source_resolution", False) for a in self.analyzers)
-        for r in batch:
-            if r.source is not None and (r.boxes or wants_source):
-                r.src = await loop.run_in_executor(self.executor, self._source, r.stream, r.source)
+        todo = [r for r in batch if r.source is not None and (r.boxes or wants_source)]
+        got = await asyncio.gather(*(loop.run_in_executor(self.prep, self._source, r.stream, r.source) for r in todo if r.source))
+        for r, src in zip(todo, got, strict=True):
+            r.src = src
 
     def _source(self, stream: str, source: Source) -> np.ndarray:
         with self.cpu.measure(stream, Stage.CONVERSION):

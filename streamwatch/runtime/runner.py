@@ -185,7 +185,7 @@ class StreamRunner:
             lat.labels("queued").observe(max(0.0, time.time() - frame.wall))
             t0 = time.perf_counter()
             try:
-                image = await loop.run_in_executor(svc.pool, self._timed, Stage.CONVERSION, frame.rgb, svc.settings.analysis.max_side)
+                image = await loop.run_in_executor(svc.prep, self._timed, Stage.CONVERSION, frame.rgb, svc.settings.analysis.max_side)
                 fa = await svc.cascade.analyze(
                     sid,
                     image,

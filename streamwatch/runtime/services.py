@@ -67,7 +67,8 @@ class StreamServices:
     """Shared by every :class:`~streamwatch.runtime.runner.StreamRunner` of a process."""
 
     settings: Settings
-    pool: ThreadPoolExecutor  # analysis threads (decoding to RGB, detectors)
+    pool: ThreadPoolExecutor  # analysis threads (detectors, OCR, the encoder)
+    prep: ThreadPoolExecutor  # one thread for the short per-frame steps (RGB conversion, reuse plan, source frame)
     store: EventStore  # local: evidence images, thumbnails and the search index
     bus: Publisher
     metrics: Metrics
@@ -105,6 +106,7 @@ class StreamServices:
         await self.cascade.close()
         await self.router.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.prep.shutdown(wait=False, cancel_futures=True)
 
 
 def load_encoder(settings: Settings, threads: int = 0) -> EncoderTier | None:
@@ -139,6 +141,7 @@ async def build_services(
     budget = apply_budget(s)
     cpu = CpuAccount(metrics.on_cpu)
     pool = ThreadPoolExecutor(budget.executor, thread_name_prefix="analysis")
+    prep = ThreadPoolExecutor(1, thread_name_prefix="analysis-prep")
     engines = Engines(s.analysis.policy, s.ui.language)
     await engines.load(s.analysis.policy)
     for c in s.streams:  # a bad policy of a configured stream fails at start, as before
@@ -166,6 +169,8 @@ async def build_services(
         region_max_area=s.analysis.region_max_area,
         small_text_px=s.analysis.small_text_px,
         cpu=cpu,
+        prep=prep,
+        parallel=budget.executor,
     )
     persona = await loop.run_in_executor(None, load_persona, s.vlm.persona)
     registry = await loop.run_in_executor(None, load_registry, s.vlm.registry, s.vlm.roles)
@@ -203,6 +208,7 @@ async def build_services(
     return StreamServices(
         settings=s,
         pool=pool,
+        prep=prep,
         store=store,
         bus=bus,
         metrics=metrics,
