@@ -224,3 +224,66 @@ def test_an_overloaded_daemon_says_so_widens_calm_streams_keeps_overlays_and_say
     assert after["streams"]["calm"]["overloaded"] is False
     assert metric(after_metrics, "streamwatch_degradation_level") == 0
     print("phases (s after the daemon started):", {k: round(v - marks["start"], 1) for k, v in marks.items()})
+
+
+def test_a_cluster_worker_says_its_overload_on_the_event_log(nats3: Any, nginx: Nginx, tmp_path: Path) -> None:
+    """The same watch on a cluster worker: the overloaded event of each stream it holds goes out on the
+    cluster's event log (what every gateway's moderators see), with the lag in its reason ("analysis 3.2s behind …")."""
+    from streamwatch.cluster.connect import Names, connect
+    from streamwatch.cluster.desired import DesiredStreams
+    from streamwatch.cluster.events import jetstream
+    from streamwatch.cluster.kv import kv_bucket
+    from streamwatch.cluster.worker import ClusterWorker
+    from streamwatch.config import StreamConfig
+    from streamwatch.events.model import Event
+
+    load_clips = [cuts(tmp_path / f"{sid}.mp4", 8, seed) for seed, sid in enumerate(LOAD)]
+    pubs = {sid: publish(clip, nginx.rtmp(f"w-{sid}"), loop=True) for sid, clip in zip(LOAD, load_clips, strict=True)}
+    name = f"overload{int(time.time()) % 100000}"
+    cluster = {"name": name, "nats": nats3.urls, "worker_id": "w1", "lease_ttl_s": 3, "renew_s": 0.5, "connect_timeout_s": 20}
+    analysis = {"analyzers": ["ocr", "qr"], "cpu_threads": 1, "cache_radius": 0, "cache_size": 1,
+                "overload": {"lag_s": 1.0, "after_s": 2.0, "recover_s": 2.0}}  # fmt: skip
+    over = {"data_dir": tmp_path / "w1", "ingest": {"open_timeout_s": 30}, "analysis": analysis, "cluster": cluster}
+    settings = load_settings(None, over)
+    worker = ClusterWorker(settings)
+    published: list[Event] = []
+
+    async def scenario() -> None:
+        run = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.ready.wait(), 30)
+            bus = worker.svc.bus
+            send = bus.publish
+
+            async def recorded(ev: Event) -> None:  # what goes onto the event log, as it goes
+                await send(ev)
+                published.append(ev)
+
+            bus.publish = recorded  # type: ignore[method-assign]
+            nc = await connect(worker.cfg, name="test-overload")
+            desired = DesiredStreams(await kv_bucket(jetstream(nc), Names.from_config(worker.cfg).desired, ttl_s=None, replicas=3))
+            for sid in LOAD:
+                await desired.add(StreamConfig(id=sid, source=nginx.rtmp(f"w-{sid}"), every_s=0.25))
+            deadline = time.monotonic() + 90
+            while not {e.stream for e in published if _began(e)} >= set(LOAD):
+                assert time.monotonic() < deadline and not run.done(), f"no overloaded event on every stream: {published[-10:]}"
+                await asyncio.sleep(0.5)
+            await nc.close()
+        finally:
+            worker.stop()
+            await asyncio.wait_for(run, 60)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for p in pubs.values():
+            stop(p)
+    began = [e for e in published if _began(e)]
+    assert len({e.stream for e in began}) == len(began) == len(LOAD), began  # said once per stream
+    assert all("behind" in (e.reason or "") for e in began), [e.reason for e in began]
+
+
+def _began(e: object) -> bool:
+    from streamwatch.events.model import HealthEvent, HealthKind
+
+    return isinstance(e, HealthEvent) and e.kind is HealthKind.OVERLOADED and bool(e.active)

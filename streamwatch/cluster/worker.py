@@ -108,6 +108,8 @@ class ClusterWorker:
                     sharer = tg.create_task(publish_latest(latest_kv, self.streams.ids, svc.latest))
                     self.answering = Answering(js, c, svc, self.publisher, self.desired, latest_kv, roles=c.roles)
                     answering = tg.create_task(self.answering.run())  # fans' images and questions from any gateway
+                    svc.overload.targets = self.streams.ids  # analysis lag on this worker → overloaded, wider steps
+                    overload = tg.create_task(svc.overload.run(svc.publish_health, svc.offsets))
                     models = None
                     if svc.models_watch is not None:  # the VLM tier's health on the streams this worker holds
                         svc.models_watch.targets = self.streams.ids
@@ -116,6 +118,7 @@ class ClusterWorker:
                     watcher.cancel()
                     sharer.cancel()
                     answering.cancel()
+                    overload.cancel()
                     if models is not None:
                         models.cancel()
             finally:

@@ -8,7 +8,8 @@ decoder lag (wall time elapsed minus stream time decoded, worst stream), analysi
 stream-hour of each stage (``streamwatch_stage_cpu_seconds_total`` over the measured window) against
 the process's CPU time (``accounted``), and the process's CPU by thread (``/proc/self/task``: reader
 threads, analysis pool, event loop, FFmpeg's own threads, other native threads). A count is sustained
-while both lags stay < 2 s and nothing is dropped.
+while both lags stay < 2 s, nothing is dropped and the overload watch never widened sampling
+(`degraded` = its deepest step in the window; 0 = normal).
 
 Each measurement runs in a fresh child process. ``--baseline REF`` measures the same counts on git
 ``REF`` too (checked out with ``git worktree add`` into a temporary folder), alternating with this tree
@@ -81,7 +82,11 @@ async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path, over
     runner = asyncio.create_task(daemon.run())
     await asyncio.sleep(WARMUP)
     cpu0, proc0 = daemon.svc.cpu.spent(), time.process_time()  # after the warm-up: steady state only
-    await asyncio.sleep(seconds)
+    level = 0.0  # the overload watch's deepest degradation step in the window (sampling widened: not sustained)
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(min(0.5, left))
+        level = max(level, daemon.metrics.registry.get_sample_value("streamwatch_degradation_level") or 0.0)
     cpu1, proc1 = daemon.svc.cpu.spent(), time.process_time()
     daemon.stop()
     await runner
@@ -101,6 +106,7 @@ async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path, over
         "analysis_p95": p95,
         "analysed": len(lags),
         "drops": drops,
+        "level": level,
         "model_runs": daemon.cascade.frames,
         "ocr_s": daemon.cascade.busy.get("ocr", 0.0),
         # CPU s per stream-hour per stage (thread_time of the threads doing the work), over the measured window
@@ -225,13 +231,15 @@ def floor(clip: Path, port: int, n: int, seconds: float, tmp: Path) -> dict[str,
 
 # ---- printing ----------------------------------------------------------------------------------------
 def verdict(r: dict[str, Any], n: int) -> bool:
-    return bool(r["streams_seen"] == n and r["decode_lag"] < 2 and r["analysis_p95"] < 2 and r["drops"] == 0)
+    ok = r["streams_seen"] == n and r["decode_lag"] < 2 and r["analysis_p95"] < 2 and r["drops"] == 0
+    return bool(ok and r.get("level", 0) == 0)
 
 
 def line(label: str, r: dict[str, Any], n: int) -> str:
     return (f"  {label:10s} decoder lag {r['decode_lag']:5.2f} s  analysis lag p50 {r['analysis_p50']:5.2f} s p95 "
             f"{r['analysis_p95']:5.2f} s  analysed {r['analysed']:4.0f} (model runs {r['model_runs']:3.0f})  dropped "
-            f"{r['drops']:3.0f}  threads {r.get('threads_at_end', 0):3d} (+{r.get('threads_started', 0)} started)  -> "
+            f"{r['drops']:3.0f}  degraded {r.get('level', 0):1.0f}  "
+            f"threads {r.get('threads_at_end', 0):3d} (+{r.get('threads_started', 0)} started)  -> "
             f"{'sustained' if verdict(r, n) else 'NOT sustained'}")  # fmt: skip
 
 
