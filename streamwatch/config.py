@@ -469,7 +469,10 @@ class ClusterConfig(_Section):
         ),
     ] = 0.2
     move_cooldown_s: Annotated[
-        float, Field(ge=0, le=3600, description="A stream moved to even the load is not moved again for this long.")
+        float,
+        Field(
+            ge=0, le=3600, description="A stream that moved (load, drain, dead worker) is not moved again to even the load for this long."
+        ),
     ] = 60.0
     replicas: Annotated[
         int, Field(ge=1, le=5, description="JetStream replicas of the event stream and buckets (capped at the servers present).")

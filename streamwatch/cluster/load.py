@@ -103,7 +103,8 @@ class LoadKeeper:
         return tuple(sorted(self._handed))
 
     def moved_in(self, stream: str, now: float) -> None:
-        """``stream`` was handed to this worker to even the load: not moved again for the cool-down."""
+        """``stream`` moved to this worker (handed over, drained, or taken over from a dead worker): not moved
+        again to even the load for the cool-down (each move is a monitoring gap)."""
         self._pinned[stream] = now + self.cooldown_s
 
     def pinned(self, now: float) -> set[str]:

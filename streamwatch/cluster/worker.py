@@ -69,6 +69,7 @@ class ClusterWorker:
         self.clock = UnleasedClock()
         self.joined = time.time()
         self.avoid: dict[str, float] = {}  # stream → monotonic time until which this worker does not claim it
+        self.held_elsewhere: set[str] = set()  # streams seen held by another worker: claiming one is a move
         meter = CostMeter(window_s=self.cfg.cost_window_s)  # placement by cost (placement.py)
         self.load = LoadKeeper(cpu_budget(self.cfg.cpu_budget), meter, cooldown_s=self.cfg.move_cooldown_s)
 
@@ -185,6 +186,7 @@ class ClusterWorker:
         me = await put(handed=self.load.handed(now))
         holders = {sid: h.worker for sid, h in (await self.lease_table.holders()).items()}
         holders.update({sid: self.id for sid in self.leases})  # ours, even if the listing lags
+        self.held_elsewhere = (self.held_elsewhere | {sid for sid, w in holders.items() if w != self.id}) & set(desired)
         members = await self.members.live()
         members[self.id] = me  # alive by definition (a listing during a NATS node loss can miss records)
         ages = self.clock.observe(set(want) - holders.keys(), time.monotonic())
@@ -205,8 +207,12 @@ class ClusterWorker:
         for sid in todo.release:
             await self._release(sid, ended=sid not in desired)
         for sid in todo.claim:
-            if sid in want and await self._claim(want[sid]) and any(sid in m.handed for m in members.values()):
-                self.load.moved_in(sid, now)  # handed over to even the load: not moved again for the cool-down
+            if sid in want and await self._claim(want[sid]):
+                if sid in self.held_elsewhere or any(sid in m.handed for m in members.values()):
+                    # a move (handed over, drained, or its worker died): each move is a monitoring gap, so
+                    # it is not moved again for the cool-down, whatever the costs say meanwhile
+                    self.load.moved_in(sid, now)
+                self.held_elsewhere.discard(sid)
 
     async def _renew(self) -> None:
         """Renew every held lease at once (a renewal may retry for up to the TTL through a NATS failover)."""
