@@ -65,7 +65,8 @@ def timeline_svg(report: Report, width: int = 1000, lang: Lang = "zh") -> str:
     plot = width - left - right
     axis = 24 + lane * 3
     legend_y = axis + 34
-    height = legend_y + 16 + 14  # two legend rows
+    legend, rows = _legend(report, left, legend_y, lang, width - 4)
+    height = legend_y + 16 * (rows - 1) + 14  # as many legend rows as the swatches need
 
     def x(offset: float) -> float:
         return left + plot * min(max(offset, 0.0), span) / span
@@ -104,28 +105,35 @@ def timeline_svg(report: Report, width: int = 1000, lang: Lang = "zh") -> str:
         anchor = "start" if i == 0 else "end" if i == ticks else "middle"  # the last label ends at the axis end: never cut
         parts.append(f'<line x1="{x(off):.1f}" x2="{x(off):.1f}" y1="{axis - 4}" y2="{axis}" stroke="#999"/>')
         parts.append(f'<text x="{x(off):.1f}" y="{axis + 12}" text-anchor="{anchor}">{hms(off)}</text>')
-    parts.append(_legend(report, left, legend_y, lang))
+    parts.append(legend)
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _legend(report: Report, left: int, y: int, lang: Lang) -> str:
-    """Swatches: the health period kinds on one row; alert severities and actions on the next."""
-    rows: list[list[tuple[str, str, str]]] = [
+def _legend(report: Report, left: int, y: int, lang: Lang, max_x: int) -> tuple[str, int]:
+    """Swatches: the health period kinds, then alert severities and actions on a row of their own; a row
+    wider than ``max_x`` wraps. Returns the SVG and the number of rows used."""
+    groups: list[list[tuple[str, str, str]]] = [
         [("rect", PERIOD_COLORS[k], t("period." + k, lang)) for k in PERIOD_COLORS],
         [("circle", c, t("sev." + s, lang)) for s, c in SEVERITY_COLORS.items()] + [("path", ACTION_COLOR, t("r.lane_actions", lang))],
     ]
     out = [f'<g class="legend"><text x="4" y="{y}">{escape(t("r.legend", lang))}</text>']
-    for n, items in enumerate(rows):
-        out.extend(_swatches(items, left, y + 16 * n))
+    rows = 0
+    for items in groups:
+        placed, used = _swatches(items, left, y + 16 * rows, max_x)
+        out.extend(placed)
+        rows += used
     out.append("</g>")
-    return "".join(out)
+    return "".join(out), rows
 
 
-def _swatches(items: list[tuple[str, str, str]], left: int, y: int) -> list[str]:
+def _swatches(items: list[tuple[str, str, str]], left: int, y: int, max_x: int) -> tuple[list[str], int]:
     out = []
-    cx = left
+    cx, rows = left, 1
     for shape, colour, label in items:
+        text_w = sum(12 if ord(ch) > 0x2E80 else 7 for ch in label)  # CJK glyphs are about twice as wide
+        if cx > left and cx + 16 + text_w > max_x:  # this swatch would end past the picture: next row
+            cx, y, rows = left, y + 16, rows + 1
         if shape == "rect":
             out.append(f'<rect x="{cx}" y="{y - 9}" width="12" height="10" fill="{colour}" opacity="0.8"/>')
         elif shape == "circle":
@@ -133,8 +141,8 @@ def _swatches(items: list[tuple[str, str, str]], left: int, y: int) -> list[str]
         else:
             out.append(f'<path d="M{cx + 6} {y - 10} l6 6 l-6 6 l-6 -6 z" fill="{colour}"/>')
         out.append(f'<text x="{cx + 16}" y="{y}">{escape(label)}</text>')
-        cx += 30 + sum(12 if ord(ch) > 0x2E80 else 7 for ch in label)  # CJK glyphs are about twice as wide
-    return out
+        cx += 30 + text_w
+    return out, rows
 
 
 def _action_name(action: str, lang: Lang) -> str:
