@@ -66,6 +66,15 @@ class IngestConfig(_Section):
         ),
     ] = True
     realtime: Annotated[bool, Field(description="Pace file sources in real time instead of as fast as possible.")] = False
+    reader_nice: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=19,
+            description="Lower the reader (decoder) threads' CPU priority by this much (Linux nice, per thread): when the "
+            "cores are short, analysis runs first and decoders catch up from their buffers. 0 = same priority.",
+        ),
+    ] = 0
     queue_size: Annotated[
         int, Field(ge=1, description="Frames buffered between decoder and sampler; live sources drop the oldest when full.")
     ] = 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
@@ -79,6 +80,18 @@ class FrameQueue:
         return item
 
 
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: ``setpriority`` on a thread id applies to
+    that thread only; threads it starts later, e.g. FFmpeg's, inherit it). Elsewhere, or refused: nothing."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass
+
+
 async def aiter_reader(reader: FrameReader, *, maxsize: int = 8, policy: DropPolicy | None = None) -> AsyncIterator[Item]:
     """Yield the reader's items on the event loop; stop the reader when the consumer leaves.
 
@@ -95,6 +108,7 @@ async def aiter_reader(reader: FrameReader, *, maxsize: int = 8, policy: DropPol
 
     def run() -> None:
         error: BaseException | None = None
+        lower_priority(reader.cfg.reader_nice)
         try:
             for item in reader:
                 if stop.is_set():

@@ -108,7 +108,8 @@ async def measure(clip: Path, port: int, n: int, seconds: float, tmp: Path, over
         "drops": drops,
         "level": level,
         "model_runs": daemon.cascade.frames,
-        "ocr_s": daemon.cascade.busy.get("ocr", 0.0),
+        "ocr_s": daemon.cascade.busy.get("ocr", 0.0),  # wall seconds inside OCR calls (the whole run)
+        "ocr_cpu_s": sum(cpu1.get(k, 0.0) for k in ("ocr_detection", "ocr_recognition")),  # their CPU seconds (the whole run)
         # CPU s per stream-hour per stage (thread_time of the threads doing the work), over the measured window
         "cpu": per_stream_hour({k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in STAGES}, n * seconds),
         "process_cpu": per_stream_hour({"process": proc1 - proc0}, n * seconds)["process"],
@@ -169,11 +170,26 @@ def child(root: Path, clip: Path, port: int, n: int, seconds: float, over: dict[
     assert spec2 is not None and spec2.loader is not None
     thread_cpu = sys.modules["bench_thread_cpu"] = importlib.util.module_from_spec(spec2)
     spec2.loader.exec_module(thread_cpu)
+    from streamwatch.config import Settings  # the tree's own (sys.path above)
+
+    over = _known(over, Settings)  # a baseline that predates a setting runs without it
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as t, _by_thread(thread_cpu, seconds, extra):
         r: dict[str, Any] = asyncio.run(mod.measure(clip, port, n, seconds, Path(t), over))
     r.update({k: (per_hour(v, n, seconds) if k == "threads" else v) for k, v in extra.items()})
     return r
+
+
+def _known(over: dict[str, Any], model: Any) -> dict[str, Any]:
+    """``over`` without the keys the settings ``model`` (a pydantic model class) does not have."""
+    out: dict[str, Any] = {}
+    for k, v in over.items():
+        field = model.model_fields.get(k)
+        if field is None:
+            continue
+        sub = field.annotation
+        out[k] = _known(v, sub) if isinstance(v, dict) and hasattr(sub, "model_fields") else v
+    return out
 
 
 def per_hour(spent: dict[str, float], n: int, seconds: float) -> dict[str, float]:
@@ -239,6 +255,7 @@ def line(label: str, r: dict[str, Any], n: int) -> str:
     return (f"  {label:10s} decoder lag {r['decode_lag']:5.2f} s  analysis lag p50 {r['analysis_p50']:5.2f} s p95 "
             f"{r['analysis_p95']:5.2f} s  analysed {r['analysed']:4.0f} (model runs {r['model_runs']:3.0f})  dropped "
             f"{r['drops']:3.0f}  degraded {r.get('level', 0):1.0f}  "
+            f"OCR wall/CPU {r['ocr_s'] / max(r.get('ocr_cpu_s', 0.0), 1e-9):4.2f}  "
             f"threads {r.get('threads_at_end', 0):3d} (+{r.get('threads_started', 0)} started)  -> "
             f"{'sustained' if verdict(r, n) else 'NOT sustained'}")  # fmt: skip
 
@@ -270,6 +287,9 @@ def main() -> None:
                     help="phash: the global-pHash gate before the region change signal (for comparison)")  # fmt: skip
     ap.add_argument("--baseline", metavar="REF", help="also measure git REF (e.g. main), alternating with this tree")
     ap.add_argument("--floor", action="store_true", help="also measure N decode-only ffmpeg readers")
+    ap.add_argument("--governor", action="store_true",
+                    help="keep the overload watch's degradation on (default off: the capacity without help)")  # fmt: skip
+    ap.add_argument("--reader-nice", type=int, help="ingest.reader_nice (default: the config's default)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--clip", type=Path, default=ROOT / "artifacts" / "bench" / "concert1080.mp4")
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -281,6 +301,10 @@ def main() -> None:
         return
     over: dict[str, Any] = {"sampling": {"regions": False}, "analysis": {"regional": False}} if a.gate == "phash" else {"analysis": {}}
     over["analysis"]["cpu_threads"] = a.cpu_threads
+    if not a.governor:
+        over["analysis"]["overload"] = {"max_level": 0}
+    if a.reader_nice is not None:
+        over["ingest"] = {"reader_nice": a.reader_nice}
     if not a.clip.exists():
         a.clip.parent.mkdir(parents=True, exist_ok=True)
         print("encoding a 1080p30 clip …", flush=True)
