@@ -74,7 +74,7 @@ class IngestConfig(_Section):
             description="Lower the reader (decoder) threads' CPU priority by this much (Linux nice, per thread): when the "
             "cores are short, analysis runs first and decoders catch up from their buffers. 0 = same priority.",
         ),
-    ] = 0
+    ] = 10
     queue_size: Annotated[
         int, Field(ge=1, description="Frames buffered between decoder and sampler; live sources drop the oldest when full.")
     ] = 8

@@ -251,11 +251,16 @@ def verdict(r: dict[str, Any], n: int) -> bool:
     return bool(ok and r.get("level", 0) == 0)
 
 
+def _ocr_ratio(r: dict[str, Any]) -> str:
+    """Wall time inside OCR calls ÷ their CPU time (1 = never waiting for a core or the GIL)."""
+    return f"{r['ocr_s'] / r['ocr_cpu_s']:4.2f}" if r.get("ocr_cpu_s") else " n/a"
+
+
 def line(label: str, r: dict[str, Any], n: int) -> str:
     return (f"  {label:10s} decoder lag {r['decode_lag']:5.2f} s  analysis lag p50 {r['analysis_p50']:5.2f} s p95 "
             f"{r['analysis_p95']:5.2f} s  analysed {r['analysed']:4.0f} (model runs {r['model_runs']:3.0f})  dropped "
             f"{r['drops']:3.0f}  degraded {r.get('level', 0):1.0f}  "
-            f"OCR wall/CPU {r['ocr_s'] / max(r.get('ocr_cpu_s', 0.0), 1e-9):4.2f}  "
+            f"OCR wall/CPU {_ocr_ratio(r)}  "
             f"threads {r.get('threads_at_end', 0):3d} (+{r.get('threads_started', 0)} started)  -> "
             f"{'sustained' if verdict(r, n) else 'NOT sustained'}")  # fmt: skip
 
