@@ -340,9 +340,9 @@ class Cascade:
     async def _sources(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         """The source-resolution frames the batch needs (crops, or a source-resolution analyzer)."""
         wants_source = any(getattr(a, "source_resolution", False) for a in self.analyzers)
-        todo = [r for r in batch if r.source is not None and (r.boxes or wants_source)]
-        got = await asyncio.gather(*(loop.run_in_executor(self.prep, self._source, r.stream, r.source) for r in todo if r.source))
-        for r, src in zip(todo, got, strict=True):
+        todo = [(r, r.source) for r in batch if r.source is not None and (r.boxes or wants_source)]
+        got = await asyncio.gather(*(loop.run_in_executor(self.prep, self._source, r.stream, source) for r, source in todo))
+        for (r, _), src in zip(todo, got, strict=True):
             r.src = src
 
     def _source(self, stream: str, source: Source) -> np.ndarray:
